@@ -1,0 +1,258 @@
+"""The snapshot contract: immutable flows and snapshots, and their JSON form.
+
+Everything downstream of the engine (the `--json` stream, the store, the screen,
+replay files) speaks only these types, so this module is the one place where a
+field's name, unit and meaning are fixed. It imports nothing from the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+# The sixteen flow-level metrics of the seed, in the seed's order, under the
+# names the JSON contract uses. Integers except duration_s (seconds, float).
+METRICS: tuple[str, ...] = (
+    "flight_size",      # segments in flight: packets_out - (sacked_out + lost_out) + retrans_out
+    "rwnd",             # receive window the peer advertises to us, bytes (snd_wnd)
+    "cwnd",             # congestion window, segments
+    "mss",              # sending MSS, bytes
+    "retrans_packets",  # segments retransmitted over the connection's life
+    "bytes_sent",       # data bytes sent, retransmissions included
+    "bytes_received",   # data bytes received
+    "fast_retrans",     # fast-recovery episodes entered (CA state -> Recovery)
+    "timeouts",         # retransmission timeouts (RTO expirations)
+    "app_wqueue",       # bytes written by the application, not yet acknowledged
+    "app_wqueue_max",   # largest app_wqueue seen since the flow was first seen
+    "rtt_samples",      # RTT samples the kernel's estimator took
+    "rtt_sum_us",       # sum of those samples, microseconds
+    "read_bytes",       # bytes returned to the application by read/recv calls
+    "write_bytes",      # bytes accepted from the application by write/send calls
+    "duration_s",       # seconds since the connection was established
+)
+
+# The seed's original metric names, for the help screen's glossary.
+SEED_NAMES: Mapping[str, str] = {
+    "flight_size": "FlightSize",
+    "rwnd": "RWND",
+    "cwnd": "CWND",
+    "mss": "MSS",
+    "retrans_packets": "RePackets",
+    "bytes_sent": "BSent",
+    "bytes_received": "BReceived",
+    "fast_retrans": "fastRetrans",
+    "timeouts": "Timeout",
+    "app_wqueue": "CurAppWQueue",
+    "app_wqueue_max": "MaxAppWQueue",
+    "rtt_samples": "SampleRTT",
+    "rtt_sum_us": "SumRTT",
+    "read_bytes": "ReadByte",
+    "write_bytes": "WriteByte",
+    "duration_s": "Duration",
+}
+
+
+class SnapshotFormatError(ValueError):
+    """A JSON snapshot that does not follow the contract (e.g. a corrupt replay line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One TCP connection as seen at one instant. Shared, never mutated."""
+
+    id: int                 # socket cookie: unique for the life of the host's boot
+    family: str             # "ipv4" or "ipv6"
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    state: str              # kernel TCP state name, e.g. "ESTABLISHED"
+    pid: int                # owning process (0 when unknown)
+    comm: str
+    netns: int              # network namespace inode number
+    # the sixteen metrics
+    flight_size: int
+    rwnd: int
+    cwnd: int
+    mss: int
+    retrans_packets: int
+    bytes_sent: int
+    bytes_received: int
+    fast_retrans: int
+    timeouts: int
+    app_wqueue: int
+    app_wqueue_max: int
+    rtt_samples: int
+    rtt_sum_us: int
+    read_bytes: int
+    write_bytes: int
+    duration_s: float
+    # useful extras
+    srtt_us: int = 0        # smoothed RTT, microseconds
+    min_rtt_us: int = 0
+    rcv_wnd: int = 0        # window we advertise to the peer, bytes
+    ssthresh: int = 0
+    ca_state: str = "open"  # open, disorder, cwr, recovery, loss
+    closed: bool = False    # connection is gone; kept a few snapshots so it can be seen
+    since_start: bool = False  # counters that need events only cover tcptop's run
+    cgroup: str = ""        # cgroup v2 path of the owning process
+    container: str = ""     # container id found in that path, if any
+    latency: Mapping[str, Any] | None = None  # packet-level stages (packet engine)
+
+    @property
+    def key(self) -> int:
+        return self.id
+
+    @property
+    def rtt_mean_us(self) -> float:
+        """Mean of the RTT samples, or the smoothed RTT when there were none."""
+        if self.rtt_samples:
+            return self.rtt_sum_us / self.rtt_samples
+        return float(self.srtt_us)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in _FLOW_FIELDS}
+        if d["latency"] is None:
+            del d["latency"]
+        return d
+
+
+_FLOW_FIELDS = tuple(f.name for f in fields(Flow))
+_STR_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "str")
+_BOOL_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "bool")
+_REQUIRED_FIELDS = (
+    "id", "family", "laddr", "lport", "raddr", "rport", "state", "pid", "comm", "netns",
+) + METRICS
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Run-level health: what the engine could not see, so numbers are never silently partial."""
+
+    engine: str = "core"
+    flows_evicted: int = 0      # flows the kernel maps had no room for
+    events_lost: int = 0        # kernel updates dropped (map full, closed-flow overflow)
+    hooks: Mapping[str, str] = field(default_factory=dict)  # hook -> "ok" or why not
+    degraded: tuple[str, ...] = ()  # human sentences: metric and reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "flows_evicted": self.flows_evicted,
+            "events_lost": self.events_lost,
+            "hooks": dict(self.hooks),
+            "degraded": list(self.degraded),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All flows at one poll. `ts` is unix time; `interval_s` the time since the previous poll."""
+
+    ts: float
+    interval_s: float
+    flows: tuple[Flow, ...]
+    seq: int = 0
+    host: str = ""
+    kernel: str = ""
+    run: RunInfo = field(default_factory=RunInfo)
+    latency: Mapping[str, Any] | None = None  # host-wide packet-level stages
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "ts": self.ts,
+            "interval_s": self.interval_s,
+            "seq": self.seq,
+            "host": self.host,
+            "kernel": self.kernel,
+            "flows": [f.to_dict() for f in self.flows],
+            "run": self.run.to_dict(),
+        }
+        if self.latency is not None:
+            d["latency"] = self.latency
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def flow_from_dict(d: Mapping[str, Any]) -> Flow:
+    """Build a Flow from its JSON form, checking names and types (raises SnapshotFormatError)."""
+    if not isinstance(d, Mapping):
+        raise SnapshotFormatError("flow is not an object")
+    missing = [k for k in _REQUIRED_FIELDS if k not in d]
+    if missing:
+        raise SnapshotFormatError(f"flow lacks {', '.join(missing)}")
+    kw: dict[str, Any] = {}
+    for name in _FLOW_FIELDS:
+        if name not in d:
+            continue
+        v = d[name]
+        if name == "duration_s":
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise SnapshotFormatError("flow field duration_s is not a number")
+            v = float(v)
+        elif name in _BOOL_FIELDS:
+            if not isinstance(v, bool):
+                raise SnapshotFormatError(f"flow field {name} is not true/false")
+        elif name in _STR_FIELDS:
+            if not isinstance(v, str):
+                raise SnapshotFormatError(f"flow field {name} is not a string")
+        elif name == "latency":
+            if v is not None and not isinstance(v, Mapping):
+                raise SnapshotFormatError("flow field latency is not an object")
+        elif not isinstance(v, int) or isinstance(v, bool):
+            raise SnapshotFormatError(f"flow field {name} is not an integer")
+        kw[name] = v
+    return Flow(**kw)
+
+
+def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
+    """Build a Snapshot from its JSON form (raises SnapshotFormatError)."""
+    if not isinstance(d, Mapping):
+        raise SnapshotFormatError("snapshot is not a JSON object")
+    for k in ("ts", "interval_s", "flows"):
+        if k not in d:
+            raise SnapshotFormatError(f"snapshot lacks {k}")
+    ts, interval = d["ts"], d["interval_s"]
+    for name, v in (("ts", ts), ("interval_s", interval)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise SnapshotFormatError(f"snapshot field {name} is not a number")
+    if not isinstance(d["flows"], list):
+        raise SnapshotFormatError("snapshot field flows is not a list")
+    run = d.get("run") or {}
+    if not isinstance(run, Mapping):
+        raise SnapshotFormatError("snapshot field run is not an object")
+    try:
+        run_info = RunInfo(
+            engine=str(run.get("engine", "replay")),
+            flows_evicted=int(run.get("flows_evicted", 0)),
+            events_lost=int(run.get("events_lost", 0)),
+            hooks=dict(run.get("hooks", {})),
+            degraded=tuple(str(x) for x in run.get("degraded", ())),
+        )
+    except (TypeError, ValueError) as e:
+        raise SnapshotFormatError(f"snapshot field run is malformed: {e}") from None
+    latency = d.get("latency")
+    if latency is not None and not isinstance(latency, Mapping):
+        raise SnapshotFormatError("snapshot field latency is not an object")
+    return Snapshot(
+        ts=float(ts),
+        interval_s=float(interval),
+        flows=tuple(flow_from_dict(f) for f in d["flows"]),
+        seq=int(d.get("seq", 0)) if isinstance(d.get("seq", 0), int) else 0,
+        host=str(d.get("host", "")),
+        kernel=str(d.get("kernel", "")),
+        run=run_info,
+        latency=latency,
+    )
+
+
+def snapshot_from_json(line: str) -> Snapshot:
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise SnapshotFormatError(f"not JSON ({e.msg} at column {e.colno})") from None
+    return snapshot_from_dict(d)
