@@ -1,0 +1,178 @@
+"""The flow table's columns: title, width, how each sorts, how each reads, when each is a warning.
+
+A column's id is also the name `--sort` and the sort picker use. Columns carry a
+priority so a narrow terminal drops the least useful ones instead of scrolling
+sideways; the sorted column is always kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields as dc_fields
+from typing import TYPE_CHECKING, Any, Callable
+
+from tcptop.model import Flow
+from tcptop.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_rate, fmt_us
+
+if TYPE_CHECKING:
+    from tcptop.store import Row
+
+# Styles for trouble; the stylesheet can't reach inside a line-API widget's cells.
+WARN = "bold yellow"
+BAD = "bold red"
+ZERO_WINDOW = "bold white on red"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    id: str
+    title: str
+    width: int
+    key: Callable[["Row"], Any]          # sort value; never None
+    text: Callable[["Row"], str]
+    style: Callable[["Row"], str] | None = None
+    right: bool = True                   # numbers align right
+    descending: bool = True              # natural direction: biggest first for numbers
+    priority: int = 50                   # lower is kept first when space is short
+    help: str = ""
+
+
+def _rate(v: float | None) -> float:
+    return -1.0 if v is None else v
+
+
+_STATE_SHORT = {
+    "ESTABLISHED": "ESTAB", "SYN_SENT": "SYN-SENT", "SYN_RECV": "SYN-RECV",
+    "FIN_WAIT1": "FIN-WAIT-1", "FIN_WAIT2": "FIN-WAIT-2", "TIME_WAIT": "TIME-WAIT",
+    "CLOSE": "CLOSED", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK",
+    "LISTEN": "LISTEN", "CLOSING": "CLOSING", "NEW_SYN_RECV": "SYN-RECV",
+}
+
+
+def state_text(flow: Flow) -> str:
+    if flow.closed:
+        return "CLOSED"
+    return _STATE_SHORT.get(flow.state.upper(), flow.state[:10])
+
+
+def _retrans_style(r: "Row") -> str:
+    if r.retrans_ps:
+        return BAD
+    return WARN if r.flow.retrans_packets else ""
+
+
+def _rwnd_style(r: "Row") -> str:
+    # The peer advertises no room while we still have data: the receiver is stalled.
+    f = r.flow
+    if f.rwnd == 0 and not f.closed and f.state.upper() == "ESTABLISHED":
+        return ZERO_WINDOW
+    return ""
+
+
+def _sendq_style(r: "Row") -> str:
+    f = r.flow
+    if f.app_wqueue and r.wqueue_delta > 0:
+        return WARN  # growing: the application writes faster than the network drains
+    return ""
+
+
+def _rtt_us(r: "Row") -> float:
+    f = r.flow
+    return float(f.srtt_us) if f.srtt_us else f.rtt_mean_us
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("pid", "PID", 7, lambda r: r.flow.pid, lambda r: str(r.flow.pid) if r.flow.pid else "-",
+           descending=False, priority=0, help="owning process"),
+    Column("comm", "COMM", 15, lambda r: r.flow.comm.lower(), lambda r: r.flow.comm or "?",
+           right=False, descending=False, priority=1, help="process name"),
+    Column("local", "LOCAL", 21,
+           lambda r: (r.flow.family, r.flow.laddr, r.flow.lport),
+           lambda r: fmt_endpoint(r.flow.laddr, r.flow.lport, 21),
+           right=False, descending=False, priority=9, help="local address:port"),
+    Column("remote", "REMOTE", 21,
+           lambda r: (r.flow.family, r.flow.raddr, r.flow.rport),
+           lambda r: fmt_endpoint(r.flow.raddr, r.flow.rport, 21),
+           right=False, descending=False, priority=2, help="peer address:port"),
+    Column("state", "STATE", 10, lambda r: (r.flow.closed, r.flow.state), lambda r: state_text(r.flow),
+           right=False, descending=False, priority=3, help="TCP state"),
+    Column("tx", "TX/s", 10, lambda r: _rate(r.tx_bps), lambda r: fmt_rate(r.tx_bps),
+           priority=4, help="bytes sent per second (retransmissions included)"),
+    Column("rx", "RX/s", 10, lambda r: _rate(r.rx_bps), lambda r: fmt_rate(r.rx_bps),
+           priority=5, help="bytes received per second"),
+    Column("retrans", "RETRANS", 7,
+           lambda r: (_rate(r.retrans_ps), r.flow.retrans_packets),
+           lambda r: str(r.flow.retrans_packets), _retrans_style,
+           priority=6, help="segments retransmitted (red: some in the last interval)"),
+    Column("fast", "FAST", 5, lambda r: (_rate(r.fast_ps), r.flow.fast_retrans),
+           lambda r: str(r.flow.fast_retrans), lambda r: WARN if r.fast_ps else "",
+           priority=12, help="fast-recovery episodes"),
+    Column("rto", "RTO", 4, lambda r: (_rate(r.rto_ps), r.flow.timeouts),
+           lambda r: str(r.flow.timeouts), lambda r: BAD if r.rto_ps else "",
+           priority=13, help="retransmission timeouts"),
+    Column("cwnd", "CWND", 6, lambda r: r.flow.cwnd, lambda r: str(r.flow.cwnd),
+           priority=8, help="congestion window, segments"),
+    Column("rtt", "RTT", 8, _rtt_us, lambda r: fmt_us(_rtt_us(r)),
+           priority=7, help="smoothed round-trip time"),
+    Column("flight", "FLIGHT", 6, lambda r: r.flow.flight_size, lambda r: str(r.flow.flight_size),
+           priority=14, help="segments in flight"),
+    Column("sendq", "SEND-Q", 9, lambda r: r.flow.app_wqueue, lambda r: fmt_bytes(r.flow.app_wqueue),
+           _sendq_style, priority=10, help="bytes written, not yet acknowledged (yellow: growing)"),
+    Column("rwnd", "RWND", 9, lambda r: r.flow.rwnd, lambda r: fmt_bytes(r.flow.rwnd), _rwnd_style,
+           descending=False, priority=11, help="peer's receive window (red: zero window)"),
+    Column("age", "AGE", 6, lambda r: r.flow.duration_s, lambda r: fmt_age(r.flow.duration_s),
+           priority=15, help="time since the connection was established"),
+)
+
+COLUMN_BY_ID: dict[str, Column] = {c.id: c for c in COLUMNS}
+
+# Flow field names and habits from other tools that mean a column.
+_ALIASES = {
+    "retrans_packets": "retrans", "retransmits": "retrans", "retr": "retrans",
+    "fast_retrans": "fast", "timeouts": "rto", "app_wqueue": "sendq", "send_q": "sendq",
+    "flight_size": "flight", "duration_s": "age", "duration": "age", "srtt_us": "rtt",
+    "rtt_mean_us": "rtt", "tx_bps": "tx", "rx_bps": "rx", "send": "tx", "recv": "rx",
+    "raddr": "remote", "laddr": "local", "rport": "remote", "lport": "local",
+}
+
+_FLOW_NUMBERS = {
+    f.name for f in dc_fields(Flow) if f.type in ("int", "float") and f.name != "id"
+}
+
+
+class UnknownSortField(ValueError):
+    pass
+
+
+def resolve_sort(name: str) -> Column:
+    """A column for `name`: a column id or title, a Flow field, or a common alias."""
+    key = name.strip().lower()
+    if key in COLUMN_BY_ID:
+        return COLUMN_BY_ID[key]
+    for c in COLUMNS:
+        if c.title.lower() == key:
+            return c
+    if key in _ALIASES:
+        return COLUMN_BY_ID[_ALIASES[key]]
+    if key in _FLOW_NUMBERS:
+        # A metric without its own column (e.g. bytes_sent): sort by the raw value.
+        return Column(key, key.upper(), 10, lambda r, k=key: getattr(r.flow, k),
+                      lambda r, k=key: str(getattr(r.flow, k)), priority=99)
+    choices = ", ".join(c.id for c in COLUMNS)
+    raise UnknownSortField(f"unknown sort field {name!r} (one of {choices}, or a flow field)")
+
+
+def fit_columns(width: int, sort_id: str) -> list[Column]:
+    """The columns that fit `width` cells, most useful first, shown in their usual order."""
+    chosen: set[str] = set()
+    used = 0
+    must = COLUMN_BY_ID.get(sort_id)
+    if must is not None:
+        chosen.add(must.id)
+        used += must.width + 1
+    for c in sorted(COLUMNS, key=lambda c: c.priority):
+        if c.id in chosen:
+            continue
+        if used + c.width + 1 <= width or not chosen:
+            chosen.add(c.id)
+            used += c.width + 1
+    return [c for c in COLUMNS if c.id in chosen]

@@ -1,0 +1,200 @@
+"""The flow store: rates from consecutive snapshots, sorted and filtered order, stable lookups."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from ui_factory import make_flow, make_snapshot
+
+from tcptop.columns import UnknownSortField, fit_columns, resolve_sort
+from tcptop.filter import FilterError
+from tcptop.store import HISTORY_ALL_MAX, FlowStore
+
+
+def test_rates_are_counter_deltas_over_the_time_between_snapshots():
+    store = FlowStore(sort="tx")
+    store.update(make_snapshot([make_flow(1, bytes_sent=1000, bytes_received=500, retrans_packets=2)], ts=10.0))
+    row = store.get(1)
+    assert row.tx_bps is None and row.rx_bps is None  # first sighting: no rate yet
+    store.update(make_snapshot([make_flow(1, bytes_sent=5000, bytes_received=2500, retrans_packets=6)],
+                               ts=12.0, interval_s=2.0))
+    row = store.get(1)
+    assert row.tx_bps == 2000.0
+    assert row.rx_bps == 1000.0
+    assert row.retrans_ps == 2.0
+
+
+def test_rate_uses_timestamps_so_a_pause_does_not_inflate_it():
+    store = FlowStore()
+    store.update(make_snapshot([make_flow(1, bytes_sent=0)], ts=0.0))
+    # Ten intervals later (the display was paused), the snapshot still says interval_s=1.
+    store.update(make_snapshot([make_flow(1, bytes_sent=10_000)], ts=10.0, interval_s=1.0))
+    assert store.get(1).tx_bps == 1000.0
+
+
+def test_flow_born_inside_the_interval_gets_a_rate_from_zero():
+    store = FlowStore()
+    store.update(make_snapshot([make_flow(1)], ts=0.0))
+    store.update(make_snapshot([make_flow(1), make_flow(2, bytes_sent=4096, duration_s=0.5)], ts=1.0))
+    assert store.get(2).tx_bps == 4096.0
+    # ...but one that is old and merely unseen before does not get a made-up rate.
+    store.update(make_snapshot([make_flow(1), make_flow(2, bytes_sent=4096), make_flow(3, bytes_sent=9, duration_s=60)],
+                               ts=2.0))
+    assert store.get(3).tx_bps is None
+
+
+def test_counter_going_backwards_is_not_a_negative_rate():
+    store = FlowStore()
+    store.update(make_snapshot([make_flow(1, bytes_sent=5000)], ts=0.0))
+    store.update(make_snapshot([make_flow(1, bytes_sent=100)], ts=1.0))
+    assert store.get(1).tx_bps == 0.0
+
+
+def test_default_order_is_biggest_sender_first():
+    store = FlowStore()
+    store.update(make_snapshot([make_flow(i, bytes_sent=0) for i in (1, 2, 3)], ts=0.0))
+    store.update(make_snapshot([make_flow(1, bytes_sent=10), make_flow(2, bytes_sent=30), make_flow(3, bytes_sent=20)],
+                               ts=1.0))
+    assert store.ids() == [2, 3, 1]
+    store.reverse()
+    assert store.ids() == [1, 3, 2]
+
+
+def test_sort_by_retransmissions_puts_the_lossy_flow_on_top():
+    store = FlowStore()
+    flows = [make_flow(1, retrans_packets=5), make_flow(2, retrans_packets=0), make_flow(3, retrans_packets=1)]
+    store.update(make_snapshot(flows, ts=0.0))
+    store.set_sort("retrans")
+    assert store.ids() == [1, 3, 2]
+    # Flow 2 starts losing now: a current retransmission rate beats an old total.
+    store.update(make_snapshot([make_flow(1, retrans_packets=5), make_flow(2, retrans_packets=3),
+                                make_flow(3, retrans_packets=1)], ts=1.0))
+    assert store.ids() == [2, 1, 3]
+
+
+def test_text_columns_sort_ascending_and_ties_break_by_id():
+    store = FlowStore(sort="comm")
+    store.update(make_snapshot([make_flow(3, comm="b"), make_flow(1, comm="a"), make_flow(2, comm="b")]))
+    assert store.ids() == [1, 2, 3]
+    store.set_sort("pid", descending=True)
+    assert store.descending is True
+
+
+def test_sort_accepts_flow_fields_and_titles():
+    assert resolve_sort("retrans_packets").id == "retrans"
+    assert resolve_sort("TX/s").id == "tx"
+    assert resolve_sort("SEND-Q").id == "sendq"
+    assert resolve_sort("bytes_sent").id == "bytes_sent"
+    with pytest.raises(UnknownSortField):
+        resolve_sort("colour")
+
+
+def test_sort_by_a_flow_field_without_a_column():
+    store = FlowStore(sort="bytes_sent")
+    store.update(make_snapshot([make_flow(1, bytes_sent=5), make_flow(2, bytes_sent=50), make_flow(3, bytes_sent=7)]))
+    assert store.ids() == [2, 3, 1]
+
+
+def test_filter_hides_and_a_bad_filter_keeps_the_last_good_one():
+    store = FlowStore(sort="pid")
+    store.update(make_snapshot([make_flow(1, rport=443), make_flow(2, rport=80), make_flow(3, rport=443)]))
+    store.set_filter("port 443")
+    assert store.ids() == [1, 3]
+    assert len(store) == 2 and store.total == 3
+    with pytest.raises(FilterError):
+        store.set_filter("port 443 and")
+    assert store.filter_expr == "port 443"
+    assert store.ids() == [1, 3]
+    store.set_filter("")
+    assert store.ids() == [1, 2, 3]
+
+
+def test_flow_entering_the_filter_on_a_refresh_appears_in_place():
+    store = FlowStore(sort="pid", filter_expr="state established")
+    store.update(make_snapshot([make_flow(1), make_flow(2, state="SYN_SENT"), make_flow(3)], ts=0))
+    assert store.ids() == [1, 3]
+    store.update(make_snapshot([make_flow(1), make_flow(2), make_flow(3, state="FIN_WAIT1")], ts=1))
+    assert store.ids() == [1, 2]
+
+
+def test_vanished_flows_leave_and_closed_ones_stay_until_the_engine_drops_them():
+    store = FlowStore(sort="pid")
+    store.update(make_snapshot([make_flow(1), make_flow(2), make_flow(3)], ts=0))
+    store.update(make_snapshot([make_flow(1), make_flow(3, closed=True)], ts=1))
+    assert store.ids() == [1, 3]
+    assert store.get(3).flow.closed
+    assert store.get(2) is None
+    assert store.totals.closed == 1
+
+
+def test_index_of_follows_the_flow_not_the_position():
+    store = FlowStore(sort="tx")
+    store.update(make_snapshot([make_flow(i) for i in (1, 2, 3)], ts=0))
+    store.update(make_snapshot([make_flow(1, bytes_sent=300), make_flow(2, bytes_sent=200),
+                                make_flow(3, bytes_sent=100)], ts=1))
+    assert store.index_of(3) == 2
+    store.update(make_snapshot([make_flow(1, bytes_sent=300), make_flow(2, bytes_sent=200),
+                                make_flow(3, bytes_sent=10_000)], ts=2))
+    assert store.index_of(3) == 0
+    store.set_filter("pid 1001")
+    assert store.index_of(3) is None
+
+
+def test_window_returns_the_rows_in_display_order():
+    store = FlowStore(sort="pid")
+    store.update(make_snapshot([make_flow(i) for i in range(10)]))
+    assert [r.id for r in store.window(3, 6)] == [3, 4, 5]
+    store.reverse()
+    assert [r.id for r in store.window(0, 3)] == [9, 8, 7]
+    assert store.window(8, 100)[-1].id == 0
+    assert store.row_at(0).id == 9
+
+
+def test_history_is_kept_for_every_flow_on_a_small_host():
+    store = FlowStore()
+    for t in range(5):
+        store.update(make_snapshot([make_flow(1, cwnd=10 + t, srtt_us=1000 * t)], ts=float(t)))
+    hist = store.get(1).history
+    assert [h[3] for h in hist] == [10, 11, 12, 13, 14]
+    assert [h[4] for h in hist][-1] == 4000
+
+
+def test_history_on_a_big_host_only_for_watched_flows():
+    store = FlowStore()
+    store.watched = {7}
+    flows = [make_flow(i) for i in range(HISTORY_ALL_MAX + 1)]
+    store.update(make_snapshot(flows))
+    assert store.get(7).history is not None
+    assert store.get(8).history is None
+
+
+@pytest.mark.parametrize("sort", ["tx", "retrans", "comm", "rtt"])
+def test_incremental_order_matches_a_full_sort(sort):
+    """Random churn, few changes per refresh (the incremental path), must equal sorting from scratch."""
+    rnd = random.Random(7)
+    flows = {i: make_flow(i, comm=rnd.choice("abc"), bytes_sent=0, srtt_us=rnd.randint(1, 9)) for i in range(300)}
+    store = FlowStore(sort=sort, filter_expr="not pid 1005")
+    next_id = 300
+    for t in range(30):
+        for _ in range(10):
+            fid = rnd.choice(list(flows))
+            f = flows[fid]
+            flows[fid] = make_flow(fid, comm=f.comm, bytes_sent=f.bytes_sent + rnd.randint(0, 3) * 1000,
+                                   retrans_packets=f.retrans_packets + rnd.randint(0, 1), srtt_us=rnd.randint(1, 9))
+        del flows[rnd.choice(list(flows))]
+        flows[next_id] = make_flow(next_id, duration_s=100)
+        next_id += 1
+        store.update(make_snapshot(list(flows.values()), ts=float(t)))
+        col = resolve_sort(sort)
+        expect = sorted((r for r in store.rows.values() if r.flow.pid != 1005),
+                        key=lambda r: (col.key(r), r.id), reverse=store.descending)
+        assert store.ids() == [r.id for r in expect]
+
+
+def test_narrow_terminal_drops_least_useful_columns_but_keeps_the_sorted_one():
+    cols = [c.id for c in fit_columns(80, "age")]
+    assert "age" in cols and "pid" in cols and "comm" in cols
+    assert "flight" not in cols
+    assert sum(c.width + 1 for c in fit_columns(80, "age")) <= 80
+    assert len(fit_columns(400, "tx")) == 16
