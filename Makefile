@@ -1,0 +1,59 @@
+# tcptop: `make run` starts the tool, `make test` runs the whole suite.
+# Both first run `make setup`, which installs only what is missing and is
+# quick when nothing changed (Debian 12, as root).
+
+PY        ?= python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+BUILD     := build
+BPF_SRCS  := $(wildcard bpf/*.bpf.c)
+BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(BPF_SRCS))
+ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+CLANG     ?= clang
+
+.PHONY: setup run test test-kernel test-ui bench screenshots clean
+
+setup: $(VENV)/.installed bpf
+
+# System packages: compiler and libbpf for the BPF objects, venv for Python,
+# and the real workloads the tests and benchmarks drive.
+$(BUILD)/.packages: scripts/setup-system.sh
+	@mkdir -p $(BUILD)
+	bash scripts/setup-system.sh
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(BUILD)/.packages
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+bpf: $(BPF_OBJS)
+
+$(BUILD)/vmlinux.h: $(BUILD)/.packages
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/%.bpf.o: bpf/%.bpf.c bpf/*.h $(BUILD)/vmlinux.h
+	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf -c $< -o $@
+
+run: setup
+	@echo "tcptop: live view (q quits). Try 'make run ARGS=--demo' for a self-contained demo workload."
+	$(VENV)/bin/tcptop $(ARGS)
+
+test: setup
+	bash scripts/run-tests.sh
+
+test-kernel: setup
+	$(VPY) -m pytest -q tests/kernel
+
+test-ui: setup
+	$(VPY) -m pytest -q tests/ui
+
+bench: setup
+	$(VPY) benchmarks/overhead.py
+
+screenshots: setup
+	$(VPY) screenshots/make_screenshots.py
+
+clean:
+	rm -rf $(BUILD) $(VENV)

@@ -1,0 +1,354 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Flow engine, kernel side: per-socket counters from events, and a TCP
+ * iterator that reports every socket's tcp_sock state once per poll.
+ *
+ * Values the kernel already keeps (cwnd, bytes, retransmissions, ...) are read
+ * from tcp_sock by the iterator, so they are exactly what TCP_INFO reports.
+ * Only what the kernel does not keep is counted here from events: bytes moved
+ * by read/write calls, RTT samples, fast-recovery entries, the send-queue peak
+ * and the establishment time. Those live in `counters`, keyed by socket cookie.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "flows.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define SOL_TCP 6
+#define MSG_PEEK 2
+#define TCP_BPF_SOCK_OPS_CB_FLAGS_OPT 1008
+
+enum {
+	ST_ESTABLISHED = 1, ST_SYN_SENT = 2, ST_SYN_RECV = 3, ST_CLOSE = 7,
+	ST_LISTEN = 10,
+};
+enum { CA_RECOVERY = 3, CA_LOSS = 4 };
+
+/* Whether the iterator turns on RTT callbacks for sockets that existed before
+ * us (bpf_setsockopt TCP_BPF_SOCK_OPS_CB_FLAGS); set by the loader. */
+const volatile bool hook_existing_rtt = false;
+
+/* One entry per socket with event counters. Sized by the loader (--max-flows);
+ * preallocated so updates from softirq never allocate. A full map is counted
+ * in STAT_COUNTERS_FULL, never silent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct flow_counters);
+} counters SEC(".maps");
+
+/* Final records of destroyed sockets, drained by user space every poll. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct flow_record);
+} closed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Scratch for building a record: too large for the 512-byte stack with the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_record);
+} scratch SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool is_tcp(struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP &&
+	       BPF_CORE_READ(sk, sk_type) == 1 /* SOCK_STREAM */;
+}
+
+/* The socket's counters, created on first use. NULL when the map is full. */
+static __always_inline struct flow_counters *counters_of(__u64 cookie)
+{
+	struct flow_counters *c = bpf_map_lookup_elem(&counters, &cookie);
+	struct flow_counters zero = {};
+
+	if (c)
+		return c;
+	/* May fail because the map is full, or because another CPU won the race. */
+	bpf_map_update_elem(&counters, &cookie, &zero, BPF_NOEXIST);
+	c = bpf_map_lookup_elem(&counters, &cookie);
+	if (!c)
+		stat_inc(STAT_COUNTERS_FULL);
+	return c;
+}
+
+static __always_inline void note_caller(struct flow_counters *c)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (c->pid != (__u32)(id >> 32)) {
+		c->pid = id >> 32;
+		bpf_get_current_comm(c->comm, sizeof(c->comm));
+	}
+}
+
+static __always_inline __u32 send_queue(struct tcp_sock *tp)
+{
+	return BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
+{
+	struct flow_counters *c;
+	__u32 q;
+
+	if (ret <= 0 || !is_tcp(sk))
+		return 0;
+	c = counters_of(bpf_get_socket_cookie(sk));
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->write_bytes, ret);
+	note_caller(c);
+	/* The send queue peaks when a send call returns (only sends grow it). */
+	q = send_queue((struct tcp_sock *)sk);
+	if (q > c->app_wqueue_max && q < (1U << 31))
+		c->app_wqueue_max = q;
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
+{
+	struct flow_counters *c;
+
+	if (ret <= 0 || (flags & MSG_PEEK) || !is_tcp(sk))
+		return 0;
+	c = counters_of(bpf_get_socket_cookie(sk));
+	if (!c)
+		return 0;
+	__sync_fetch_and_add(&c->read_bytes, ret);
+	note_caller(c);
+	return 0;
+}
+
+SEC("tp_btf/tcp_cong_state_set")
+int BPF_PROG(on_cong_state, struct sock *sk, const u8 ca_state)
+{
+	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
+	struct flow_counters *c;
+	__u8 old;
+
+	if (ca_state != CA_RECOVERY)
+		return 0;
+	/* The tracepoint fires before the new state is stored. */
+	old = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
+	if (old == CA_RECOVERY)
+		return 0;
+	c = counters_of(bpf_get_socket_cookie(sk));
+	if (c)
+		__sync_fetch_and_add(&c->fast_retrans, 1);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_set_state, const struct sock *csk, const int oldstate, const int newstate)
+{
+	struct sock *sk = (struct sock *)csk;
+	struct flow_counters *c;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (newstate == ST_SYN_SENT) {
+		/* connect() runs in the owner's context: remember who. */
+		c = counters_of(bpf_get_socket_cookie(sk));
+		if (c)
+			note_caller(c);
+		return 0;
+	}
+	if (newstate != ST_ESTABLISHED ||
+	    (oldstate != ST_SYN_SENT && oldstate != ST_SYN_RECV))
+		return 0;
+	c = counters_of(bpf_get_socket_cookie(sk));
+	if (!c)
+		return 0;
+	c->established_ns = bpf_ktime_get_ns();
+	c->flags |= FLOW_SEEN_BIRTH;
+	return 0;
+}
+
+static __always_inline void fill_record(struct flow_record *r, struct sock *sk, __u64 cookie)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
+	struct flow_counters *c;
+	struct socket *sock;
+
+	r->cookie = cookie;
+	r->now_ns = bpf_ktime_get_ns();
+	r->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	r->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	r->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	r->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (r->family == AF_INET) {
+		BPF_CORE_READ_INTO(r->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(r->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(r->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(r->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	r->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	r->uid = BPF_CORE_READ(sk, sk_uid.val);
+	sock = BPF_CORE_READ(sk, sk_socket);
+	r->sock_ino = sock ? BPF_CORE_READ(sock, file, f_inode, i_ino) : 0;
+
+	r->snd_cwnd = BPF_CORE_READ(tp, snd_cwnd);
+	r->snd_ssthresh = BPF_CORE_READ(tp, snd_ssthresh);
+	r->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
+	r->rcv_wnd = BPF_CORE_READ(tp, rcv_wnd);
+	r->mss_cache = BPF_CORE_READ(tp, mss_cache);
+	r->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	r->min_rtt_us = BPF_CORE_READ(tp, rtt_min.s[0].v);
+	r->packets_out = BPF_CORE_READ(tp, packets_out);
+	r->sacked_out = BPF_CORE_READ(tp, sacked_out);
+	r->lost_out = BPF_CORE_READ(tp, lost_out);
+	r->retrans_out = BPF_CORE_READ(tp, retrans_out);
+	r->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	r->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+	r->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	r->write_seq = BPF_CORE_READ(tp, write_seq);
+	r->snd_una = BPF_CORE_READ(tp, snd_una);
+	r->ca_state = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
+	r->flags = 0;
+	if (bpf_core_field_exists(tp->total_rto)) {
+		r->total_rto = BPF_CORE_READ(tp, total_rto);
+		r->flags |= REC_HAS_TOTAL_RTO;
+	} else {
+		r->total_rto = 0;
+	}
+	c = bpf_map_lookup_elem(&counters, &cookie);
+	if (c)
+		r->c = *c;
+	else
+		__builtin_memset(&r->c, 0, sizeof(r->c));
+}
+
+SEC("iter/tcp")
+int dump_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct flow_record *r;
+	struct tcp_sock *tp;
+	__u32 zero = 0;
+	__u64 cookie;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp) /* TIME_WAIT and request sockets carry no tcp_sock */
+		return 0;
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == ST_LISTEN)
+		return 0;
+	r = bpf_map_lookup_elem(&scratch, &zero);
+	if (!r)
+		return 0;
+	cookie = bpf_get_socket_cookie(tp);
+	if (hook_existing_rtt) {
+		/* Sockets older than us never passed an ESTABLISHED callback; ask
+		 * the kernel for their RTT callbacks now (kernels >= 6.13). */
+		struct flow_counters *c = counters_of(cookie);
+
+		if (c && !(c->flags & FLOW_RTT_HOOKED)) {
+			int cb = 1 /* RTO */ | 4 /* STATE */ | 8 /* RTT */;
+
+			if (!bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+				c->flags |= FLOW_RTT_HOOKED;
+		}
+	}
+	fill_record(r, (struct sock *)tp, cookie);
+	stat_inc(STAT_ITER_SOCKETS);
+	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
+	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy, struct sock *sk)
+{
+	struct flow_record *r;
+	__u32 zero = 0;
+	__u64 cookie;
+	bool known;
+
+	if (!is_tcp(sk))
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	known = bpf_map_lookup_elem(&counters, &cookie) != NULL;
+	/* Keep only sockets that were connections: tracked by us, or with an RTT. */
+	if (!known && BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) == 0)
+		return 0;
+	r = bpf_map_lookup_elem(&scratch, &zero);
+	if (!r)
+		return 0;
+	fill_record(r, sk, cookie);
+	r->state = ST_CLOSE;
+	r->flags |= REC_CLOSED;
+	if (bpf_map_update_elem(&closed, &cookie, r, BPF_ANY))
+		stat_inc(STAT_CLOSED_FULL);
+	if (known)
+		bpf_map_delete_elem(&counters, &cookie);
+	return 0;
+}
+
+SEC("sockops")
+int on_sockops(struct bpf_sock_ops *skops)
+{
+	struct flow_counters *c;
+	__u64 cookie;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+					  BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
+		cookie = bpf_get_socket_cookie(skops);
+		c = counters_of(cookie);
+		if (c)
+			c->flags |= FLOW_RTT_HOOKED;
+		return 1;
+	case BPF_SOCK_OPS_RTT_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		c = counters_of(cookie);
+		if (!c)
+			return 1;
+		/* args[0] is the sample (mrtt, us) the estimator just took. */
+		__sync_fetch_and_add(&c->rtt_samples, 1);
+		__sync_fetch_and_add(&c->rtt_sum_us, skops->args[0]);
+		return 1;
+	case BPF_SOCK_OPS_RTO_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		c = counters_of(cookie);
+		if (c)
+			__sync_fetch_and_add(&c->rto_events, 1);
+		return 1;
+	}
+	return 1;
+}

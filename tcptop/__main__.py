@@ -1,0 +1,7 @@
+"""`python -m tcptop` is the `tcptop` command."""
+
+import sys
+
+from tcptop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,445 @@
+"""Flow engine, user side: loads bpf/flows.bpf.o, attaches what this kernel offers, polls.
+
+Pairs with bpf/flows.bpf.c (kernel side) and bpf/flows.h (the shared layouts,
+mirrored below with ctypes and checked against the object's BTF at load).
+One poll = one run of the TCP iterator in every network namespace plus one
+batch drain of the closed-flows map; nothing is read per packet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import ipaddress
+import operator
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from tcptop import netns
+from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, iter_read
+from tcptop.model import Flow
+from tcptop.procs import Owners
+
+TASK_COMM_LEN = 16
+FLOW_SEEN_BIRTH, FLOW_RTT_HOOKED = 1, 2
+REC_CLOSED, REC_HAS_TOTAL_RTO = 1, 2
+STAT_COUNTERS_FULL, STAT_CLOSED_FULL, STAT_ITER_SOCKETS, STAT_MAX = range(4)
+
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+    11: "CLOSING", 12: "NEW_SYN_RECV",
+}
+CA_STATES = {0: "open", 1: "disorder", 2: "cwr", 3: "recovery", 4: "loss"}
+ST_SYN_SENT, ST_SYN_RECV = 2, 3
+
+
+class FlowCounters(ctypes.Structure):
+    _fields_ = [
+        ("read_bytes", ctypes.c_uint64),
+        ("write_bytes", ctypes.c_uint64),
+        ("rtt_sum_us", ctypes.c_uint64),
+        ("established_ns", ctypes.c_uint64),
+        ("rtt_samples", ctypes.c_uint32),
+        ("fast_retrans", ctypes.c_uint32),
+        ("rto_events", ctypes.c_uint32),
+        ("app_wqueue_max", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("comm", ctypes.c_char * TASK_COMM_LEN),
+    ]
+
+
+class FlowRecord(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("bytes_sent", ctypes.c_uint64),
+        ("bytes_received", ctypes.c_uint64),
+        ("bytes_acked", ctypes.c_uint64),
+        ("now_ns", ctypes.c_uint64),
+        ("sock_ino", ctypes.c_uint64),
+        ("c", FlowCounters),
+        ("netns", ctypes.c_uint32),
+        ("snd_cwnd", ctypes.c_uint32),
+        ("snd_ssthresh", ctypes.c_uint32),
+        ("snd_wnd", ctypes.c_uint32),
+        ("rcv_wnd", ctypes.c_uint32),
+        ("mss_cache", ctypes.c_uint32),
+        ("srtt_us", ctypes.c_uint32),
+        ("min_rtt_us", ctypes.c_uint32),
+        ("packets_out", ctypes.c_uint32),
+        ("sacked_out", ctypes.c_uint32),
+        ("lost_out", ctypes.c_uint32),
+        ("retrans_out", ctypes.c_uint32),
+        ("total_retrans", ctypes.c_uint32),
+        ("write_seq", ctypes.c_uint32),
+        ("snd_una", ctypes.c_uint32),
+        ("total_rto", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint16),
+        ("state", ctypes.c_uint8),
+        ("ca_state", ctypes.c_uint8),
+    ]
+
+
+REC_SIZE = ctypes.sizeof(FlowRecord)
+# Bytes of a record that change only when the connection does: everything but
+# now_ns. Equal bytes mean the previous Flow can be reused without decoding.
+_NOW_OFF = FlowRecord.now_ns.offset
+_INO_OFF = FlowRecord.sock_ino.offset
+
+# Programs, the hook they need, and what is lost without them. The iterator is
+# the one program we cannot do without.
+HOOKS = {
+    "on_send": ("tracepoint sock_send_length", "sock_send_length",
+                "write_bytes and app_wqueue_max (send-time peaks)"),
+    "on_recv": ("tracepoint sock_recv_length", "sock_recv_length", "read_bytes"),
+    "on_cong_state": ("tracepoint tcp_cong_state_set", "tcp_cong_state_set", "fast_retrans"),
+    "on_set_state": ("tracepoint inet_sock_set_state", "inet_sock_set_state",
+                     "duration_s from establishment (falls back to first seen)"),
+    "on_destroy": ("tracepoint tcp_destroy_sock", "tcp_destroy_sock",
+                   "final values of closed flows (last poll's values are shown instead)"),
+    "on_sockops": ("cgroup sock_ops", None, "rtt_samples and rtt_sum_us"),
+}
+
+
+def default_object_path() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(here, "bpf"),
+                 os.path.join(os.path.dirname(here), "build")):
+        if cand and os.path.exists(os.path.join(cand, "flows.bpf.o")):
+            return os.path.join(cand, "flows.bpf.o")
+    return os.path.join(os.path.dirname(here), "build", "flows.bpf.o")
+
+
+def cgroup2_root() -> str | None:
+    """Where cgroup v2 is mounted (unified or hybrid layout), from /proc/mounts."""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
+def _addr(family: int, raw) -> str:
+    b = bytes(raw)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, b[:4])
+    a = ipaddress.IPv6Address(b)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+@dataclass
+class _Track:
+    """What user space remembers about one flow between polls."""
+
+    raw: bytes
+    flow: Flow
+    first_seen_ns: int
+    wqueue_max: int
+    closed_polls: int = 0  # closed flows: how many more polls they are shown
+    born_ns: int = 0       # establishment (or first sight) on the monotonic clock
+
+
+class FlowEngine:
+    """Owns the loaded flows.bpf.o. `poll()` returns the flows now; `close()` detaches all."""
+
+    def __init__(self, max_flows: int = 65536, closed_keep_polls: int = 3,
+                 object_path: str | None = None):
+        self.max_flows = max_flows
+        self.closed_keep_polls = closed_keep_polls
+        self.hooks: dict[str, str] = {}
+        self.degraded: list[str] = []
+        self.owners = Owners()
+        self._tracks: dict[int, _Track] = {}
+        self._links: list[Link] = []
+        self._iter: Link | None = None
+        self._obj: BpfObject | None = None
+        self._cgroup_fd = -1
+        self._boot_offset = time.time() - time.monotonic()  # monotonic -> unix
+        path = object_path or default_object_path()
+        try:
+            self._load(path)
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up -------------------------------------------------------------
+
+    def _load(self, path: str) -> None:
+        btf = KernelBtf()
+        try:
+            missing = {prog: tp for prog, (_, tp, _) in HOOKS.items()
+                       if tp and not btf.has_tracepoint(tp)}
+        finally:
+            btf.close()
+        for hook_existing in (True, False):
+            obj = BpfObject(path)
+            for name, size in (("flow_record", REC_SIZE), ("flow_counters", ctypes.sizeof(FlowCounters))):
+                if obj.struct_size(name) != size:
+                    obj.close()
+                    raise BpfError(f"{path} does not match tcptop/flows.py (struct {name}); rebuild with `make setup`", 0)
+            for prog, tp in missing.items():
+                obj.programs[prog].set_autoload(False)
+                self._degrade(prog, f"no tracepoint {tp} on this kernel")
+            obj.maps["counters"].set_max_entries(self.max_flows)
+            obj.rodata().initial_value()[0] = 1 if hook_existing else 0
+            try:
+                obj.load()
+            except BpfError:
+                obj.close()
+                if hook_existing:  # an older verifier may refuse bpf_setsockopt in the iterator
+                    continue
+                raise
+            self._obj = obj
+            self.hooks["rtt_of_existing_flows"] = "ok" if hook_existing else "unavailable: verifier refused"
+            return
+
+    def _degrade(self, prog: str, why: str) -> None:
+        what, _, lost = HOOKS[prog]
+        self.hooks[prog] = f"unavailable: {why}"
+        self.degraded.append(f"{lost}: {what} unavailable ({why})")
+
+    def _attach(self) -> None:
+        assert self._obj is not None
+        progs = self._obj.programs
+        for prog, (_, tp, _) in HOOKS.items():
+            if prog in self.hooks:  # already known missing
+                continue
+            try:
+                if tp is None:
+                    self._links.append(self._attach_sockops(progs[prog]))
+                else:
+                    self._links.append(progs[prog].attach())
+                self.hooks[prog] = "ok"
+            except (BpfError, OSError) as e:
+                self._degrade(prog, str(e).split(": ", 1)[-1])
+        self._iter = progs["dump_tcp"].attach_iter()
+        self.hooks["dump_tcp"] = "ok"
+
+    def _attach_sockops(self, prog) -> Link:
+        root = cgroup2_root()
+        if root is None:
+            raise OSError(2, "attach: cgroup v2 is not mounted")
+        self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return prog.attach_cgroup(self._cgroup_fd)
+
+    def program_ids(self) -> list[int]:
+        """Kernel ids of our loaded programs, so benchmarks and tests count only ours."""
+        if not self._obj:
+            return []
+        return [p.prog_id() for p in self._obj.programs.values() if p.fd >= 0]
+
+    def close(self) -> None:
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        if self._iter:
+            self._iter.destroy()
+            self._iter = None
+        if self._obj:
+            self._obj.close()
+            self._obj = None
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
+
+    # -- polling ------------------------------------------------------------
+
+    def stats(self) -> list[int]:
+        """Run-level counters summed over CPUs, indexed by STAT_*."""
+        assert self._obj is not None
+        m = self._obj.maps["stats"]
+        out = []
+        for i in range(STAT_MAX):
+            key = ctypes.c_uint32(i)
+            vals = (ctypes.c_uint64 * _possible_cpus())()
+            out.append(sum(vals) if m.lookup(key, vals) else 0)
+        return out
+
+    def _read_live(self) -> bytes:
+        assert self._iter is not None
+        it = self._iter
+        return b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+
+    def _drain_closed(self) -> list[bytes]:
+        assert self._obj is not None
+        out = []
+        for _, values, n in self._obj.maps["closed"].batches(ctypes.c_uint64, FlowRecord, delete=True, batch=1024):
+            base = ctypes.addressof(values)
+            out.extend(ctypes.string_at(base + i * REC_SIZE, REC_SIZE) for i in range(n))
+        return out
+
+    def poll(self) -> tuple[Flow, ...]:
+        """Every connection now, plus recently closed ones (closed=True) for a few polls."""
+        seen: dict[int, bytes] = {}
+        live = self._read_live()
+        for off in range(0, len(live) - REC_SIZE + 1, REC_SIZE):
+            raw = live[off:off + REC_SIZE]
+            seen[int.from_bytes(raw[:8], "little")] = raw
+        for raw in self._drain_closed():  # a final record supersedes a live one
+            seen[int.from_bytes(raw[:8], "little")] = raw
+
+        ownerless: list[_Track] = []
+        for cookie, raw in seen.items():
+            tr = self._tracks.get(cookie)
+            if tr is not None and tr.flow.closed:
+                continue
+            if tr is None:
+                tr = self._tracks[cookie] = _Track(raw, None, _now_ns(raw), 0)  # type: ignore[arg-type]
+                tr.flow = self._decode(tr)
+            elif _changed(tr.raw, raw):
+                tr.raw = raw
+                tr.flow = self._decode(tr)
+            else:  # unchanged connection: only its age moved
+                tr.raw = raw
+                tr.flow = _with(tr.flow, duration_s=_age_s(raw, tr.born_ns))
+            if tr.flow.closed:
+                tr.closed_polls = self.closed_keep_polls
+            if not tr.flow.pid:
+                ownerless.append(tr)
+
+        # Flows that vanished without a final record (closed-map overflow, or
+        # the destroy hook missing) close with their last values.
+        for cookie, tr in self._tracks.items():
+            if cookie not in seen and not tr.flow.closed:
+                tr.flow = _with(tr.flow, closed=True, state="CLOSE")
+                tr.closed_polls = self.closed_keep_polls
+
+        if ownerless:
+            self.owners.resolve({_sock_ino(tr.raw) for tr in ownerless})
+            for tr in ownerless:
+                if self.owners.pid_of_inode(_sock_ino(tr.raw)):
+                    tr.flow = self._decode(tr)
+
+        flows = []
+        for cookie, tr in list(self._tracks.items()):
+            if tr.flow.closed:
+                if tr.closed_polls <= 0:
+                    del self._tracks[cookie]
+                    continue
+                tr.closed_polls -= 1
+            flows.append(tr.flow)
+        if len(self._tracks) < len(seen) // 2:
+            self.owners.forget({_sock_ino(tr.raw) for tr in self._tracks.values()})
+        return tuple(flows)
+
+    def _decode(self, tr: _Track) -> Flow:
+        r = FlowRecord.from_buffer_copy(tr.raw)
+        c = r.c
+        closed = bool(r.flags & REC_CLOSED)
+        if r.state in (ST_SYN_SENT, ST_SYN_RECV):
+            wqueue = 0  # as SIOCOUTQ reports it: the SYN is not application data
+        else:
+            wqueue = (r.write_seq - r.snd_una) & 0xFFFFFFFF
+        tr.wqueue_max = max(tr.wqueue_max, c.app_wqueue_max, wqueue)
+        from_birth = bool(c.flags & FLOW_SEEN_BIRTH)
+        tr.born_ns = c.established_ns if from_birth and c.established_ns else tr.first_seen_ns
+        pid = c.pid if c.pid and os.path.exists(f"/proc/{c.pid}") else 0
+        if not pid:
+            pid = self.owners.pid_of_inode(r.sock_ino)
+        comm, cgroup, container = self.owners.info(pid)
+        if not comm and c.comm:
+            comm = c.comm.decode(errors="replace")
+        if r.flags & REC_HAS_TOTAL_RTO:
+            timeouts = r.total_rto
+        else:
+            timeouts = c.rto_events
+        return Flow(
+            id=r.cookie,
+            family="ipv4" if r.family == socket.AF_INET else "ipv6",
+            laddr=_addr(r.family, r.saddr),
+            lport=r.sport,
+            raddr=_addr(r.family, r.daddr),
+            rport=r.dport,
+            state=TCP_STATES.get(r.state, str(r.state)),
+            pid=pid,
+            comm=comm,
+            netns=r.netns,
+            flight_size=max(0, r.packets_out - (r.sacked_out + r.lost_out) + r.retrans_out),
+            rwnd=r.snd_wnd,
+            cwnd=r.snd_cwnd,
+            mss=r.mss_cache,
+            retrans_packets=r.total_retrans,
+            bytes_sent=r.bytes_sent,
+            bytes_received=r.bytes_received,
+            fast_retrans=c.fast_retrans,
+            timeouts=timeouts,
+            app_wqueue=wqueue,
+            app_wqueue_max=tr.wqueue_max,
+            rtt_samples=c.rtt_samples,
+            rtt_sum_us=c.rtt_sum_us,
+            read_bytes=c.read_bytes,
+            write_bytes=c.write_bytes,
+            duration_s=_age_s(tr.raw, tr.born_ns),
+            srtt_us=r.srtt_us,
+            min_rtt_us=r.min_rtt_us if r.min_rtt_us != 0xFFFFFFFF else 0,
+            rcv_wnd=r.rcv_wnd,
+            ssthresh=r.snd_ssthresh,
+            ca_state=CA_STATES.get(r.ca_state, str(r.ca_state)),
+            closed=closed,
+            since_start=not from_birth,
+            cgroup=cgroup,
+            container=container,
+        )
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))
+_get_all = operator.attrgetter(*_FIELDS)
+_INDEX = {name: i for i, name in enumerate(_FIELDS)}
+
+
+def _with(f: Flow, **kw) -> Flow:
+    """dataclasses.replace, about twice as fast: it runs for every idle flow every poll."""
+    vals = list(_get_all(f))
+    for k, v in kw.items():
+        vals[_INDEX[k]] = v
+    return Flow(*vals)
+
+
+def _now_ns(raw: bytes) -> int:
+    return int.from_bytes(raw[_NOW_OFF:_NOW_OFF + 8], "little")
+
+
+def _sock_ino(raw: bytes) -> int:
+    return int.from_bytes(raw[_INO_OFF:_INO_OFF + 8], "little")
+
+
+def _age_s(raw: bytes, born_ns: int) -> float:
+    return round(max(0, _now_ns(raw) - born_ns) / 1e9, 3)
+
+
+def _changed(old: bytes, new: bytes) -> bool:
+    return old[:_NOW_OFF] != new[:_NOW_OFF] or old[_NOW_OFF + 8:] != new[_NOW_OFF + 8:]
+
+
+_NCPU: int | None = None
+
+
+def _possible_cpus() -> int:
+    """Per-CPU maps are sized by possible CPUs, not online ones."""
+    global _NCPU
+    if _NCPU is None:
+        try:
+            with open("/sys/devices/system/cpu/possible") as f:
+                spec = f.read().strip()
+            n = 0
+            for part in spec.split(","):
+                lo, _, hi = part.partition("-")
+                n = max(n, int(hi or lo) + 1)
+            _NCPU = n
+        except OSError:
+            _NCPU = os.cpu_count() or 1
+    return _NCPU
