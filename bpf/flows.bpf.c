@@ -206,14 +206,15 @@ static __always_inline void fill_record(struct flow_record *r, struct sock *sk, 
 	r->now_ns = bpf_ktime_get_ns();
 	r->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	r->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	r->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport, not skc_num: unhashing a closing socket zeroes skc_num. */
+	r->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	r->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (r->family == AF_INET) {
-		BPF_CORE_READ_INTO(r->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(r->daddr, sk, __sk_common.skc_daddr);
+		bpf_core_read(r->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(r->daddr, 4, &sk->__sk_common.skc_daddr);
 	} else {
-		BPF_CORE_READ_INTO(r->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(r->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		bpf_core_read(r->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(r->daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	r->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	r->uid = BPF_CORE_READ(sk, sk_uid.val);

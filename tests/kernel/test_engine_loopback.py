@@ -1,0 +1,180 @@
+"""Flows on loopback against the kernel's own accounting: TCP_INFO, SIOCOUTQ, the test's own counts."""
+
+import os
+import socket
+import time
+
+import pytest
+
+from kit import find_flow, flight_size, loopback_pair, poll_until, recv_exactly, siocoutq, tcp_info, wait_idle
+from tcptop import netns
+
+
+def ping_pong(c, s, rounds, request=1000, reply=100):
+    for _ in range(rounds):
+        c.sendall(b"q" * request)
+        recv_exactly(s, request)
+        s.sendall(b"r" * reply)
+        recv_exactly(c, reply)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_idle_flow_equals_tcp_info(engine, family):
+    t0 = time.monotonic()
+    c, s = loopback_pair(family)
+    t_connected = time.monotonic()
+    rounds = 20
+    ping_pong(c, s, rounds)
+    wait_idle(c)
+    wait_idle(s)
+    for sock, wrote, read in ((c, rounds * 1000, rounds * 100), (s, rounds * 100, rounds * 1000)):
+        f = poll_until(engine, lambda snap: find_flow(snap, sock))
+        ti = tcp_info(sock)
+        assert f.family == ("ipv4" if family == socket.AF_INET else "ipv6")
+        assert f.state == "ESTABLISHED"
+        assert f.cwnd == ti["snd_cwnd"]
+        assert f.mss == ti["snd_mss"]
+        assert f.rwnd == ti["snd_wnd"]
+        assert f.rcv_wnd == ti["rcv_wnd"]
+        assert f.bytes_sent == ti["bytes_sent"] == wrote
+        assert f.bytes_received == ti["bytes_received"] == read
+        assert f.retrans_packets == ti["total_retrans"] == 0
+        assert f.timeouts == ti["total_rto"] == 0
+        assert f.fast_retrans == 0
+        assert f.flight_size == flight_size(ti) == 0
+        assert f.app_wqueue == siocoutq(sock) == 0
+        assert f.app_wqueue_max >= 100
+        assert f.write_bytes == wrote
+        assert f.read_bytes == read
+        assert f.pid == os.getpid()
+        assert f.comm == open("/proc/self/comm").read().strip()
+        assert f.netns == netns.current_inode()
+        assert not f.since_start
+        # established between our connect() call and its return; the record was taken just now
+        age_hi = time.monotonic() - t0
+        age_lo = time.monotonic() - t_connected - 0.5  # the poll happened up to ~0.5 s ago
+        assert age_lo <= f.duration_s <= age_hi
+        assert f.srtt_us == ti["rtt"]
+    c.close()
+    s.close()
+
+
+def test_rtt_samples_from_ping_pong(engine):
+    """N request/response rounds give at least N samples whose mean is a plausible RTT."""
+    c, s = loopback_pair()
+    for sock in (c, s):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rounds = 50
+    ping_pong(c, s, rounds)
+    wait_idle(c)
+    f = poll_until(engine, lambda snap: find_flow(snap, c), lambda f: f.rtt_samples >= rounds)
+    ti = tcp_info(c)
+    assert f.rtt_samples >= rounds
+    mean = f.rtt_sum_us / f.rtt_samples
+    # Every sample is at least the minimum the kernel kept; the smoothed RTT
+    # follows the samples, so the mean cannot be far above a few srtt.
+    assert ti["min_rtt"] <= mean <= max(8 * ti["rtt"], ti["min_rtt"] + 1000)
+    c.close()
+    s.close()
+
+
+def test_send_queue_and_peak_match_siocoutq(engine):
+    """A receiver that never reads: the send queue fills, and tcptop reports SIOCOUTQ exactly."""
+    c, s = loopback_pair()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    c.setblocking(False)
+    samples, written = [], 0
+    while True:
+        try:
+            written += c.send(b"w" * 65536)
+        except BlockingIOError:
+            break
+        samples.append(siocoutq(c))
+    time.sleep(0.3)  # let the window close and the queue settle
+    samples.append(siocoutq(c))
+    f = poll_until(engine, lambda snap: find_flow(snap, c))
+    ti = tcp_info(c)
+    assert f.write_bytes == written
+    assert f.app_wqueue == siocoutq(c)
+    assert f.app_wqueue_max >= max(samples)
+    assert f.app_wqueue_max <= written
+    assert f.rwnd == ti["snd_wnd"]
+    assert f.flight_size == flight_size(ti)
+    assert f.bytes_received == 0 and f.read_bytes == 0
+    c.close()
+    s.close()
+
+
+def test_zero_window_when_receiver_stalls(engine):
+    c, s = loopback_pair()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.setblocking(False)
+    try:
+        while True:
+            c.send(b"z" * 65536)
+    except BlockingIOError:
+        pass
+    deadline = time.monotonic() + 5
+    while tcp_info(c)["snd_wnd"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    f = poll_until(engine, lambda snap: find_flow(snap, c))
+    assert tcp_info(c)["snd_wnd"] == 0
+    assert f.rwnd == 0
+    assert f.app_wqueue == siocoutq(c) > 0
+    c.close()
+    s.close()
+
+
+def test_closed_flow_keeps_final_values_then_goes(engine):
+    c, s = loopback_pair()
+    c.sendall(b"x" * 12345)
+    recv_exactly(s, 12345)
+    port = c.getsockname()[1]
+    wait_idle(c)
+    poll_until(engine, lambda snap: find_flow(snap, c))
+    c.close()
+    s.close()
+
+    def closed_flow(snap):
+        return next((f for f in snap.flows if f.lport == port and f.closed), None)
+
+    f = poll_until(engine, closed_flow)
+    assert f.state == "CLOSE"
+    assert f.bytes_sent == 12345 and f.write_bytes == 12345
+    assert f.pid == os.getpid()
+    seen = 1
+    for _ in range(10):
+        if closed_flow(engine.poll()) is None:
+            break
+        seen += 1
+    assert seen <= engine.flows.closed_keep_polls
+    assert closed_flow(engine.poll()) is None
+
+
+def test_flow_opened_before_tcptop(tmp_path):
+    """An older connection is seen with whole-life kernel counters; event counters start at zero."""
+    from tcptop.engine import LiveEngine
+
+    c, s = loopback_pair()
+    c.sendall(b"a" * 5000)
+    recv_exactly(s, 5000)
+    wait_idle(c)
+    e = LiveEngine(interval_s=0.2)
+    try:
+        f = poll_until(e, lambda snap: find_flow(snap, c))
+        ti = tcp_info(c)
+        assert f.since_start
+        assert f.bytes_sent == ti["bytes_sent"] == 5000  # the kernel's whole-life count
+        assert f.write_bytes == 0  # written before we were watching
+        assert f.pid == os.getpid()  # found through /proc, the socket was idle
+        c.sendall(b"b" * 700)
+        recv_exactly(s, 700)
+        wait_idle(c)
+        f = poll_until(e, lambda snap: find_flow(snap, c), lambda f: f.write_bytes == 700)
+        assert f.bytes_sent == 5700
+        # RTT callbacks were switched on for this older socket by the iterator
+        assert f.rtt_samples >= 1
+    finally:
+        e.close()
+        c.close()
+        s.close()
