@@ -116,7 +116,7 @@ static __always_inline __u32 send_queue(struct tcp_sock *tp)
 }
 
 SEC("tp_btf/sock_send_length")
-int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
+int BPF_PROG(tcptop_send, struct sock *sk, int ret, int flags)
 {
 	struct flow_counters *c;
 	__u32 q;
@@ -136,7 +136,7 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 }
 
 SEC("tp_btf/sock_recv_length")
-int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
+int BPF_PROG(tcptop_recv, struct sock *sk, int ret, int flags)
 {
 	struct flow_counters *c;
 
@@ -151,7 +151,7 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 }
 
 SEC("tp_btf/tcp_cong_state_set")
-int BPF_PROG(on_cong_state, struct sock *sk, const u8 ca_state)
+int BPF_PROG(tcptop_cong, struct sock *sk, const u8 ca_state)
 {
 	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
 	struct flow_counters *c;
@@ -170,7 +170,7 @@ int BPF_PROG(on_cong_state, struct sock *sk, const u8 ca_state)
 }
 
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(on_set_state, const struct sock *csk, const int oldstate, const int newstate)
+int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int newstate)
 {
 	struct sock *sk = (struct sock *)csk;
 	struct flow_counters *c;
@@ -254,7 +254,7 @@ static __always_inline void fill_record(struct flow_record *r, struct sock *sk, 
 }
 
 SEC("iter/tcp")
-int dump_tcp(struct bpf_iter__tcp *ctx)
+int tcptop_iter(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct flow_record *r;
@@ -292,7 +292,7 @@ int dump_tcp(struct bpf_iter__tcp *ctx)
 }
 
 SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(on_destroy, struct sock *sk)
+int BPF_PROG(tcptop_destroy, struct sock *sk)
 {
 	struct flow_record *r;
 	__u32 zero = 0;
@@ -320,7 +320,7 @@ int BPF_PROG(on_destroy, struct sock *sk)
 }
 
 SEC("sockops")
-int on_sockops(struct bpf_sock_ops *skops)
+int tcptop_sockops(struct bpf_sock_ops *skops)
 {
 	struct flow_counters *c;
 	__u64 cookie;

@@ -98,15 +98,15 @@ _INO_OFF = FlowRecord.sock_ino.offset
 # Programs, the hook they need, and what is lost without them. The iterator is
 # the one program we cannot do without.
 HOOKS = {
-    "on_send": ("tracepoint sock_send_length", "sock_send_length",
+    "tcptop_send": ("tracepoint sock_send_length", "sock_send_length",
                 "write_bytes and app_wqueue_max (send-time peaks)"),
-    "on_recv": ("tracepoint sock_recv_length", "sock_recv_length", "read_bytes"),
-    "on_cong_state": ("tracepoint tcp_cong_state_set", "tcp_cong_state_set", "fast_retrans"),
-    "on_set_state": ("tracepoint inet_sock_set_state", "inet_sock_set_state",
+    "tcptop_recv": ("tracepoint sock_recv_length", "sock_recv_length", "read_bytes"),
+    "tcptop_cong": ("tracepoint tcp_cong_state_set", "tcp_cong_state_set", "fast_retrans"),
+    "tcptop_state": ("tracepoint inet_sock_set_state", "inet_sock_set_state",
                      "duration_s from establishment (falls back to first seen)"),
-    "on_destroy": ("tracepoint tcp_destroy_sock", "tcp_destroy_sock",
+    "tcptop_destroy": ("tracepoint tcp_destroy_sock", "tcp_destroy_sock",
                    "final values of closed flows (last poll's values are shown instead)"),
-    "on_sockops": ("cgroup sock_ops", None, "rtt_samples and rtt_sum_us"),
+    "tcptop_sockops": ("cgroup sock_ops", None, "rtt_samples and rtt_sum_us"),
 }
 
 
@@ -226,8 +226,8 @@ class FlowEngine:
                 self.hooks[prog] = "ok"
             except (BpfError, OSError) as e:
                 self._degrade(prog, str(e).split(": ", 1)[-1])
-        self._iter = progs["dump_tcp"].attach_iter()
-        self.hooks["dump_tcp"] = "ok"
+        self._iter = progs["tcptop_iter"].attach_iter()
+        self.hooks["tcptop_iter"] = "ok"
 
     def _attach_sockops(self, prog) -> Link:
         root = cgroup2_root()

@@ -1,0 +1,131 @@
+"""The tcptop command: the --json contract, filters, and one-line errors that leave nothing attached."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kit import loopback_pair, recv_exactly, wait_idle
+from tcptop.model import METRICS, snapshot_from_json
+
+TCPTOP = [sys.executable, "-m", "tcptop"]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(*args, **kw):
+    return subprocess.run(TCPTOP + list(args), capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)
+
+
+def our_prog_count():
+    """BPF programs named like ours that are loaded right now (others on the machine are ignored)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    ours = {"tcptop_send", "tcptop_recv", "tcptop_cong", "tcptop_state", "tcptop_iter", "tcptop_destroy", "tcptop_sockops"}
+    return sum(1 for p in json.loads(out or "[]") if p.get("name") in ours)
+
+
+def settled_prog_count(expected):
+    """The kernel frees programs of an exited process after an RCU grace period: wait for it."""
+    deadline = time.monotonic() + 10
+    while (n := our_prog_count()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return n
+
+
+def test_json_lines_follow_the_contract():
+    c, s = loopback_pair()
+    c.sendall(b"j" * 4321)
+    recv_exactly(s, 4321)
+    wait_idle(c)
+    port = s.getsockname()[1]
+    r = run("--json", "--count", "2", "--interval", "0.2", "--port", str(port))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        raw = json.loads(line)
+        snap = snapshot_from_json(line)
+        assert {"ts", "interval_s", "flows", "run"} <= raw.keys()
+        assert {"flows_evicted", "events_lost", "hooks", "degraded"} <= raw["run"].keys()
+        assert len(snap.flows) == 2  # both ends of our connection, nothing else
+        for f, fr in zip(snap.flows, raw["flows"]):
+            assert port in (f.lport, f.rport)
+            for name in METRICS + ("laddr", "lport", "raddr", "rport", "family", "state", "pid", "comm", "netns"):
+                assert name in fr
+            for name in METRICS[:-1]:
+                assert type(fr[name]) is int
+            assert isinstance(fr["duration_s"], float)
+    sent = {f.lport: f.bytes_sent for f in snap.flows}
+    assert sent[c.getsockname()[1]] == 4321
+    assert json.loads(lines[1])["interval_s"] == pytest.approx(0.2, abs=0.1)
+    c.close()
+    s.close()
+
+
+def test_pid_filter_keeps_only_that_process():
+    c, s = loopback_pair()
+    r = run("--json", "--count", "1", "--pid", str(os.getpid()))
+    assert r.returncode == 0, r.stderr
+    flows = json.loads(r.stdout)["flows"]
+    assert flows and all(f["pid"] == os.getpid() for f in flows)
+    assert {f["lport"] for f in flows} >= {c.getsockname()[1], s.getsockname()[1]}
+    c.close()
+    s.close()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--port", "70000"], "--port must be between 1 and 65535, got 70000"),
+    (["--pid", "abc"], "--pid must be an integer, got 'abc'"),
+    (["--interval", "0"], "must be a positive number of seconds, got '0'"),
+    (["--interval", "nan"], "must be a positive number of seconds, got 'nan'"),
+    (["--count", "-1"], "--count must be between 1"),
+    (["--json", "--filter", "port 80 and ("], "--filter:"),
+    (["--sort", "bogus"], "--sort: unknown field 'bogus'"),
+    (["--nonsense"], "unrecognized arguments: --nonsense"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args, message):
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcptop: error:")
+    assert message in lines[0]
+
+
+def test_not_root_is_refused_clearly_and_nothing_stays_attached():
+    before = our_prog_count()
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                        "--bounding-set=-all"] + TCPTOP + ["--json", "--count", "1"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0
+    assert "needs root" in r.stderr
+    assert settled_prog_count(before) == before
+
+
+def test_interrupted_run_detaches_everything():
+    before = our_prog_count()
+    p = subprocess.Popen(TCPTOP + ["--json", "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    p.stdout.readline()
+    assert our_prog_count() == before + 7
+    p.send_signal(2)
+    assert p.wait(10) == 0
+    assert p.stderr.read() == ""
+    assert settled_prog_count(before) == before
+
+
+def test_ipv6_addresses_are_printed_canonically():
+    lsn = socket.socket(socket.AF_INET6)
+    lsn.bind(("::1", 0))
+    lsn.listen()
+    c = socket.create_connection(("::1", lsn.getsockname()[1]))
+    r = run("--json", "--count", "1", "--port", str(lsn.getsockname()[1]))
+    flows = json.loads(r.stdout)["flows"]
+    assert {(f["family"], f["laddr"], f["raddr"]) for f in flows} == {("ipv6", "::1", "::1")}
+    c.close()
+    lsn.close()

@@ -1,0 +1,55 @@
+"""Who owns a flow: pid and comm of another process, for busy and for idle sockets."""
+
+import subprocess
+import sys
+import textwrap
+
+from kit import poll_until
+
+CHILD = textwrap.dedent("""
+    import ctypes, socket, sys, time
+    ctypes.CDLL(None).prctl(15, b"tt-owner-%s", 0, 0, 0)   # PR_SET_NAME: a comm we can recognise
+    lsn = socket.socket(); lsn.bind(("127.0.0.1", 0)); lsn.listen()
+    c = socket.create_connection(lsn.getsockname()); s, _ = lsn.accept()
+    if sys.argv[1] == "busy":
+        c.sendall(b"x" * 1000); s.recv(1000)
+    print(c.getsockname()[1], flush=True)
+    sys.stdin.read()
+""")
+
+
+def run_child(mode):
+    p = subprocess.Popen([sys.executable, "-c", CHILD % mode, mode], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    port = int(p.stdout.readline())
+    return p, port
+
+
+def test_owner_of_busy_socket_is_the_sending_process(engine):
+    p, port = run_child("busy")
+    try:
+        f = poll_until(engine, lambda snap: next((f for f in snap.flows if f.lport == port), None))
+        assert f.pid == p.pid
+        assert f.comm == "tt-owner-busy"
+        assert f.write_bytes == 1000
+    finally:
+        p.stdin.close()
+        p.wait(5)
+
+
+def test_owner_of_idle_socket_found_from_its_file_table():
+    """The socket is older than tcptop and idle, so no event names its owner: /proc/PID/fd does."""
+    from tcptop.engine import LiveEngine
+
+    p, port = run_child("idle")
+    e = LiveEngine(interval_s=0.2)
+    try:
+        f = poll_until(e, lambda snap: next((f for f in snap.flows if f.lport == port), None))
+        assert f.since_start
+        assert f.pid == p.pid
+        assert f.comm == "tt-owner-idle"
+        assert e.flows.owners.scans >= 1
+    finally:
+        e.close()
+        p.stdin.close()
+        p.wait(5)
