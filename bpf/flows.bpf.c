@@ -195,11 +195,11 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 	return 0;
 }
 
-static __always_inline void fill_record(struct flow_record *r, struct sock *sk, __u64 cookie)
+static __always_inline void fill_record(struct flow_record *r, struct sock *sk, __u64 cookie,
+					struct flow_counters *c)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
-	struct flow_counters *c;
 	struct socket *sock;
 
 	r->cookie = cookie;
@@ -246,17 +246,19 @@ static __always_inline void fill_record(struct flow_record *r, struct sock *sk, 
 	} else {
 		r->total_rto = 0;
 	}
-	c = bpf_map_lookup_elem(&counters, &cookie);
-	if (c)
+	if (c) {
 		r->c = *c;
-	else
+	} else {
 		__builtin_memset(&r->c, 0, sizeof(r->c));
+		r->flags |= REC_NO_COUNTERS;
+	}
 }
 
 SEC("iter/tcp")
 int tcptop_iter(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct flow_counters *c;
 	struct flow_record *r;
 	struct tcp_sock *tp;
 	__u32 zero = 0;
@@ -273,19 +275,18 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 	if (!r)
 		return 0;
 	cookie = bpf_get_socket_cookie(tp);
-	if (hook_existing_rtt) {
+	/* Every socket gets counters here, so a full map shows up as flows
+	 * without them (REC_NO_COUNTERS), which user space can count exactly. */
+	c = counters_of(cookie);
+	if (hook_existing_rtt && c && !(c->flags & FLOW_RTT_HOOKED)) {
 		/* Sockets older than us never passed an ESTABLISHED callback; ask
 		 * the kernel for their RTT callbacks now (kernels >= 6.13). */
-		struct flow_counters *c = counters_of(cookie);
+		int cb = 1 /* RTO */ | 8 /* RTT */;
 
-		if (c && !(c->flags & FLOW_RTT_HOOKED)) {
-			int cb = 1 /* RTO */ | 4 /* STATE */ | 8 /* RTT */;
-
-			if (!bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
-				c->flags |= FLOW_RTT_HOOKED;
-		}
+		if (!bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+			c->flags |= FLOW_RTT_HOOKED;
 	}
-	fill_record(r, (struct sock *)tp, cookie);
+	fill_record(r, (struct sock *)tp, cookie, c);
 	stat_inc(STAT_ITER_SOCKETS);
 	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
 	return 0;
@@ -294,27 +295,27 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tcptop_destroy, struct sock *sk)
 {
+	struct flow_counters *c;
 	struct flow_record *r;
 	__u32 zero = 0;
 	__u64 cookie;
-	bool known;
 
 	if (!is_tcp(sk))
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
-	known = bpf_map_lookup_elem(&counters, &cookie) != NULL;
+	c = bpf_map_lookup_elem(&counters, &cookie);
 	/* Keep only sockets that were connections: tracked by us, or with an RTT. */
-	if (!known && BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) == 0)
+	if (!c && BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) == 0)
 		return 0;
 	r = bpf_map_lookup_elem(&scratch, &zero);
 	if (!r)
 		return 0;
-	fill_record(r, sk, cookie);
+	fill_record(r, sk, cookie, c);
 	r->state = ST_CLOSE;
 	r->flags |= REC_CLOSED;
 	if (bpf_map_update_elem(&closed, &cookie, r, BPF_ANY))
 		stat_inc(STAT_CLOSED_FULL);
-	if (known)
+	if (c)
 		bpf_map_delete_elem(&counters, &cookie);
 	return 0;
 }

@@ -15,6 +15,7 @@
 /* flow_record.flags */
 #define REC_CLOSED        1 /* captured when the kernel destroyed the socket */
 #define REC_HAS_TOTAL_RTO 2 /* timeouts come from tcp_sock.total_rto (exact, whole life) */
+#define REC_NO_COUNTERS   4 /* the counters map was full: event counters are missing */
 
 /* Per-socket counters that only events can produce (kept in the `counters` hash map). */
 struct flow_counters {
@@ -69,7 +70,7 @@ struct flow_record {
 
 /* Run-level counters, one slot each in the per-CPU `stats` array. */
 enum tcptop_stat {
-	STAT_COUNTERS_FULL = 0, /* a socket got no counters: the map was full */
+	STAT_COUNTERS_FULL = 0, /* an event found no counters slot: the map was full */
 	STAT_CLOSED_FULL,       /* a closed flow's final record was dropped: closed map full */
 	STAT_ITER_SOCKETS,      /* sockets the iterator emitted (sanity) */
 	STAT_MAX,

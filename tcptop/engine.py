@@ -15,9 +15,6 @@ import time
 from tcptop.libbpf import BpfError
 from tcptop.model import RunInfo, Snapshot
 
-STAT_NAMES = ("counters_full", "closed_full")
-
-
 class EngineError(Exception):
     """The engine cannot start; the message is one line a user can act on."""
 
@@ -71,8 +68,8 @@ class LiveEngine:
         from tcptop.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL
         run = RunInfo(
             engine=self.engine_name,
-            flows_evicted=stats[STAT_COUNTERS_FULL],
-            events_lost=stats[STAT_CLOSED_FULL],
+            flows_evicted=self.flows.flows_without_counters,
+            events_lost=stats[STAT_COUNTERS_FULL] + stats[STAT_CLOSED_FULL],
             hooks=dict(self.flows.hooks),
             degraded=tuple(self.flows.degraded),
         )

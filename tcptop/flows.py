@@ -24,7 +24,7 @@ from tcptop.procs import Owners
 
 TASK_COMM_LEN = 16
 FLOW_SEEN_BIRTH, FLOW_RTT_HOOKED = 1, 2
-REC_CLOSED, REC_HAS_TOTAL_RTO = 1, 2
+REC_CLOSED, REC_HAS_TOTAL_RTO, REC_NO_COUNTERS = 1, 2, 4
 STAT_COUNTERS_FULL, STAT_CLOSED_FULL, STAT_ITER_SOCKETS, STAT_MAX = range(4)
 
 TCP_STATES = {
@@ -94,6 +94,7 @@ REC_SIZE = ctypes.sizeof(FlowRecord)
 # now_ns. Equal bytes mean the previous Flow can be reused without decoding.
 _NOW_OFF = FlowRecord.now_ns.offset
 _INO_OFF = FlowRecord.sock_ino.offset
+_FLAGS_OFF = FlowRecord.flags.offset  # little-endian: the low byte holds every REC_* bit
 
 # Programs, the hook they need, and what is lost without them. The iterator is
 # the one program we cannot do without.
@@ -163,6 +164,7 @@ class FlowEngine:
         self.degraded: list[str] = []
         self.owners = Owners()
         self._tracks: dict[int, _Track] = {}
+        self.flows_without_counters = 0  # live flows the full counters map had no room for
         self._links: list[Link] = []
         self._iter: Link | None = None
         self._obj: BpfObject | None = None
@@ -204,30 +206,31 @@ class FlowEngine:
                     continue
                 raise
             self._obj = obj
-            self.hooks["rtt_of_existing_flows"] = "ok" if hook_existing else "unavailable: verifier refused"
+            self.hooks["sock_ops callbacks for older sockets"] = (
+                "ok" if hook_existing else "unavailable: the verifier refused bpf_setsockopt in the iterator")
             return
 
     def _degrade(self, prog: str, why: str) -> None:
         what, _, lost = HOOKS[prog]
-        self.hooks[prog] = f"unavailable: {why}"
+        self.hooks[what] = f"unavailable: {why}"
         self.degraded.append(f"{lost}: {what} unavailable ({why})")
 
     def _attach(self) -> None:
         assert self._obj is not None
         progs = self._obj.programs
-        for prog, (_, tp, _) in HOOKS.items():
-            if prog in self.hooks:  # already known missing
+        for prog, (what, tp, _) in HOOKS.items():
+            if what in self.hooks:  # already known missing
                 continue
             try:
                 if tp is None:
                     self._links.append(self._attach_sockops(progs[prog]))
                 else:
                     self._links.append(progs[prog].attach())
-                self.hooks[prog] = "ok"
+                self.hooks[what] = "ok"
             except (BpfError, OSError) as e:
                 self._degrade(prog, str(e).split(": ", 1)[-1])
         self._iter = progs["tcptop_iter"].attach_iter()
-        self.hooks["tcptop_iter"] = "ok"
+        self.hooks["iterator tcp"] = "ok"
 
     def _attach_sockops(self, prog) -> Link:
         root = cgroup2_root()
@@ -293,6 +296,8 @@ class FlowEngine:
             seen[int.from_bytes(raw[:8], "little")] = raw
 
         ownerless: list[_Track] = []
+        self.flows_without_counters = sum(
+            1 for raw in seen.values() if raw[_FLAGS_OFF] & REC_NO_COUNTERS and not raw[_FLAGS_OFF] & REC_CLOSED)
         for cookie, raw in seen.items():
             tr = self._tracks.get(cookie)
             if tr is not None and tr.flow.closed:

@@ -178,3 +178,59 @@ def test_flow_opened_before_tcptop(tmp_path):
         e.close()
         c.close()
         s.close()
+
+
+def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
+    """A kernel without tcp_cong_state_set: fast_retrans is reported unavailable, the rest still works."""
+    from tcptop.engine import LiveEngine
+    from tcptop.libbpf import KernelBtf
+
+    real = KernelBtf.has_tracepoint
+    monkeypatch.setattr(KernelBtf, "has_tracepoint", lambda self, name: name != "tcp_cong_state_set" and real(self, name))
+    e = LiveEngine(interval_s=0.2)
+    try:
+        c, s = loopback_pair()
+        c.sendall(b"d" * 2000)
+        recv_exactly(s, 2000)
+        wait_idle(c)
+        f = poll_until(e, lambda snap: find_flow(snap, c))
+        snap = e.poll()
+        assert snap.run.hooks["tracepoint tcp_cong_state_set"].startswith("unavailable: no tracepoint")
+        assert [d for d in snap.run.degraded if d.startswith("fast_retrans:")]
+        assert sum(v != "ok" for v in snap.run.hooks.values()) == 1
+        assert f.write_bytes == 2000 and f.bytes_sent == tcp_info(c)["bytes_sent"]
+        c.close()
+        s.close()
+    finally:
+        e.close()
+
+
+def test_full_counter_map_is_counted_not_silent():
+    """With room for 1024 sockets and 1500 connections, the overflow is reported, and every flow
+    still shows its kernel-side numbers (only its event counters are missing)."""
+    import resource
+
+    from tcptop.engine import LiveEngine
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+    e = LiveEngine(interval_s=0.2, max_flows=1024)
+    pairs = []
+    try:
+        for _ in range(750):
+            pairs.append(loopback_pair())
+        for c, s in pairs:
+            c.send(b"e")
+        snap = e.poll()
+        mine = {c.getsockname()[1] for c, _ in pairs} | {s.getsockname()[1] for _, s in pairs}
+        shown = [f for f in snap.flows if f.lport in mine and not f.closed]
+        assert len(shown) == 1500
+        others = sum(1 for f in snap.flows if f.lport not in mine and not f.closed)
+        # every socket beyond the map's room is counted, ours and the machine's alike
+        assert snap.run.flows_evicted == len(shown) + others - 1024
+        assert snap.run.events_lost >= 1500 - 1024  # their sends found no counters
+        assert sum(f.bytes_sent for f in shown) == 750
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+        e.close()
