@@ -74,14 +74,15 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
+/* Hot paths read typed tp_btf pointers directly (CO-RE relocated loads), which
+ * costs far less than a bpf_probe_read_kernel() call per field. */
 static __always_inline bool is_tcp(struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
-	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP &&
-	       BPF_CORE_READ(sk, sk_type) == 1 /* SOCK_STREAM */;
+	return sk->sk_protocol == IPPROTO_TCP && sk->sk_type == 1 /* SOCK_STREAM */;
 }
 
 /* The socket's counters, created on first use. NULL when the map is full. */
@@ -110,15 +111,12 @@ static __always_inline void note_caller(struct flow_counters *c)
 	}
 }
 
-static __always_inline __u32 send_queue(struct tcp_sock *tp)
-{
-	return BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
-}
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(tcptop_send, struct sock *sk, int ret, int flags)
 {
 	struct flow_counters *c;
+	struct tcp_sock *tp;
 	__u32 q;
 
 	if (ret <= 0 || !is_tcp(sk))
@@ -129,7 +127,10 @@ int BPF_PROG(tcptop_send, struct sock *sk, int ret, int flags)
 	__sync_fetch_and_add(&c->write_bytes, ret);
 	note_caller(c);
 	/* The send queue peaks when a send call returns (only sends grow it). */
-	q = send_queue((struct tcp_sock *)sk);
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	q = tp->write_seq - tp->snd_una;
 	if (q > c->app_wqueue_max && q < (1U << 31))
 		c->app_wqueue_max = q;
 	return 0;
@@ -175,7 +176,7 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 	struct sock *sk = (struct sock *)csk;
 	struct flow_counters *c;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	if (newstate == ST_SYN_SENT) {
 		/* connect() runs in the owner's context: remember who. */
