@@ -1,0 +1,334 @@
+"""The tcptop screen: a Textual app fed by a worker thread that polls a SnapshotSource.
+
+Data goes one way: source → worker → SnapshotReady message → FlowStore → widgets.
+The worker is the only caller of the source (live engine or replay); the UI thread
+never touches BPF. Messages replace each other when the UI falls behind, so a slow
+paint skips to the newest snapshot instead of queueing stale ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import queue
+import sys
+import time
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Footer
+from textual.worker import get_current_worker
+
+from tcptop.columns import COLUMNS, UnknownSortField, resolve_sort
+from tcptop.filter import FilterError
+from tcptop.keys import APP_BINDINGS
+from tcptop.model import Snapshot
+from tcptop.replay import ReplaySource
+from tcptop.source import SnapshotSource
+from tcptop.store import FlowStore
+from tcptop.units import fmt_endpoint
+from tcptop.widgets.detail import DetailPane
+from tcptop.widgets.filter_bar import FilterBar
+from tcptop.widgets.flow_table import FlowTable
+from tcptop.widgets.header import HeaderBar, ReplayStatus
+from tcptop.widgets.help import HelpScreen
+from tcptop.widgets.sort_picker import SortPicker
+from tcptop.widgets.waterfall import WaterfallPane
+
+
+class SnapshotReady(Message):
+    """A snapshot from the worker; a newer one replaces it if the UI has not got to it yet."""
+
+    def __init__(self, snapshot: Snapshot, replay: ReplayStatus | None) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+        self.replay = replay
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SnapshotReady)
+
+
+class SourceFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+# Commands the UI sends the worker (it is the only one allowed to touch the source).
+_WAKE, _STOP, _STEP_FWD, _STEP_BACK, _FASTER, _SLOWER = range(6)
+
+
+class TcptopApp(App[int]):
+    """Top-like view of every TCP connection. `source` is polled on a worker thread."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tcptop"
+    BINDINGS = APP_BINDINGS
+    ENABLE_COMMAND_PALETTE = False
+
+    paused: reactive[bool] = reactive(False, init=False)
+
+    def __init__(self, source: SnapshotSource, *, filter_expr: str | None = None, sort: str | None = None,
+                 reverse: bool = False, start_paused: bool = False) -> None:
+        super().__init__()
+        self.source = source
+        self.is_replay = isinstance(source, ReplaySource)
+        self.store = FlowStore(sort=sort, filter_expr=filter_expr)  # raises FilterError / UnknownSortField
+        if reverse:
+            self.store.reverse()
+        self._commands: queue.Queue[int] = queue.Queue()
+        self._playback_paused = start_paused  # read by the worker (replay only)
+        self._pending: Snapshot | None = None   # newest snapshot that arrived while paused
+        self.replay_status: ReplayStatus | None = None
+        self.source_error = ""
+        self.snapshots_applied = 0
+        self.set_reactive(TcptopApp.paused, start_paused)
+
+    # -- layout -----------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        yield FilterBar(id="filter-bar")
+        yield FlowTable(self.store, id="flows")
+        with Horizontal(id="lower"):
+            yield DetailPane(id="detail")
+            yield WaterfallPane(id="waterfall")
+        yield Footer()
+
+    @property
+    def table(self) -> FlowTable:
+        return self.query_one(FlowTable)
+
+    def on_mount(self) -> None:
+        self.table.focus()
+        self.table.empty_text = "waiting for the first snapshot…"
+        self._render_panes()
+        self.run_worker(self._poll_loop, thread=True, exclusive=True, name="poller", group="poller")
+
+    def on_unmount(self) -> None:
+        self._commands.put(_STOP)
+
+    # -- the worker (runs on its own thread) ------------------------------------------
+
+    def _poll_loop(self) -> None:
+        worker = get_current_worker()
+        src = self.source
+        replay = src if isinstance(src, ReplaySource) else None
+        next_at = time.monotonic()
+        last: tuple[Any, ...] = ()
+        first = True
+        while not worker.is_cancelled:
+            if replay is not None and self._playback_paused and not first:
+                timeout = None  # playback stands still until a key asks for more
+            else:
+                timeout = max(0.0, next_at - time.monotonic())
+            try:
+                cmd = self._commands.get(timeout=timeout)
+            except queue.Empty:
+                cmd = None
+            if cmd == _STOP or worker.is_cancelled:
+                return
+            try:
+                if cmd is None:
+                    now = time.monotonic()
+                    next_at = max(next_at + src.interval_s, now)
+                    snap = src.poll()
+                    first = False
+                elif cmd == _WAKE:
+                    next_at = time.monotonic() + (src.interval_s if replay else 0)
+                    continue
+                elif replay is None:
+                    continue
+                elif cmd == _STEP_FWD:
+                    snap = replay.poll()
+                elif cmd == _STEP_BACK:
+                    snap = replay.step_back()
+                else:
+                    replay.faster() if cmd == _FASTER else replay.slower()
+                    next_at = time.monotonic() + replay.interval_s
+                    snap = last[0] if last else replay.poll()
+            except Exception as e:  # the engine failing must not kill the screen silently
+                self.post_message(SourceFailed(f"{type(e).__name__}: {e}"))
+                continue
+            status = None
+            if replay is not None:
+                status = ReplayStatus(replay.name, replay.shown_line, len(replay), replay.speed, replay.ended,
+                                      tuple(replay.errors))
+            if last and last[0] is snap and last[1] == status:
+                continue  # replay holding at its end: nothing new to show
+            last = (snap, status)
+            self.post_message(SnapshotReady(snap, status))
+
+    # -- data in ---------------------------------------------------------------------
+
+    def on_snapshot_ready(self, msg: SnapshotReady) -> None:
+        self.replay_status = msg.replay
+        self.source_error = ""
+        if self.paused and not self.is_replay:
+            self._pending = msg.snapshot
+            self._render_header()
+            return
+        self.apply_snapshot(msg.snapshot)
+
+    def on_source_failed(self, msg: SourceFailed) -> None:
+        self.source_error = msg.error
+        self._render_header()
+        self.notify(msg.error, title="source error", severity="error", timeout=5)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Store first, then the widgets, all on the UI thread."""
+        table = self.table
+        top = int(table.scroll_y)
+        watched = {r.id for r in self.store.window(top, top + table.page_rows)}
+        if table.cursor_id is not None:
+            watched.add(table.cursor_id)
+        self.store.watched = watched
+        self.store.update(snap)
+        self.snapshots_applied += 1
+        table.empty_text = "no flows match the filter" if self.store.total else "no TCP connections"
+        table.data_changed()
+        self._render_panes()
+
+    # -- painting ----------------------------------------------------------------------
+
+    def _render_header(self) -> None:
+        waiting = f"source error: {self.source_error}" if self.source_error else ""
+        self.query_one(HeaderBar).render_header(self.store, self.paused, self.replay_status, waiting)
+
+    def _render_panes(self) -> None:
+        self._render_header()
+        row = self.store.get(self.table.cursor_id) if self.table.cursor_id is not None else None
+        if row is not None and not row.visible:
+            row = None
+        self.query_one(DetailPane).show(row)
+        snap = self.store.snapshot
+        if row is not None:
+            f = row.flow
+            label = f"{f.comm} {fmt_endpoint(f.raddr, f.rport, 30)}"
+            flow_lat = f.latency
+        else:
+            label, flow_lat = "all flows", None
+        self.query_one(WaterfallPane).show(flow_lat, snap.latency if snap else None, label)
+
+    def on_flow_table_selected(self, msg: FlowTable.Selected) -> None:
+        if msg.flow_id is not None:
+            row = self.store.get(msg.flow_id)
+            if row is not None and row.history is None:
+                self.store.watched.add(msg.flow_id)
+        self._render_panes()
+
+    def on_flow_table_header_clicked(self, msg: FlowTable.HeaderClicked) -> None:
+        if msg.column_id == self.store.sort_column:
+            self.action_reverse()
+        else:
+            self._sort(msg.column_id)
+
+    # -- actions ----------------------------------------------------------------------
+
+    def _view_changed(self) -> None:
+        self.table.data_changed()
+        self._render_panes()
+
+    def _sort(self, column: str, descending: bool | None = None) -> None:
+        self.store.set_sort(column, descending)
+        self._view_changed()
+
+    def action_pick_sort(self) -> None:
+        def chosen(column: str | None) -> None:
+            if column:
+                self._sort(column)
+
+        self.push_screen(SortPicker(self.store.sort_column), chosen)
+
+    def action_sort_step(self, delta: int) -> None:
+        ids = [c.id for c in COLUMNS]
+        cur = ids.index(self.store.sort_column) if self.store.sort_column in ids else 0
+        self._sort(ids[(cur + delta) % len(ids)])
+
+    def action_reverse(self) -> None:
+        self.store.reverse()
+        self._view_changed()
+
+    def action_sort_retrans(self) -> None:
+        self._sort("retrans", descending=True)
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBar).open(self.store.filter_expr)
+
+    def on_filter_bar_changed(self, msg: FilterBar.Changed) -> None:
+        if msg.expr != self.store.filter_expr:
+            self.store.set_filter(msg.expr)
+            self._view_changed()
+
+    def on_filter_bar_done(self, msg: FilterBar.Done) -> None:
+        self.query_one(FilterBar).close()
+        self.table.focus()
+
+    def action_clear_filter(self) -> None:
+        bar = self.query_one(FilterBar)
+        bar.close()
+        if self.store.filter_expr:
+            self.store.set_filter("")
+            self._view_changed()
+        self.table.focus()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+
+    def watch_paused(self, paused: bool) -> None:
+        self._playback_paused = paused
+        self._commands.put(_WAKE)
+        if not paused and self._pending is not None:
+            snap, self._pending = self._pending, None
+            self.apply_snapshot(snap)  # jump to now
+        self._render_header()
+
+    def action_step(self, delta: int) -> None:
+        if not self.is_replay:
+            self.notify("step works in --replay", timeout=2)
+            return
+        if not self.paused:
+            self.paused = True
+        self._commands.put(_STEP_FWD if delta > 0 else _STEP_BACK)
+
+    def action_speed(self, delta: int) -> None:
+        if self.is_replay:
+            self._commands.put(_FASTER if delta > 0 else _SLOWER)
+
+    def action_next_pane(self) -> None:
+        order = [self.table, self.query_one(DetailPane), self.query_one(WaterfallPane)]
+        focused = self.focused
+        i = order.index(focused) if focused in order else -1
+        order[(i + 1) % len(order)].focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        self._commands.put(_STOP)
+        self.exit(0)
+
+
+def run_tui(args: argparse.Namespace, source: SnapshotSource) -> int:
+    """Entry point the CLI calls for the screen; returns the process exit status."""
+    try:
+        app = TcptopApp(source, filter_expr=getattr(args, "filter", None), sort=getattr(args, "sort", None),
+                        reverse=bool(getattr(args, "reverse", False)))
+    except FilterError as e:
+        sys.stderr.write(f"tcptop: --filter: {e}\n")
+        return 2
+    except UnknownSortField as e:
+        sys.stderr.write(f"tcptop: --sort: {e}\n")
+        return 2
+    # Each refresh replaces tens of thousands of objects: full collections of a big heap
+    # would stall the screen far more often than the default thresholds assume.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    app.run()
+    return app.return_code or 0
+
+
+__all__ = ["TcptopApp", "run_tui", "SnapshotReady", "resolve_sort"]

@@ -1,0 +1,113 @@
+"""The detail pane: all sixteen metrics of the selected flow, their rates, and a minute of history."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from tcptop.columns import BAD, WARN, ZERO_WINDOW, state_text
+from tcptop.glossary import TERM
+from tcptop.store import Row
+from tcptop.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate, fmt_us
+from tcptop.widgets.sparkline import sparkline
+
+
+class DetailPane(Static, can_focus=True):
+    """Re-rendered when the selection changes or a snapshot arrives; never reads the engine."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "Flow"
+
+    def show(self, row: Row | None) -> None:
+        if row is None:
+            self.border_title = "Flow"
+            self.update(Text("No flow selected: the list is empty or filtered out.", style="dim"))
+            return
+        self.border_title = f"Flow {row.flow.id}"
+        self.update(render_detail(row, max(20, self.content_region.width or 80)))
+
+
+def _metric(field: str, value: str, rate: str = "", style: str = "") -> tuple[Text, Text, Text]:
+    return (Text(TERM[field].label, style="dim"), Text(value, style=style), Text(rate, style="dim"))
+
+
+def render_detail(row: Row, width: int) -> Group:
+    f = row.flow
+    title = Text()
+    title.append(f"{f.comm or '?'}", style="bold")
+    title.append(f" pid {f.pid}  " if f.pid else "  ")
+    title.append(fmt_endpoint(f.laddr, f.lport, 60))
+    title.append(" → ")
+    title.append(fmt_endpoint(f.raddr, f.rport, 60))
+    title.append(f"  {state_text(f)}", style="dim" if f.closed else "bold")
+    title.append(f"  {f.family}  ca {f.ca_state}", style="dim")
+    if f.container:
+        title.append(f"  container {f.container[:12]}", style="cyan")
+
+    retrans_style = BAD if row.retrans_ps else (WARN if f.retrans_packets else "")
+    zero_window = f.rwnd == 0 and not f.closed and f.state.upper() == "ESTABLISHED"
+    growing = row.wqueue_delta > 0 and f.app_wqueue > 0
+    mean = f"mean {fmt_us(f.rtt_sum_us / f.rtt_samples)}" if f.rtt_samples else ""
+    cells = [
+        _metric("bytes_sent", fmt_bytes(f.bytes_sent), fmt_rate(row.tx_bps)),
+        _metric("bytes_received", fmt_bytes(f.bytes_received), fmt_rate(row.rx_bps)),
+        _metric("write_bytes", fmt_bytes(f.write_bytes), fmt_rate(row.write_bps)),
+        _metric("read_bytes", fmt_bytes(f.read_bytes), fmt_rate(row.read_bps)),
+        _metric("retrans_packets", fmt_int(f.retrans_packets), fmt_count_rate(row.retrans_ps), retrans_style),
+        _metric("fast_retrans", fmt_int(f.fast_retrans), fmt_count_rate(row.fast_ps), WARN if row.fast_ps else ""),
+        _metric("timeouts", fmt_int(f.timeouts), fmt_count_rate(row.rto_ps), BAD if row.rto_ps else ""),
+        _metric("cwnd", f"{f.cwnd} seg", f"ssthresh {f.ssthresh}" if 0 < f.ssthresh < 2**30 else ""),
+        _metric("flight_size", f"{f.flight_size} seg"),
+        _metric("rwnd", fmt_bytes(f.rwnd), "zero window" if zero_window else "", ZERO_WINDOW if zero_window else ""),
+        _metric("mss", f"{f.mss} B"),
+        _metric("app_wqueue", fmt_bytes(f.app_wqueue), "growing" if growing else "", WARN if growing else ""),
+        _metric("app_wqueue_max", fmt_bytes(f.app_wqueue_max)),
+        _metric("rtt_samples", fmt_int(f.rtt_samples), f"srtt {fmt_us(f.srtt_us)}" if f.srtt_us else ""),
+        _metric("rtt_sum_us", fmt_us(f.rtt_sum_us), mean),
+        _metric("duration_s", fmt_age(f.duration_s), "since tcptop started" if f.since_start else ""),
+    ]
+    grid = Table.grid(padding=(0, 1), expand=False)
+    half = (len(cells) + 1) // 2
+    two = width >= 84
+    if two:
+        for _ in range(2):
+            grid.add_column(no_wrap=True, min_width=17)
+            grid.add_column(justify="right", no_wrap=True, min_width=10)
+            grid.add_column(no_wrap=True, min_width=11)
+        for i in range(half):
+            right = cells[half + i] if half + i < len(cells) else (Text(), Text(), Text())
+            grid.add_row(*cells[i], *right)
+    else:
+        grid.add_column(no_wrap=True)
+        grid.add_column(justify="right", no_wrap=True)
+        grid.add_column(no_wrap=True)
+        for c in cells:
+            grid.add_row(*c)
+
+    parts = [title, grid]
+    hist = list(row.history or ())
+    if len(hist) >= 2:
+        spark_w = max(10, min(60, width - 30))
+        lines = Table.grid(padding=(0, 1))
+        lines.add_column(no_wrap=True, style="dim")
+        lines.add_column(no_wrap=True)
+        lines.add_column(no_wrap=True, style="dim")
+        series = (
+            ("TX/s", [h[1] for h in hist], fmt_rate, "green"),
+            ("RX/s", [h[2] for h in hist], fmt_rate, "cyan"),
+            ("cwnd", [h[3] for h in hist], lambda v: f"{v:.0f}", "magenta"),
+            ("RTT", [h[4] or None for h in hist], fmt_us, "yellow"),
+        )
+        for name, values, fmt, colour in series:
+            known = [v for v in values if v is not None]
+            rng = f"{fmt(min(known))} … {fmt(max(known))}" if known else ""
+            lines.add_row(name, Text(sparkline(values, spark_w), style=colour), rng)
+        secs = hist[-1][0] - hist[0][0]
+        parts.append(Text(f"last {secs:.0f} s", style="dim"))
+        parts.append(lines)
+    else:
+        parts.append(Text("history: collecting…", style="dim"))
+    return Group(*parts)

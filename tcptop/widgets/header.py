@@ -1,0 +1,89 @@
+"""The header: where we are (host, kernel, engine), how much we show, totals, and what is wrong.
+
+Run-level trouble (hooks missing on this kernel, flows evicted from full maps, events
+lost, unreadable replay lines) is always on screen, so a partial number is never
+mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tcptop.columns import COLUMN_BY_ID
+from tcptop.model import Snapshot
+from tcptop.store import FlowStore
+from tcptop.units import fmt_count_rate, fmt_rate
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStatus:
+    name: str
+    shown_line: int
+    lines: int
+    speed: float
+    ended: bool
+    errors: tuple[str, ...] = ()
+
+
+def run_warnings(snap: Snapshot | None) -> list[str]:
+    if snap is None:
+        return []
+    run = snap.run
+    out = [f"{hook}: {state}" for hook, state in sorted(run.hooks.items()) if state != "ok"]
+    out.extend(run.degraded)
+    if run.flows_evicted:
+        out.append(f"{run.flows_evicted:,} flows evicted (maps full)")
+    if run.events_lost:
+        out.append(f"{run.events_lost:,} events lost")
+    return out
+
+
+class HeaderBar(Static):
+    def render_header(self, store: FlowStore, paused: bool, replay: ReplayStatus | None,
+                      waiting_for: str = "") -> None:
+        self.update(header_text(store, paused, replay, waiting_for))
+
+
+def header_text(store: FlowStore, paused: bool, replay: ReplayStatus | None, waiting_for: str = "") -> Text:
+    snap = store.snapshot
+    t = Text(no_wrap=False, overflow="fold")
+    t.append(" tcptop ", style="bold reverse")
+    if snap is None:
+        t.append(f"  {waiting_for or 'waiting for the first snapshot…'}", style="dim")
+        return t
+    t.append(f" {snap.host or '?'}", style="bold")
+    t.append(f"  {snap.kernel}" if snap.kernel else "", style="dim")
+    t.append(f"  engine {snap.run.engine}", style="dim")
+    t.append(f"   {len(store):,}/{store.total:,} flows", style="bold")
+    tot = store.totals
+    t.append("   TX ")
+    t.append(fmt_rate(tot.tx_bps), style="green")
+    t.append("  RX ")
+    t.append(fmt_rate(tot.rx_bps), style="cyan")
+    t.append("  retrans ")
+    t.append(fmt_count_rate(tot.retrans_ps), style="bold red" if tot.retrans_ps else "")
+    col = COLUMN_BY_ID.get(store.sort_column)
+    title = col.title if col else store.sort_column
+    t.append(f"   sort {title}{'▼' if store.descending else '▲'}", style="dim")
+    if paused:
+        t.append("   ")
+        t.append(" PAUSED ", style="bold black on yellow")
+    line2 = Text()
+    if replay is not None:
+        where = "end" if replay.ended else f"line {replay.shown_line}/{replay.lines}"
+        line2.append(f" replay {replay.name} {where} ×{replay.speed:g}", style="magenta")
+    if store.filter_expr:
+        line2.append(f"  filter: {store.filter_expr}", style="bold cyan")
+    warnings = run_warnings(snap)
+    if replay is not None and replay.errors:
+        n = len(replay.errors)
+        warnings.append(f"{n} unreadable replay line{'s' if n > 1 else ''} skipped (last {replay.errors[-1]})")
+    if warnings:
+        line2.append("  ⚠ " + " · ".join(warnings), style="yellow")
+    if line2:
+        t.append("\n")
+        t.append_text(line2)
+    return t

@@ -1,0 +1,153 @@
+"""The latency waterfall: per direction, one bar per layer a packet crosses, with p50 and p99.
+
+Receive runs driver → IP → TCP → application; transmit runs TCP → IP → qdisc → driver.
+The packet-level engine reports stages as {"rx": {"driver": {"count", "p50_us", "p99_us"},
+...}, "tx": {...}}; when it merges layers it cannot tell apart, the key names them all
+("ip+tcp") and the bar stands where its first layer would. Without that data the pane
+says so: it never draws a number the kernel did not give.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from tcptop.units import fmt_us
+
+PATHS = {
+    "rx": ("Receive", ("driver", "ip", "tcp", "app")),
+    "tx": ("Transmit", ("tcp", "ip", "qdisc", "driver")),
+}
+LAYER_NAMES = {"driver": "driver", "ip": "IP", "tcp": "TCP", "app": "app", "qdisc": "qdisc"}
+
+NO_DATA = ("No packet-level latency from the engine yet. Bars appear when it reports per-layer "
+           "timings; nothing here is estimated.")
+
+
+def ordered_stages(direction: str, stages: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Stages in the order a packet meets them; merged ones ('ip+tcp') where their first layer is."""
+    order = PATHS[direction][1]
+
+    def rank(key: str) -> tuple[int, str]:
+        first = key.split("+")[0]
+        return (order.index(first) if first in order else len(order), key)
+
+    return [(k, stages[k]) for k in sorted(stages, key=rank) if isinstance(stages[k], Mapping)]
+
+
+def _label(key: str) -> str:
+    return "+".join(LAYER_NAMES.get(p, p) for p in key.split("+"))
+
+
+def _num(stage: Mapping[str, Any], name: str) -> float | None:
+    v = stage.get(name)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+        return float(v)
+    return None
+
+
+def _stage_numbers(stage: Mapping[str, Any] | None) -> tuple[int, float | None, float | None]:
+    if not isinstance(stage, Mapping):
+        return 0, None, None
+    count = stage.get("count")
+    count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+    return count, _num(stage, "p50_us"), _num(stage, "p99_us")
+
+
+def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, Any] | None,
+                     width: int, flow_label: str = "selected flow") -> Group | Text:
+    """Bars for the selected flow (or all flows when it has none), all flows' numbers beside them.
+
+    The axis is logarithmic from 1 µs to the largest p99: layers differ by 1000x, and a
+    linear axis would hide the fast ones.
+    """
+    if not flow_lat and not host_lat:
+        return Text(NO_DATA, style="dim italic")
+    primary = flow_lat or host_lat
+    assert primary is not None
+    compare = host_lat if (flow_lat and host_lat) else None
+    p99s = [
+        _stage_numbers(s)[2] or 0.0
+        for lat in (primary, compare) if lat
+        for d in PATHS if isinstance(lat.get(d), Mapping)
+        for s in lat[d].values()
+    ]
+    top = 10 ** math.ceil(math.log10(max([1000.0] + p99s)))
+    side = 19 if compare is not None else 0
+    bar_w = max(6, width - 28 - side)
+
+    def pos(us: float) -> int:
+        if us <= 1:
+            return 1 if us > 0 else 0
+        return max(1, min(bar_w, round(math.log10(us) / math.log10(top) * bar_w)))
+
+    who = flow_label if flow_lat else "all flows"
+    head = Text.assemble(("bars: ", "dim"), (who, "bold"))
+    if compare is not None:
+        head.append("   right: all flows", style="dim")
+    elif host_lat is None and flow_lat:
+        head.append("   (no host-wide numbers)", style="dim")
+    else:
+        head.append("   (none for the selected flow)" if flow_label != "all flows" else "", style="dim")
+    parts: list[Any] = [head]
+    for direction, (title, order) in PATHS.items():
+        stages = primary.get(direction)
+        others = compare.get(direction) if compare is not None else None
+        stages = stages if isinstance(stages, Mapping) else {}
+        others = others if isinstance(others, Mapping) else {}
+        keys = dict.fromkeys(k for k, _ in ordered_stages(direction, {**others, **stages}))
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, width=7)
+        grid.add_column(no_wrap=True, width=bar_w)
+        grid.add_column(no_wrap=True, justify="right", width=8)
+        grid.add_column(no_wrap=True, justify="right", width=8)
+        if compare is not None:
+            grid.add_column(no_wrap=True, justify="right", width=8, style="dim")
+            grid.add_column(no_wrap=True, justify="right", width=8, style="dim")
+        path = " → ".join(LAYER_NAMES[x] for x in order)
+        parts.append(Text.assemble((title, "bold"), ("  " + path, "dim")))
+        title_row = [Text(""), Text(""), Text("p50", style="dim"), Text("p99", style="dim")]
+        if compare is not None:
+            title_row += [Text("all p50"), Text("all p99")]
+        if not keys:
+            parts.append(Text("  no samples in this direction", style="dim"))
+            continue
+        grid.add_row(*title_row)
+        for key in keys:
+            count, p50, p99 = _stage_numbers(stages.get(key))
+            row: list[Any] = [_label(key)]
+            if not count or p50 is None:
+                row += [Text("no samples", style="dim"), "", ""]
+            else:
+                a = pos(p50)
+                b = max(a, pos(p99 if p99 is not None else p50))
+                worst = p99 or p50
+                colour = "red" if worst >= 10_000 else ("yellow" if worst >= 1_000 else "green")
+                bar = Text("█" * a, style=colour)
+                bar.append("░" * (b - a), style=colour)
+                row += [bar, fmt_us(p50), fmt_us(p99)]
+            if compare is not None:
+                hc, h50, h99 = _stage_numbers(others.get(key))
+                row += [fmt_us(h50) if hc else "–", fmt_us(h99) if hc else "–"]
+            grid.add_row(*row)
+        parts.append(grid)
+    parts.append(Text(f"█ p50  ░ up to p99, log scale 1 µs … {fmt_us(top)}", style="dim"))
+    return Group(*parts)
+
+
+class WaterfallPane(Static, can_focus=True):
+    """Latency per layer for the selected flow, with all flows' figures beside it."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "Latency by layer"
+
+    def show(self, flow_latency: Mapping[str, Any] | None, host_latency: Mapping[str, Any] | None,
+             flow_label: str) -> None:
+        width = max(30, self.content_region.width or 60)
+        self.update(render_waterfall(flow_latency, host_latency, width, flow_label))
