@@ -33,13 +33,15 @@ enum { CA_RECOVERY = 3, CA_LOSS = 4 };
  * us (bpf_setsockopt TCP_BPF_SOCK_OPS_CB_FLAGS); set by the loader. */
 const volatile bool hook_existing_rtt = false;
 
-/* One entry per socket with event counters. Sized by the loader (--max-flows);
- * preallocated so updates from softirq never allocate. A full map is counted
- * in STAT_COUNTERS_FULL, never silent. */
+/* Event counters live in the socket itself (socket-local storage): one lookup
+ * through sk->sk_bpf_storage instead of a hash of the cookie on every event,
+ * and the kernel frees them with the socket, so nothing can leak or go stale.
+ * Bounded by the number of sockets; a failed allocation (socket option memory
+ * exhausted) is counted in STAT_COUNTERS_FULL and shows as REC_NO_COUNTERS. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct flow_counters);
 } counters SEC(".maps");
 
@@ -85,17 +87,12 @@ static __always_inline bool is_tcp(struct sock *sk)
 	return sk->sk_protocol == IPPROTO_TCP && sk->sk_type == 1 /* SOCK_STREAM */;
 }
 
-/* The socket's counters, created on first use. NULL when the map is full. */
-static __always_inline struct flow_counters *counters_of(__u64 cookie)
+/* The socket's counters, created on first use. NULL when they cannot be allocated. */
+static __always_inline struct flow_counters *counters_of(void *sk)
 {
-	struct flow_counters *c = bpf_map_lookup_elem(&counters, &cookie);
-	struct flow_counters zero = {};
+	struct flow_counters *c;
 
-	if (c)
-		return c;
-	/* May fail because the map is full, or because another CPU won the race. */
-	bpf_map_update_elem(&counters, &cookie, &zero, BPF_NOEXIST);
-	c = bpf_map_lookup_elem(&counters, &cookie);
+	c = bpf_sk_storage_get(&counters, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c)
 		stat_inc(STAT_COUNTERS_FULL);
 	return c;
@@ -121,7 +118,7 @@ int BPF_PROG(tcptop_send, struct sock *sk, int ret, int flags)
 
 	if (ret <= 0 || !is_tcp(sk))
 		return 0;
-	c = counters_of(bpf_get_socket_cookie(sk));
+	c = counters_of(sk);
 	if (!c)
 		return 0;
 	__sync_fetch_and_add(&c->write_bytes, ret);
@@ -143,7 +140,7 @@ int BPF_PROG(tcptop_recv, struct sock *sk, int ret, int flags)
 
 	if (ret <= 0 || (flags & MSG_PEEK) || !is_tcp(sk))
 		return 0;
-	c = counters_of(bpf_get_socket_cookie(sk));
+	c = counters_of(sk);
 	if (!c)
 		return 0;
 	__sync_fetch_and_add(&c->read_bytes, ret);
@@ -164,7 +161,7 @@ int BPF_PROG(tcptop_cong, struct sock *sk, const u8 ca_state)
 	old = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
 	if (old == CA_RECOVERY)
 		return 0;
-	c = counters_of(bpf_get_socket_cookie(sk));
+	c = counters_of(sk);
 	if (c)
 		__sync_fetch_and_add(&c->fast_retrans, 1);
 	return 0;
@@ -180,7 +177,7 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 		return 0;
 	if (newstate == ST_SYN_SENT) {
 		/* connect() runs in the owner's context: remember who. */
-		c = counters_of(bpf_get_socket_cookie(sk));
+		c = counters_of(sk);
 		if (c)
 			note_caller(c);
 		return 0;
@@ -188,7 +185,7 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 	if (newstate != ST_ESTABLISHED ||
 	    (oldstate != ST_SYN_SENT && oldstate != ST_SYN_RECV))
 		return 0;
-	c = counters_of(bpf_get_socket_cookie(sk));
+	c = counters_of(sk);
 	if (!c)
 		return 0;
 	c->established_ns = bpf_ktime_get_ns();
@@ -278,7 +275,7 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 	cookie = bpf_get_socket_cookie(tp);
 	/* Every socket gets counters here, so a full map shows up as flows
 	 * without them (REC_NO_COUNTERS), which user space can count exactly. */
-	c = counters_of(cookie);
+	c = counters_of(tp);
 	if (hook_existing_rtt && c && !(c->flags & FLOW_RTT_HOOKED)) {
 		/* Sockets older than us never passed an ESTABLISHED callback; ask
 		 * the kernel for their RTT callbacks now (kernels >= 6.13). */
@@ -304,7 +301,7 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 	if (!is_tcp(sk))
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
-	c = bpf_map_lookup_elem(&counters, &cookie);
+	c = bpf_sk_storage_get(&counters, sk, 0, 0);
 	/* Keep only sockets that were connections: tracked by us, or with an RTT. */
 	if (!c && BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) == 0)
 		return 0;
@@ -316,30 +313,28 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 	r->flags |= REC_CLOSED;
 	if (bpf_map_update_elem(&closed, &cookie, r, BPF_ANY))
 		stat_inc(STAT_CLOSED_FULL);
-	if (c)
-		bpf_map_delete_elem(&counters, &cookie);
 	return 0;
 }
 
 SEC("sockops")
 int tcptop_sockops(struct bpf_sock_ops *skops)
 {
+	struct bpf_sock *sk = skops->sk;
 	struct flow_counters *c;
-	__u64 cookie;
 
+	if (!sk)
+		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 					  BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
-		cookie = bpf_get_socket_cookie(skops);
-		c = counters_of(cookie);
+		c = counters_of(sk);
 		if (c)
 			c->flags |= FLOW_RTT_HOOKED;
 		return 1;
 	case BPF_SOCK_OPS_RTT_CB:
-		cookie = bpf_get_socket_cookie(skops);
-		c = counters_of(cookie);
+		c = counters_of(sk);
 		if (!c)
 			return 1;
 		/* args[0] is the sample (mrtt, us) the estimator just took. */
@@ -347,8 +342,7 @@ int tcptop_sockops(struct bpf_sock_ops *skops)
 		__sync_fetch_and_add(&c->rtt_sum_us, skops->args[0]);
 		return 1;
 	case BPF_SOCK_OPS_RTO_CB:
-		cookie = bpf_get_socket_cookie(skops);
-		c = counters_of(cookie);
+		c = counters_of(sk);
 		if (c)
 			__sync_fetch_and_add(&c->rto_events, 1);
 		return 1;

@@ -45,13 +45,13 @@ class LiveEngine:
 
     engine_name = "core"
 
-    def __init__(self, interval_s: float = 1.0, max_flows: int = 65536):
+    def __init__(self, interval_s: float = 1.0, max_closed: int = 16384):
         from tcptop.flows import FlowEngine  # imports libbpf lazily: replay needs none of it
 
         preflight()
         self.interval_s = interval_s
         try:
-            self.flows = FlowEngine(max_flows=max_flows)
+            self.flows = FlowEngine(max_closed=max_closed)
         except BpfError as e:
             raise EngineError(_explain(e)) from None
         self.host = socket.gethostname()

@@ -156,9 +156,9 @@ class _Track:
 class FlowEngine:
     """Owns the loaded flows.bpf.o. `poll()` returns the flows now; `close()` detaches all."""
 
-    def __init__(self, max_flows: int = 65536, closed_keep_polls: int = 3,
+    def __init__(self, max_closed: int = 16384, closed_keep_polls: int = 3,
                  object_path: str | None = None):
-        self.max_flows = max_flows
+        self.max_closed = max_closed
         self.closed_keep_polls = closed_keep_polls
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
@@ -196,7 +196,7 @@ class FlowEngine:
             for prog, tp in missing.items():
                 obj.programs[prog].set_autoload(False)
                 self._degrade(prog, f"no tracepoint {tp} on this kernel")
-            obj.maps["counters"].set_max_entries(self.max_flows)
+            obj.maps["closed"].set_max_entries(self.max_closed)
             obj.rodata().initial_value()[0] = 1 if hook_existing else 0
             try:
                 obj.load()

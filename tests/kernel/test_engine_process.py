@@ -53,3 +53,30 @@ def test_owner_of_idle_socket_found_from_its_file_table():
         e.close()
         p.stdin.close()
         p.wait(5)
+
+
+def test_container_identity_from_the_owners_cgroup(engine):
+    """A process in a container-style cgroup (docker-<64 hex>.scope) is labelled with that container."""
+    import os
+
+    from tcptop.flows import cgroup2_root
+
+    cid = "%064x" % (0xC0FFEE0000 + os.getpid())
+    path = os.path.join(cgroup2_root(), f"tcptop-test-{os.getpid()}", f"docker-{cid}.scope")
+    os.makedirs(path)
+    p = None
+    try:
+        p, port = run_child("busy")
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+        f = poll_until(engine, lambda snap: next((f for f in snap.flows if f.lport == port), None),
+                       lambda f: f.container != "")
+        assert f.pid == p.pid
+        assert f.container == cid[:12]
+        assert f.cgroup == f"/tcptop-test-{os.getpid()}/docker-{cid}.scope"
+    finally:
+        if p is not None:
+            p.stdin.close()
+            p.wait(5)
+        os.rmdir(path)
+        os.rmdir(os.path.dirname(path))
