@@ -158,9 +158,10 @@ static __always_inline void record(struct lat_flow *f, __u32 stage, __u64 ns)
 		if (ns > h->max_ns)
 			h->max_ns = ns;
 	}
-	if (f && stage < LAT_STAGES) {
-		__sync_fetch_and_add(&f->slots[stage][b & (LAT_BUCKETS - 1)], 1);
-		__sync_fetch_and_add(&f->sum_ns[stage], ns);
+	if (f) {
+		/* Masks keep the verifier sure of the bounds (both sizes are powers of 2). */
+		__sync_fetch_and_add(&f->slots[stage & (LAT_STAGES - 1)][b & (LAT_BUCKETS - 1)], 1);
+		__sync_fetch_and_add(&f->sum_ns[stage & (LAT_STAGES - 1)], ns);
 	}
 }
 
@@ -369,13 +370,17 @@ int on_tcp_ingress(struct __sk_buff *skb)
 	if (sk->state != ST_LISTEN)
 		f = flow_of(bpf_get_socket_cookie(skb), true);
 	e = bpf_map_lookup_elem(&rx_skbs, &addr);
-	if (e && e->ip_ts) {
+	if (e && (e->ip_ts | e->driver_ts)) {
 		ip_ts = e->ip_ts;
 		drv_ts = e->driver_ts;
 		e->ip_ts = 0;
 		e->driver_ts = 0;
-		if (now - ip_ts > max_skb_age_ns) {
+		if (now - (ip_ts ? ip_ts : drv_ts) > max_skb_age_ns) {
 			stat_inc(LS_RX_STALE);
+		} else if (!ip_ts) {
+			/* No hook at the IP layer on this kernel: "driver+ip". */
+			stat_inc(LS_RX_MATCHED);
+			record(f, RX_DRIVER, now - drv_ts);
 		} else {
 			stat_inc(LS_RX_MATCHED);
 			if (drv_ts && drv_ts <= ip_ts)
@@ -392,20 +397,18 @@ int on_tcp_ingress(struct __sk_buff *skb)
 
 /* ---- receive: tcp -> queued -> read, matched by sequence number -------- */
 
-/* Data queued on the socket (tcp_data_ready -> sk->sk_data_ready). */
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(on_data_ready, const struct sock *sk)
+/* Data queued on the socket: time the TCP stage's timed byte out, and time
+ * the last byte queued so far until a read call copies it. */
+static __always_inline void rx_queued(const struct sock *sk, __u64 cookie)
 {
 	struct tcp_sock *tp;
 	struct lat_flow *f;
 	__u32 rcv_nxt;
 	__u64 now;
 
-	if (sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_state == ST_LISTEN)
-		return 0;
-	f = flow_of(bpf_get_socket_cookie((void *)sk), true);
+	f = flow_of(cookie, true);
 	if (!f)
-		return 0;
+		return;
 	tp = RO(struct tcp_sock, sk);
 	rcv_nxt = tp->rcv_nxt;
 	now = bpf_ktime_get_ns();
@@ -414,11 +417,37 @@ int BPF_PROG(on_data_ready, const struct sock *sk)
 		f->rx_tcp.ts = 0;
 		stat_inc(LS_PROBE_DONE);
 	}
-	/* Time the last byte queued so far until a read call copies it. */
 	if (!f->rx_app.ts && rcv_nxt != tp->copied_seq) {
 		f->rx_app.seq = rcv_nxt;
 		f->rx_app.ts = now;
 	}
+}
+
+/* tcp_data_ready -> sk->sk_data_ready (the tracepoint fires for every protocol). */
+SEC("tp_btf/sk_data_ready")
+int BPF_PROG(on_data_ready, const struct sock *sk)
+{
+	if (sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_state == ST_LISTEN)
+		return 0;
+	rx_queued(sk, bpf_get_socket_cookie((void *)sk));
+	return 0;
+}
+
+SEC("fentry/tcp_data_ready")
+int BPF_PROG(fe_tcp_data_ready, struct sock *sk)
+{
+	rx_queued(sk, bpf_get_socket_cookie(sk));
+	return 0;
+}
+
+SEC("kprobe/tcp_data_ready")
+int BPF_KPROBE(kp_tcp_data_ready, struct sock *sk)
+{
+	struct sock *s = RO(struct sock, sk);
+	__u64 cookie = cookie_of(s);
+
+	if (cookie) /* cgroup ingress asked for it when the data arrived */
+		rx_queued(s, cookie);
 	return 0;
 }
 
@@ -452,26 +481,66 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 	return 0;
 }
 
+/* End of tcp_recvmsg (and of splice/tcp_read_sock): copied_seq is updated. */
+SEC("fentry/tcp_cleanup_rbuf")
+int BPF_PROG(fe_tcp_cleanup_rbuf, struct sock *sk, int copied)
+{
+	if (copied > 0)
+		rx_app_done(sk, copied);
+	return 0;
+}
+
+SEC("kprobe/tcp_cleanup_rbuf")
+int BPF_KPROBE(kp_tcp_cleanup_rbuf, struct sock *sk, int copied)
+{
+	if (copied > 0)
+		rx_app_done(RO(struct sock, sk), copied);
+	return 0;
+}
+
 /* ---- transmit: write accepted -> leaves TCP / device layer, by sequence - */
 
-/* Each round of tcp_sendmsg_locked's copy loop, before it appends: write_seq
- * is the next byte this write hands to TCP. Restamped while it stays the
- * same, so time blocked waiting for send-buffer space is not counted. */
-SEC("tp_btf/tcp_sendmsg_locked")
-int BPF_PROG(on_sendmsg, const struct sock *sk, const struct msghdr *msg,
-	     const struct sk_buff *skb, int size_goal)
+/* A write hands bytes to TCP: time write_seq, the next byte it appends.
+ * Restamped while write_seq stays the same, so time blocked waiting for
+ * send-buffer space is not counted as TCP time. */
+static __always_inline void tx_accept(const struct sock *sk, __u64 cookie)
 {
-	struct lat_flow *f;
+	struct lat_flow *f = flow_of(cookie, true);
 	__u32 ws;
 
-	f = flow_of(bpf_get_socket_cookie((void *)sk), true);
 	if (!f)
-		return 0;
+		return;
 	ws = RO(struct tcp_sock, sk)->write_seq;
 	if (!f->tx.ts || f->tx.seq == ws) {
 		f->tx.seq = ws;
 		f->tx.ts = bpf_ktime_get_ns();
 	}
+}
+
+/* Each round of tcp_sendmsg_locked's copy loop, before it appends. */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(on_sendmsg, const struct sock *sk, const struct msghdr *msg,
+	     const struct sk_buff *skb, int size_goal)
+{
+	tx_accept(sk, bpf_get_socket_cookie((void *)sk));
+	return 0;
+}
+
+SEC("fentry/tcp_sendmsg_locked")
+int BPF_PROG(fe_tcp_sendmsg_locked, struct sock *sk)
+{
+	tx_accept(sk, bpf_get_socket_cookie(sk));
+	return 0;
+}
+
+SEC("kprobe/tcp_sendmsg_locked")
+int BPF_KPROBE(kp_tcp_sendmsg_locked, struct sock *sk)
+{
+	struct sock *s = RO(struct sock, sk);
+	__u64 cookie = cookie_of(s);
+
+	if (cookie) /* 0 until something asked: cgroup ingress does on the first packet received */
+		tx_accept(s, cookie);
 	return 0;
 }
 

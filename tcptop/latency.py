@@ -1,0 +1,535 @@
+"""Packet-level engine, user side: loads bpf/latency.bpf.o with the best hook per stage boundary, polls.
+
+Pairs with bpf/latency.bpf.c (kernel side) and bpf/latency.h (the shared
+layouts, mirrored below with ctypes and checked against the object's BTF).
+The kernel folds every stage duration into log2 histograms; one poll reads the
+host-wide per-CPU histograms and one batch pass over the per-flow map, and
+turns buckets into percentiles here.
+
+Percentiles from log2 buckets: bucket 0 is [0, 512 ns), bucket b >= 1 is
+[2^(b+8), 2^(b+9)) ns. The rank is located in its bucket and interpolated
+geometrically inside it (linearly in bucket 0), so a percentile is exact to
+within the bucket's factor of two; the host-wide maximum is exact and caps
+every host-wide percentile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from typing import Any
+
+from tcptop.flows import _possible_cpus, cgroup2_root
+from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link
+
+BUCKETS = 32
+BUCKET0_SHIFT = 9
+RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = range(9)
+STAT_NAMES = (
+    "rx_started", "rx_reused", "rx_matched", "rx_unmatched", "rx_stale",
+    "tx_queued", "tx_reused", "tx_matched", "tx_stale", "driver_unmatched",
+    "probe_done", "probe_missed", "flows_full",
+)
+LS_MAX = len(STAT_NAMES)
+PERCENTILES = (("p50_us", 0.50), ("p90_us", 0.90), ("p99_us", 0.99))
+
+
+class LatHist(ctypes.Structure):
+    _fields_ = [("slots", ctypes.c_uint64 * BUCKETS), ("sum_ns", ctypes.c_uint64), ("max_ns", ctypes.c_uint64)]
+
+
+class LatProbe(ctypes.Structure):
+    _fields_ = [("ts", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class LatFlow(ctypes.Structure):
+    _fields_ = [
+        ("slots", (ctypes.c_uint32 * BUCKETS) * STAGES),
+        ("sum_ns", ctypes.c_uint64 * STAGES),
+        ("rx_tcp", LatProbe),
+        ("rx_app", LatProbe),
+        ("tx", LatProbe),
+        ("closed_ns", ctypes.c_uint64),
+    ]
+
+
+class RxSkb(ctypes.Structure):
+    _fields_ = [("driver_ts", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64)]
+
+
+class TxSkb(ctypes.Structure):
+    _fields_ = [("cookie", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64), ("queue_ts", ctypes.c_uint64)]
+
+
+LAYOUTS = {"lat_hist": LatHist, "lat_probe": LatProbe, "lat_flow": LatFlow, "rx_skb": RxSkb, "tx_skb": TxSkb}
+FLOW_SIZE = ctypes.sizeof(LatFlow)
+_SLOTS_FMT = f"<{BUCKETS * STAGES}I{STAGES}Q"
+_CLOSED_OFF = LatFlow.closed_ns.offset
+
+# Stage boundaries that have more than one candidate hook, best first. A rung
+# is (kind, its programs, the kernel tracepoints/functions all of them need).
+# The tracepoint rungs are what our CI kernels run; fentry/kprobe rungs are the
+# same handlers behind a different entry, for kernels that allow them.
+LADDERS: dict[str, tuple[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]]] = {
+    "rx_ip": ("the IP layer takes a received packet (splits rx driver | ip)", [
+        ("fentry", ("fe_ip_rcv", "fe_ipv6_rcv"), ("ip_rcv", "ipv6_rcv")),
+        ("kprobe", ("kp_ip_rcv", "kp_ipv6_rcv"), ("ip_rcv", "ipv6_rcv")),
+        ("tracepoint", ("on_netif_receive",), ("netif_receive_skb",)),
+    ]),
+    "rx_queued": ("data is queued on the socket (splits rx tcp | app)", [
+        ("tracepoint", ("on_data_ready",), ("sk_data_ready",)),
+        ("fentry", ("fe_tcp_data_ready",), ("tcp_data_ready",)),
+        ("kprobe", ("kp_tcp_data_ready",), ("tcp_data_ready",)),
+    ]),
+    "rx_read": ("a read call has copied data (ends rx app)", [
+        ("tracepoint", ("on_recv",), ("sock_recv_length",)),
+        ("fentry", ("fe_tcp_cleanup_rbuf",), ("tcp_cleanup_rbuf",)),
+        ("kprobe", ("kp_tcp_cleanup_rbuf",), ("tcp_cleanup_rbuf",)),
+    ]),
+    "tx_accept": ("a write hands bytes to TCP (starts tx tcp)", [
+        ("tracepoint", ("on_sendmsg",), ("tcp_sendmsg_locked",)),
+        ("fentry", ("fe_tcp_sendmsg_locked",), ("tcp_sendmsg_locked",)),
+        ("kprobe", ("kp_tcp_sendmsg_locked",), ("tcp_sendmsg_locked",)),
+    ]),
+    "tx_leave_tcp": ("a segment leaves TCP for IP (splits tx tcp | ip)", [
+        ("fentry", ("fe_ip_queue_xmit", "fe_inet6_csk_xmit"), ("ip_queue_xmit", "inet6_csk_xmit")),
+        ("kprobe", ("kp_ip_queue_xmit", "kp_inet6_csk_xmit"), ("ip_queue_xmit", "inet6_csk_xmit")),
+    ]),
+}
+
+# Hooks with a single candidate: program -> (tracepoint, or None for the
+# cgroup hook; what is lost without it). The driver entry points are
+# alternatives: drivers use one of them, and any subset is fine.
+DRIVER_ENTRIES = {
+    "on_netif_rx": "netif_rx",
+    "on_gro_receive": "napi_gro_receive_entry",
+    "on_gro_frags": "napi_gro_frags_entry",
+    "on_receive_entry": "netif_receive_skb_entry",
+    "on_receive_list_entry": "netif_receive_skb_list_entry",
+}
+FIXED = {
+    "on_tcp_ingress": (None, "rx driver, ip and tcp stages (no point where a packet meets its socket)"),
+    "on_dev_queue": ("net_dev_queue", "tx tcp(+ip), ip and qdisc stages"),
+    "on_start_xmit": ("net_dev_start_xmit", "tx qdisc and driver stages"),
+    "on_xmit": ("net_dev_xmit", "tx qdisc and driver stages"),
+    "on_destroy": ("tcp_destroy_sock", "prompt release of closed flows' histograms (the map may fill)"),
+}
+ALL_RUNG_PROGS = {p for _, rungs in LADDERS.values() for _, progs, _ in rungs for p in progs}
+
+_fentry_verdict: tuple[bool, str] | None = None
+
+
+def default_object_path() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(here, "bpf"),
+                 os.path.join(os.path.dirname(here), "build")):
+        if cand and os.path.exists(os.path.join(cand, "latency.bpf.o")):
+            return os.path.join(cand, "latency.bpf.o")
+    return os.path.join(os.path.dirname(here), "build", "latency.bpf.o")
+
+
+def kprobes_available() -> bool:
+    """kprobe attachment needs the kprobe PMU (CONFIG_KPROBE_EVENTS)."""
+    return os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+
+
+def fentry_available(path: str) -> tuple[bool, str]:
+    """Whether BPF trampolines load here: one small fentry program, loaded alone, once per process.
+
+    Kernels with BTF can still refuse them (no trampoline support on the arch,
+    lockdown, or a sandbox: ours answers EPERM), so asking BTF is not enough.
+    """
+    global _fentry_verdict
+    if _fentry_verdict is None:
+        obj = BpfObject(path)
+        try:
+            for name, prog in obj.programs.items():
+                prog.set_autoload(name == "fe_ip_rcv")
+            obj.load()
+            _fentry_verdict = (True, "ok")
+        except BpfError as e:
+            _fentry_verdict = (False, f"fentry does not load here ({os.strerror(e.errno) if e.errno else e})")
+        finally:
+            obj.close()
+    return _fentry_verdict
+
+
+class LatencyEngine:
+    """Owns the loaded latency.bpf.o.
+
+    `poll()` -> (host, flows): host-wide latency, and per-flow latency keyed by
+    socket cookie (Flow.id). `close()` detaches all. `hooks` maps each
+    program/boundary to "ok" or "unavailable: why"; `degraded` lists what is
+    lost on this kernel, one line each.
+    """
+
+    def __init__(self, max_flows: int = 8192, window: str = "total",
+                 max_skb_age_s: float = 5.0, object_path: str | None = None,
+                 allow_fentry: bool = True, allow_kprobe: bool = True):
+        if window not in ("total", "interval"):
+            raise ValueError("window is 'total' or 'interval'")
+        self.max_flows = max_flows
+        self.window = window
+        self.max_skb_age_ns = int(max_skb_age_s * 1e9)
+        self.hooks: dict[str, str] = {}
+        self.degraded: list[str] = []
+        self.chosen: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+        self._path = object_path or default_object_path()
+        self._obj: BpfObject | None = None
+        self._links: list[Link] = []
+        self._cgroup_fd = -1
+        self._flow_cache: dict[int, tuple[bytes, dict]] = {}
+        self._prev_host: list[tuple[tuple[int, ...], int]] | None = None
+        self._prev_flow: dict[int, bytes] = {}
+        self._allow = {"fentry": allow_fentry, "kprobe": allow_kprobe, "tracepoint": True}
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up -------------------------------------------------------------
+
+    def _start(self) -> None:
+        btf = KernelBtf()
+        try:
+            refused: set[tuple[str, str]] = set()  # (boundary, kind) whose attach failed
+            for _ in range(4):  # each retry drops one rung that failed to attach
+                self._choose(btf, refused)
+                self._load()
+                failed = self._attach()
+                if not failed:
+                    return
+                refused |= failed
+                self._detach()
+            raise BpfError("latency engine: hooks keep failing to attach", 0)
+        finally:
+            btf.close()
+
+    def _rung_ok(self, btf: KernelBtf, kind: str, names: tuple[str, ...]) -> tuple[bool, str]:
+        if not self._allow[kind]:
+            return False, f"{kind} disabled by option"
+        if kind == "tracepoint":
+            missing = [n for n in names if not btf.has_tracepoint(n)]
+            return (not missing, f"no tracepoint {', '.join(missing)}")
+        missing = [n for n in names if not btf.has_function(n)]
+        if missing:
+            return False, f"no kernel function {', '.join(missing)}"
+        if kind == "kprobe":
+            return (kprobes_available(), "kprobes not available (no kprobe PMU)")
+        return fentry_available(self._path)
+
+    def _choose(self, btf: KernelBtf, refused: set[tuple[str, str]]) -> None:
+        self.hooks.clear()
+        self.degraded.clear()
+        self.chosen.clear()
+        for boundary, (what, rungs) in LADDERS.items():
+            why_not = []
+            for kind, progs, names in rungs:
+                if (boundary, kind) in refused:
+                    why_not.append(f"{kind}: attach failed")
+                    continue
+                ok, why = self._rung_ok(btf, kind, names)
+                if ok:
+                    self.chosen[boundary] = (kind, progs)
+                    self.hooks[boundary] = f"ok: {kind} {'+'.join(names)}"
+                    break
+                why_not.append(f"{kind}: {why}")
+            else:
+                self.chosen[boundary] = None
+                self.hooks[boundary] = "unavailable: " + "; ".join(why_not)
+                self.degraded.append(f"latency: no hook where {what} ({'; '.join(why_not)})")
+        self._driver_entries = {p: tp for p, tp in DRIVER_ENTRIES.items() if btf.has_tracepoint(tp)}
+        if not self._driver_entries:
+            self.degraded.append("latency: rx driver stage unmeasured (no driver hand-over tracepoint)")
+        self._fixed_missing = {p for p, (tp, _) in FIXED.items() if tp and not btf.has_tracepoint(tp)}
+
+    def _load(self) -> None:
+        obj = BpfObject(self._path)
+        try:
+            for name, cls in LAYOUTS.items():
+                if obj.struct_size(name) != ctypes.sizeof(cls):
+                    raise BpfError(f"{self._path} does not match tcptop/latency.py (struct {name}); "
+                                   "rebuild with `make setup`", 0)
+            wanted = set(self._driver_entries) | (set(FIXED) - self._fixed_missing)
+            for choice in self.chosen.values():
+                if choice:
+                    wanted |= set(choice[1])
+            for name, prog in obj.programs.items():
+                prog.set_autoload(name in wanted)
+            obj.maps["flows"].set_max_entries(self.max_flows)
+            self._set_rodata(obj)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        self._obj = obj
+
+    def _set_rodata(self, obj: BpfObject) -> None:
+        # const volatile globals, in declaration order: max_skb_age_ns (u64), tx_split_ip (bool).
+        ro = obj.rodata().initial_value()
+        struct.pack_into("<Q", ro, 0, self.max_skb_age_ns)
+        ro[8] = 1 if self.chosen.get("tx_leave_tcp") else 0
+
+    def _attach(self) -> set[tuple[str, str]]:
+        assert self._obj is not None
+        progs = self._obj.programs
+        failed: set[tuple[str, str]] = set()
+        for boundary, choice in self.chosen.items():
+            if not choice:
+                continue
+            kind, names = choice
+            try:
+                for n in names:
+                    self._links.append(progs[n].attach())
+            except (BpfError, OSError):
+                failed.add((boundary, kind))
+        attached_entries = []
+        for prog, tp in self._driver_entries.items():
+            try:
+                self._links.append(progs[prog].attach())
+                attached_entries.append(tp)
+            except (BpfError, OSError) as e:
+                self.hooks[prog] = f"unavailable: {e}"
+        if attached_entries:
+            self.hooks["rx_driver_entry"] = "ok: tracepoint " + "+".join(attached_entries)
+        for prog, (tp, lost) in FIXED.items():
+            if prog in self._fixed_missing:
+                self._degrade(prog, f"no tracepoint {tp}", lost)
+                continue
+            try:
+                link = self._attach_cgroup(progs[prog]) if tp is None else progs[prog].attach()
+                self._links.append(link)
+                self.hooks[prog] = "ok"
+            except (BpfError, OSError) as e:
+                self._degrade(prog, str(e).split(": ", 1)[-1], lost)
+        return failed
+
+    def _degrade(self, prog: str, why: str, lost: str) -> None:
+        self.hooks[prog] = f"unavailable: {why}"
+        self.degraded.append(f"latency: {lost} unavailable ({why})")
+
+    def _attach_cgroup(self, prog) -> Link:
+        if self._cgroup_fd < 0:
+            root = cgroup2_root()
+            if root is None:
+                raise OSError(2, "attach: cgroup v2 is not mounted")
+            self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return prog.attach_cgroup(self._cgroup_fd)
+
+    def _detach(self) -> None:
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        if self._obj:
+            self._obj.close()
+            self._obj = None
+
+    def program_ids(self) -> list[int]:
+        """Kernel ids of our loaded programs, so benchmarks and tests count only ours."""
+        if not self._obj:
+            return []
+        return [p.prog_id() for p in self._obj.programs.values() if p.fd >= 0]
+
+    def close(self) -> None:
+        self._detach()
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
+
+    # -- what is measured on this kernel -------------------------------------
+
+    def stage_keys(self) -> dict[str, list[tuple[str, int]]]:
+        """Per direction, (JSON key, kernel stage) in packet order; merged stages get a joined key."""
+        c = self.chosen
+        fixed_ok = {p for p, s in self.hooks.items() if p in FIXED and s == "ok"}
+        rx: list[tuple[str, int]] = []
+        if "on_tcp_ingress" in fixed_ok:
+            if c.get("rx_ip"):
+                if self._driver_entries:
+                    rx.append(("driver", RX_DRIVER))
+                rx.append(("ip", RX_IP))
+            elif self._driver_entries:
+                rx.append(("driver+ip", RX_DRIVER))
+            if c.get("rx_queued"):
+                rx.append(("tcp", RX_TCP))
+        if c.get("rx_queued") and c.get("rx_read"):
+            rx.append(("app", RX_APP))
+        tx: list[tuple[str, int]] = []
+        if "on_dev_queue" in fixed_ok:
+            if c.get("tx_leave_tcp"):
+                if c.get("tx_accept"):
+                    tx.append(("tcp", TX_TCP))
+                tx.append(("ip", TX_IP))
+            elif c.get("tx_accept"):
+                tx.append(("tcp+ip", TX_TCP))
+        if {"on_start_xmit", "on_xmit"} <= fixed_ok:
+            if "on_dev_queue" in fixed_ok:
+                tx.append(("qdisc", TX_QDISC))
+            tx.append(("driver", TX_DRIVER))
+        return {"rx": rx, "tx": tx}
+
+    def stage_notes(self) -> dict[str, str]:
+        """Which hooks bound each reported stage on this kernel (the snapshot's "stages" note)."""
+        c = self.chosen
+        drv = "tracepoints " + "/".join(self._driver_entries.values()) if self._driver_entries else "-"
+
+        def rung(b: str, fallback: str = "-") -> str:
+            ch = c.get(b)
+            return f"{ch[0]} {self.hooks[b].split(' ', 2)[-1]}" if ch else fallback
+
+        ip_start = rung("rx_ip")
+        notes = {
+            "rx.driver": f"{drv} -> {ip_start}",
+            "rx.ip": f"{ip_start} -> cgroup_skb/ingress (in tcp_v4_rcv/tcp_v6_rcv, after socket lookup)",
+            "rx.driver+ip": f"{drv} -> cgroup_skb/ingress (no IP-layer hook)",
+            "rx.tcp": f"cgroup_skb/ingress -> {rung('rx_queued')} (by sequence number)",
+            "rx.app": f"{rung('rx_queued')} -> {rung('rx_read')} (by sequence number)",
+            "tx.tcp": f"{rung('tx_accept')} -> {rung('tx_leave_tcp')} (by sequence number)",
+            "tx.ip": f"{rung('tx_leave_tcp')} -> tracepoint net_dev_queue (by skb address)",
+            "tx.tcp+ip": f"{rung('tx_accept')} -> tracepoint net_dev_queue (by sequence number; "
+                         "no hook where TCP hands the segment to IP)",
+            "tx.qdisc": "tracepoint net_dev_queue -> tracepoint net_dev_start_xmit (by skb address)",
+            "tx.driver": "tracepoint net_dev_start_xmit -> tracepoint net_dev_xmit (same CPU)",
+        }
+        keys = self.stage_keys()
+        shown = {f"{d}.{k}" for d, ks in keys.items() for k, _ in ks}
+        out = {k: v for k, v in notes.items() if k in shown}
+        out["resolution"] = ("log2 buckets: [0,512ns), then [2^k, 2^(k+1)) ns; percentiles interpolated "
+                             "geometrically inside their bucket (within 2x); tcp/app stages time one byte "
+                             "per socket at a time")
+        return out
+
+    # -- polling ------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Matching counters summed over CPUs (see enum lat_stat in bpf/latency.h)."""
+        assert self._obj is not None
+        m = self._obj.maps["stats"]
+        ncpu = _possible_cpus()
+        out = {}
+        for i, name in enumerate(STAT_NAMES):
+            vals = (ctypes.c_uint64 * ncpu)()
+            out[name] = sum(vals) if m.lookup(ctypes.c_uint32(i), vals) else 0
+        return out
+
+    def _read_host(self) -> list[tuple[list[int], int, int]]:
+        assert self._obj is not None
+        m = self._obj.maps["host"]
+        ncpu = _possible_cpus()
+        out = []
+        for stage in range(STAGES):
+            vals = (LatHist * ncpu)()
+            slots, total, mx = [0] * BUCKETS, 0, 0
+            if m.lookup(ctypes.c_uint32(stage), vals):
+                for h in vals:
+                    for b in range(BUCKETS):
+                        slots[b] += h.slots[b]
+                    total += h.sum_ns
+                    mx = max(mx, h.max_ns)
+            out.append((slots, total, mx))
+        return out
+
+    def poll(self) -> tuple[dict, dict[int, dict]]:
+        """(host-wide latency, {cookie: flow latency}); see the module docstring for the shape."""
+        keys = self.stage_keys()
+        host_raw = self._read_host()
+        if self.window == "interval":
+            prev = self._prev_host
+            self._prev_host = [(tuple(s), t) for s, t, _ in host_raw]
+            if prev:
+                host_raw = [([a - b for a, b in zip(s, ps)], t - pt, mx)
+                            for (s, t, mx), (ps, pt) in zip(host_raw, prev)]
+        host: dict[str, Any] = {d: {k: stage_summary(*host_raw[st]) for k, st in ks} for d, ks in keys.items()}
+        host["stages"] = self.stage_notes()
+        host["matching"] = self.stats()
+        host["window"] = self.window
+        return host, self._poll_flows(keys)
+
+    def _poll_flows(self, keys: dict[str, list[tuple[str, int]]]) -> dict[int, dict]:
+        assert self._obj is not None
+        m = self._obj.maps["flows"]
+        out: dict[int, dict] = {}
+        closed: list[int] = []
+        seen: set[int] = set()
+        for ks, values, n in m.batches(ctypes.c_uint64, LatFlow, batch=256):
+            base = ctypes.addressof(values)
+            for i in range(n):
+                cookie = ks[i]
+                raw = ctypes.string_at(base + i * FLOW_SIZE, FLOW_SIZE)
+                seen.add(cookie)
+                if int.from_bytes(raw[_CLOSED_OFF:_CLOSED_OFF + 8], "little"):
+                    closed.append(cookie)
+                lat = self._flow_latency(cookie, raw, keys)
+                if lat is not None:
+                    out[cookie] = lat
+        for cookie in closed:  # reported once more now; their sockets are gone
+            m.delete(ctypes.c_uint64(cookie))
+            seen.discard(cookie)
+        for cookie in [c for c in self._flow_cache if c not in seen]:
+            del self._flow_cache[cookie]
+            self._prev_flow.pop(cookie, None)
+        return out
+
+    def _flow_latency(self, cookie: int, raw: bytes, keys: dict) -> dict | None:
+        hist = raw[:_PROBE_OFF]
+        cached = self._flow_cache.get(cookie)
+        if cached and cached[0] == hist and self.window == "total":
+            return cached[1]
+        vals = struct.unpack_from(_SLOTS_FMT, hist)
+        sums = vals[BUCKETS * STAGES:]
+        if self.window == "interval":
+            prev = self._prev_flow.get(cookie)
+            self._prev_flow[cookie] = hist
+            if prev:
+                pv = struct.unpack_from(_SLOTS_FMT, prev)
+                vals = tuple(a - b for a, b in zip(vals, pv))
+                sums = vals[BUCKETS * STAGES:]
+        if not any(vals[:BUCKETS * STAGES]):
+            lat = None
+        else:
+            lat = {d: {k: stage_summary(list(vals[st * BUCKETS:(st + 1) * BUCKETS]), sums[st])
+                       for k, st in ks} for d, ks in keys.items()}
+        self._flow_cache[cookie] = (hist, lat)
+        return lat
+
+
+_PROBE_OFF = LatFlow.rx_tcp.offset
+
+
+def bucket_bounds(b: int) -> tuple[float, float]:
+    """[lo, hi) of bucket b, nanoseconds."""
+    if b == 0:
+        return 0.0, float(1 << BUCKET0_SHIFT)
+    return float(1 << (b + BUCKET0_SHIFT - 1)), float(1 << (b + BUCKET0_SHIFT))
+
+
+def percentile_ns(slots: list[int], q: float, max_ns: int = 0) -> float | None:
+    """The q-quantile (0 < q <= 1) of a log2 histogram, interpolated inside its bucket."""
+    count = sum(slots)
+    if count <= 0:
+        return None
+    rank = max(q * count, 1e-9)
+    cum = 0
+    for b, c in enumerate(slots):
+        if c and cum + c >= rank:
+            frac = (rank - cum) / c
+            lo, hi = bucket_bounds(b)
+            v = lo + (hi - lo) * frac if b == 0 else lo * 2.0 ** frac
+            return min(v, float(max_ns)) if max_ns else v
+        cum += c
+    return float(max_ns) if max_ns else bucket_bounds(BUCKETS - 1)[1]
+
+
+def stage_summary(slots: list[int], sum_ns: int, max_ns: int = 0) -> dict[str, Any]:
+    """{"count", "p50_us", "p90_us", "p99_us", "mean_us"[, "max_us"]}; nulls when there is no sample."""
+    count = sum(slots)
+    d: dict[str, Any] = {"count": count}
+    for name, q in PERCENTILES:
+        v = percentile_ns(slots, q, max_ns)
+        d[name] = None if v is None else round(v / 1000, 3)
+    d["mean_us"] = round(sum_ns / count / 1000, 3) if count else None
+    if max_ns:
+        d["max_us"] = round(max_ns / 1000, 3)
+    return d
