@@ -33,6 +33,11 @@ enum { CA_RECOVERY = 3, CA_LOSS = 4 };
  * us (bpf_setsockopt TCP_BPF_SOCK_OPS_CB_FLAGS); set by the loader. */
 const volatile bool hook_existing_rtt = false;
 
+/* Bumped by user space to have every socket's full record sent again
+ * (e.g. after it lost track of a flow); part of each record, so a new value
+ * makes every record differ from the last one sent. */
+__u32 full_epoch = 0;
+
 /* Event counters live in the socket itself (socket-local storage): one lookup
  * through sk->sk_bpf_storage instead of a hash of the cookie on every event,
  * and the kernel frees them with the socket, so nothing can leak or go stale.
@@ -59,6 +64,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+/* The record last written for each socket, to send only changes (see flow_same).
+ * Socket-local, so it goes away with the socket and needs no bound. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct flow_record);
+} last_sent SEC(".maps");
 
 /* Scratch for building a record: too large for the 512-byte stack with the rest. */
 struct {
@@ -201,6 +215,8 @@ static __always_inline void fill_record(struct flow_record *r, struct sock *sk, 
 	struct socket *sock;
 
 	r->cookie = cookie;
+	r->kind = KIND_FULL;
+	r->epoch = full_epoch;
 	r->now_ns = bpf_ktime_get_ns();
 	r->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	r->state = BPF_CORE_READ(sk, __sk_common.skc_state);
@@ -252,12 +268,25 @@ static __always_inline void fill_record(struct flow_record *r, struct sock *sk, 
 	}
 }
 
+/* Equal in everything but the capture time. */
+static __always_inline bool same_record(const struct flow_record *a, const struct flow_record *b)
+{
+	const __u64 *x = (const void *)a, *y = (const void *)b;
+	const int now = offsetof(struct flow_record, now_ns) / 8;
+
+#pragma unroll
+	for (int i = 0; i < sizeof(*a) / 8; i++)
+		if (i != now && x[i] != y[i])
+			return false;
+	return true;
+}
+
 SEC("iter/tcp")
 int tcptop_iter(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct flow_record *r, *last;
 	struct flow_counters *c;
-	struct flow_record *r;
 	struct tcp_sock *tp;
 	__u32 zero = 0;
 	__u64 cookie;
@@ -286,7 +315,17 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 	}
 	fill_record(r, (struct sock *)tp, cookie, c);
 	stat_inc(STAT_ITER_SOCKETS);
-	bpf_seq_write(ctx->meta->seq, r, sizeof(*r));
+	last = bpf_sk_storage_get(&last_sent, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (last && last->kind == KIND_FULL && same_record(last, r)) {
+		struct flow_same same = { .cookie = cookie, .kind = KIND_SAME };
+
+		bpf_seq_write(ctx->meta->seq, &same, sizeof(same));
+		return 0;
+	}
+	/* A write that does not fit the seq_file buffer is dropped and this
+	 * socket is shown again after a flush: remember only what was written. */
+	if (bpf_seq_write(ctx->meta->seq, r, sizeof(*r)) == 0 && last)
+		*last = *r;
 	return 0;
 }
 

@@ -32,9 +32,23 @@ struct flow_counters {
 	char comm[TASK_COMM_LEN];
 };
 
+/* Kinds of iterator output: a full record, or only "still here, unchanged". */
+#define KIND_FULL 1
+#define KIND_SAME 2
+
+/* What the iterator writes for a socket whose record is unchanged since the
+ * last poll: idle connections cost 16 bytes and no decoding in user space. */
+struct flow_same {
+	__u64 cookie;
+	__u32 kind;           /* KIND_SAME */
+	__u32 pad;
+};
+
 /* One connection as the iterator (live) or the destroy hook (closed) saw it. */
 struct flow_record {
 	__u64 cookie;
+	__u32 kind;           /* KIND_FULL (same offset as flow_same.kind) */
+	__u32 flags;          /* REC_* */
 	__u64 bytes_sent;
 	__u64 bytes_received;
 	__u64 bytes_acked;
@@ -58,7 +72,7 @@ struct flow_record {
 	__u32 snd_una;
 	__u32 total_rto;
 	__u32 uid;
-	__u32 flags;           /* REC_* */
+	__u32 epoch;           /* full_epoch when captured */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u16 sport;

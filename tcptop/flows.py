@@ -52,9 +52,18 @@ class FlowCounters(ctypes.Structure):
     ]
 
 
+KIND_FULL, KIND_SAME = 1, 2
+
+
+class FlowSame(ctypes.Structure):
+    _fields_ = [("cookie", ctypes.c_uint64), ("kind", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
 class FlowRecord(ctypes.Structure):
     _fields_ = [
         ("cookie", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
         ("bytes_sent", ctypes.c_uint64),
         ("bytes_received", ctypes.c_uint64),
         ("bytes_acked", ctypes.c_uint64),
@@ -78,7 +87,7 @@ class FlowRecord(ctypes.Structure):
         ("snd_una", ctypes.c_uint32),
         ("total_rto", ctypes.c_uint32),
         ("uid", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
+        ("epoch", ctypes.c_uint32),
         ("saddr", ctypes.c_uint8 * 16),
         ("daddr", ctypes.c_uint8 * 16),
         ("sport", ctypes.c_uint16),
@@ -90,6 +99,8 @@ class FlowRecord(ctypes.Structure):
 
 
 REC_SIZE = ctypes.sizeof(FlowRecord)
+SAME_SIZE = ctypes.sizeof(FlowSame)
+_KIND_OFF = FlowRecord.kind.offset
 # Bytes of a record that change only when the connection does: everything but
 # now_ns. Equal bytes mean the previous Flow can be reused without decoding.
 _NOW_OFF = FlowRecord.now_ns.offset
@@ -164,7 +175,8 @@ class FlowEngine:
         self.degraded: list[str] = []
         self.owners = Owners()
         self._tracks: dict[int, _Track] = {}
-        self.flows_without_counters = 0  # live flows the full counters map had no room for
+        self.flows_without_counters = 0  # live flows the kernel could not give counters
+        self._ownerless: set[int] = set()  # live flows whose owning process is not known yet
         self._links: list[Link] = []
         self._iter: Link | None = None
         self._obj: BpfObject | None = None
@@ -206,6 +218,7 @@ class FlowEngine:
                     continue
                 raise
             self._obj = obj
+            self._epoch = ctypes.cast(ctypes.addressof(obj.bss().initial_value()), ctypes.POINTER(ctypes.c_uint32))
             self.hooks["sock_ops callbacks for older sockets"] = (
                 "ok" if hook_existing else "unavailable: the verifier refused bpf_setsockopt in the iterator")
             return
@@ -272,10 +285,23 @@ class FlowEngine:
             out.append(sum(vals) if m.lookup(key, vals) else 0)
         return out
 
-    def _read_live(self) -> bytes:
+    def _read_live(self) -> tuple[dict[int, bytes], list[int]]:
+        """Run the iterator in every namespace: full records of changed sockets, cookies of the rest."""
         assert self._iter is not None
         it = self._iter
-        return b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+        buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+        full: dict[int, bytes] = {}
+        same: list[int] = []
+        off, end = 0, len(buf)
+        while off < end:
+            cookie = int.from_bytes(buf[off:off + 8], "little")
+            if buf[off + _KIND_OFF] == KIND_FULL:
+                full[cookie] = buf[off:off + REC_SIZE]
+                off += REC_SIZE
+            else:
+                same.append(cookie)
+                off += SAME_SIZE
+        return full, same
 
     def _drain_closed(self) -> list[bytes]:
         assert self._obj is not None
@@ -287,59 +313,69 @@ class FlowEngine:
 
     def poll(self) -> tuple[Flow, ...]:
         """Every connection now, plus recently closed ones (closed=True) for a few polls."""
-        seen: dict[int, bytes] = {}
-        live = self._read_live()
-        for off in range(0, len(live) - REC_SIZE + 1, REC_SIZE):
-            raw = live[off:off + REC_SIZE]
-            seen[int.from_bytes(raw[:8], "little")] = raw
+        full, same = self._read_live()
         for raw in self._drain_closed():  # a final record supersedes a live one
-            seen[int.from_bytes(raw[:8], "little")] = raw
+            full[int.from_bytes(raw[:8], "little")] = raw
+        tracks = self._tracks
+        if any(c not in tracks for c in same):
+            # We lost a flow's full record (an earlier poll failed midway):
+            # have the kernel send every record again next time.
+            self._epoch[0] += 1
 
-        ownerless: list[_Track] = []
-        self.flows_without_counters = sum(
-            1 for raw in seen.values() if raw[_FLAGS_OFF] & REC_NO_COUNTERS and not raw[_FLAGS_OFF] & REC_CLOSED)
-        for cookie, raw in seen.items():
-            tr = self._tracks.get(cookie)
-            if tr is not None and tr.flow.closed:
-                continue
+        now_ns = time.monotonic_ns()
+        for cookie in same:  # unchanged in the kernel: only the age moved
+            tr = tracks.get(cookie)
+            if tr is not None and not tr.flow.closed:
+                tr.flow = _with(tr.flow, duration_s=round(max(0, now_ns - tr.born_ns) / 1e9, 3))
+        for cookie, raw in full.items():
+            tr = tracks.get(cookie)
             if tr is None:
-                tr = self._tracks[cookie] = _Track(raw, None, _now_ns(raw), 0)  # type: ignore[arg-type]
-                tr.flow = self._decode(tr)
-            elif _changed(tr.raw, raw):
-                tr.raw = raw
-                tr.flow = self._decode(tr)
-            else:  # unchanged connection: only its age moved
-                tr.raw = raw
-                tr.flow = _with(tr.flow, duration_s=_age_s(raw, tr.born_ns))
+                tr = tracks[cookie] = _Track(raw, None, _now_ns(raw), 0)  # type: ignore[arg-type]
+            elif tr.flow.closed:
+                continue
+            tr.raw = raw
+            self._update(cookie, tr)
             if tr.flow.closed:
                 tr.closed_polls = self.closed_keep_polls
-            if not tr.flow.pid:
-                ownerless.append(tr)
 
         # Flows that vanished without a final record (closed-map overflow, or
         # the destroy hook missing) close with their last values.
-        for cookie, tr in self._tracks.items():
-            if cookie not in seen and not tr.flow.closed:
-                tr.flow = _with(tr.flow, closed=True, state="CLOSE")
-                tr.closed_polls = self.closed_keep_polls
+        if len(tracks) > len(full) + len(same):
+            present = set(same).union(full)
+            for cookie, tr in tracks.items():
+                if cookie not in present and not tr.flow.closed:
+                    tr.flow = _with(tr.flow, closed=True, state="CLOSE")
+                    tr.closed_polls = self.closed_keep_polls
 
-        if ownerless:
-            self.owners.resolve({_sock_ino(tr.raw) for tr in ownerless})
-            for tr in ownerless:
+        if self._ownerless:
+            self.owners.resolve({_sock_ino(tracks[c].raw) for c in self._ownerless})
+            for cookie in list(self._ownerless):
+                tr = tracks[cookie]
                 if self.owners.pid_of_inode(_sock_ino(tr.raw)):
-                    tr.flow = self._decode(tr)
+                    self._update(cookie, tr)
 
         flows = []
-        for cookie, tr in list(self._tracks.items()):
+        no_counters = 0
+        for cookie, tr in list(tracks.items()):
             if tr.flow.closed:
+                self._ownerless.discard(cookie)
                 if tr.closed_polls <= 0:
-                    del self._tracks[cookie]
+                    del tracks[cookie]
                     continue
                 tr.closed_polls -= 1
+            elif tr.raw[_FLAGS_OFF] & REC_NO_COUNTERS:
+                no_counters += 1
             flows.append(tr.flow)
-        if len(self._tracks) < len(seen) // 2:
-            self.owners.forget({_sock_ino(tr.raw) for tr in self._tracks.values()})
+        self.flows_without_counters = no_counters
+        self.owners.trim(len(tracks))
         return tuple(flows)
+
+    def _update(self, cookie: int, tr: _Track) -> None:
+        tr.flow = self._decode(tr)
+        if tr.flow.pid or tr.flow.closed:
+            self._ownerless.discard(cookie)
+        else:
+            self._ownerless.add(cookie)
 
     def _decode(self, tr: _Track) -> Flow:
         r = FlowRecord.from_buffer_copy(tr.raw)
@@ -424,10 +460,6 @@ def _sock_ino(raw: bytes) -> int:
 
 def _age_s(raw: bytes, born_ns: int) -> float:
     return round(max(0, _now_ns(raw) - born_ns) / 1e9, 3)
-
-
-def _changed(old: bytes, new: bytes) -> bool:
-    return old[:_NOW_OFF] != new[:_NOW_OFF] or old[_NOW_OFF + 8:] != new[_NOW_OFF + 8:]
 
 
 _NCPU: int | None = None

@@ -279,10 +279,18 @@ class BpfObject:
             self.maps[mp.name] = mp
 
     def rodata(self) -> Map:
+        """Read-only globals (`const volatile`): set before load."""
+        return self._internal(".rodata")
+
+    def bss(self) -> Map:
+        """Zero-initialised globals: after load, initial_value() is the live, shared memory."""
+        return self._internal(".bss")
+
+    def _internal(self, suffix: str) -> Map:
         for name, m in self.maps.items():
-            if name.endswith(".rodata"):
+            if name.endswith(suffix):
                 return m
-        raise KeyError("no .rodata map")
+        raise KeyError(f"no {suffix} map")
 
     def struct_size(self, name: str) -> int:
         """Size of a struct as the compiler laid it out in this object (from its BTF)."""

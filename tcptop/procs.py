@@ -70,13 +70,12 @@ class Owners:
         for i in missing - found.keys():
             self._by_inode[i] = 0  # nobody holds it (e.g. closed fd, kernel socket)
 
-    def forget(self, alive_inodes: set[int]) -> None:
-        """Drop cache entries of sockets that are gone, so the caches stay bounded."""
-        for i in [i for i in self._by_inode if i not in alive_inodes]:
-            del self._by_inode[i]
-        live_pids = set(self._by_inode.values())
-        for p in [p for p in self._proc_info if p not in live_pids]:
-            del self._proc_info[p]
+    def trim(self, live_flows: int) -> None:
+        """Keep the caches bounded: start afresh when they hold far more than the live flows."""
+        if len(self._by_inode) > 2 * live_flows + 1024:
+            self._by_inode.clear()
+        if len(self._proc_info) > 4096:
+            self._proc_info.clear()
 
     def info(self, pid: int) -> tuple[str, str, str]:
         """(comm, cgroup, container) of a pid, cached."""
