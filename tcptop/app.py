@@ -312,6 +312,13 @@ class TcptopApp(App[int]):
         self.exit(0)
 
 
+def tune_gc() -> None:
+    """Each refresh replaces every Flow: with the default thresholds, full collections of a
+    100k-flow heap would stall the screen several times per refresh."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def run_tui(args: argparse.Namespace, source: SnapshotSource) -> int:
     """Entry point the CLI calls for the screen; returns the process exit status."""
     try:
@@ -323,10 +330,7 @@ def run_tui(args: argparse.Namespace, source: SnapshotSource) -> int:
     except UnknownSortField as e:
         sys.stderr.write(f"tcptop: --sort: {e}\n")
         return 2
-    # Each refresh replaces tens of thousands of objects: full collections of a big heap
-    # would stall the screen far more often than the default thresholds assume.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_gc()
     app.run()
     return app.return_code or 0
 

@@ -254,12 +254,20 @@ class FlowStore:
 
     def _rebuild(self) -> None:
         pred = self._pred
-        shown = []
-        for row in self.rows.values():
-            row.visible = pred(row.flow)
-            if row.visible:
-                shown.append(row)
+        if pred is _MATCH_ALL:
+            shown = list(self.rows.values())
+            for row in shown:
+                row.visible = True
+        else:
+            shown = []
+            for row in self.rows.values():
+                row.visible = pred(row.flow)
+                if row.visible:
+                    shown.append(row)
         self._visible = SortedKeyList(shown, key=_sort_key)
+
+
+_MATCH_ALL = compile_filter(None)
 
 
 def _sort_key(row: Row | _Probe) -> tuple:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -24,10 +23,10 @@ class DetailPane(Static, can_focus=True):
     def show(self, row: Row | None) -> None:
         if row is None:
             self.border_title = "Flow"
-            self.update(Text("No flow selected: the list is empty or filtered out.", style="dim"))
+            self.update(Text("No flow selected: the list is empty or filtered out.", style="dim"), layout=False)
             return
         self.border_title = f"Flow {row.flow.id}"
-        self.update(render_detail(row, max(20, self.content_region.width or 80)))
+        self.update(render_detail(row, max(20, self.content_region.width or 80)), layout=False)
 
 
 def _metric(field: str, value: str, rate: str = "", style: str = "") -> tuple[Text, Text, Text]:
@@ -69,45 +68,48 @@ def render_detail(row: Row, width: int) -> Group:
         _metric("rtt_sum_us", fmt_us(f.rtt_sum_us), mean),
         _metric("duration_s", fmt_age(f.duration_s), "since tcptop started" if f.since_start else ""),
     ]
-    grid = Table.grid(padding=(0, 1), expand=False)
+    # Fixed-width lines, not a rich Table: this pane repaints every refresh.
+    def cell(c: tuple[Text, Text, Text]) -> Text:
+        label, value, rate = c
+        out = Text(label.plain.ljust(17)[:17], style="dim")
+        out.append(" ")
+        out.append(value.plain.rjust(10), style=value.style)
+        out.append(" ")
+        out.append(rate.plain.ljust(12)[:12], style=rate.style or "dim")
+        return out
+
+    lines: list[Text] = []
     half = (len(cells) + 1) // 2
-    two = width >= 84
-    if two:
-        for _ in range(2):
-            grid.add_column(no_wrap=True, min_width=17)
-            grid.add_column(justify="right", no_wrap=True, min_width=10)
-            grid.add_column(no_wrap=True, min_width=11)
+    if width >= 84:
         for i in range(half):
-            right = cells[half + i] if half + i < len(cells) else (Text(), Text(), Text())
-            grid.add_row(*cells[i], *right)
+            line = cell(cells[i])
+            if half + i < len(cells):
+                line.append(" ")
+                line.append_text(cell(cells[half + i]))
+            lines.append(line)
     else:
-        grid.add_column(no_wrap=True)
-        grid.add_column(justify="right", no_wrap=True)
-        grid.add_column(no_wrap=True)
-        for c in cells:
-            grid.add_row(*c)
+        lines = [cell(c) for c in cells]
+    grid = Text("\n").join(lines)
 
     parts = [title, grid]
     hist = list(row.history or ())
     if len(hist) >= 2:
-        spark_w = max(10, min(60, width - 30))
-        lines = Table.grid(padding=(0, 1))
-        lines.add_column(no_wrap=True, style="dim")
-        lines.add_column(no_wrap=True)
-        lines.add_column(no_wrap=True, style="dim")
+        spark_w = max(10, min(60, width - 36))
         series = (
             ("TX/s", [h[1] for h in hist], fmt_rate, "green"),
             ("RX/s", [h[2] for h in hist], fmt_rate, "cyan"),
             ("cwnd", [h[3] for h in hist], lambda v: f"{v:.0f}", "magenta"),
             ("RTT", [h[4] or None for h in hist], fmt_us, "yellow"),
         )
+        secs = hist[-1][0] - hist[0][0]
+        parts.append(Text(f"last {secs:.0f} s", style="dim"))
         for name, values, fmt, colour in series:
             known = [v for v in values if v is not None]
             rng = f"{fmt(min(known))} … {fmt(max(known))}" if known else ""
-            lines.add_row(name, Text(sparkline(values, spark_w), style=colour), rng)
-        secs = hist[-1][0] - hist[0][0]
-        parts.append(Text(f"last {secs:.0f} s", style="dim"))
-        parts.append(lines)
+            line = Text(name.ljust(5), style="dim")
+            line.append(sparkline(values, spark_w).ljust(spark_w), style=colour)
+            line.append(" " + rng, style="dim")
+            parts.append(line)
     else:
         parts.append(Text("history: collecting…", style="dim"))
     return Group(*parts)

@@ -44,7 +44,13 @@ def run_warnings(snap: Snapshot | None) -> list[str]:
 class HeaderBar(Static):
     def render_header(self, store: FlowStore, paused: bool, replay: ReplayStatus | None,
                       waiting_for: str = "") -> None:
-        self.update(header_text(store, paused, replay, waiting_for))
+        text = header_text(store, paused, replay, waiting_for)
+        lines = text.plain.count("\n") + 1
+        # Relayout the screen only when the header grows or shrinks by a line.
+        self.update(text, layout=lines != self._lines)
+        self._lines = lines
+
+    _lines = 0
 
 
 def header_text(store: FlowStore, paused: bool, replay: ReplayStatus | None, waiting_for: str = "") -> Text:

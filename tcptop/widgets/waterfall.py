@@ -13,7 +13,6 @@ import math
 from typing import Any, Mapping
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -101,41 +100,35 @@ def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, 
         stages = stages if isinstance(stages, Mapping) else {}
         others = others if isinstance(others, Mapping) else {}
         keys = dict.fromkeys(k for k, _ in ordered_stages(direction, {**others, **stages}))
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True, width=7)
-        grid.add_column(no_wrap=True, width=bar_w)
-        grid.add_column(no_wrap=True, justify="right", width=8)
-        grid.add_column(no_wrap=True, justify="right", width=8)
-        if compare is not None:
-            grid.add_column(no_wrap=True, justify="right", width=8, style="dim")
-            grid.add_column(no_wrap=True, justify="right", width=8, style="dim")
         path = " → ".join(LAYER_NAMES[x] for x in order)
         parts.append(Text.assemble((title, "bold"), ("  " + path, "dim")))
-        title_row = [Text(""), Text(""), Text("p50", style="dim"), Text("p99", style="dim")]
-        if compare is not None:
-            title_row += [Text("all p50"), Text("all p99")]
         if not keys:
             parts.append(Text("  no samples in this direction", style="dim"))
             continue
-        grid.add_row(*title_row)
+        # Fixed-width lines, not a rich Table: this pane repaints every refresh.
+        head = " " * (8 + bar_w) + f"{'p50':>8} {'p99':>8}"
+        if compare is not None:
+            head += f" {'all p50':>8} {'all p99':>8}"
+        parts.append(Text(head, style="dim"))
         for key in keys:
             count, p50, p99 = _stage_numbers(stages.get(key))
-            row: list[Any] = [_label(key)]
+            line = Text(_label(key)[:7].ljust(7) + " ")
             if not count or p50 is None:
-                row += [Text("no samples", style="dim"), "", ""]
+                line.append("no samples".ljust(bar_w), style="dim")
+                line.append(" " * 18)
             else:
                 a = pos(p50)
                 b = max(a, pos(p99 if p99 is not None else p50))
                 worst = p99 or p50
                 colour = "red" if worst >= 10_000 else ("yellow" if worst >= 1_000 else "green")
-                bar = Text("█" * a, style=colour)
-                bar.append("░" * (b - a), style=colour)
-                row += [bar, fmt_us(p50), fmt_us(p99)]
+                line.append("█" * a, style=colour)
+                line.append("░" * (b - a), style=colour)
+                line.append(" " * (bar_w - b))
+                line.append(f" {fmt_us(p50):>8} {fmt_us(p99):>8}")
             if compare is not None:
                 hc, h50, h99 = _stage_numbers(others.get(key))
-                row += [fmt_us(h50) if hc else "–", fmt_us(h99) if hc else "–"]
-            grid.add_row(*row)
-        parts.append(grid)
+                line.append(f" {fmt_us(h50) if hc else '–':>8} {fmt_us(h99) if hc else '–':>8}", style="dim")
+            parts.append(line)
     parts.append(Text(f"█ p50  ░ up to p99, log scale 1 µs … {fmt_us(top)}", style="dim"))
     return Group(*parts)
 
@@ -150,4 +143,4 @@ class WaterfallPane(Static, can_focus=True):
     def show(self, flow_latency: Mapping[str, Any] | None, host_latency: Mapping[str, Any] | None,
              flow_label: str) -> None:
         width = max(30, self.content_region.width or 60)
-        self.update(render_waterfall(flow_latency, host_latency, width, flow_label))
+        self.update(render_waterfall(flow_latency, host_latency, width, flow_label), layout=False)

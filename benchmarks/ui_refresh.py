@@ -1,0 +1,189 @@
+"""How fast the screen is: refresh time at 10,000 flows and key response at 100,000 (headless).
+
+Drives the real TcptopApp under Textual's Pilot on synthetic snapshots in memory (the
+worker's JSON parsing is the source's cost, not the screen's). A refresh is timed from
+handing the snapshot to the app until the screen has been composed and written; a key
+from the key press until its effect is on screen. Prints a table; it is a measurement,
+not a test, and has no pass/fail thresholds.
+
+    python benchmarks/ui_refresh.py [--flows 10000] [--big 100000] [--refreshes 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from textual import events  # noqa: E402
+
+from tcptop.app import TcptopApp, tune_gc  # noqa: E402
+from tcptop.model import Flow, RunInfo, Snapshot  # noqa: E402
+
+COMMS = ["nginx", "postgres", "redis-server", "curl", "python3", "java", "envoy", "sshd"]
+
+
+def synthetic(n: int, steps: int, churn: float, seed: int = 1) -> list[Snapshot]:
+    """`steps` snapshots of n flows; each step a `churn` share of flows moves its counters."""
+    rnd = random.Random(seed)
+    base = []
+    for i in range(n):
+        base.append(dict(
+            id=i + 1, family="ipv4", laddr=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+            lport=rnd.choice([443, 80, 5432, 6379]) if i % 3 else 30000 + i % 30000,
+            raddr=f"192.168.{i >> 8 & 255}.{i & 255}", rport=rnd.randint(1024, 65535),
+            state="ESTABLISHED", pid=1000 + i % 500, comm=COMMS[i % len(COMMS)], netns=4026531840,
+            flight_size=rnd.randint(0, 50), rwnd=65535, cwnd=rnd.randint(1, 100), mss=1448,
+            retrans_packets=0, bytes_sent=rnd.randint(0, 10**9), bytes_received=rnd.randint(0, 10**9),
+            fast_retrans=0, timeouts=0, app_wqueue=0, app_wqueue_max=0, rtt_samples=100,
+            rtt_sum_us=100 * rnd.randint(50, 50_000), read_bytes=0, write_bytes=0, duration_s=100.0,
+            srtt_us=rnd.randint(50, 50_000)))
+    snaps = []
+    for t in range(steps):
+        movers = range(n) if churn >= 1 else rnd.sample(range(n), int(n * churn))
+        for i in movers:
+            d = base[i]
+            d["bytes_sent"] += rnd.randint(0, 10**6)
+            d["bytes_received"] += rnd.randint(0, 10**5)
+            if rnd.random() < 0.01:
+                d["retrans_packets"] += 1
+            d["duration_s"] += 1.0
+        snaps.append(Snapshot(ts=1000.0 + t, interval_s=1.0, flows=tuple(Flow(**d) for d in base), seq=t + 1,
+                              host="bench", kernel="synthetic", run=RunInfo(engine="synthetic")))
+    return snaps
+
+
+async def settle(pilot) -> None:
+    """Process every queued event and what it posted, then compose and write the screen now.
+
+    Pilot.pause() waits for the process to look idle (a CPU-time heuristic with sleeps),
+    which would add its own tens of ms; this waits for exactly the work that is queued.
+    """
+    app = pilot.app
+    for _ in range(20):  # a key can post a message that posts another (Input → FilterBar → App)
+        await pilot._wait_for_screen()
+        nodes = [app, *app.screen.walk_children(with_self=True)]
+        if all(n._message_queue.empty() for n in nodes):
+            break
+    app.screen._on_timer_update()
+
+
+async def timed_key(pilot, key: str) -> float:
+    app = pilot.app
+    char = {"slash": "/", "less_than_sign": "<", "space": " "}.get(key, key if len(key) == 1 else None)
+    t0 = time.perf_counter()
+    ev = events.Key(key, char)
+    ev.set_sender(app)
+    app._driver.send_message(ev)  # what a terminal key press does
+    await settle(pilot)
+    return time.perf_counter() - t0
+
+
+class StillSource:
+    """Gives the first snapshot once; the benchmark hands the rest to the app itself."""
+
+    def __init__(self, first: Snapshot) -> None:
+        self.first = first
+        self.interval_s = 3600.0
+
+    def poll(self) -> Snapshot:
+        return self.first
+
+    def close(self) -> None:
+        pass
+
+
+def ms(xs: list[float]) -> str:
+    xs = sorted(xs)
+    p95 = xs[min(len(xs) - 1, int(len(xs) * 0.95))]
+    return f"{statistics.median(xs) * 1000:8.1f} {p95 * 1000:8.1f} {xs[-1] * 1000:8.1f}"
+
+
+async def bench_refresh(snaps: list[Snapshot], size: tuple[int, int], sort: str) -> list[float]:
+    app = TcptopApp(StillSource(snaps[0]), sort=sort)
+    times = []
+    async with app.run_test(size=size) as pilot:
+        while app.store.snapshot is None:
+            await pilot.pause(0.01)
+        for snap in snaps[1:]:
+            t0 = time.perf_counter()
+            app.apply_snapshot(snap)
+            await settle(pilot)  # the screen is composed and written to the (headless) terminal
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+async def bench_keys(snaps: list[Snapshot], size: tuple[int, int], rounds: int) -> dict[str, list[float]]:
+    app = TcptopApp(StillSource(snaps[0]))
+    out: dict[str, list[float]] = {}
+    async with app.run_test(size=size) as pilot:
+        while app.store.snapshot is None:
+            await pilot.pause(0.01)
+        app.apply_snapshot(snaps[1])
+        await pilot.pause()
+
+        async def key(name: str, *keys: str) -> None:
+            total = 0.0
+            for k in keys:
+                total += await timed_key(pilot, k)
+            out.setdefault(name, []).append(total / len(keys))
+
+        for _ in range(rounds):
+            await key("down", "down")
+            await key("pagedown", "pagedown")
+            await key("end", "end")
+            await key("home", "home")
+            await key("r (reverse)", "r")
+            await key("R (sort by retrans)", "R")
+            await key("< (sort by next column)", "less_than_sign")
+            await key("p (pause)", "p")
+            await key("p (unpause)", "p")
+        await pilot.press("slash", *"port 44")
+        await pilot.pause()
+        for _ in range(rounds):
+            await key("filter keystroke (valid: 'port 443')", "3")
+            await key("filter keystroke (invalid: '3 a')", "space", "a")
+            for _ in range(3):
+                await pilot.press("backspace")
+            await pilot.pause()
+        await pilot.press("escape")
+        # a refresh at this size blocks keys for as long as it takes: report it too
+        for snap in snaps[2:]:
+            t0 = time.perf_counter()
+            app.apply_snapshot(snap)
+            await settle(pilot)
+            out.setdefault("refresh (for comparison)", []).append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flows", type=int, default=10_000)
+    ap.add_argument("--big", type=int, default=100_000)
+    ap.add_argument("--refreshes", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    tune_gc()
+    size = (200, 50)
+    print(f"tcptop screen benchmark, headless {size[0]}x{size[1]}, Python {sys.version.split()[0]}")
+    print(f"{'case':48} {'median':>8} {'p95':>8} {'max':>8}  (ms)")
+    for churn, label in ((1.0, "every flow changes"), (0.05, "5% of flows change")):
+        snaps = synthetic(args.flows, args.refreshes + 1, churn)
+        for sort in ("tx", "pid"):
+            t = asyncio.run(bench_refresh(snaps, size, sort))
+            print(f"{f'refresh {args.flows:,} flows, {label}, sort {sort}':48} {ms(t)}")
+    snaps = synthetic(args.big, 6, 1.0)
+    keys = asyncio.run(bench_keys(snaps, size, args.rounds))
+    for name, t in keys.items():
+        print(f"{f'{args.big:,} flows: {name}':48} {ms(t)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
