@@ -207,55 +207,58 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 	return 0;
 }
 
-static __always_inline void fill_record(struct flow_record *r, struct sock *sk, __u64 cookie,
+/* Direct loads through the typed pointer (no helper call per field); the
+ * kernel turns them into fault-safe loads, and CO-RE relocates each offset. */
+static __always_inline void fill_record(struct flow_record *r, struct tcp_sock *tp, __u64 cookie,
 					struct flow_counters *c)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	struct inet_connection_sock *icsk = (struct inet_connection_sock *)sk;
-	struct socket *sock;
+	struct inet_connection_sock *icsk = &tp->inet_conn;
+	struct sock *sk = &icsk->icsk_inet.sk;
+	struct sock_common *skc = &sk->__sk_common;
 
 	r->cookie = cookie;
 	r->kind = KIND_FULL;
 	r->epoch = full_epoch;
 	r->now_ns = bpf_ktime_get_ns();
-	r->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	r->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	r->family = skc->skc_family;
+	r->state = skc->skc_state;
 	/* inet_sport, not skc_num: unhashing a closing socket zeroes skc_num. */
-	r->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	r->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	r->sport = __builtin_bswap16(icsk->icsk_inet.inet_sport);
+	r->dport = __builtin_bswap16(skc->skc_dport);
 	if (r->family == AF_INET) {
-		bpf_core_read(r->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(r->daddr, 4, &sk->__sk_common.skc_daddr);
+		*(__u32 *)r->saddr = skc->skc_rcv_saddr;
+		*(__u32 *)r->daddr = skc->skc_daddr;
 	} else {
-		bpf_core_read(r->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(r->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+		for (int i = 0; i < 4; i++) {
+			((__u32 *)r->saddr)[i] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+			((__u32 *)r->daddr)[i] = skc->skc_v6_daddr.in6_u.u6_addr32[i];
+		}
 	}
-	r->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	r->uid = BPF_CORE_READ(sk, sk_uid.val);
-	sock = BPF_CORE_READ(sk, sk_socket);
-	r->sock_ino = sock ? BPF_CORE_READ(sock, file, f_inode, i_ino) : 0;
+	r->netns = skc->skc_net.net->ns.inum;
+	r->uid = sk->sk_uid.val;
+	r->sock_ino = sk->sk_socket ? sk->sk_socket->file->f_inode->i_ino : 0;
 
-	r->snd_cwnd = BPF_CORE_READ(tp, snd_cwnd);
-	r->snd_ssthresh = BPF_CORE_READ(tp, snd_ssthresh);
-	r->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
-	r->rcv_wnd = BPF_CORE_READ(tp, rcv_wnd);
-	r->mss_cache = BPF_CORE_READ(tp, mss_cache);
-	r->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	r->min_rtt_us = BPF_CORE_READ(tp, rtt_min.s[0].v);
-	r->packets_out = BPF_CORE_READ(tp, packets_out);
-	r->sacked_out = BPF_CORE_READ(tp, sacked_out);
-	r->lost_out = BPF_CORE_READ(tp, lost_out);
-	r->retrans_out = BPF_CORE_READ(tp, retrans_out);
-	r->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	r->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
-	r->bytes_received = BPF_CORE_READ(tp, bytes_received);
-	r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-	r->write_seq = BPF_CORE_READ(tp, write_seq);
-	r->snd_una = BPF_CORE_READ(tp, snd_una);
-	r->ca_state = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
+	r->snd_cwnd = tp->snd_cwnd;
+	r->snd_ssthresh = tp->snd_ssthresh;
+	r->snd_wnd = tp->snd_wnd;
+	r->rcv_wnd = tp->rcv_wnd;
+	r->mss_cache = tp->mss_cache;
+	r->srtt_us = tp->srtt_us >> 3;
+	r->min_rtt_us = tp->rtt_min.s[0].v;
+	r->packets_out = tp->packets_out;
+	r->sacked_out = tp->sacked_out;
+	r->lost_out = tp->lost_out;
+	r->retrans_out = tp->retrans_out;
+	r->total_retrans = tp->total_retrans;
+	r->bytes_sent = tp->bytes_sent;
+	r->bytes_received = tp->bytes_received;
+	r->bytes_acked = tp->bytes_acked;
+	r->write_seq = tp->write_seq;
+	r->snd_una = tp->snd_una;
+	r->ca_state = BPF_CORE_READ_BITFIELD(icsk, icsk_ca_state);
 	r->flags = 0;
 	if (bpf_core_field_exists(tp->total_rto)) {
-		r->total_rto = BPF_CORE_READ(tp, total_rto);
+		r->total_rto = tp->total_rto;
 		r->flags |= REC_HAS_TOTAL_RTO;
 	} else {
 		r->total_rto = 0;
@@ -313,7 +316,7 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 		if (!bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
 			c->flags |= FLOW_RTT_HOOKED;
 	}
-	fill_record(r, (struct sock *)tp, cookie, c);
+	fill_record(r, tp, cookie, c);
 	stat_inc(STAT_ITER_SOCKETS);
 	last = bpf_sk_storage_get(&last_sent, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (last && last->kind == KIND_FULL && same_record(last, r)) {
@@ -333,6 +336,7 @@ SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tcptop_destroy, struct sock *sk)
 {
 	struct flow_counters *c;
+	struct tcp_sock *tp;
 	struct flow_record *r;
 	__u32 zero = 0;
 	__u64 cookie;
@@ -342,12 +346,14 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 	cookie = bpf_get_socket_cookie(sk);
 	c = bpf_sk_storage_get(&counters, sk, 0, 0);
 	/* Keep only sockets that were connections: tracked by us, or with an RTT. */
-	if (!c && BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) == 0)
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || (!c && tp->srtt_us == 0))
 		return 0;
 	r = bpf_map_lookup_elem(&scratch, &zero);
-	if (!r)
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!r || !tp)
 		return 0;
-	fill_record(r, sk, cookie, c);
+	fill_record(r, tp, cookie, c);
 	r->state = ST_CLOSE;
 	r->flags |= REC_CLOSED;
 	if (bpf_map_update_elem(&closed, &cookie, r, BPF_ANY))
