@@ -181,7 +181,7 @@ class FlowEngine:
         self._iter: Link | None = None
         self._obj: BpfObject | None = None
         self._cgroup_fd = -1
-        self._boot_offset = time.time() - time.monotonic()  # monotonic -> unix
+        self._boot_offset = time.time() - time.monotonic()  # monotonic clock -> unix time
         path = object_path or default_object_path()
         try:
             self._load(path)
@@ -322,11 +322,8 @@ class FlowEngine:
             # have the kernel send every record again next time.
             self._epoch[0] += 1
 
-        now_ns = time.monotonic_ns()
-        for cookie in same:  # unchanged in the kernel: only the age moved
-            tr = tracks.get(cookie)
-            if tr is not None and not tr.flow.closed:
-                tr.flow = _with(tr.flow, duration_s=round(max(0, now_ns - tr.born_ns) / 1e9, 3))
+        # Cookies in `same` are unchanged in the kernel: their Flow is reused
+        # as is (only the age moved, and that is computed from established_ts).
         for cookie, raw in full.items():
             tr = tracks.get(cookie)
             if tr is None:
@@ -344,7 +341,7 @@ class FlowEngine:
             present = set(same).union(full)
             for cookie, tr in tracks.items():
                 if cookie not in present and not tr.flow.closed:
-                    tr.flow = _with(tr.flow, closed=True, state="CLOSE")
+                    tr.flow = _with(tr.flow, closed=True, state="CLOSE", closed_ts=time.time())
                     tr.closed_polls = self.closed_keep_polls
 
         if self._ownerless:
@@ -425,6 +422,8 @@ class FlowEngine:
             read_bytes=c.read_bytes,
             write_bytes=c.write_bytes,
             duration_s=_age_s(tr.raw, tr.born_ns),
+            established_ts=round(self._boot_offset + tr.born_ns / 1e9, 6),
+            closed_ts=round(self._boot_offset + r.now_ns / 1e9, 6) if closed else 0.0,
             srtt_us=r.srtt_us,
             min_rtt_us=r.min_rtt_us if r.min_rtt_us != 0xFFFFFFFF else 0,
             rcv_wnd=r.rcv_wnd,

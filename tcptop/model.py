@@ -88,7 +88,7 @@ class Flow:
     rtt_sum_us: int
     read_bytes: int
     write_bytes: int
-    duration_s: float
+    duration_s: float       # age when this record was captured; see age_s() for "now"
     # useful extras
     srtt_us: int = 0        # smoothed RTT, microseconds
     min_rtt_us: int = 0
@@ -100,6 +100,17 @@ class Flow:
     cgroup: str = ""        # cgroup v2 path of the owning process
     container: str = ""     # container id found in that path, if any
     latency: Mapping[str, Any] | None = None  # packet-level stages (packet engine)
+    # Unix times of establishment (or first sight, with since_start) and of the
+    # close. The engine reuses the Flow of an unchanged connection across
+    # snapshots, so its age is computed against the snapshot's time, not stored.
+    established_ts: float = 0.0
+    closed_ts: float = 0.0
+
+    def age_s(self, now_ts: float) -> float:
+        """Seconds since establishment as of `now_ts` (a snapshot's ts); fixed once closed."""
+        if not self.established_ts:
+            return self.duration_s
+        return max(0.0, (self.closed_ts or now_ts) - self.established_ts)
 
     @property
     def key(self) -> int:
@@ -122,6 +133,7 @@ class Flow:
 _FLOW_FIELDS = tuple(f.name for f in fields(Flow))
 _STR_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "str")
 _BOOL_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "bool")
+_FLOAT_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "float")
 _REQUIRED_FIELDS = (
     "id", "family", "laddr", "lport", "raddr", "rport", "state", "pid", "comm", "netns",
 ) + METRICS
@@ -167,7 +179,7 @@ class Snapshot:
             "seq": self.seq,
             "host": self.host,
             "kernel": self.kernel,
-            "flows": [f.to_dict() for f in self.flows],
+            "flows": [_flow_dict(f, self.ts) for f in self.flows],
             "run": self.run.to_dict(),
         }
         if self.latency is not None:
@@ -176,6 +188,12 @@ class Snapshot:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def _flow_dict(f: Flow, ts: float) -> dict[str, Any]:
+    d = f.to_dict()
+    d["duration_s"] = round(f.age_s(ts), 3)
+    return d
 
 
 def flow_from_dict(d: Mapping[str, Any]) -> Flow:
@@ -190,9 +208,9 @@ def flow_from_dict(d: Mapping[str, Any]) -> Flow:
         if name not in d:
             continue
         v = d[name]
-        if name == "duration_s":
+        if name in _FLOAT_FIELDS:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise SnapshotFormatError("flow field duration_s is not a number")
+                raise SnapshotFormatError(f"flow field {name} is not a number")
             v = float(v)
         elif name in _BOOL_FIELDS:
             if not isinstance(v, bool):

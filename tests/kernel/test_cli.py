@@ -61,6 +61,11 @@ def test_json_lines_follow_the_contract():
     sent = {f.lport: f.bytes_sent for f in snap.flows}
     assert sent[c.getsockname()[1]] == 4321
     assert json.loads(lines[1])["interval_s"] == pytest.approx(0.2, abs=0.1)
+    # an idle flow's age still moves with the clock between snapshots
+    ages = [{f["lport"]: f["duration_s"] for f in json.loads(line)["flows"]} for line in lines]
+    ts = [json.loads(line)["ts"] for line in lines]
+    for lport, age in ages[0].items():
+        assert ages[1][lport] - age == pytest.approx(ts[1] - ts[0], abs=0.002)
     c.close()
     s.close()
 
