@@ -112,7 +112,10 @@ def _open_live(args: argparse.Namespace):
 
 def run_json(args: argparse.Namespace, keep: Callable[[Flow], bool] | None) -> int:
     """Print snapshots as JSON lines until --count or a signal; always detach on the way out."""
+    from tcptop.model import JsonEncoder
+
     engine = _open_live(args)
+    encoder = JsonEncoder()
     stop = False
 
     def on_signal(signum, frame):
@@ -128,7 +131,7 @@ def run_json(args: argparse.Namespace, keep: Callable[[Flow], bool] | None) -> i
             if keep is not None:
                 snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)))
             try:
-                sys.stdout.write(snap.to_json() + "\n")
+                sys.stdout.write(encoder.encode(snap) + "\n")
                 sys.stdout.flush()
             except BrokenPipeError:
                 break

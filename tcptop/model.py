@@ -172,14 +172,14 @@ class Snapshot:
     run: RunInfo = field(default_factory=RunInfo)
     latency: Mapping[str, Any] | None = None  # host-wide packet-level stages
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_flows: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
             "ts": self.ts,
             "interval_s": self.interval_s,
             "seq": self.seq,
             "host": self.host,
             "kernel": self.kernel,
-            "flows": [_flow_dict(f, self.ts) for f in self.flows],
+            "flows": [_flow_dict(f, self.ts) for f in self.flows] if with_flows else [],
             "run": self.run.to_dict(),
         }
         if self.latency is not None:
@@ -188,6 +188,37 @@ class Snapshot:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+class JsonEncoder:
+    """Encodes a stream of snapshots exactly as Snapshot.to_json does, reusing the text of
+    flows that did not change: the engine hands the same Flow object back for an idle
+    connection, and only its age has to be written anew."""
+
+    _AGE = '"duration_s":0'
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Flow, str, str]] = {}
+
+    def _pieces(self, f: Flow) -> tuple[Flow, str, str]:
+        d = f.to_dict()
+        d["duration_s"] = 0  # placeholder in the key's own position
+        text = json.dumps(d, separators=(",", ":"))
+        i = text.index(self._AGE) + len(self._AGE) - 1
+        return f, text[:i], text[i + 1:]
+
+    def encode(self, snap: Snapshot) -> str:
+        cache, fresh, parts = self._cache, {}, []
+        for f in snap.flows:
+            hit = cache.get(f.id)
+            if hit is None or hit[0] is not f:
+                hit = self._pieces(f)
+            fresh[f.id] = hit
+            parts.append(f"{hit[1]}{round(f.age_s(snap.ts), 3)!r}{hit[2]}")
+        self._cache = fresh
+        head = json.dumps(snap.to_dict(with_flows=False), separators=(",", ":"))
+        i = head.index('"flows":[') + len('"flows":[')
+        return head[:i] + ",".join(parts) + head[i:]
 
 
 def _flow_dict(f: Flow, ts: float) -> dict[str, Any]:
