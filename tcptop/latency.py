@@ -20,7 +20,7 @@ import os
 import struct
 from typing import Any
 
-from tcptop.flows import _possible_cpus, cgroup2_root
+from tcptop.flows import cgroup2_root
 from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link
 
 BUCKETS = 32
@@ -496,6 +496,21 @@ class LatencyEngine:
 
 
 _PROBE_OFF = LatFlow.rx_tcp.offset
+
+
+_NCPU: int | None = None
+
+
+def _possible_cpus() -> int:
+    """Per-CPU maps hold one value per possible CPU, not per online one."""
+    global _NCPU
+    if _NCPU is None:
+        try:
+            with open("/sys/devices/system/cpu/possible") as f:
+                _NCPU = max(int(p.split("-")[-1]) for p in f.read().strip().split(",")) + 1
+        except OSError:
+            _NCPU = os.cpu_count() or 1
+    return _NCPU
 
 
 def bucket_bounds(b: int) -> tuple[float, float]:
