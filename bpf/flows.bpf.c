@@ -370,6 +370,7 @@ int tcptop_sockops(struct bpf_sock_ops *skops)
 	if (!sk)
 		return 1;
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB: /* active opens: catch the SYN-ACK's sample too */
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |

@@ -230,3 +230,14 @@ def test_closed_record_overflow_is_counted_not_silent():
         assert sum(f.bytes_sent for f in closed) == 150
     finally:
         e.close()
+
+
+def test_handshake_gives_one_rtt_sample_equal_to_srtt(engine):
+    """An active open's first RTT sample is the SYN-ACK; with one sample, srtt equals it exactly."""
+    c, s = loopback_pair()
+    f = poll_until(engine, lambda snap: find_flow(snap, c))
+    ti = tcp_info(c)
+    assert f.rtt_samples == 1
+    assert f.rtt_sum_us == ti["rtt"] == f.srtt_us
+    c.close()
+    s.close()
