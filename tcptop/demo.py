@@ -98,6 +98,11 @@ class Demo:
         remove_stale()
         self._started = True
         atexit.register(self.stop)
+        # A closed terminal (SIGHUP) or a kill (SIGTERM) must not leave namespaces behind:
+        # clean up first, then unwind normally so the screen restores the terminal.
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(sig, self._on_signal)
         try:
             self._build_network()
             self._start_workload()
@@ -168,6 +173,10 @@ class Demo:
             self.procs.clear()
             for ns in (self.cli_ns, self.srv_ns):
                 _run("ip", "netns", "del", ns, check=False)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self.stop()
+        raise SystemExit(128 + signum)
 
     def __enter__(self) -> "Demo":
         self.start()
@@ -271,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     except DemoError as e:
         sys.stderr.write(f"tcptop: {e}\n")
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"demo running in {demo.srv_ns} / {demo.cli_ns}; filter: {demo.filter_expression()}; Ctrl-C stops")
     try:
         while True:
