@@ -127,7 +127,11 @@ def run_json(args: argparse.Namespace, keep: Callable[[Flow], bool] | None) -> i
         n = 0
         next_at = time.monotonic()
         while not stop:
-            snap = engine.poll()
+            try:
+                snap = engine.poll()
+            except OSError as e:  # includes BpfError: say it in one line, detach, exit 1
+                sys.stderr.write(f"tcptop: reading the kernel failed: {e}\n")
+                return 1
             if keep is not None:
                 snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)))
             try:
