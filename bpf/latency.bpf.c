@@ -39,9 +39,15 @@ char LICENSE[] SEC("license") = "GPL";
 #define MSG_PEEK 2
 enum { ST_TIME_WAIT = 6, ST_LISTEN = 10, ST_NEW_SYN_RECV = 12 };
 
-/* Set by the loader before load. */
-const volatile __u64 max_skb_age_ns = 5000000000ULL; /* older per-skb stamps are not trusted */
-const volatile bool tx_split_ip = false;              /* a hook at "leaves TCP" is attached */
+/* Set by the loader before load (the only .rodata variable: see latency.h). */
+const volatile struct lat_config cfg = {
+	.max_skb_age_ns = 5000000000ULL,
+	.tx_split_ip = 0,
+	.track_skbs = 1,
+};
+#define max_skb_age_ns cfg.max_skb_age_ns
+#define tx_split_ip cfg.tx_split_ip
+#define track_skbs cfg.track_skbs
 
 /* Kernel functions every program type may call (6.2+): a typed view of a
  * context or of any kernel address, for plain (fault-safe) loads. */
@@ -369,6 +375,8 @@ int on_tcp_ingress(struct __sk_buff *skb)
 	addr = (__u64)bpf_cast_to_kern_ctx(skb);
 	if (sk->state != ST_LISTEN)
 		f = flow_of(bpf_get_socket_cookie(skb), true);
+	if (!track_skbs)
+		goto tcp_stage;
 	e = bpf_map_lookup_elem(&rx_skbs, &addr);
 	if (e && (e->ip_ts | e->driver_ts)) {
 		ip_ts = e->ip_ts;
@@ -390,6 +398,7 @@ int on_tcp_ingress(struct __sk_buff *skb)
 	} else {
 		stat_inc(LS_RX_UNMATCHED);
 	}
+tcp_stage:
 	if (f && !f->rx_tcp.ts)
 		rx_tcp_arm(skb, sk, f, now);
 	return 1;
@@ -640,6 +649,8 @@ int BPF_PROG(on_dev_queue, struct sk_buff *skb)
 		return 0;
 	cookie = cookie_of(sk);
 	now = bpf_ktime_get_ns();
+	if (!track_skbs)
+		goto tcp_stage;
 	e = bpf_map_lookup_elem(&tx_skbs, &addr);
 	if (e) {
 		if (e->queue_ts)
@@ -654,6 +665,7 @@ int BPF_PROG(on_dev_queue, struct sk_buff *skb)
 		bpf_map_update_elem(&tx_skbs, &addr, &n, BPF_ANY);
 	}
 	stat_inc(LS_TX_QUEUED);
+tcp_stage:
 	if (cookie)
 		f = flow_of(cookie, false);
 	if (tx_split_ip) {

@@ -64,6 +64,14 @@ struct tx_skb {
 	__u64 queue_ts;  /* reached the device layer; 0 once the driver took it */
 };
 
+/* Start-up options, written by the loader into .rodata before load. */
+struct lat_config {
+	__u64 max_skb_age_ns; /* per-skb stamps older than this are not trusted (counted as stale) */
+	__u8 tx_split_ip;     /* a hook where TCP hands a segment to IP is attached: tx tcp | ip */
+	__u8 track_skbs;      /* the per-skb stages (rx driver/ip, tx ip/qdisc/driver) are on */
+	__u8 pad[6];
+};
+
 /* Run-level counters, one slot each in the per-CPU `stats` array. */
 enum lat_stat {
 	LS_RX_STARTED = 0, /* TCP skbs a driver hook handed to the stack */

@@ -62,7 +62,12 @@ class TxSkb(ctypes.Structure):
     _fields_ = [("cookie", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64), ("queue_ts", ctypes.c_uint64)]
 
 
-LAYOUTS = {"lat_hist": LatHist, "lat_probe": LatProbe, "lat_flow": LatFlow, "rx_skb": RxSkb, "tx_skb": TxSkb}
+class LatConfig(ctypes.Structure):
+    _fields_ = [("max_skb_age_ns", ctypes.c_uint64), ("tx_split_ip", ctypes.c_uint8),
+                ("track_skbs", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6)]
+
+
+LAYOUTS = {"lat_config": LatConfig, "lat_hist": LatHist, "lat_probe": LatProbe, "lat_flow": LatFlow, "rx_skb": RxSkb, "tx_skb": TxSkb}
 FLOW_SIZE = ctypes.sizeof(LatFlow)
 _SLOTS_FMT = f"<{BUCKETS * STAGES}I{STAGES}Q"
 _CLOSED_OFF = LatFlow.closed_ns.offset
@@ -115,7 +120,7 @@ FIXED = {
     "on_xmit": ("net_dev_xmit", "tx qdisc and driver stages"),
     "on_destroy": ("tcp_destroy_sock", "prompt release of closed flows' histograms (the map may fill)"),
 }
-ALL_RUNG_PROGS = {p for _, rungs in LADDERS.values() for _, progs, _ in rungs for p in progs}
+SKB_BOUNDARIES = {"rx_ip", "tx_leave_tcp"}  # boundaries only the per-skb stages use
 
 _fentry_verdict: tuple[bool, str] | None = None
 
@@ -166,7 +171,7 @@ class LatencyEngine:
 
     def __init__(self, max_flows: int = 8192, window: str = "total",
                  max_skb_age_s: float = 5.0, object_path: str | None = None,
-                 allow_fentry: bool = True, allow_kprobe: bool = True):
+                 allow_fentry: bool = True, allow_kprobe: bool = True, skb_stages: bool = True):
         if window not in ("total", "interval"):
             raise ValueError("window is 'total' or 'interval'")
         self.max_flows = max_flows
@@ -183,6 +188,10 @@ class LatencyEngine:
         self._prev_host: list[tuple[tuple[int, ...], int]] | None = None
         self._prev_flow: dict[int, bytes] = {}
         self._allow = {"fentry": allow_fentry, "kprobe": allow_kprobe, "tracepoint": True}
+        # The stages matched per skb below TCP (rx driver/ip, tx ip/qdisc/driver)
+        # cost about half of the engine's time per packet; off, only the
+        # sequence-matched stages remain (rx tcp and app, tx tcp+ip).
+        self.skb_stages = skb_stages
         try:
             self._start()
         except BaseException:
@@ -225,6 +234,10 @@ class LatencyEngine:
         self.degraded.clear()
         self.chosen.clear()
         for boundary, (what, rungs) in LADDERS.items():
+            if not self.skb_stages and boundary in SKB_BOUNDARIES:
+                self.chosen[boundary] = None
+                self.hooks[boundary] = "off: skb_stages=False"
+                continue
             why_not = []
             for kind, progs, names in rungs:
                 if (boundary, kind) in refused:
@@ -240,10 +253,12 @@ class LatencyEngine:
                 self.chosen[boundary] = None
                 self.hooks[boundary] = "unavailable: " + "; ".join(why_not)
                 self.degraded.append(f"latency: no hook where {what} ({'; '.join(why_not)})")
-        self._driver_entries = {p: tp for p, tp in DRIVER_ENTRIES.items() if btf.has_tracepoint(tp)}
-        if not self._driver_entries:
+        self._driver_entries = {p: tp for p, tp in DRIVER_ENTRIES.items()
+                                if self.skb_stages and btf.has_tracepoint(tp)}
+        if not self._driver_entries and self.skb_stages:
             self.degraded.append("latency: rx driver stage unmeasured (no driver hand-over tracepoint)")
         self._fixed_missing = {p for p, (tp, _) in FIXED.items() if tp and not btf.has_tracepoint(tp)}
+        self._fixed_off = set() if self.skb_stages else {"on_start_xmit", "on_xmit"}
 
     def _load(self) -> None:
         obj = BpfObject(self._path)
@@ -252,7 +267,7 @@ class LatencyEngine:
                 if obj.struct_size(name) != ctypes.sizeof(cls):
                     raise BpfError(f"{self._path} does not match tcptop/latency.py (struct {name}); "
                                    "rebuild with `make setup`", 0)
-            wanted = set(self._driver_entries) | (set(FIXED) - self._fixed_missing)
+            wanted = set(self._driver_entries) | (set(FIXED) - self._fixed_missing - self._fixed_off)
             for choice in self.chosen.values():
                 if choice:
                     wanted |= set(choice[1])
@@ -267,10 +282,13 @@ class LatencyEngine:
         self._obj = obj
 
     def _set_rodata(self, obj: BpfObject) -> None:
-        # const volatile globals, in declaration order: max_skb_age_ns (u64), tx_split_ip (bool).
+        cfg = LatConfig(max_skb_age_ns=self.max_skb_age_ns,
+                        tx_split_ip=1 if self.chosen.get("tx_leave_tcp") else 0,
+                        track_skbs=1 if self.skb_stages else 0)
         ro = obj.rodata().initial_value()
-        struct.pack_into("<Q", ro, 0, self.max_skb_age_ns)
-        ro[8] = 1 if self.chosen.get("tx_leave_tcp") else 0
+        if len(ro) != ctypes.sizeof(cfg):
+            raise BpfError(f"{self._path}: .rodata is not just struct lat_config; rebuild with `make setup`", 0)
+        ctypes.memmove(ro, ctypes.byref(cfg), ctypes.sizeof(cfg))  # `cfg` is .rodata's only variable
 
     def _attach(self) -> set[tuple[str, str]]:
         assert self._obj is not None
@@ -295,6 +313,9 @@ class LatencyEngine:
         if attached_entries:
             self.hooks["rx_driver_entry"] = "ok: tracepoint " + "+".join(attached_entries)
         for prog, (tp, lost) in FIXED.items():
+            if prog in self._fixed_off:
+                self.hooks[prog] = "off: skb_stages=False"
+                continue
             if prog in self._fixed_missing:
                 self._degrade(prog, f"no tracepoint {tp}", lost)
                 continue

@@ -249,3 +249,24 @@ def test_percentiles_interpolate_inside_log2_buckets():
     assert percentile_ns(slots, 0.99, max_ns=10_000) == 10_000
     assert stage_summary([0] * 32, 0) == {"count": 0, "p50_us": None, "p90_us": None, "p99_us": None,
                                           "mean_us": None}
+
+
+def test_without_skb_stages_only_the_sequence_matched_stages_remain():
+    light = LatencyEngine(max_flows=1024, skb_stages=False)
+    try:
+        keys = light.stage_keys()
+        assert [k for k, _ in keys["rx"]] == ["tcp", "app"]
+        assert [k for k, _ in keys["tx"]][:1] in (["tcp+ip"], ["tcp"])
+        c, s = loopback_pair()
+        try:
+            for _ in range(20):
+                c.sendall(b"x" * 10)
+                s.recv(100)
+            _, flows = light.poll()
+            assert flows[cookie(s)]["rx"]["app"]["count"] >= 10
+            assert "driver" not in flows[cookie(s)]["rx"]
+        finally:
+            c.close()
+            s.close()
+    finally:
+        light.close()
