@@ -270,3 +270,20 @@ def test_without_skb_stages_only_the_sequence_matched_stages_remain():
             s.close()
     finally:
         light.close()
+
+
+def test_kprobe_variants_pass_the_verifier_here():
+    """The kprobe rungs cannot attach on this kernel (no kprobe PMU), but they load:
+    the same handlers as the tested tracepoint paths, behind a different entry."""
+    from tcptop.libbpf import BpfObject
+    from tcptop.latency import default_object_path
+
+    obj = BpfObject(default_object_path())
+    try:
+        kp = [n for n in obj.programs if n.startswith("kp_")]
+        assert len(kp) >= 5
+        for name, prog in obj.programs.items():
+            prog.set_autoload(name in kp)
+        obj.load()
+    finally:
+        obj.close()
