@@ -100,7 +100,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("rx", "RX/s", 10, lambda r: _rate(r.rx_bps), lambda r: fmt_rate(r.rx_bps),
            priority=5, help="bytes received per second"),
     Column("retrans", "RETRANS", 8,
-           lambda r: (_rate(r.retrans_ps), r.flow.retrans_packets),
+           # recent retransmissions first (decayed, so an RTO backoff does not drop a lossy
+           # flow below one with a single probe), then the lifetime total
+           lambda r: (round(r.retrans_recent, 3), r.flow.retrans_packets),
            lambda r: str(r.flow.retrans_packets), _retrans_style,
            priority=6, help="segments retransmitted (red: some in the last interval)"),
     Column("fast", "FAST", 5, lambda r: (_rate(r.fast_ps), r.flow.fast_retrans),
@@ -134,9 +136,8 @@ _ALIASES = {
     "raddr": "remote", "laddr": "local", "rport": "remote", "lport": "local",
 }
 
-_FLOW_NUMBERS = {
-    f.name for f in dc_fields(Flow) if f.type in ("int", "float") and f.name != "id"
-}
+_FLOW_NUMBERS = {f.name for f in dc_fields(Flow) if f.type in ("int", "float")}
+_FLOW_OTHERS = {f.name for f in dc_fields(Flow) if f.type in ("str", "bool")}
 
 
 class UnknownSortField(ValueError):
@@ -157,6 +158,9 @@ def resolve_sort(name: str) -> Column:
         # A metric without its own column (e.g. bytes_sent): sort by the raw value.
         return Column(key, key.upper(), 10, lambda r, k=key: getattr(r.flow, k),
                       lambda r, k=key: str(getattr(r.flow, k)), priority=99)
+    if key in _FLOW_OTHERS:
+        return Column(key, key.upper(), 10, lambda r, k=key: getattr(r.flow, k),
+                      lambda r, k=key: str(getattr(r.flow, k)), right=False, descending=False, priority=99)
     choices = ", ".join(c.id for c in COLUMNS)
     raise UnknownSortField(f"unknown sort field {name!r} (one of {choices}, or a flow field)")
 

@@ -25,6 +25,9 @@ HISTORY_LEN = 120
 HISTORY_ALL_MAX = 1000
 # Rebuild from scratch when more than this share of visible rows changed sort key.
 REBUILD_SHARE = 0.25
+# Half-life of `Row.retrans_recent`: long enough that a flow sitting out an RTO backoff
+# still ranks above one that sent a single zero-window probe, short enough to forget.
+RETRANS_HALF_LIFE_S = 10.0
 
 
 class Row:
@@ -34,7 +37,7 @@ class Row:
     host only the sort column and the rows on screen are ever asked for theirs.
     """
 
-    __slots__ = ("flow", "prev", "dt", "born", "history", "sort_key", "visible")
+    __slots__ = ("flow", "prev", "dt", "born", "history", "sort_key", "visible", "retrans_recent")
 
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
@@ -44,6 +47,7 @@ class Row:
         self.history: deque | None = None  # (ts, tx_bps, rx_bps, cwnd, rtt_us)
         self.sort_key: tuple = ()
         self.visible = False
+        self.retrans_recent = 0.0  # retransmissions, exponentially decayed (RETRANS_HALF_LIFE_S)
 
     @property
     def id(self) -> int:
@@ -188,6 +192,7 @@ class FlowStore:
         tx_sum = rx_sum = re_sum = 0.0
         re_total = closed = 0
         ts = snap.ts
+        decay = 0.5 ** (dt / RETRANS_HALF_LIFE_S)
 
         for f in snap.flows:
             row = old.get(f.id)
@@ -195,12 +200,16 @@ class FlowStore:
                 row = Row(f)
                 # Born during this interval: everything it counted happened within dt.
                 row.born = prev_snap is not None and f.duration_s <= dt
+                if row.born:
+                    row.retrans_recent = float(f.retrans_packets)
                 was_visible = False
                 old_key: tuple = ()
             else:
                 row.prev = p = row.flow
                 row.flow = f
                 row.born = False
+                d = f.retrans_packets - p.retrans_packets
+                row.retrans_recent = row.retrans_recent * decay + (d if d > 0 else 0)
                 was_visible = row.visible
                 old_key = row.sort_key
             row.dt = dt

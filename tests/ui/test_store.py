@@ -86,6 +86,12 @@ def test_sort_accepts_flow_fields_and_titles():
     assert resolve_sort("TX/s").id == "tx"
     assert resolve_sort("SEND-Q").id == "sendq"
     assert resolve_sort("bytes_sent").id == "bytes_sent"
+    # every Flow field the CLI accepts for --sort has a sort here
+    from dataclasses import fields
+    from tcptop.model import Flow
+    for f in fields(Flow):
+        if f.name != "latency":
+            assert resolve_sort(f.name) is not None
     with pytest.raises(UnknownSortField):
         resolve_sort("colour")
 
@@ -198,3 +204,16 @@ def test_narrow_terminal_drops_least_useful_columns_but_keeps_the_sorted_one():
     assert "flight" not in cols
     assert sum(c.width + 1 for c in fit_columns(80, "age")) <= 80
     assert len(fit_columns(400, "tx")) == 16
+
+
+def test_a_lossy_flow_in_rto_backoff_still_outranks_a_single_probe():
+    store = FlowStore(sort="retrans")
+    store.update(make_snapshot([make_flow(1, retrans_packets=0), make_flow(2, retrans_packets=0)], ts=0))
+    store.update(make_snapshot([make_flow(1, retrans_packets=300), make_flow(2, retrans_packets=0)], ts=1))
+    # the lossy flow waits out an RTO; the stalled one sends one zero-window probe
+    store.update(make_snapshot([make_flow(1, retrans_packets=300), make_flow(2, retrans_packets=1)], ts=2))
+    assert store.ids() == [1, 2]
+    # long after, current trouble beats an old total
+    for t in range(3, 200):
+        store.update(make_snapshot([make_flow(1, retrans_packets=300), make_flow(2, retrans_packets=t)], ts=t))
+    assert store.ids() == [2, 1]
