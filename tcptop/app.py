@@ -138,7 +138,10 @@ class TcptopApp(App[int]):
                     snap = src.poll()
                     first = False
                 elif cmd == _WAKE:
-                    next_at = time.monotonic() + (src.interval_s if replay else 0)
+                    # Pause changed. Live polling keeps its rhythm (a poll now would give a
+                    # sliver of an interval and noisy rates); replay restarts its clock.
+                    if replay is not None:
+                        next_at = time.monotonic() + src.interval_s
                     continue
                 elif replay is None:
                     continue
