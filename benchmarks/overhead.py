@@ -27,8 +27,20 @@ import time
 from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 TCPTOP = [sys.executable, "-m", "tcptop"]
-PREFIX = "tcptop_"
+LATENCY = "full"  # --latency mode passed to tcptop (set from the command line)
+
+
+def our_names() -> set[str]:
+    """Names of tcptop's programs (as the kernel truncates them), from the built objects."""
+    from tcptop.libbpf import BpfObject
+    names = set()
+    for obj in ("flows.bpf.o", "latency.bpf.o"):
+        o = BpfObject(os.path.join(ROOT, "build", obj))
+        names |= {n[:15] for n in o.programs}
+        o.close()
+    return names
 
 
 def free_port() -> int:
@@ -40,7 +52,7 @@ def free_port() -> int:
 @contextmanager
 def tcptop_attached(*extra: str):
     """Run `tcptop --json` (output discarded) until the block ends; yields the process."""
-    p = subprocess.Popen(TCPTOP + ["--json", "--interval", "1", *extra], cwd=ROOT,
+    p = subprocess.Popen(TCPTOP + ["--json", "--interval", "1", "--latency", LATENCY, *extra], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdout.readline()  # attached once the first snapshot is out
     drain = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
@@ -68,8 +80,9 @@ def bpf_stats():
 def our_prog_stats() -> dict[str, tuple[int, int]]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     res = {}
+    ours = OUR_NAMES
     for p in json.loads(out or "[]"):
-        if p.get("name", "").startswith(PREFIX):
+        if p.get("name", "") in ours:
             res[p["name"]] = (p.get("run_time_ns", 0), p.get("run_cnt", 0))
     return res
 
@@ -163,7 +176,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100000, help="redis-benchmark requests per run")
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script works")
+    ap.add_argument("--latency", choices=("full", "light", "off"), default="full",
+                    help="tcptop's packet-level engine mode during the 'with' runs")
     a = ap.parse_args()
+    global LATENCY, OUR_NAMES
+    LATENCY = a.latency
+    OUR_NAMES = our_names()
     if a.quick:
         a.pairs, a.seconds, a.requests, a.connections = 1, 1, 5000, 200
     if os.geteuid() != 0:
@@ -192,6 +210,7 @@ def main() -> int:
         redis.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    print(f"tcptop --latency {LATENCY}, {a.pairs} off/on pairs\n")
     print("| workload | without tcptop (median) | with tcptop (median) | ratio |")
     print("|---|---:|---:|---:|")
     for name, off_m, on_m in rows:

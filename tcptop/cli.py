@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", metavar="FILE", help="play a file written by tcptop --json (no root needed)")
     p.add_argument("--demo", action="store_true",
                    help="start a small workload in a private network namespace and watch it")
+    p.add_argument("--latency", choices=("full", "light", "off"), default="full",
+                   help="packet-level stage timings: full (every stage), light (per-socket stages only), off")
     p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
                    help="room for final records of connections closed within one interval (default 16384)")
     return p
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _open_live(args: argparse.Namespace):
     from tcptop.engine import EngineError, LiveEngine
     try:
-        return LiveEngine(interval_s=args.interval, max_closed=args.max_closed)
+        return LiveEngine(interval_s=args.interval, max_closed=args.max_closed, latency=args.latency)
     except EngineError as e:
         sys.stderr.write(f"tcptop: {e}\n")
         raise SystemExit(1) from None

@@ -12,8 +12,10 @@ import platform
 import socket
 import time
 
+from dataclasses import replace
+
 from tcptop.libbpf import BpfError
-from tcptop.model import RunInfo, Snapshot
+from tcptop.model import Flow, RunInfo, Snapshot
 
 class EngineError(Exception):
     """The engine cannot start; the message is one line a user can act on."""
@@ -41,26 +43,54 @@ def _has_bpf_caps() -> bool:
 
 
 class LiveEngine:
-    """CO-RE engine: flows.bpf.o (and later the packet-level stages) behind poll()/close()."""
+    """CO-RE engine: flows.bpf.o and the packet-level latency.bpf.o behind poll()/close().
+
+    `latency` chooses the packet-level engine: "full" (every stage), "light"
+    (only the per-socket stages: rx tcp/app, tx tcp+ip; about a third fewer
+    events), or "off". If it cannot load, the flows still run and the reason is
+    reported in the snapshot's run info.
+    """
 
     engine_name = "core"
 
-    def __init__(self, interval_s: float = 1.0, max_closed: int = 16384):
+    def __init__(self, interval_s: float = 1.0, max_closed: int = 16384, latency: str = "full"):
         from tcptop.flows import FlowEngine  # imports libbpf lazily: replay needs none of it
 
         preflight()
         self.interval_s = interval_s
+        self.latency = None
+        self._lat_hooks: dict[str, str] = {}
+        self._lat_degraded: tuple[str, ...] = ()
+        self._merged: dict[int, tuple] = {}  # flow id -> (flow, latency, flow with latency)
         try:
             self.flows = FlowEngine(max_closed=max_closed)
+            if latency != "off":
+                self._start_latency(skb_stages=latency == "full")
         except BpfError as e:
+            self.close()
             raise EngineError(_explain(e)) from None
         self.host = socket.gethostname()
         self.kernel = platform.release()
         self._seq = 0
         self._last = time.monotonic()
 
+    def _start_latency(self, skb_stages: bool) -> None:
+        from tcptop.latency import LatencyEngine
+        try:
+            self.latency = LatencyEngine(skb_stages=skb_stages)
+        except BpfError as e:
+            self._lat_hooks = {"packet-level engine": f"unavailable: {_explain(e)}"}
+            self._lat_degraded = (f"latency waterfall: the packet-level engine did not load ({_explain(e)})",)
+            return
+        self._lat_hooks = dict(self.latency.hooks)
+        self._lat_degraded = tuple(self.latency.degraded)
+
     def poll(self) -> Snapshot:
         flows = self.flows.poll()
+        host_latency = None
+        if self.latency is not None:
+            host_latency, per_flow = self.latency.poll()
+            flows = self._with_latency(flows, per_flow)
         stats = self.flows.stats()
         now = time.monotonic()
         interval, self._last = now - self._last, now
@@ -70,17 +100,39 @@ class LiveEngine:
             engine=self.engine_name,
             flows_evicted=self.flows.flows_without_counters,
             events_lost=stats[STAT_COUNTERS_FULL] + stats[STAT_CLOSED_FULL],
-            hooks=dict(self.flows.hooks),
-            degraded=tuple(self.flows.degraded),
+            hooks={**self.flows.hooks, **self._lat_hooks},
+            degraded=tuple(self.flows.degraded) + self._lat_degraded,
         )
         return Snapshot(ts=time.time(), interval_s=round(interval, 6), flows=flows, seq=self._seq,
-                        host=self.host, kernel=self.kernel, run=run)
+                        host=self.host, kernel=self.kernel, run=run, latency=host_latency)
+
+    def _with_latency(self, flows: tuple[Flow, ...], per_flow: dict[int, dict]) -> tuple[Flow, ...]:
+        """Attach each flow's stages. Unchanged flow + unchanged stages reuse last poll's object,
+        and a closed flow keeps its last stages while it is still listed."""
+        merged, out = {}, []
+        for f in flows:
+            prev = self._merged.get(f.id)
+            lat = per_flow.get(f.id) or (prev[1] if prev else None)
+            if lat is None:
+                out.append(f)
+                continue
+            if prev is None or prev[0] is not f or prev[1] != lat:
+                prev = (f, lat, replace(f, latency=lat))
+            merged[f.id] = prev
+            out.append(prev[2])
+        self._merged = merged
+        return tuple(out)
 
     def program_ids(self) -> list[int]:
-        return self.flows.program_ids()
+        ids = self.flows.program_ids() if getattr(self, "flows", None) else []
+        return ids + (self.latency.program_ids() if self.latency else [])
 
     def close(self) -> None:
-        self.flows.close()
+        if self.latency is not None:
+            self.latency.close()
+            self.latency = None
+        if getattr(self, "flows", None) is not None:
+            self.flows.close()
 
 
 def _explain(e: BpfError) -> str:

@@ -187,7 +187,7 @@ def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
 
     real = KernelBtf.has_tracepoint
     monkeypatch.setattr(KernelBtf, "has_tracepoint", lambda self, name: name != "tcp_cong_state_set" and real(self, name))
-    e = LiveEngine(interval_s=0.2)
+    e = LiveEngine(interval_s=0.2, latency="off")  # the packet-level engine has its own degrades
     try:
         c, s = loopback_pair()
         c.sendall(b"d" * 2000)
@@ -239,5 +239,21 @@ def test_handshake_gives_one_rtt_sample_equal_to_srtt(engine):
     ti = tcp_info(c)
     assert f.rtt_samples == 1
     assert f.rtt_sum_us == ti["rtt"] == f.srtt_us
+    c.close()
+    s.close()
+
+
+def test_snapshot_carries_packet_latency_for_the_flow_and_the_host(engine):
+    """The wired-in packet-level engine: a flow that moved data has rx app samples in its own
+    latency, and the host-wide histogram counts at least as many."""
+    c, s = loopback_pair()
+    for _ in range(20):
+        c.sendall(b"l" * 500)
+        recv_exactly(s, 500)
+    f = poll_until(engine, lambda snap: find_flow(snap, s),
+                   lambda f: f.latency is not None and (f.latency["rx"]["app"]["count"] or 0) >= 1)
+    snap = engine.poll()
+    assert snap.latency["rx"]["app"]["count"] >= f.latency["rx"]["app"]["count"]
+    assert set(f.latency["rx"]) >= {"app", "tcp"}
     c.close()
     s.close()
