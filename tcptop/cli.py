@@ -84,8 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.filter = filter_expression(args)
     if args.replay and args.demo:
         parser.error("--replay and --demo cannot be combined")
-    if args.sort is not None and args.sort not in {f.name for f in dataclasses.fields(Flow)} | {"rtt_mean_us"}:
-        parser.error(f"--sort: unknown field {args.sort!r}")
+    if args.sort is not None:
+        from tcptop.columns import UnknownSortField, resolve_sort
+        try:
+            resolve_sort(args.sort)
+        except UnknownSortField:
+            parser.error(f"--sort: unknown field {args.sort!r} (a column such as rtt, tx, retrans, or a flow field)")
     keep: Callable[[Flow], bool] | None = None
     if args.filter:
         from tcptop.filter import FilterError, compile_filter

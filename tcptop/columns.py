@@ -121,7 +121,7 @@ COLUMNS: tuple[Column, ...] = (
            _sendq_style, priority=10, help="bytes written, not yet acknowledged (yellow: growing)"),
     Column("rwnd", "RWND", 9, lambda r: r.flow.rwnd, lambda r: fmt_bytes(r.flow.rwnd), _rwnd_style,
            descending=False, priority=11, help="peer's receive window (red: zero window)"),
-    Column("age", "AGE", 6, lambda r: r.flow.duration_s, lambda r: fmt_age(r.flow.duration_s),
+    Column("age", "AGE", 6, lambda r: r.age_s, lambda r: fmt_age(r.age_s),
            priority=15, help="time since the connection was established"),
 )
 

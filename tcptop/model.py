@@ -88,7 +88,8 @@ class Flow:
     rtt_sum_us: int
     read_bytes: int
     write_bytes: int
-    duration_s: float       # age when this record was captured; see age_s() for "now"
+    duration_s: float       # age when this flow was captured; an unchanged flow is reused
+                            # across snapshots, so its age now is age_s(snapshot.ts)
     # useful extras
     srtt_us: int = 0        # smoothed RTT, microseconds
     min_rtt_us: int = 0

@@ -37,12 +37,13 @@ class Row:
     host only the sort column and the rows on screen are ever asked for theirs.
     """
 
-    __slots__ = ("flow", "prev", "dt", "born", "history", "sort_key", "visible", "retrans_recent")
+    __slots__ = ("flow", "prev", "dt", "ts", "born", "history", "sort_key", "visible", "retrans_recent")
 
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.prev: Flow | None = None  # the same connection one snapshot earlier
         self.dt = 0.0                  # seconds between the two sightings
+        self.ts = 0.0                  # time of the snapshot the row was last fed
         self.born = False              # first seen, but opened within dt: counters started at zero
         self.history: deque | None = None  # (ts, tx_bps, rx_bps, cwnd, rtt_us)
         self.sort_key: tuple = ()
@@ -52,6 +53,11 @@ class Row:
     @property
     def id(self) -> int:
         return self.flow.id
+
+    @property
+    def age_s(self) -> float:
+        """Connection age at the latest snapshot (an idle flow's object is reused, its age is not)."""
+        return self.flow.age_s(self.ts)
 
     def rate(self, counter: str) -> float | None:
         """Per-second growth of a Flow counter; None while unknown (a flow's first sighting)."""
@@ -199,7 +205,7 @@ class FlowStore:
             if row is None:
                 row = Row(f)
                 # Born during this interval: everything it counted happened within dt.
-                row.born = prev_snap is not None and f.duration_s <= dt
+                row.born = prev_snap is not None and f.age_s(ts) <= dt
                 if row.born:
                     row.retrans_recent = float(f.retrans_packets)
                 was_visible = False
@@ -213,6 +219,7 @@ class FlowStore:
                 was_visible = row.visible
                 old_key = row.sort_key
             row.dt = dt
+            row.ts = ts
             rows[f.id] = row
             new_key = (key(row), f.id)
             show = pred(f)

@@ -66,7 +66,7 @@ def render_detail(row: Row, width: int) -> Group:
         _metric("app_wqueue_max", fmt_bytes(f.app_wqueue_max)),
         _metric("rtt_samples", fmt_int(f.rtt_samples), f"srtt {fmt_us(f.srtt_us)}" if f.srtt_us else ""),
         _metric("rtt_sum_us", fmt_us(f.rtt_sum_us), mean),
-        _metric("duration_s", fmt_age(f.duration_s), "since start" if f.since_start else ""),
+        _metric("duration_s", fmt_age(row.age_s), "since start" if f.since_start else ""),
     ]
     # Fixed-width lines, not a rich Table: this pane repaints every refresh.
     def cell(c: tuple[Text, Text, Text]) -> Text:

@@ -217,3 +217,13 @@ def test_a_lossy_flow_in_rto_backoff_still_outranks_a_single_probe():
     for t in range(3, 200):
         store.update(make_snapshot([make_flow(1, retrans_packets=300), make_flow(2, retrans_packets=t)], ts=t))
     assert store.ids() == [2, 1]
+
+
+def test_age_of_a_reused_idle_flow_moves_with_the_snapshot_clock():
+    """The engine hands back the same Flow object for an idle connection; its age must still tick."""
+    idle = make_flow(7, established_ts=900.0, duration_s=100.0)
+    store = FlowStore()
+    store.update(make_snapshot([idle], ts=1000.0))
+    assert store.rows[7].age_s == 100.0
+    store.update(make_snapshot([idle], ts=1001.5))
+    assert store.rows[7].age_s == 101.5
