@@ -173,8 +173,9 @@ def run_screen(args: argparse.Namespace) -> int:
             from tcptop.demo import Demo
             demo = Demo()
             try:
-                demo.start()
+                # Engine first: the demo's connections are then seen from their birth.
                 source = _open_live(args)
+                demo.start()
                 from tcptop.app import run_tui
                 if args.filter is None:
                     args.filter = demo.filter_expression()

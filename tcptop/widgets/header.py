@@ -32,8 +32,12 @@ def run_warnings(snap: Snapshot | None) -> list[str]:
     if snap is None:
         return []
     run = snap.run
-    out = [f"{hook}: {state}" for hook, state in sorted(run.hooks.items()) if state != "ok"]
-    out.extend(run.degraded)
+    # Engines report a missing hook twice: "unavailable: why" under hooks, and a
+    # sentence naming the metric it costs under degraded. The sentence is what
+    # matters on a busy screen; its reason in parentheses is in --json.
+    out = [f"{hook}: {state}" for hook, state in sorted(run.hooks.items())
+           if not state.startswith(("ok", "unavailable"))]
+    out.extend(d.split(" (", 1)[0] for d in run.degraded)
     if run.flows_evicted:
         out.append(f"{run.flows_evicted:,} flows evicted (maps full)")
     if run.events_lost:
