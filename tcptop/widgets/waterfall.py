@@ -39,6 +39,44 @@ def ordered_stages(direction: str, stages: Mapping[str, Any]) -> list[tuple[str,
     return [(k, stages[k]) for k in sorted(stages, key=rank) if isinstance(stages[k], Mapping)]
 
 
+# What a packet is doing while it sits in a stage, for the one-line hint.
+DOING = {
+    ("rx", "driver"): "in the driver, before IP takes it",
+    ("rx", "ip"): "in the IP layer",
+    ("rx", "tcp"): "in TCP, before the data is queued on the socket",
+    ("rx", "app"): "waiting for the application to read",
+    ("tx", "tcp"): "in TCP, before IP takes the segment",
+    ("tx", "ip"): "in the IP layer",
+    ("tx", "qdisc"): "queued in traffic control (qdisc)",
+    ("tx", "driver"): "in the driver's transmit",
+}
+DIRECTION_NOUN = {"rx": "receive", "tx": "transmit"}
+
+
+def dominant_hint(direction: str, stages: Mapping[str, Any]) -> str | None:
+    """Which stage a packet's time goes to, as a sentence; None without samples.
+
+    Shares are of the sum of per-stage means (p50 where the engine gave no mean):
+    the time an average packet spends in each layer.
+    """
+    times = {}
+    for key, st in stages.items():
+        count, p50, _ = _stage_numbers(st)
+        mean = _num(st, "mean_us") if isinstance(st, Mapping) else None
+        t = mean if mean is not None else p50
+        if count and t is not None:
+            times[key] = t
+    total = sum(times.values())
+    if not times or total <= 0:
+        return None
+    key = max(times, key=times.__getitem__)
+    share = times[key] / total
+    parts = key.split("+")
+    doing = " and ".join(DOING.get((direction, p), p) for p in parts) if len(parts) == 1 else \
+        f"in {' and '.join(LAYER_NAMES.get(p, p) for p in parts)} (not separable on this kernel)"
+    return f"{share:.0%} of {DIRECTION_NOUN.get(direction, direction)} time is {doing}"
+
+
 def _label(key: str) -> str:
     return "+".join(LAYER_NAMES.get(p, p) for p in key.split("+"))
 
@@ -129,6 +167,9 @@ def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, 
                 hc, h50, h99 = _stage_numbers(others.get(key))
                 line.append(f" {fmt_us(h50) if hc else '–':>8} {fmt_us(h99) if hc else '–':>8}", style="dim")
             parts.append(line)
+        hint = dominant_hint(direction, stages)
+        if hint:
+            parts.append(Text("  " + hint, style="italic"))
     parts.append(Text(f"█ p50  ░ up to p99, log scale 1 µs … {fmt_us(top)}", style="dim"))
     return Group(*parts)
 
