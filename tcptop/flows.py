@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from tcptop import netns
-from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, iter_read
+from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, iter_read, possible_cpus
 from tcptop.model import Flow
 from tcptop.procs import Owners
 
@@ -281,7 +281,7 @@ class FlowEngine:
         out = []
         for i in range(STAT_MAX):
             key = ctypes.c_uint32(i)
-            vals = (ctypes.c_uint64 * _possible_cpus())()
+            vals = (ctypes.c_uint64 * possible_cpus())()
             out.append(sum(vals) if m.lookup(key, vals) else 0)
         return out
 
@@ -459,23 +459,3 @@ def _sock_ino(raw: bytes) -> int:
 
 def _age_s(raw: bytes, born_ns: int) -> float:
     return round(max(0, _now_ns(raw) - born_ns) / 1e9, 3)
-
-
-_NCPU: int | None = None
-
-
-def _possible_cpus() -> int:
-    """Per-CPU maps are sized by possible CPUs, not online ones."""
-    global _NCPU
-    if _NCPU is None:
-        try:
-            with open("/sys/devices/system/cpu/possible") as f:
-                spec = f.read().strip()
-            n = 0
-            for part in spec.split(","):
-                lo, _, hi = part.partition("-")
-                n = max(n, int(hi or lo) + 1)
-            _NCPU = n
-        except OSError:
-            _NCPU = os.cpu_count() or 1
-    return _NCPU

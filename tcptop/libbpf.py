@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import threading
 from typing import Iterator
@@ -327,3 +328,14 @@ def iter_read(link: Link, bufsize: int = 1 << 20) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """Per-CPU map values come one per possible CPU, not per online one."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            spec = f.read().strip()
+        return max(int(part.partition("-")[2] or part) + 1 for part in spec.split(","))
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
