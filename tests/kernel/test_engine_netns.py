@@ -4,7 +4,6 @@ Each test gets its own pair of namespaces (see kit.NsPair), so the namespace's
 MIB counters hold only the test's own flow and are an independent truth.
 """
 
-import socket
 import threading
 import time
 
