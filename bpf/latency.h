@@ -41,13 +41,20 @@ struct lat_probe {
 	__u32 pad;
 };
 
-/* Per flow, keyed by socket cookie in the `flows` hash map. */
-struct lat_flow {
-	__u32 slots[LAT_STAGES][LAT_BUCKETS];
-	__u64 sum_ns[LAT_STAGES];
+/* A socket's timed bytes: in socket-local storage (one helper call, no hash,
+ * freed with the socket), or, when a kprobe rung is in use (kprobe programs may
+ * not use socket storage), in the cookie-keyed `probes` hash. */
+struct lat_probes {
 	struct lat_probe rx_tcp;  /* entered TCP, waiting to be queued */
 	struct lat_probe rx_app;  /* queued, waiting to be read */
 	struct lat_probe tx;      /* accepted from a write, waiting to leave TCP / reach the device */
+};
+
+/* Per flow, keyed by socket cookie in the `flows` hash map; created at the
+ * flow's first sample, so only flows with samples have one. */
+struct lat_flow {
+	__u32 slots[LAT_STAGES][LAT_BUCKETS];
+	__u64 sum_ns[LAT_STAGES];
 	__u64 closed_ns;          /* set when the socket is destroyed; user space then deletes the entry */
 };
 
@@ -69,10 +76,14 @@ struct lat_config {
 	__u64 max_skb_age_ns; /* per-skb stamps older than this are not trusted (counted as stale) */
 	__u8 tx_split_ip;     /* a hook where TCP hands a segment to IP is attached: tx tcp | ip */
 	__u8 track_skbs;      /* the per-skb stages (rx driver/ip, tx ip/qdisc/driver) are on */
-	__u8 pad[6];
+	__u8 sample_shift;    /* per-skb stages time 1 packet in 2^sample_shift (chosen by a hash
+			       * of the TCP header's seq and ack, so every hook agrees without a lookup) */
+	__u8 probe_map;       /* timed bytes live in the `probes` hash, not socket storage */
+	__u8 pad[4];
 };
 
 /* Run-level counters, one slot each in the per-CPU `stats` array. */
+/* The per-skb counters (LS_RX_* and LS_TX_*, LS_DRV_UNMATCHED) count sampled skbs only. */
 enum lat_stat {
 	LS_RX_STARTED = 0, /* TCP skbs a driver hook handed to the stack */
 	LS_RX_REUSED,      /* a driver hook found an unfinished entry at its skb address: that

@@ -43,13 +43,14 @@ class LatProbe(ctypes.Structure):
     _fields_ = [("ts", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
+class LatProbes(ctypes.Structure):
+    _fields_ = [("rx_tcp", LatProbe), ("rx_app", LatProbe), ("tx", LatProbe)]
+
+
 class LatFlow(ctypes.Structure):
     _fields_ = [
         ("slots", (ctypes.c_uint32 * BUCKETS) * STAGES),
         ("sum_ns", ctypes.c_uint64 * STAGES),
-        ("rx_tcp", LatProbe),
-        ("rx_app", LatProbe),
-        ("tx", LatProbe),
         ("closed_ns", ctypes.c_uint64),
     ]
 
@@ -64,10 +65,12 @@ class TxSkb(ctypes.Structure):
 
 class LatConfig(ctypes.Structure):
     _fields_ = [("max_skb_age_ns", ctypes.c_uint64), ("tx_split_ip", ctypes.c_uint8),
-                ("track_skbs", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6)]
+                ("track_skbs", ctypes.c_uint8), ("sample_shift", ctypes.c_uint8), ("probe_map", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 4)]
 
 
-LAYOUTS = {"lat_config": LatConfig, "lat_hist": LatHist, "lat_probe": LatProbe, "lat_flow": LatFlow, "rx_skb": RxSkb, "tx_skb": TxSkb}
+LAYOUTS = {"lat_config": LatConfig, "lat_hist": LatHist, "lat_probe": LatProbe, "lat_probes": LatProbes,
+           "lat_flow": LatFlow, "rx_skb": RxSkb, "tx_skb": TxSkb}
 FLOW_SIZE = ctypes.sizeof(LatFlow)
 _SLOTS_FMT = f"<{BUCKETS * STAGES}I{STAGES}Q"
 _CLOSED_OFF = LatFlow.closed_ns.offset
@@ -121,6 +124,9 @@ FIXED = {
     "on_destroy": ("tcp_destroy_sock", "prompt release of closed flows' histograms (the map may fill)"),
 }
 SKB_BOUNDARIES = {"rx_ip", "tx_leave_tcp"}  # boundaries only the per-skb stages use
+SEQ_BOUNDARIES = {"rx_queued", "rx_read", "tx_accept", "tx_leave_tcp"}  # touch a socket's timed bytes
+# Every stage times 1 packet in 8 by default: see docs/latency.md (Overhead) for the measurements.
+DEFAULT_SAMPLE = 8
 
 _fentry_verdict: tuple[bool, str] | None = None
 
@@ -171,9 +177,18 @@ class LatencyEngine:
 
     def __init__(self, max_flows: int = 8192, window: str = "total",
                  max_skb_age_s: float = 5.0, object_path: str | None = None,
-                 allow_fentry: bool = True, allow_kprobe: bool = True, skb_stages: bool = True):
+                 allow_fentry: bool = True, allow_kprobe: bool = True, skb_stages: bool = True,
+                 sample: int = DEFAULT_SAMPLE):
         if window not in ("total", "interval"):
             raise ValueError("window is 'total' or 'interval'")
+        if sample < 1 or sample > 1 << 16 or sample & (sample - 1):
+            raise ValueError("sample is a power of two from 1 to 65536")
+        # Every stage times 1 packet (or byte) in `sample`: the per-skb stages
+        # the packets picked by a hash of the TCP header's seq/ack, which every
+        # hook recomputes (no lookup for the others); the sequence-matched
+        # stages the bytes picked by a hash of their sequence number. Counts
+        # are samples; sample=1 times every packet.
+        self.sample = sample
         self.max_flows = max_flows
         self.window = window
         self.max_skb_age_ns = int(max_skb_age_s * 1e9)
@@ -274,6 +289,7 @@ class LatencyEngine:
             for name, prog in obj.programs.items():
                 prog.set_autoload(name in wanted)
             obj.maps["flows"].set_max_entries(self.max_flows)
+            obj.maps["probes"].set_max_entries(self.max_flows if self._probe_map() else 1)
             self._set_rodata(obj)
             obj.load()
         except BaseException:
@@ -284,11 +300,18 @@ class LatencyEngine:
     def _set_rodata(self, obj: BpfObject) -> None:
         cfg = LatConfig(max_skb_age_ns=self.max_skb_age_ns,
                         tx_split_ip=1 if self.chosen.get("tx_leave_tcp") else 0,
-                        track_skbs=1 if self.skb_stages else 0)
+                        track_skbs=1 if self.skb_stages else 0,
+                        sample_shift=self.sample.bit_length() - 1,
+                        probe_map=1 if self._probe_map() else 0)
         ro = obj.rodata().initial_value()
         if len(ro) != ctypes.sizeof(cfg):
             raise BpfError(f"{self._path}: .rodata is not just struct lat_config; rebuild with `make setup`", 0)
         ctypes.memmove(ro, ctypes.byref(cfg), ctypes.sizeof(cfg))  # `cfg` is .rodata's only variable
+
+    def _probe_map(self) -> bool:
+        """kprobe programs cannot use socket storage: with any kprobe rung on a sequence-matched
+        boundary, every program keeps the timed bytes in the cookie-keyed `probes` hash."""
+        return any(c and c[0] == "kprobe" for b, c in self.chosen.items() if b in SEQ_BOUNDARIES)
 
     def _attach(self) -> set[tuple[str, str]]:
         assert self._obj is not None
@@ -420,6 +443,10 @@ class LatencyEngine:
         out["resolution"] = ("log2 buckets: [0,512ns), then [2^k, 2^(k+1)) ns; percentiles interpolated "
                              "geometrically inside their bucket (within 2x); tcp/app stages time one byte "
                              "per socket at a time")
+        if self.sample > 1:
+            out["sampled"] = (f"1/{self.sample}: every stage times 1 packet in {self.sample}, the same ones at "
+                              "every hook (per-skb stages: a hash of the TCP header's seq/ack; tcp/app stages: "
+                              "of the timed byte's sequence number); counts are samples, not packets")
         return out
 
     # -- polling ------------------------------------------------------------
@@ -464,6 +491,7 @@ class LatencyEngine:
                             for (s, t, mx), (ps, pt) in zip(host_raw, prev)]
         host: dict[str, Any] = {d: {k: stage_summary(*host_raw[st]) for k, st in ks} for d, ks in keys.items()}
         host["stages"] = self.stage_notes()
+        host["sampled"] = f"1/{self.sample}"
         host["matching"] = self.stats()
         host["window"] = self.window
         return host, self._poll_flows(keys)
@@ -516,7 +544,7 @@ class LatencyEngine:
         return lat
 
 
-_PROBE_OFF = LatFlow.rx_tcp.offset
+_PROBE_OFF = LatFlow.closed_ns.offset  # the histogram part of a flow entry
 
 
 _NCPU: int | None = None

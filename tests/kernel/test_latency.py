@@ -31,7 +31,9 @@ def cookie(s: socket.socket) -> int:
 
 @pytest.fixture(scope="module")
 def lat():
-    e = LatencyEngine(max_flows=8192)
+    # Every packet timed (sample=1): these tests check each stage on a few
+    # dozen packets; test_sampled_stages_... checks the default sampling.
+    e = LatencyEngine(max_flows=8192, sample=1)
     yield e
     e.close()
 
@@ -251,8 +253,43 @@ def test_percentiles_interpolate_inside_log2_buckets():
                                           "mean_us": None}
 
 
+def test_sampled_stages_time_one_packet_in_n_and_agree_with_every_packet(lat):
+    """The default engine times 1 packet in N at every stage (a hash of the TCP
+    header, or of the timed byte's sequence number, that every hook
+    recomputes): about n/N samples per stage, at latencies like those of the
+    engine that times every packet, and the snapshot says so."""
+    n = 4000
+    sampled = LatencyEngine(max_flows=1024)
+    try:
+        assert sampled.sample == 8
+        c, s = loopback_pair()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i in range(n):
+                c.sendall(struct.pack("<Q", i))
+                s.recv(8)
+            host, flows = sampled.poll()
+            _, every = lat.poll()
+            rx, tx = flows[cookie(s)]["rx"], flows[cookie(c)]["tx"]
+            rx_all, tx_all = every[cookie(s)]["rx"], every[cookie(c)]["tx"]
+        finally:
+            c.close()
+            s.close()
+    finally:
+        sampled.close()
+    assert host["sampled"] == "1/8" and "1/8" in host["stages"]["sampled"]
+    assert set(rx) == set(rx_all) and set(tx) == set(tx_all)
+    for name, st, full in [*((f"rx.{k}", v, rx_all[k]) for k, v in rx.items()),
+                           *((f"tx.{k}", v, tx_all[k]) for k, v in tx.items())]:
+        assert n / 8 * 0.6 < st["count"] < n / 8 * 1.5, (name, st, full)
+        assert full["count"] >= n * 0.95, (name, full)
+        assert st["p50_us"] < 1000, (name, st)
+        # Same distribution: means within a factor of two (tiny stages, noisy machine).
+        assert full["mean_us"] / 2 - 1 < st["mean_us"] < full["mean_us"] * 2 + 1, (name, st, full)
+
+
 def test_without_skb_stages_only_the_sequence_matched_stages_remain():
-    light = LatencyEngine(max_flows=1024, skb_stages=False)
+    light = LatencyEngine(max_flows=1024, skb_stages=False, sample=1)
     try:
         keys = light.stage_keys()
         assert [k for k, _ in keys["rx"]] == ["tcp", "app"]
