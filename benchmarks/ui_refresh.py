@@ -2,17 +2,25 @@
 
 Drives the real TcptopApp under Textual's Pilot on synthetic snapshots in memory (the
 worker's JSON parsing is the source's cost, not the screen's). A refresh is timed from
-handing the snapshot to the app until the screen has been composed and written; a key
-from the key press until its effect is on screen. Prints a table; it is a measurement,
-not a test, and has no pass/fail thresholds.
+handing the snapshot to the app until the screen has been composed and written, both
+halves on one thread ("refresh"), and the UI thread's half alone when the worker has
+built the frame ("UI part"); a key from the key press until its effect is on screen.
 
-    python benchmarks/ui_refresh.py [--flows 10000] [--big 100000] [--refreshes 30]
+The "while snapshots arrive" cases run the real worker thread at a 1 s interval and press
+keys at random moments: a key is timed from the moment it was due, so a key that falls
+during a refresh waits for it, as a key read from the terminal would (and shares the
+interpreter with the worker's frame building).
+
+Prints a table; it is a measurement, not a test, and has no pass/fail thresholds.
+
+    python benchmarks/ui_refresh.py [--flows 10000] [--big 100000] [--refreshes 30] [--live-keys 12]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import random
 import statistics
 import sys
@@ -74,15 +82,33 @@ async def settle(pilot) -> None:
     app.screen._on_timer_update()
 
 
-async def timed_key(pilot, key: str) -> float:
+async def timed_key(pilot, key: str, due: float | None = None) -> float:
+    """Seconds from the key press (or from `due`, when it was meant to be pressed) to the screen."""
     app = pilot.app
     char = {"slash": "/", "less_than_sign": "<", "space": " "}.get(key, key if len(key) == 1 else None)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if due is None else due
     ev = events.Key(key, char)
     ev.set_sender(app)
     app._driver.send_message(ev)  # what a terminal key press does
     await settle(pilot)
     return time.perf_counter() - t0
+
+
+class CyclingSource:
+    """A live-like source: the next synthetic snapshot every `interval_s`, with a clock that moves on."""
+
+    def __init__(self, snaps: list[Snapshot], interval_s: float = 1.0) -> None:
+        self.snaps = snaps
+        self.interval_s = interval_s
+        self.polls = 0
+
+    def poll(self) -> Snapshot:
+        snap = self.snaps[self.polls % len(self.snaps)]
+        self.polls += 1
+        return dataclasses.replace(snap, ts=1000.0 + self.polls * self.interval_s, seq=self.polls)
+
+    def close(self) -> None:
+        pass
 
 
 class StillSource:
@@ -105,9 +131,10 @@ def ms(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:8.1f} {p95 * 1000:8.1f} {xs[-1] * 1000:8.1f}"
 
 
-async def bench_refresh(snaps: list[Snapshot], size: tuple[int, int], sort: str) -> list[float]:
+async def bench_refresh(snaps: list[Snapshot], size: tuple[int, int], sort: str) -> tuple[list[float], list[float]]:
+    """Whole refreshes on the UI thread, then (when the app has a worker half) the UI half alone."""
     app = TcptopApp(StillSource(snaps[0]), sort=sort)
-    times = []
+    times, ui_times = [], []
     async with app.run_test(size=size) as pilot:
         while app.store.snapshot is None:
             await pilot.pause(0.01)
@@ -116,7 +143,16 @@ async def bench_refresh(snaps: list[Snapshot], size: tuple[int, int], sort: str)
             app.apply_snapshot(snap)
             await settle(pilot)  # the screen is composed and written to the (headless) terminal
             times.append(time.perf_counter() - t0)
-    return times
+        if hasattr(app, "apply_frame"):
+            for snap in snaps[1:]:
+                store = app.store
+                frame = store.builder.build(dataclasses.replace(snap, ts=snap.ts + 1000), store.view,
+                                            frozenset(store.watched))
+                t0 = time.perf_counter()
+                app.apply_frame(frame)
+                await settle(pilot)
+                ui_times.append(time.perf_counter() - t0)
+    return times, ui_times
 
 
 async def bench_keys(snaps: list[Snapshot], size: tuple[int, int], rounds: int) -> dict[str, list[float]]:
@@ -153,12 +189,44 @@ async def bench_keys(snaps: list[Snapshot], size: tuple[int, int], rounds: int) 
                 await pilot.press("backspace")
             await pilot.pause()
         await pilot.press("escape")
-        # a refresh at this size blocks keys for as long as it takes: report it too
+        # a refresh at this size: the whole of it on one thread, and what of it the UI thread does
         for snap in snaps[2:]:
             t0 = time.perf_counter()
             app.apply_snapshot(snap)
             await settle(pilot)
-            out.setdefault("refresh (for comparison)", []).append(time.perf_counter() - t0)
+            out.setdefault("refresh, build + UI on one thread", []).append(time.perf_counter() - t0)
+        if hasattr(app, "apply_frame"):
+            for snap in snaps[2:]:
+                store = app.store
+                t0 = time.perf_counter()
+                frame = store.builder.build(dataclasses.replace(snap, ts=snap.ts + 1000), store.view,
+                                            frozenset(store.watched))
+                out.setdefault("refresh, worker's half (frame build)", []).append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                app.apply_frame(frame)
+                await settle(pilot)
+                out.setdefault("refresh, UI thread's half", []).append(time.perf_counter() - t0)
+    return out
+
+
+async def bench_live_keys(snaps: list[Snapshot], size: tuple[int, int], presses: int) -> dict[str, list[float]]:
+    """Keys at random moments while the worker delivers a new snapshot every second."""
+    src = CyclingSource(snaps, interval_s=1.0)
+    app = TcptopApp(src)
+    out: dict[str, list[float]] = {}
+    rnd = random.Random(3)
+    async with app.run_test(size=size) as pilot:
+        while src.polls < 2 or app.store.snapshot is None or app.store.snapshot.seq < 2:
+            await pilot.pause(0.05)
+        cases = [("down", "down"), ("R (sort by retrans)", "R"), ("< (sort by next column)", "less_than_sign"),
+                 ("r (reverse)", "r")]
+        for _ in range(presses):
+            for name, k in cases:
+                due = time.perf_counter() + rnd.uniform(0.0, src.interval_s)
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                t = await timed_key(pilot, k, due)
+                out.setdefault(f"{name}, while snapshots arrive", []).append(t)
+        out["(snapshots shown during these keys)"] = [float(app.snapshots_applied)]
     return out
 
 
@@ -168,20 +236,30 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=100_000)
     ap.add_argument("--refreshes", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--live-keys", type=int, default=12, help="presses of each key while snapshots arrive")
     args = ap.parse_args()
     tune_gc()
     size = (200, 50)
     print(f"tcptop screen benchmark, headless {size[0]}x{size[1]}, Python {sys.version.split()[0]}")
-    print(f"{'case':48} {'median':>8} {'p95':>8} {'max':>8}  (ms)")
+    print(f"{'case':64} {'median':>8} {'p95':>8} {'max':>8}  (ms)")
     for churn, label in ((1.0, "every flow changes"), (0.05, "5% of flows change")):
         snaps = synthetic(args.flows, args.refreshes + 1, churn)
         for sort in ("tx", "pid"):
-            t = asyncio.run(bench_refresh(snaps, size, sort))
-            print(f"{f'refresh {args.flows:,} flows, {label}, sort {sort}':48} {ms(t)}")
+            t, ui = asyncio.run(bench_refresh(snaps, size, sort))
+            print(f"{f'refresh {args.flows:,} flows, {label}, sort {sort}':64} {ms(t)}")
+            if ui:
+                print(f"{'  of which the UI thread (frame built by the worker)':64} {ms(ui)}")
     snaps = synthetic(args.big, 6, 1.0)
     keys = asyncio.run(bench_keys(snaps, size, args.rounds))
     for name, t in keys.items():
-        print(f"{f'{args.big:,} flows: {name}':48} {ms(t)}")
+        print(f"{f'{args.big:,} flows: {name}':64} {ms(t)}")
+    if args.live_keys:
+        live = asyncio.run(bench_live_keys(snaps, size, args.live_keys))
+        for name, t in live.items():
+            if name.startswith("("):
+                print(f"{name:64} {int(t[0]):8d}")
+            else:
+                print(f"{f'{args.big:,} flows: {name}':64} {ms(t)}")
     return 0
 
 

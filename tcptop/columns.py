@@ -102,7 +102,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("retrans", "RETRANS", 8,
            # recent retransmissions first (decayed, so an RTO backoff does not drop a lossy
            # flow below one with a single probe), then the lifetime total
-           lambda r: (round(r.retrans_recent, 3), r.flow.retrans_packets),
+           # (round() is slow, and most flows never retransmit: skip it for them)
+           lambda r: (round(r.retrans_recent, 3) if r.retrans_recent else 0.0, r.flow.retrans_packets),
            lambda r: str(r.flow.retrans_packets), _retrans_style,
            priority=6, help="segments retransmitted (red: some in the last interval)"),
     Column("fast", "FAST", 5, lambda r: (_rate(r.fast_ps), r.flow.fast_retrans),

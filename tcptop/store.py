@@ -1,20 +1,29 @@
 """The flow store: the latest flows, their rates between snapshots, kept in sorted, filtered order.
 
-The screen asks only "how many rows, and which rows are in this window", so the store
-keeps the visible flows in a SortedKeyList and a refresh moves only flows whose sort
-key changed (O(changes · log n)). When most keys move at once (sorting by a rate on a
-busy host) one sort of everything is cheaper than thousands of remove/add pairs, so
-the store rebuilds instead. Reversing the order costs nothing: rows are read from the
-other end.
+Work is split by thread. A `FrameBuilder` runs on the worker: from each snapshot it
+makes a `Frame` — new rows with their rates, the decayed retransmission count and
+history, already sorted and filtered under the view the screen had when the snapshot
+arrived. The `FlowStore` lives on the UI thread: taking a frame is swapping a few
+references, so a refresh of 100,000 flows does not stand between a key and the screen.
+Rows are never changed once a frame is handed over (only their `visible` flag, by the
+UI), which is what makes the hand-over safe without locks.
+
+Order is a plain list, ascending by (sort value, flow id), read from the other end when
+descending: reversing costs nothing, a window is a slice, a flow's position is a binary
+search. A re-sort (a key, on the UI thread) computes each row's sort value once and
+lets a stable sort over the rows in id order break ties; a filter keeps that order and
+only drops rows.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import threading
+from bisect import bisect_left
 from dataclasses import dataclass
-from sortedcontainers import SortedKeyList
+from operator import attrgetter
+from typing import Callable
 
-from tcptop.columns import COLUMNS, resolve_sort
+from tcptop.columns import COLUMNS, Column, resolve_sort
 from tcptop.filter import Predicate, compile_filter
 from tcptop.model import Flow, Snapshot
 
@@ -23,40 +32,40 @@ HISTORY_LEN = 120
 # Above this many flows, history is kept only for flows on screen and the selection:
 # a minute of samples for 100,000 flows would cost hundreds of MiB.
 HISTORY_ALL_MAX = 1000
-# Rebuild from scratch when more than this share of visible rows changed sort key.
-REBUILD_SHARE = 0.25
 # Half-life of `Row.retrans_recent`: long enough that a flow sitting out an RTO backoff
 # still ranks above one that sent a single zero-window probe, short enough to forget.
 RETRANS_HALF_LIFE_S = 10.0
 
 
 class Row:
-    """A flow plus what only consecutive snapshots tell: rates and short history.
+    """One connection in one frame: the flow, what only consecutive snapshots tell, short history.
 
-    Rates are computed when read, from the previous sighting kept in `prev`: on a busy
-    host only the sort column and the rows on screen are ever asked for theirs.
+    The counters every refresh needs anyway (bytes each way, retransmissions: the header
+    totals, the default sort) get their rates when the row is made; the rarer ones are
+    computed when read, from the previous sighting kept in `prev`. A row is not changed
+    after its frame is built, so both threads may read it.
     """
 
-    __slots__ = ("flow", "prev", "dt", "ts", "born", "history", "sort_key", "visible", "retrans_recent")
+    __slots__ = ("id", "flow", "prev", "dt", "ts", "born", "history", "visible", "retrans_recent",
+                 "tx_bps", "rx_bps", "retrans_ps")
 
     def __init__(self, flow: Flow) -> None:
+        self.id = flow.id
         self.flow = flow
         self.prev: Flow | None = None  # the same connection one snapshot earlier
         self.dt = 0.0                  # seconds between the two sightings
-        self.ts = 0.0                  # time of the snapshot the row was last fed
+        self.ts = 0.0                  # time of the snapshot the row was made from
         self.born = False              # first seen, but opened within dt: counters started at zero
-        self.history: deque | None = None  # (ts, tx_bps, rx_bps, cwnd, rtt_us)
-        self.sort_key: tuple = ()
-        self.visible = False
-        self.retrans_recent = 0.0  # retransmissions, exponentially decayed (RETRANS_HALF_LIFE_S)
-
-    @property
-    def id(self) -> int:
-        return self.flow.id
+        self.history: tuple | None = None  # ((ts, tx_bps, rx_bps, cwnd, rtt_us), ...), oldest first
+        self.visible = False           # passes the store's filter
+        self.retrans_recent = 0.0      # retransmissions, exponentially decayed (RETRANS_HALF_LIFE_S)
+        self.tx_bps: float | None = None   # None while unknown (a flow's first sighting)
+        self.rx_bps: float | None = None
+        self.retrans_ps: float | None = None
 
     @property
     def age_s(self) -> float:
-        """Connection age at the latest snapshot (an idle flow's object is reused, its age is not)."""
+        """Connection age at the row's snapshot (an idle flow's object is reused, its age is not)."""
         return self.flow.age_s(self.ts)
 
     def rate(self, counter: str) -> float | None:
@@ -68,9 +77,6 @@ class Row:
         d = getattr(self.flow, counter) - getattr(prev, counter)
         return d / self.dt if d > 0 else 0.0
 
-    tx_bps = property(lambda self: self.rate("bytes_sent"))
-    rx_bps = property(lambda self: self.rate("bytes_received"))
-    retrans_ps = property(lambda self: self.rate("retrans_packets"))
     fast_ps = property(lambda self: self.rate("fast_retrans"))
     rto_ps = property(lambda self: self.rate("timeouts"))
     read_bps = property(lambda self: self.rate("read_bytes"))
@@ -97,29 +103,217 @@ class Totals:
     closed: int = 0
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class View:
+    """How the screen orders and filters rows; replaced, never changed, so the worker can read it."""
+
+    column: Column
+    pred: Predicate
+    filter_expr: str = ""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One snapshot made ready for the screen under `view`; nothing in it changes afterwards."""
+
+    snapshot: Snapshot
+    view: View
+    rows: dict[int, Row]
+    by_id: list[Row]     # every row, by flow id: the tie-break order a re-sort starts from
+    order: list[Row]     # every row, ascending by (view.column.key, id)
+    shown: list[Row]     # `order` without the rows the filter hides
+    totals: Totals
+
+
+_MATCH_ALL = compile_filter(None)
+_BY_ID = attrgetter("id")
+
+
+def sort_rows(by_id: list[Row], key: Callable[[Row], object]) -> list[Row]:
+    """Rows ascending by (key, id): one key call per row; the stable sort keeps id order in ties."""
+    return sorted(by_id, key=key)
+
+
+def filter_rows(by_id: list[Row], order: list[Row], pred: Predicate) -> list[Row]:
+    """The rows `pred` lets through, in `order`; marks each row's `visible`.
+
+    The predicate runs over the rows in id order, which is close to the order they were
+    made in: walking 100,000 flows in sort order instead is five times slower (cache misses).
+    """
+    if pred is _MATCH_ALL:
+        for row in by_id:
+            row.visible = True
+        return order
+    for row in by_id:
+        row.visible = bool(pred(row.flow))
+    return [row for row in order if row.visible]
+
+
+class FrameBuilder:
+    """Turns snapshots into frames; keeps the previous frame's rows for rates and history.
+
+    Used by one thread at a time (the worker, or the UI thread in tests and `FlowStore.update`);
+    the lock only guards against the two being mixed up by mistake.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Row] = {}
+        self.snapshot: Snapshot | None = None
+        self.frame: Frame | None = None
+        self._lock = threading.Lock()
+
+    def build(self, snap: Snapshot, view: View, watched: frozenset[int] | set[int] = frozenset()) -> Frame:
+        with self._lock:
+            last = self.frame
+            if last is not None and snap is self.snapshot and last.view is view:
+                return last  # the same snapshot again (replay speed change): same rates, not zero
+            frame = self._build(snap, view, watched)
+            self.frame = frame
+            return frame
+
+    def rearrange(self, frame: Frame, view: View) -> Frame:
+        """The same rows under another view (a key changed it while `frame` was being built).
+
+        Only for a frame not yet handed to the screen: it marks the rows' `visible`."""
+        with self._lock:
+            if view is frame.view:
+                return frame
+            order = frame.order if view.column is frame.view.column else sort_rows(frame.by_id, view.column.key)
+            if view.pred is not frame.view.pred:
+                shown = filter_rows(frame.by_id, order, view.pred)
+            elif view.pred is _MATCH_ALL:
+                shown = order
+            else:
+                shown = [r for r in order if r.visible]
+            # Totals stay those of the filter the frame was built with, as after a filter key.
+            new = Frame(frame.snapshot, view, frame.rows, frame.by_id, order, shown, frame.totals)
+            if self.frame is frame:
+                self.frame = new
+            return new
+
+    def _build(self, snap: Snapshot, view: View, watched) -> Frame:
+        prev_snap = self.snapshot
+        dt = snap.ts - prev_snap.ts if prev_snap is not None else 0.0
+        if dt <= 0:
+            # Same timestamp or a replay that went back: the snapshot's own interval is all we know.
+            dt = snap.interval_s if snap.interval_s > 0 else 1.0
+        old = self.rows
+        rows: dict[int, Row] = {}
+        pred = view.pred
+        match_all = pred is _MATCH_ALL
+        keep_history = len(snap.flows) <= HISTORY_ALL_MAX
+        tail = HISTORY_LEN - 1
+        tx_sum = rx_sum = re_sum = 0.0
+        re_total = closed = 0
+        ts = snap.ts
+        decay = 0.5 ** (dt / RETRANS_HALF_LIFE_S)
+        first = prev_snap is None
+        new_row = Row.__new__
+
+        for f in snap.flows:
+            fid = f.id
+            row = new_row(Row)
+            row.id = fid
+            row.flow = f
+            row.dt = dt
+            row.ts = ts
+            o = old.get(fid)
+            if o is None:
+                row.prev = None
+                history = None
+                # Born during this interval: everything it counted happened within dt.
+                if not first and f.age_s(ts) <= dt:
+                    row.born = True
+                    dtx, drx, dre = f.bytes_sent, f.bytes_received, f.retrans_packets
+                    row.tx_bps, row.rx_bps, row.retrans_ps = dtx / dt, drx / dt, dre / dt
+                    row.retrans_recent = float(dre)
+                else:
+                    row.born = False
+                    dtx = drx = dre = 0
+                    row.tx_bps = row.rx_bps = row.retrans_ps = None
+                    row.retrans_recent = 0.0
+            else:
+                row.prev = p = o.flow
+                row.born = False
+                history = o.history
+                # Counters only grow for one socket cookie; a drop means the engine restarted counting.
+                dtx = f.bytes_sent - p.bytes_sent
+                if dtx > 0:
+                    row.tx_bps = dtx / dt
+                else:
+                    dtx = 0
+                    row.tx_bps = 0.0
+                drx = f.bytes_received - p.bytes_received
+                if drx > 0:
+                    row.rx_bps = drx / dt
+                else:
+                    drx = 0
+                    row.rx_bps = 0.0
+                dre = f.retrans_packets - p.retrans_packets
+                if dre > 0:
+                    row.retrans_ps = dre / dt
+                else:
+                    dre = 0
+                    row.retrans_ps = 0.0
+                rr = o.retrans_recent
+                row.retrans_recent = rr * decay + dre if rr or dre else 0.0
+            if keep_history or fid in watched:
+                # A new tuple, not an append: the screen may be drawing the previous one.
+                history = (history[-tail:] if history else ()) + ((ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us),)
+            row.history = history
+            rows[fid] = row
+            show = True if match_all else bool(pred(f))
+            row.visible = show
+            if show:
+                tx_sum += dtx
+                rx_sum += drx
+                re_sum += dre
+                re_total += f.retrans_packets
+                closed += f.closed
+
+        by_id = sorted(rows.values(), key=_BY_ID)
+        order = sort_rows(by_id, view.column.key)
+        shown = order if match_all else [r for r in order if r.visible]
+        self.rows = rows
+        self.snapshot = snap
+        return Frame(snap, view, rows, by_id, order, shown,
+                     Totals(tx_sum / dt, rx_sum / dt, re_sum / dt, re_total, closed))
+
+
 class FlowStore:
-    """Holds the newest snapshot's flows; the UI thread is its only user."""
+    """What the screen shows: the newest frame's rows in the chosen order. The UI thread is its only user."""
 
     def __init__(self, sort: str | None = None, descending: bool | None = None,
                  filter_expr: str | None = None) -> None:
+        col = resolve_sort(sort or "tx")
+        self.view = View(col, _MATCH_ALL)
+        self.descending = col.descending if descending is None else descending
+        self.builder = FrameBuilder()  # the app's worker feeds it; `update` uses it in place
         self.rows: dict[int, Row] = {}
         self.snapshot: Snapshot | None = None
-        self.filter_expr = ""
-        self._pred: Predicate = compile_filter(None)
-        col = resolve_sort(sort or "tx")
-        self.sort_column = col.id
-        self.descending = col.descending if descending is None else descending
-        self._key = col.key
-        self._visible = SortedKeyList(key=_sort_key)
         self.totals = Totals()
         self.watched: set[int] = set()
+        self._frame: Frame | None = None
+        self._by_id: list[Row] = []
+        self._order: list[Row] = []
+        self._shown: list[Row] = []
+        # Orders of this frame's rows by other columns: flipping between two sorts sorts once.
+        self._orders: dict[str, list[Row]] = {}
         if filter_expr:
             self.set_filter(filter_expr)
 
     # -- reading ----------------------------------------------------------------
 
+    @property
+    def sort_column(self) -> str:
+        return self.view.column.id
+
+    @property
+    def filter_expr(self) -> str:
+        return self.view.filter_expr
+
     def __len__(self) -> int:
-        return len(self._visible)
+        return len(self._shown)
 
     @property
     def total(self) -> int:
@@ -129,51 +323,62 @@ class FlowStore:
         return self.rows.get(flow_id)
 
     def row_at(self, index: int) -> Row:
-        n = len(self._visible)
+        n = len(self._shown)
         if not 0 <= index < n:
             raise IndexError(index)
-        return self._visible[n - 1 - index] if self.descending else self._visible[index]
+        return self._shown[n - 1 - index] if self.descending else self._shown[index]
 
     def window(self, start: int, stop: int) -> list[Row]:
         """Visible rows [start, stop) in display order."""
-        n = len(self._visible)
+        shown = self._shown
+        n = len(shown)
         start, stop = max(0, start), min(n, stop)
         if start >= stop:
             return []
         if self.descending:
-            return list(self._visible.islice(n - stop, n - start, reverse=True))
-        return list(self._visible.islice(start, stop))
+            return shown[n - start - 1:n - stop - 1 if n - stop else None:-1]
+        return shown[start:stop]
 
     def index_of(self, flow_id: int) -> int | None:
         """Display position of a flow, or None when it is filtered out or gone."""
         row = self.rows.get(flow_id)
         if row is None or not row.visible:
             return None
-        i = self._visible.index(row)
-        return len(self._visible) - 1 - i if self.descending else i
+        shown = self._shown
+        key = self.view.column.key
+        i = bisect_left(shown, (key(row), row.id), key=lambda r: (key(r), r.id))
+        if i >= len(shown) or shown[i] is not row:
+            try:  # a sort value that does not compare consistently (never expected): look it up
+                i = shown.index(row)
+            except ValueError:
+                return None
+        return len(shown) - 1 - i if self.descending else i
 
     def ids(self) -> list[int]:
         """All visible flow ids in display order (tests and small hosts)."""
-        return [r.flow.id for r in self.window(0, len(self._visible))]
+        return [r.id for r in self.window(0, len(self._shown))]
 
     # -- changing the view ------------------------------------------------------
 
     def set_filter(self, expr: str | None) -> None:
         """Apply a new filter; raises FilterError and keeps the old one when it does not parse."""
         pred = compile_filter(expr)
-        self.filter_expr = (expr or "").strip()
-        self._pred = pred
-        self._rebuild()
+        self.view = View(self.view.column, pred, (expr or "").strip())
+        self._shown = filter_rows(self._by_id, self._order, pred)
 
     def set_sort(self, column: str, descending: bool | None = None) -> None:
         """Sort by a column id or a Flow field name; each column has its natural direction."""
         col = resolve_sort(column)
-        self.sort_column = col.id
+        self.view = View(col, self.view.pred, self.view.filter_expr)
         self.descending = col.descending if descending is None else descending
-        self._key = col.key
-        for row in self.rows.values():
-            row.sort_key = (self._key(row), row.flow.id)
-        self._rebuild()
+        self._order = order = self._sorted(col)
+        self._shown = order if self.view.pred is _MATCH_ALL else [r for r in order if r.visible]
+
+    def _sorted(self, col: Column) -> list[Row]:
+        order = self._orders.get(col.id)
+        if order is None:
+            self._orders[col.id] = order = sort_rows(self._by_id, col.key)
+        return order
 
     def reverse(self) -> None:
         self.descending = not self.descending
@@ -181,127 +386,35 @@ class FlowStore:
     # -- feeding ----------------------------------------------------------------
 
     def update(self, snap: Snapshot) -> None:
-        """Take a new snapshot: rates from the previous one, then move rows whose key changed."""
-        prev_snap = self.snapshot
-        dt = snap.ts - prev_snap.ts if prev_snap is not None else 0.0
-        if dt <= 0:
-            # Same timestamp or a replay that went back: the snapshot's own interval is all we know.
-            dt = snap.interval_s if snap.interval_s > 0 else 1.0
-        old = self.rows
-        rows: dict[int, Row] = {}
-        pred = self._pred
-        key = self._key
-        keep_history = len(snap.flows) <= HISTORY_ALL_MAX
-        watched = self.watched
-        visible = self._visible
-        moved: list[tuple[Row, tuple, bool]] = []  # row, old key, was visible
-        tx_sum = rx_sum = re_sum = 0.0
-        re_total = closed = 0
-        ts = snap.ts
-        decay = 0.5 ** (dt / RETRANS_HALF_LIFE_S)
+        """Take a new snapshot here and now (tests, and callers without a worker)."""
+        self.install(self.builder.build(snap, self.view, self.watched))
 
-        for f in snap.flows:
-            row = old.get(f.id)
-            if row is None:
-                row = Row(f)
-                # Born during this interval: everything it counted happened within dt.
-                row.born = prev_snap is not None and f.age_s(ts) <= dt
-                if row.born:
-                    row.retrans_recent = float(f.retrans_packets)
-                was_visible = False
-                old_key: tuple = ()
-            else:
-                row.prev = p = row.flow
-                row.flow = f
-                row.born = False
-                d = f.retrans_packets - p.retrans_packets
-                row.retrans_recent = row.retrans_recent * decay + (d if d > 0 else 0)
-                was_visible = row.visible
-                old_key = row.sort_key
-            row.dt = dt
-            row.ts = ts
-            rows[f.id] = row
-            new_key = (key(row), f.id)
-            show = pred(f)
-            if show != was_visible or new_key != old_key:
-                moved.append((row, old_key, was_visible))
-            row.sort_key = new_key
-            row.visible = show
-            if keep_history or f.id in watched:
-                if row.history is None:
-                    row.history = deque(maxlen=HISTORY_LEN)
-                row.history.append((ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us))
-            if show:
-                p = row.prev
-                if p is not None:
-                    d = f.bytes_sent - p.bytes_sent
-                    if d > 0:
-                        tx_sum += d
-                    d = f.bytes_received - p.bytes_received
-                    if d > 0:
-                        rx_sum += d
-                    d = f.retrans_packets - p.retrans_packets
-                    if d > 0:
-                        re_sum += d
-                elif row.born:
-                    tx_sum += f.bytes_sent
-                    rx_sum += f.bytes_received
-                    re_sum += f.retrans_packets
-                re_total += f.retrans_packets
-                closed += f.closed
+    def install(self, frame: Frame) -> Frame | None:
+        """Show a frame. Cheap when it was built under the current view; when a key changed the
+        view while the frame was being built, its rows are re-sorted or re-filtered here.
 
-        gone = [r for fid, r in old.items() if fid not in rows and r.visible]
-        self.rows = rows
-        self.snapshot = snap
-        self.totals = Totals(tx_sum / dt, rx_sum / dt, re_sum / dt, re_total, closed)
-
-        if len(moved) + len(gone) > REBUILD_SHARE * max(len(visible), 1) + 16:
-            self._rebuild()
-            return
-        # The list finds a row by its key, so remove under the old key before adding under the new.
-        for row in gone:
-            visible.remove(_Probe(row, row.sort_key))
-        for row, old_key, was_visible in moved:
-            if was_visible:
-                visible.remove(_Probe(row, old_key))
-        for row, _old_key, _was in moved:
-            if row.visible:
-                visible.add(row)
-
-    def _rebuild(self) -> None:
-        pred = self._pred
-        if pred is _MATCH_ALL:
-            shown = list(self.rows.values())
-            for row in shown:
-                row.visible = True
+        Returns the frame it replaces, the last reference to most of its rows: freeing
+        100,000 rows takes tens of ms, which the caller may rather spend on another thread.
+        """
+        old = self._frame
+        self._frame = frame
+        self.rows = frame.rows
+        self.snapshot = frame.snapshot
+        self.totals = frame.totals
+        self._by_id = frame.by_id
+        view = self.view
+        self._orders = {frame.view.column.id: frame.order}
+        if frame.view is view:
+            self._order, self._shown = frame.order, frame.shown
+            return old
+        self._order = order = self._sorted(view.column)
+        if frame.view.pred is not view.pred:
+            self._shown = filter_rows(frame.by_id, order, view.pred)
+        elif order is frame.order:
+            self._shown = frame.shown
         else:
-            shown = []
-            for row in self.rows.values():
-                row.visible = pred(row.flow)
-                if row.visible:
-                    shown.append(row)
-        self._visible = SortedKeyList(shown, key=_sort_key)
+            self._shown = order if view.pred is _MATCH_ALL else [r for r in order if r.visible]
+        return old
 
 
-_MATCH_ALL = compile_filter(None)
-
-
-def _sort_key(row: Row | _Probe) -> tuple:
-    return row.sort_key
-
-
-class _Probe:
-    """Stands in for a row under its previous key, so SortedKeyList.remove finds it."""
-
-    __slots__ = ("row", "sort_key")
-
-    def __init__(self, row: Row, sort_key: tuple) -> None:
-        self.row = row
-        self.sort_key = sort_key
-
-    def __eq__(self, other: object) -> bool:
-        return other is self.row
-
-
-
-__all__ = ["FlowStore", "Row", "Totals", "HISTORY_LEN", "COLUMNS"]
+__all__ = ["FlowStore", "FrameBuilder", "Frame", "View", "Row", "Totals", "HISTORY_LEN", "COLUMNS"]

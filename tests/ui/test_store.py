@@ -227,3 +227,58 @@ def test_age_of_a_reused_idle_flow_moves_with_the_snapshot_clock():
     assert store.rows[7].age_s == 100.0
     store.update(make_snapshot([idle], ts=1001.5))
     assert store.rows[7].age_s == 101.5
+
+
+def test_a_frame_built_before_a_resort_is_shown_in_the_new_order():
+    """The worker builds under the view it read; a key that changes it meanwhile still wins."""
+    store = FlowStore(sort="tx")
+    store.update(make_snapshot([make_flow(i, pid=10 - i) for i in (1, 2, 3)], ts=0))
+    frame = store.builder.build(make_snapshot([make_flow(1, pid=9, bytes_sent=30), make_flow(2, pid=8, bytes_sent=10),
+                                               make_flow(3, pid=7, bytes_sent=20)], ts=1), store.view)
+    store.set_sort("pid")  # the key, while the frame was on its way
+    store.install(frame)
+    assert store.ids() == [3, 2, 1]
+    store.set_sort("tx")
+    assert store.ids() == [1, 3, 2]
+
+
+def test_a_frame_built_before_a_filter_change_is_shown_filtered():
+    store = FlowStore(sort="pid")
+    store.update(make_snapshot([make_flow(1, rport=443), make_flow(2, rport=80)], ts=0))
+    frame = store.builder.build(make_snapshot([make_flow(1, rport=443), make_flow(2, rport=80),
+                                               make_flow(3, rport=443)], ts=1), store.view)
+    store.set_filter("port 443")
+    store.install(frame)
+    assert store.ids() == [1, 3]
+    assert store.index_of(2) is None and store.index_of(3) == 1
+
+
+def test_rearranged_frame_matches_one_built_under_the_new_view():
+    store = FlowStore(sort="tx")
+    flows = [make_flow(i, bytes_sent=i * 7 % 5, comm="abc"[i % 3]) for i in range(20)]
+    store.update(make_snapshot(flows, ts=0))
+    frame = store.builder.build(make_snapshot(flows, ts=1), store.view)
+    store.set_sort("comm")
+    store.set_filter("not comm b")
+    store.install(store.builder.rearrange(frame, store.view))
+    expect = sorted((r for r in store.rows.values() if r.flow.comm != "b"), key=lambda r: (r.flow.comm, r.id))
+    assert store.ids() == [r.id for r in expect]
+
+
+def test_a_new_frame_leaves_the_rows_on_screen_untouched():
+    """The screen may be drawing the previous frame while the worker builds the next one."""
+    store = FlowStore()
+    store.update(make_snapshot([make_flow(1, bytes_sent=0, cwnd=10)], ts=0))
+    store.update(make_snapshot([make_flow(1, bytes_sent=100, cwnd=11)], ts=1))
+    row, history = store.get(1), store.get(1).history
+    store.builder.build(make_snapshot([make_flow(1, bytes_sent=500, cwnd=12)], ts=2), store.view)
+    assert row.tx_bps == 100.0 and row.flow.cwnd == 11
+    assert store.get(1) is row and row.history is history and [h[3] for h in history] == [10, 11]
+
+
+def test_index_of_finds_each_row_among_ties_in_both_directions():
+    store = FlowStore(sort="comm")
+    store.update(make_snapshot([make_flow(i, comm="ab"[i % 2]) for i in range(50)]))
+    for descending in (False, True):
+        store.set_sort("comm", descending=descending)
+        assert [store.index_of(fid) for fid in store.ids()] == list(range(50))
