@@ -484,18 +484,20 @@ int on_tcp_ingress(struct __sk_buff *ctx)
 
 	if (!sk)
 		return 1;
+	/* Both stages ending or starting here time only sampled packets: the
+	 * others leave after a few loads. The rx tcp stage times the packets
+	 * the per-skb stages time. */
+	skb = bpf_cast_to_kern_ctx(ctx);
+	if (!rx_hdr(skb, &h) || !sampled(&h))
+		return 1;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return 1;
-	skb = bpf_cast_to_kern_ctx(ctx);
-	if (!rx_hdr(skb, &h))
-		return 1;
-	if (track_skbs && sampled(&h)) {
+	if (track_skbs) {
 		now = bpf_ktime_get_ns();
 		rx_skb_done(skb, ctx, now);
 	}
-	/* The rx tcp stage times the packets the per-skb stages time. */
-	if (h.payload <= 0 || !sampled(&h) || sk->state == ST_LISTEN)
+	if (h.payload <= 0 || sk->state == ST_LISTEN)
 		return 1;
 	p = probes_of(sk, bpf_get_socket_cookie(ctx), true, true);
 	if (!p || p->rx_tcp.ts)
@@ -526,7 +528,7 @@ static __always_inline void rx_queued(const struct sock *sk, bool storage)
 		p->rx_tcp.ts = 0;
 		stat_inc(LS_PROBE_DONE);
 	}
-	if ((p && p->rx_app.ts) || rcv_nxt == tp->copied_seq || !sampled_x(rcv_nxt))
+	if ((p && p->rx_app.ts) || rcv_nxt == tp->copied_seq || (p && p->rx_app.n && !sampled_x(rcv_nxt)))
 		return;
 	if (!p) {
 		ask_cookie((void *)sk, storage);
@@ -535,6 +537,7 @@ static __always_inline void rx_queued(const struct sock *sk, bool storage)
 			return;
 	}
 	p->rx_app.seq = rcv_nxt;
+	p->rx_app.n++;
 	p->rx_app.ts = now ? now : bpf_ktime_get_ns();
 }
 
@@ -634,9 +637,10 @@ static __always_inline void tx_accept(const struct sock *sk, bool storage)
 			p->tx.ts = bpf_ktime_get_ns();
 		return;
 	}
-	if (!sampled_x(ws))
+	if (p->tx.n && !sampled_x(ws)) /* a socket's first write is always timed */
 		return;
 	p->tx.seq = ws;
+	p->tx.n++;
 	p->tx.ts = bpf_ktime_get_ns();
 }
 
@@ -758,7 +762,7 @@ int BPF_PROG(on_dev_queue, struct sk_buff *skb)
 		return 0;
 	cookie = cookie_of(sk);
 	tx_hdr(skb, &h);
-	if (!tx_split_ip)
+	if (!tx_split_ip && h.payload > 0)
 		/* No hook between TCP and IP: the TCP stage runs to here ("tcp+ip"). */
 		tx_probe_match(sk, cookie, TX_TCP, &h, true);
 	if (!track_skbs || !sampled(&h))

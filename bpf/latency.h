@@ -38,7 +38,7 @@ struct lat_hist {
 struct lat_probe {
 	__u64 ts;
 	__u32 seq;
-	__u32 pad;
+	__u32 n;  /* bytes timed so far: a socket's first is always timed, later ones when sampled */
 };
 
 /* A socket's timed bytes: in socket-local storage (one helper call, no hash,

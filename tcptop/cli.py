@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="start a small workload in a private network namespace and watch it")
     p.add_argument("--latency", choices=("full", "light", "off"), default="full",
-                   help="packet-level stage timings: full (every stage), light (per-socket stages only), off")
+                   help="packet-level stage timings of 1 packet in 8: full (every stage), light (per-socket stages only), off")
     p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
                    help="room for final records of connections closed within one interval (default 16384)")
     return p

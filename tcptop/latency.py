@@ -40,7 +40,7 @@ class LatHist(ctypes.Structure):
 
 
 class LatProbe(ctypes.Structure):
-    _fields_ = [("ts", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("ts", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("n", ctypes.c_uint32)]
 
 
 class LatProbes(ctypes.Structure):
