@@ -38,7 +38,8 @@ def our_names() -> set[str]:
     names = set()
     for obj in ("flows.bpf.o", "latency.bpf.o"):
         o = BpfObject(os.path.join(ROOT, "build", obj))
-        names |= {n[:15] for n in o.programs}
+        # the kernel keeps 15 characters of a name; bpftool shows the full one from BTF
+        names |= {n[:15] for n in o.programs} | set(o.programs)
         o.close()
     return names
 
