@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields as dc_fields
 from typing import TYPE_CHECKING, Any, Callable
 
 from tcptop.model import Flow
-from tcptop.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_rate, fmt_us
+from tcptop.units import fmt_age, fmt_bytes, fmt_endpoint, fmt_rate, fmt_us
 
 if TYPE_CHECKING:
     from tcptop.store import Row

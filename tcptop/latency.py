@@ -21,7 +21,7 @@ import struct
 from typing import Any
 
 from tcptop.flows import cgroup2_root
-from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link
+from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, possible_cpus
 
 BUCKETS = 32
 BUCKET0_SHIFT = 9
@@ -455,7 +455,7 @@ class LatencyEngine:
         """Matching counters summed over CPUs (see enum lat_stat in bpf/latency.h)."""
         assert self._obj is not None
         m = self._obj.maps["stats"]
-        ncpu = _possible_cpus()
+        ncpu = possible_cpus()
         out = {}
         for i, name in enumerate(STAT_NAMES):
             vals = (ctypes.c_uint64 * ncpu)()
@@ -465,7 +465,7 @@ class LatencyEngine:
     def _read_host(self) -> list[tuple[list[int], int, int]]:
         assert self._obj is not None
         m = self._obj.maps["host"]
-        ncpu = _possible_cpus()
+        ncpu = possible_cpus()
         out = []
         for stage in range(STAGES):
             vals = (LatHist * ncpu)()
@@ -545,21 +545,6 @@ class LatencyEngine:
 
 
 _PROBE_OFF = LatFlow.closed_ns.offset  # the histogram part of a flow entry
-
-
-_NCPU: int | None = None
-
-
-def _possible_cpus() -> int:
-    """Per-CPU maps hold one value per possible CPU, not per online one."""
-    global _NCPU
-    if _NCPU is None:
-        try:
-            with open("/sys/devices/system/cpu/possible") as f:
-                _NCPU = max(int(p.split("-")[-1]) for p in f.read().strip().split(",")) + 1
-        except OSError:
-            _NCPU = os.cpu_count() or 1
-    return _NCPU
 
 
 def bucket_bounds(b: int) -> tuple[float, float]:
