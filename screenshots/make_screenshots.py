@@ -76,8 +76,8 @@ def main() -> int:
         demo = Demo()
         source = None
         try:
+            source = LiveEngine(interval_s=1.0)  # first, so the demo's flows are seen from birth
             demo.start()
-            source = LiveEngine(interval_s=1.0)
             app = TcptopApp(source, filter_expr=demo.filter_expression())
             written = asyncio.run(shoot(app, out, live=True))
         finally:

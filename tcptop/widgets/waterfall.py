@@ -60,6 +60,10 @@ def dominant_hint(direction: str, stages: Mapping[str, Any]) -> str | None:
     the time an average packet spends in each layer.
     """
     times = {}
+    if any(not _stage_numbers(st)[0] for st in stages.values()):
+        # A stage without samples (e.g. a sender's receive side sees only ACKs, which
+        # never reach the application): shares of a partial path would mislead.
+        return None
     for key, st in stages.items():
         count, p50, _ = _stage_numbers(st)
         mean = _num(st, "mean_us") if isinstance(st, Mapping) else None

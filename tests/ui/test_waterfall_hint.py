@@ -22,3 +22,10 @@ def test_merged_stage_is_named_as_merged_and_p50_used_without_mean():
 
 def test_no_samples_no_hint():
     assert dominant_hint("rx", {"app": {"count": 0, "p50_us": None, "p99_us": None}}) is None
+
+
+def test_partial_path_gets_no_hint():
+    """A sender's receive side: ACKs pass driver and IP but never reach the application."""
+    rx = {"driver": stage(10, 2, 2), "ip": stage(10, 1, 1),
+          "tcp": {"count": 0, "p50_us": None, "p99_us": None}, "app": {"count": 0, "p50_us": None, "p99_us": None}}
+    assert dominant_hint("rx", rx) is None
