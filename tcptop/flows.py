@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 from tcptop import netns
-from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, iter_read, possible_cpus
+from tcptop.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, iter_read, object_path,
+                            possible_cpus)
 from tcptop.model import Flow
 from tcptop.procs import Owners
 
@@ -123,25 +124,7 @@ HOOKS = {
 
 
 def default_object_path() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(here, "bpf"),
-                 os.path.join(os.path.dirname(here), "build")):
-        if cand and os.path.exists(os.path.join(cand, "flows.bpf.o")):
-            return os.path.join(cand, "flows.bpf.o")
-    return os.path.join(os.path.dirname(here), "build", "flows.bpf.o")
-
-
-def cgroup2_root() -> str | None:
-    """Where cgroup v2 is mounted (unified or hybrid layout), from /proc/mounts."""
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "cgroup2":
-                    return parts[1]
-    except OSError:
-        pass
-    return None
+    return object_path("flows.bpf.o")
 
 
 def _addr(family: int, raw) -> str:

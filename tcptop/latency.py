@@ -20,8 +20,7 @@ import os
 import struct
 from typing import Any
 
-from tcptop.flows import cgroup2_root
-from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, possible_cpus
+from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus
 
 BUCKETS = 32
 BUCKET0_SHIFT = 9
@@ -132,12 +131,7 @@ _fentry_verdict: tuple[bool, str] | None = None
 
 
 def default_object_path() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(here, "bpf"),
-                 os.path.join(os.path.dirname(here), "build")):
-        if cand and os.path.exists(os.path.join(cand, "latency.bpf.o")):
-            return os.path.join(cand, "latency.bpf.o")
-    return os.path.join(os.path.dirname(here), "build", "latency.bpf.o")
+    return object_path("latency.bpf.o")
 
 
 def kprobes_available() -> bool:

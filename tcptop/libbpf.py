@@ -339,3 +339,27 @@ def possible_cpus() -> int:
         return max(int(part.partition("-")[2] or part) + 1 for part in spec.split(","))
     except (OSError, ValueError):
         return os.cpu_count() or 1
+
+
+def object_path(filename: str) -> str:
+    """Where a built BPF object is: $TCPTOP_BPF_DIR, an installed tcptop/bpf/, or build/ of a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    build = os.path.join(os.path.dirname(here), "build")
+    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(here, "bpf"), build):
+        if cand and os.path.exists(os.path.join(cand, filename)):
+            return os.path.join(cand, filename)
+    return os.path.join(build, filename)
+
+
+def cgroup2_root() -> str | None:
+    """Where cgroup v2 is mounted (unified or hybrid layout), from /proc/mounts: cgroup
+    programs (sock_ops, cgroup_skb) attached there see every socket on the host."""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return None

@@ -59,7 +59,7 @@ def test_container_identity_from_the_owners_cgroup(engine):
     """A process in a container-style cgroup (docker-<64 hex>.scope) is labelled with that container."""
     import os
 
-    from tcptop.flows import cgroup2_root
+    from tcptop.libbpf import cgroup2_root
 
     cid = "%064x" % (0xC0FFEE0000 + os.getpid())
     path = os.path.join(cgroup2_root(), f"tcptop-test-{os.getpid()}", f"docker-{cid}.scope")
