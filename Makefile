@@ -51,6 +51,7 @@ test-ui: setup
 
 bench: setup
 	$(VPY) benchmarks/overhead.py
+	$(VPY) benchmarks/ui_refresh.py
 
 screenshots: setup
 	$(VPY) screenshots/make_screenshots.py
