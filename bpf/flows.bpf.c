@@ -33,6 +33,9 @@ enum { CA_RECOVERY = 3, CA_LOSS = 4 };
  * us (bpf_setsockopt TCP_BPF_SOCK_OPS_CB_FLAGS); set by the loader. */
 const volatile bool hook_existing_rtt = false;
 
+/* Inode number of tcptop's own network namespace, set by the loader. */
+const volatile __u32 host_netns = 0;
+
 /* Bumped by user space to have every socket's full record sent again
  * (e.g. after it lost track of a flow); part of each record, so a new value
  * makes every record differ from the last one sent. */
@@ -284,23 +287,16 @@ static __always_inline bool same_record(const struct flow_record *a, const struc
 	return true;
 }
 
-SEC("iter/tcp")
-int tcptop_iter(struct bpf_iter__tcp *ctx)
+/* Write one socket's record, or a short "unchanged" marker if it equals the last
+ * one sent. `owner` (may be NULL) names a process holding the socket. */
+static __always_inline int emit(struct seq_file *seq, struct tcp_sock *tp, bool may_setsockopt,
+				struct task_struct *owner)
 {
-	struct sock_common *skc = ctx->sk_common;
 	struct flow_record *r, *last;
 	struct flow_counters *c;
-	struct tcp_sock *tp;
 	__u32 zero = 0;
 	__u64 cookie;
 
-	if (!skc)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp) /* TIME_WAIT and request sockets carry no tcp_sock */
-		return 0;
-	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == ST_LISTEN)
-		return 0;
 	r = bpf_map_lookup_elem(&scratch, &zero);
 	if (!r)
 		return 0;
@@ -308,7 +304,7 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 	/* Every socket gets counters here, so a full map shows up as flows
 	 * without them (REC_NO_COUNTERS), which user space can count exactly. */
 	c = counters_of(tp);
-	if (hook_existing_rtt && c && !(c->flags & FLOW_RTT_HOOKED)) {
+	if (may_setsockopt && hook_existing_rtt && c && !(c->flags & FLOW_RTT_HOOKED)) {
 		/* Sockets older than us never passed an ESTABLISHED callback; ask
 		 * the kernel for their RTT callbacks now (kernels >= 6.13). */
 		int cb = 1 /* RTO */ | 8 /* RTT */;
@@ -317,19 +313,66 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 			c->flags |= FLOW_RTT_HOOKED;
 	}
 	fill_record(r, tp, cookie, c);
+	if (owner && !r->c.pid) {
+		r->c.pid = owner->tgid;
+		__builtin_memcpy(r->c.comm, owner->comm, sizeof(r->c.comm));
+	}
 	stat_inc(STAT_ITER_SOCKETS);
 	last = bpf_sk_storage_get(&last_sent, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (last && last->kind == KIND_FULL && same_record(last, r)) {
 		struct flow_same same = { .cookie = cookie, .kind = KIND_SAME };
 
-		bpf_seq_write(ctx->meta->seq, &same, sizeof(same));
+		bpf_seq_write(seq, &same, sizeof(same));
 		return 0;
 	}
 	/* A write that does not fit the seq_file buffer is dropped and this
 	 * socket is shown again after a flush: remember only what was written. */
-	if (bpf_seq_write(ctx->meta->seq, r, sizeof(*r)) == 0 && last)
+	if (bpf_seq_write(seq, r, sizeof(*r)) == 0 && last)
 		*last = *r;
 	return 0;
+}
+
+/* Every socket of the namespace that created the iterator (orphans included). */
+SEC("iter/tcp")
+int tcptop_iter(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp) /* TIME_WAIT and request sockets carry no tcp_sock */
+		return 0;
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == ST_LISTEN)
+		return 0;
+	return emit(ctx->meta->seq, tp, true, NULL);
+}
+
+/* TCP sockets of other namespaces, found through the processes that hold them.
+ * The TCP iterator walks the whole connection hash table once per namespace
+ * (~2 ms on a host with 262,144 buckets); walking file tables covers every
+ * container at once, and names each socket's owner on the way. */
+SEC("iter/task_file")
+int tcptop_files(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct tcp_sock *tp;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (!file || !ctx->task)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = sock->sk;
+	if (!sk || sk->__sk_common.skc_net.net->ns.inum == host_netns)
+		return 0; /* the TCP iterator covers our own namespace */
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == ST_LISTEN)
+		return 0;
+	return emit(ctx->meta->seq, tp, false, ctx->task);
 }
 
 SEC("tp_btf/tcp_destroy_sock")

@@ -165,6 +165,9 @@ class FlowEngine:
         self._obj: BpfObject | None = None
         self._cgroup_fd = -1
         self._boot_offset = time.time() - time.monotonic()  # monotonic clock -> unix time
+        self._host_netns = netns.current_inode()
+        self._files: Link | None = None
+        self._polls = 0
         path = object_path or default_object_path()
         try:
             self._load(path)
@@ -190,9 +193,14 @@ class FlowEngine:
                     raise BpfError(f"{path} does not match tcptop/flows.py (struct {name}); rebuild with `make setup`", 0)
             for prog, tp in missing.items():
                 obj.programs[prog].set_autoload(False)
-                self._degrade(prog, f"no tracepoint {tp} on this kernel")
+                if hook_existing:
+                    self._degrade(prog, f"no tracepoint {tp} on this kernel")
+            if not hook_existing:  # the fallback load: only what any kernel with BTF iterators takes
+                obj.programs["tcptop_files"].set_autoload(False)
+                self.hooks["iterator task_file"] = "unavailable: the verifier refused it (every namespace is walked instead)"
             obj.maps["closed"].set_max_entries(self.max_closed)
-            obj.rodata().initial_value()[0] = 1 if hook_existing else 0
+            obj.set_rodata("hook_existing_rtt", bytes([hook_existing]))
+            obj.set_rodata("host_netns", self._host_netns.to_bytes(4, "little"))
             try:
                 obj.load()
             except BpfError:
@@ -227,6 +235,12 @@ class FlowEngine:
                 self._degrade(prog, str(e).split(": ", 1)[-1])
         self._iter = progs["tcptop_iter"].attach_iter()
         self.hooks["iterator tcp"] = "ok"
+        if self._obj.programs["tcptop_files"].fd >= 0:
+            try:
+                self._files = progs["tcptop_files"].attach_iter()
+                self.hooks["iterator task_file"] = "ok"
+            except BpfError as e:
+                self.hooks["iterator task_file"] = f"unavailable: {e} (every namespace is walked instead)"
 
     def _attach_sockops(self, prog) -> Link:
         root = cgroup2_root()
@@ -245,9 +259,10 @@ class FlowEngine:
         for link in self._links:
             link.destroy()
         self._links.clear()
-        if self._iter:
-            self._iter.destroy()
-            self._iter = None
+        for it in (self._iter, self._files):
+            if it:
+                it.destroy()
+        self._iter = self._files = None
         if self._obj:
             self._obj.close()
             self._obj = None
@@ -269,10 +284,22 @@ class FlowEngine:
         return out
 
     def _read_live(self) -> tuple[dict[int, bytes], list[int]]:
-        """Run the iterator in every namespace: full records of changed sockets, cookies of the rest."""
+        """Full records of changed sockets and cookies of unchanged ones, from every namespace.
+
+        The first poll walks each namespace's connections with the TCP iterator (which also
+        switches RTT callbacks on for older sockets). Later polls walk only our own
+        namespace that way and reach the others through the processes' file tables in one
+        pass: a namespace costs a whole hash-table walk, a file table only its sockets.
+        Sockets no process holds (orphans closing down) in other namespaces are then seen
+        only when they close.
+        """
         assert self._iter is not None
-        it = self._iter
-        buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+        it, files = self._iter, self._files
+        if files is None or self._polls == 0:
+            buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+        else:
+            buf = iter_read(it) + iter_read(files)
+        self._polls += 1
         full: dict[int, bytes] = {}
         same: list[int] = []
         off, end = 0, len(buf)
@@ -300,7 +327,7 @@ class FlowEngine:
         for raw in self._drain_closed():  # a final record supersedes a live one
             full[int.from_bytes(raw[:8], "little")] = raw
         tracks = self._tracks
-        if any(c not in tracks for c in same):
+        if any(c not in tracks and c not in full for c in same):
             # We lost a flow's full record (an earlier poll failed midway):
             # have the kernel send every record again next time.
             self._epoch[0] += 1

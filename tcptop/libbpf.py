@@ -103,6 +103,8 @@ def lib() -> ctypes.CDLL:
         "btf__free": (None, [P]),
         "btf__find_by_name_kind": (ctypes.c_int32, [P, ctypes.c_char_p, U32]),
         "btf__resolve_size": (ctypes.c_long, [P, U32]),
+        "btf__type_by_id": (P, [P, U32]),
+        "btf__name_by_offset": (ctypes.c_char_p, [P, U32]),
         "bpf_object__btf": (P, [P]),
     }
     for fn, (res, args) in sigs.items():
@@ -278,6 +280,28 @@ class BpfObject:
                 break
             mp = Map(m)
             self.maps[mp.name] = mp
+
+    def set_rodata(self, var: str, value: bytes) -> None:
+        """Set a `const volatile` global before load, finding its offset in the object's BTF
+        (the compiler, not the source order, decides where each variable lies)."""
+        so = lib()
+        btf = so.bpf_object__btf(self._obj)
+        sec = so.btf__find_by_name_kind(btf, b".rodata", 15) if btf else -1  # BTF_KIND_DATASEC
+        if sec <= 0:
+            raise KeyError(f"no .rodata section in {self.path}")
+        head = ctypes.cast(so.btf__type_by_id(btf, sec), ctypes.POINTER(ctypes.c_uint32))
+        vlen = head[1] & 0xFFFF
+        infos = ctypes.cast(ctypes.addressof(head.contents) + 12, ctypes.POINTER(ctypes.c_uint32))
+        for i in range(vlen):
+            vtype, off, size = infos[3 * i], infos[3 * i + 1], infos[3 * i + 2]
+            name_off = ctypes.cast(so.btf__type_by_id(btf, vtype), ctypes.POINTER(ctypes.c_uint32))[0]
+            if so.btf__name_by_offset(btf, name_off).decode() == var:
+                if len(value) != size:
+                    raise ValueError(f"{var} is {size} bytes, got {len(value)}")
+                image = self.rodata().initial_value()
+                image[off:off + size] = list(value)
+                return
+        raise KeyError(f"no variable {var} in {self.path}")
 
     def rodata(self) -> Map:
         """Read-only globals (`const volatile`): set before load."""
