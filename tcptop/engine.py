@@ -66,6 +66,8 @@ class LiveEngine:
             self.flows = FlowEngine(max_closed=max_closed)
             if latency != "off":
                 self._start_latency(skb_stages=latency == "full")
+            else:  # said in the header, so an empty waterfall is not mistaken for a fault
+                self._lat_hooks = {"packet-level engine": "off (--latency off)"}
         except BpfError as e:
             self.close()
             raise EngineError(_explain(e)) from None
