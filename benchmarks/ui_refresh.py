@@ -38,8 +38,11 @@ from tcptop.model import Flow, RunInfo, Snapshot  # noqa: E402
 COMMS = ["nginx", "postgres", "redis-server", "curl", "python3", "java", "envoy", "sshd"]
 
 
-def synthetic(n: int, steps: int, churn: float, seed: int = 1) -> list[Snapshot]:
-    """`steps` snapshots of n flows; each step a `churn` share of flows moves its counters."""
+def synthetic(n: int, steps: int, churn: float, seed: int = 1, reuse: bool = False) -> list[Snapshot]:
+    """`steps` snapshots of n flows; each step a `churn` share of flows moves its counters.
+
+    With `reuse`, as the live engine does, a flow that did not move is the very same Flow
+    object as in the snapshot before (its age comes from `established_ts`)."""
     rnd = random.Random(seed)
     base = []
     for i in range(n):
@@ -52,8 +55,9 @@ def synthetic(n: int, steps: int, churn: float, seed: int = 1) -> list[Snapshot]
             retrans_packets=0, bytes_sent=rnd.randint(0, 10**9), bytes_received=rnd.randint(0, 10**9),
             fast_retrans=0, timeouts=0, app_wqueue=0, app_wqueue_max=0, rtt_samples=100,
             rtt_sum_us=100 * rnd.randint(50, 50_000), read_bytes=0, write_bytes=0, duration_s=100.0,
-            srtt_us=rnd.randint(50, 50_000)))
+            srtt_us=rnd.randint(50, 50_000), established_ts=900.0 - i % 1000 if reuse else 0.0))
     snaps = []
+    objs = [Flow(**d) for d in base] if reuse else []
     for t in range(steps):
         movers = range(n) if churn >= 1 else rnd.sample(range(n), int(n * churn))
         for i in movers:
@@ -63,7 +67,11 @@ def synthetic(n: int, steps: int, churn: float, seed: int = 1) -> list[Snapshot]
             if rnd.random() < 0.01:
                 d["retrans_packets"] += 1
             d["duration_s"] += 1.0
-        snaps.append(Snapshot(ts=1000.0 + t, interval_s=1.0, flows=tuple(Flow(**d) for d in base), seq=t + 1,
+            if reuse:
+                objs[i] = Flow(**d)
+        if not reuse:
+            objs = [Flow(**d) for d in base]
+        snaps.append(Snapshot(ts=1000.0 + t, interval_s=1.0, flows=tuple(objs), seq=t + 1,
                               host="bench", kernel="synthetic", run=RunInfo(engine="synthetic")))
     return snaps
 
@@ -231,6 +239,19 @@ async def bench_live_keys(snaps: list[Snapshot], size: tuple[int, int], presses:
     return out
 
 
+def bench_build(snaps: list[Snapshot], sort: str) -> list[float]:
+    """The worker's half alone (FrameBuilder.build), each frame then installed as the UI would."""
+    store = TcptopApp(StillSource(snaps[0]), sort=sort).store
+    store.update(snaps[0])
+    times = []
+    for snap in snaps[1:]:
+        t0 = time.perf_counter()
+        frame = store.builder.build(snap, store.view, frozenset(store.watched))
+        times.append(time.perf_counter() - t0)
+        store.install(frame)
+    return times[2:]  # the first two: rates settling after the first sighting
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows", type=int, default=10_000)
@@ -250,6 +271,17 @@ def main() -> int:
             print(f"{f'refresh {args.flows:,} flows, {label}, sort {sort}':64} {ms(t)}")
             if ui:
                 print(f"{'  of which the UI thread (frame built by the worker)':64} {ms(ui)}")
+    # The realistic host: most connections idle, the engine reusing their Flow objects.
+    idle = synthetic(args.flows, args.refreshes + 1, 0.01, reuse=True)
+    for sort in ("tx", "rtt"):
+        t, ui = asyncio.run(bench_refresh(idle, size, sort))
+        print(f"{f'refresh {args.flows:,} flows, 1% change, rest reused, sort {sort}':64} {ms(t)}")
+        print(f"{'  of which the UI thread (frame built by the worker)':64} {ms(ui)}")
+    idle = synthetic(args.big, 12, 0.01, reuse=True)
+    for sort in ("tx", "rtt", "remote", "retrans"):
+        print(f"{f'{args.big:,} flows, 1% change, rest reused: frame build, sort {sort}':64} "
+              f"{ms(bench_build(idle, sort))}")
+    del idle
     snaps = synthetic(args.big, 6, 1.0)
     keys = asyncio.run(bench_keys(snaps, size, args.rounds))
     for name, t in keys.items():

@@ -13,17 +13,29 @@ descending: reversing costs nothing, a window is a slice, a flow's position is a
 search. A re-sort (a key, on the UI thread) computes each row's sort value once and
 lets a stable sort over the rows in id order break ties; a filter keeps that order and
 only drops rows.
+
+Across frames the builder keeps the sort order of its column in a `SortedList` of
+(sort value, flow id). The engine hands back the very same Flow object for a connection
+whose kernel state did not change, so most flows of a real host are `is`-identical from
+one snapshot to the next, and so is their sort value: only flows that changed (or whose
+rates were not yet settled at zero) are re-keyed and moved, O(changes · log n) instead of
+a sort of every row. The frame's `order` list is made from it afresh (a walk, no
+comparisons); the sorted list itself never leaves the worker. A new column, a column
+whose value moves with the clock (age), or a snapshot where most values changed is
+sorted from scratch, as before.
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from dataclasses import dataclass
-from operator import attrgetter
+from dataclasses import dataclass, fields
+from operator import attrgetter, itemgetter
 from typing import Callable
 
-from tcptop.columns import COLUMNS, Column, resolve_sort
+from sortedcontainers import SortedList
+
+from tcptop.columns import COLUMN_BY_ID, COLUMNS, Column, resolve_sort
 from tcptop.filter import Predicate, compile_filter
 from tcptop.model import Flow, Snapshot
 
@@ -127,6 +139,37 @@ class Frame:
 
 _MATCH_ALL = compile_filter(None)
 _BY_ID = attrgetter("id")
+_SECOND = itemgetter(1)
+
+# Columns whose sort value is a function of the Flow object alone: the same object, the same value.
+_FLOW_ONLY = frozenset({"pid", "comm", "local", "remote", "state", "cwnd", "rtt", "flight", "sendq", "rwnd"})
+# Columns whose value is also a rate between two sightings: the same object twice running, zero.
+_RATE = frozenset({"tx", "rx", "fast", "rto"})
+# Columns whose value moves with the snapshot's clock for an unchanged flow: sorted from scratch.
+_TIME_DEPENDENT = frozenset({"age"})
+# Above this share of re-keyed flows one sort is cheaper than moving each.
+_REBUILD_SHARE = 0.25
+_FLOW_FIELD_NAMES = frozenset(f.name for f in fields(Flow))
+
+
+def _key_kind(col: Column) -> str:
+    """What a row's sort value depends on: 'flow' (the Flow alone), 'rate' (also the previous
+    sighting's Flow), 'row' (also the decayed retransmissions, which move until they reach zero),
+    'time' (the clock). A column not known here is taken for 'row': it is assumed to read
+    nothing of a row but its flows, rates and decayed retransmissions."""
+    if col.id in _TIME_DEPENDENT:
+        return "time"
+    if COLUMN_BY_ID.get(col.id) is col:
+        if col.id in _FLOW_ONLY:
+            return "flow"
+        if col.id in _RATE:
+            return "rate"
+    elif col.id in _FLOW_FIELD_NAMES:
+        return "flow"  # resolve_sort's column for a Flow field without its own: getattr(row.flow, id)
+    return "row"
+
+
+_MISSING = object()
 
 
 def sort_rows(by_id: list[Row], key: Callable[[Row], object]) -> list[Row]:
@@ -150,7 +193,8 @@ def filter_rows(by_id: list[Row], order: list[Row], pred: Predicate) -> list[Row
 
 
 class FrameBuilder:
-    """Turns snapshots into frames; keeps the previous frame's rows for rates and history.
+    """Turns snapshots into frames; keeps the previous frame's rows for rates and history,
+    and the order of its sort column (see the module's docstring).
 
     Used by one thread at a time (the worker, or the UI thread in tests and `FlowStore.update`);
     the lock only guards against the two being mixed up by mistake.
@@ -161,6 +205,12 @@ class FrameBuilder:
         self.snapshot: Snapshot | None = None
         self.frame: Frame | None = None
         self._lock = threading.Lock()
+        # The order of `self.rows` by `_col`, kept across frames (None: sort from scratch next time).
+        self._col: Column | None = None
+        self._index: SortedList | None = None   # (sort value, flow id), ascending
+        self._keys: dict[int, object] = {}      # flow id -> its sort value in `_index`
+        self._sorted_rows: list[Row] | None = None  # or, after a full sort, the rows to make it from
+        self.rekeyed = 0                        # sort values computed by the last build (tests)
 
     def build(self, snap: Snapshot, view: View, watched: frozenset[int] | set[int] = frozenset()) -> Frame:
         with self._lock:
@@ -209,6 +259,14 @@ class FrameBuilder:
         decay = 0.5 ** (dt / RETRANS_HALF_LIFE_S)
         first = prev_snap is None
         new_row = Row.__new__
+        col = view.column
+        kind = _key_kind(col)
+        index = self._index
+        incremental = (index is not None or self._sorted_rows is not None) and kind != "time" and self._col is col
+        flow_only = kind == "flow"
+        rate_only = kind == "rate"
+        changed: list[Row] = []  # rows whose sort value may differ from the one in `index`
+        keep = changed.append
 
         for f in snap.flows:
             fid = f.id
@@ -236,27 +294,38 @@ class FrameBuilder:
                 row.prev = p = o.flow
                 row.born = False
                 history = o.history
-                # Counters only grow for one socket cookie; a drop means the engine restarted counting.
-                dtx = f.bytes_sent - p.bytes_sent
-                if dtx > 0:
-                    row.tx_bps = dtx / dt
+                if p is f and o.prev is f and not o.retrans_recent:
+                    # Idle, and already so at the last sighting (the engine reused the Flow):
+                    # rates zero as before, and the sort value is the one `index` holds.
+                    row.tx_bps = row.rx_bps = row.retrans_ps = 0.0
+                    row.retrans_recent = 0.0
+                    dtx = drx = dre = 0
                 else:
-                    dtx = 0
-                    row.tx_bps = 0.0
-                drx = f.bytes_received - p.bytes_received
-                if drx > 0:
-                    row.rx_bps = drx / dt
-                else:
-                    drx = 0
-                    row.rx_bps = 0.0
-                dre = f.retrans_packets - p.retrans_packets
-                if dre > 0:
-                    row.retrans_ps = dre / dt
-                else:
-                    dre = 0
-                    row.retrans_ps = 0.0
-                rr = o.retrans_recent
-                row.retrans_recent = rr * decay + dre if rr or dre else 0.0
+                    if incremental and not (p is f and (flow_only or (rate_only and o.prev is f))):
+                        keep(row)  # its sort value may have moved
+                    # Counters only grow for one socket cookie; a drop means the engine restarted counting.
+                    dtx = f.bytes_sent - p.bytes_sent
+                    if dtx > 0:
+                        row.tx_bps = dtx / dt
+                    else:
+                        dtx = 0
+                        row.tx_bps = 0.0
+                    drx = f.bytes_received - p.bytes_received
+                    if drx > 0:
+                        row.rx_bps = drx / dt
+                    else:
+                        drx = 0
+                        row.rx_bps = 0.0
+                    dre = f.retrans_packets - p.retrans_packets
+                    if dre > 0:
+                        row.retrans_ps = dre / dt
+                    else:
+                        dre = 0
+                        row.retrans_ps = 0.0
+                    rr = o.retrans_recent
+                    row.retrans_recent = rr * decay + dre if rr or dre else 0.0
+            if o is None and incremental:
+                keep(row)
             if keep_history or fid in watched:
                 # A new tuple, not an append: the screen may be drawing the previous one.
                 history = (history[-tail:] if history else ()) + ((ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us),)
@@ -272,12 +341,56 @@ class FrameBuilder:
                 closed += f.closed
 
         by_id = sorted(rows.values(), key=_BY_ID)
-        order = sort_rows(by_id, view.column.key)
+        order = self._order(rows, by_id, old, col, kind, changed if incremental else None)
         shown = order if match_all else [r for r in order if r.visible]
         self.rows = rows
         self.snapshot = snap
         return Frame(snap, view, rows, by_id, order, shown,
                      Totals(tx_sum / dt, rx_sum / dt, re_sum / dt, re_total, closed))
+
+    def _order(self, rows: dict[int, Row], by_id: list[Row], old: dict[int, Row], col: Column, kind: str,
+               changed: list[Row] | None) -> list[Row]:
+        """`rows` ascending by (col.key, id): the kept index moved by `changed` rows, or a full sort."""
+        key = col.key
+        n = len(rows)
+        try:
+            if changed is not None and len(changed) <= n * _REBUILD_SHARE:
+                index, keys = self._index, self._keys
+                if index is None:
+                    # Made when the flows settle after a full sort, not at every full sort:
+                    # while most flows keep changing it would only be thrown away.
+                    prev = self._sorted_rows
+                    ks = list(map(key, prev))
+                    ids = [r.id for r in prev]
+                    self._keys = keys = dict(zip(ids, ks))
+                    self._index = index = SortedList(zip(ks, ids))
+                    self._sorted_rows = None
+                self.rekeyed = len(changed)
+                matched = n - sum(1 for r in changed if r.prev is None)  # rows with an old row
+                if matched != len(old):  # some flows are gone
+                    for fid in old.keys() - rows.keys():
+                        index.remove((keys.pop(fid), fid))
+                for row in changed:
+                    fid = row.id
+                    k = key(row)
+                    was = keys.get(fid, _MISSING)
+                    if was is _MISSING:
+                        index.add((k, fid))
+                    elif was != k:
+                        index.remove((was, fid))
+                        index.add((k, fid))
+                    else:
+                        continue
+                    keys[fid] = k
+                return list(map(rows.__getitem__, map(_SECOND, index)))
+            self.rekeyed = n
+            self._index, self._keys = None, {}
+            # The index for the next frame, if it needs one, is made from these rows then.
+            self._sorted_rows, self._col = (None, None) if kind == "time" else (by_id, col)
+            return sort_rows(by_id, key)
+        except BaseException:
+            self._index, self._keys, self._sorted_rows, self._col = None, {}, None, None  # sort from scratch next
+            raise
 
 
 class FlowStore:

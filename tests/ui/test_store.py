@@ -7,7 +7,7 @@ import random
 import pytest
 from ui_factory import make_flow, make_snapshot
 
-from tcptop.columns import UnknownSortField, fit_columns, resolve_sort
+from tcptop.columns import COLUMNS, UnknownSortField, fit_columns, resolve_sort
 from tcptop.filter import FilterError
 from tcptop.store import HISTORY_ALL_MAX, FlowStore
 
@@ -282,3 +282,113 @@ def test_index_of_finds_each_row_among_ties_in_both_directions():
     for descending in (False, True):
         store.set_sort("comm", descending=descending)
         assert [store.index_of(fid) for fid in store.ids()] == list(range(50))
+
+
+def _expected_ids(store, col=None):
+    col = col or store.view.column
+    rows = [r for r in store.rows.values() if r.visible]
+    return [r.id for r in sorted(rows, key=lambda r: (col.key(r), r.id), reverse=store.descending)]
+
+
+def test_idle_reused_flows_are_not_rekeyed_and_keep_their_place():
+    """The engine reuses the Flow of an unchanged connection: only the flows that changed are re-keyed."""
+    flows = [make_flow(i, bytes_sent=i * 100, srtt_us=(i * 37) % 11 + 1) for i in range(200)]
+    store = FlowStore(sort="rtt")
+    for t in range(3):  # the first sighting and the one after it have rates still settling
+        store.update(make_snapshot(flows, ts=float(t)))
+    before = store.ids()
+    old_rows = dict(store.rows)
+    store.update(make_snapshot(flows, ts=3.0))
+    assert store.builder.rekeyed == 0
+    assert store.ids() == before
+    # new rows all the same: the previous frame's rows are the screen's, never touched again
+    assert all(store.rows[i] is not old_rows[i] for i in old_rows)
+    assert all(old_rows[i].ts == 2.0 for i in old_rows) and store.rows[5].ts == 3.0
+    # one flow changes: it alone is re-keyed, and moves
+    flows[5] = make_flow(5, bytes_sent=500, srtt_us=1_000_000)
+    store.update(make_snapshot(flows, ts=4.0))
+    assert store.builder.rekeyed == 1
+    assert store.ids()[0] == 5 and store.ids() == _expected_ids(store)
+
+
+def test_idle_flows_rates_settle_to_zero_and_move_in_a_rate_sort():
+    flows = [make_flow(i, bytes_sent=0) for i in range(10)]
+    store = FlowStore(sort="tx")
+    store.update(make_snapshot(flows, ts=0.0))
+    flows[3] = make_flow(3, bytes_sent=5000)
+    store.update(make_snapshot(flows, ts=1.0))
+    assert store.ids()[0] == 3
+    store.update(make_snapshot(flows, ts=2.0))  # same object again: no traffic this interval
+    assert store.get(3).tx_bps == 0.0 and store.ids() == _expected_ids(store) == list(range(9, -1, -1))
+
+
+def test_a_retransmitting_flow_that_went_quiet_still_decays_in_a_retrans_sort():
+    flows = [make_flow(1, retrans_packets=0), make_flow(2, retrans_packets=0)]
+    store = FlowStore(sort="retrans")
+    store.update(make_snapshot(flows, ts=0))
+    flows = [make_flow(1, retrans_packets=4), flows[1]]
+    store.update(make_snapshot(flows, ts=1))
+    for t in range(2, 6):  # flow 1 reused from here on, its recent count decaying each time
+        store.update(make_snapshot(flows, ts=t))
+        assert store.ids() == _expected_ids(store) == [1, 2]
+        assert store.get(1).retrans_recent < 4
+
+
+def test_a_column_change_sorts_from_scratch_and_the_next_frame_is_incremental():
+    flows = [make_flow(i, comm="abc"[i % 3], cwnd=i % 7) for i in range(50)]
+    store = FlowStore(sort="comm")
+    for t in range(2):
+        store.update(make_snapshot(flows, ts=float(t)))
+    store.set_sort("cwnd")
+    store.update(make_snapshot(flows, ts=2.0))
+    assert store.builder.rekeyed == 50 and store.ids() == _expected_ids(store)
+    store.update(make_snapshot(flows, ts=3.0))
+    assert store.builder.rekeyed == 0 and store.ids() == _expected_ids(store)
+
+
+@pytest.mark.parametrize("sort", [c.id for c in COLUMNS] + ["bytes_sent"])
+def test_incremental_order_with_reused_flows_matches_a_full_sort(sort):
+    """Reused Flow objects, churn, flows coming and going, closed ones: equal to sorting from scratch."""
+    rnd = random.Random(11)
+
+    def fresh(fid, **kw):
+        return make_flow(fid, comm=rnd.choice("abcd"), srtt_us=rnd.randint(1, 9), cwnd=rnd.randint(1, 5),
+                         pid=rnd.randint(1, 5), rport=rnd.choice([80, 443]), established_ts=rnd.uniform(0, 50), **kw)
+
+    flows = {i: fresh(i) for i in range(400)}
+    store = FlowStore(sort=sort, filter_expr="not port 80")
+    next_id = 400
+    moved_only_changes = 0
+    for t in range(40):
+        changes = 200 if t == 20 else rnd.randint(0, 12)  # once, most flows change: a full sort
+        for _ in range(changes):
+            fid = rnd.choice(list(flows))
+            f = flows[fid]
+            flows[fid] = make_flow(fid, comm=f.comm, rport=f.rport, established_ts=f.established_ts,
+                                   pid=rnd.randint(1, 5), cwnd=rnd.randint(1, 5), srtt_us=rnd.randint(1, 9),
+                                   bytes_sent=f.bytes_sent + rnd.randint(0, 2) * 1000,
+                                   bytes_received=f.bytes_received + rnd.randint(0, 1) * 10,
+                                   retrans_packets=f.retrans_packets + rnd.randint(0, 1),
+                                   fast_retrans=f.fast_retrans + rnd.randint(0, 1), timeouts=f.timeouts,
+                                   closed=rnd.random() < 0.1, closed_ts=60.0 + t)
+        for _ in range(rnd.randint(0, 3)):
+            del flows[rnd.choice(list(flows))]
+        for _ in range(rnd.randint(0, 3)):
+            flows[next_id] = fresh(next_id, duration_s=rnd.choice([0.5, 100.0]))
+            next_id += 1
+        snap_flows = list(flows.values())
+        rnd.shuffle(snap_flows)  # the engine's order is its maps' order, not the ids'
+        shown_before = store.ids()
+        rows_before = {r.id: (r, r.ts, r.tx_bps, r.retrans_recent, r.history) for r in store.rows.values()}
+        store.update(make_snapshot(snap_flows, ts=100.0 + t))
+        assert store.ids() == _expected_ids(store)
+        moved_only_changes += store.builder.rekeyed < len(store.rows) // 2
+        assert all(r.ts == ts and r.tx_bps == tx and r.retrans_recent == rr and r.history is h
+                   for r, ts, tx, rr, h in rows_before.values())
+        assert len(shown_before) <= 400 + 3 * t + 3
+        if t == 30:
+            store.set_sort("comm" if sort != "comm" else "pid")
+            assert store.ids() == _expected_ids(store)
+            store.set_sort(sort)
+    # the path under test was taken (by retrans only while few flows' decayed counts are moving)
+    assert moved_only_changes >= {"age": 0, "retrans": 10}.get(sort, 30)
