@@ -14,6 +14,7 @@ import time
 
 from dataclasses import replace
 
+from tcptop.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL, FlowEngine
 from tcptop.libbpf import BpfError
 from tcptop.model import Flow, RunInfo, Snapshot
 
@@ -54,8 +55,6 @@ class LiveEngine:
     engine_name = "core"
 
     def __init__(self, interval_s: float = 1.0, max_closed: int = 16384, latency: str = "full"):
-        from tcptop.flows import FlowEngine  # imports libbpf lazily: replay needs none of it
-
         preflight()
         self.interval_s = interval_s
         self.latency = None
@@ -97,7 +96,6 @@ class LiveEngine:
         now = time.monotonic()
         interval, self._last = now - self._last, now
         self._seq += 1
-        from tcptop.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=self.flows.flows_without_counters,

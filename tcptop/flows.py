@@ -160,6 +160,7 @@ class FlowEngine:
         self._tracks: dict[int, _Track] = {}
         self.flows_without_counters = 0  # live flows the kernel could not give counters
         self._ownerless: set[int] = set()  # live flows whose owning process is not known yet
+        self._alive_pids: dict[int, bool] = {}  # per poll: which recorded owners still exist
         self._links: list[Link] = []
         self._iter: Link | None = None
         self._obj: BpfObject | None = None
@@ -323,6 +324,7 @@ class FlowEngine:
 
     def poll(self) -> tuple[Flow, ...]:
         """Every connection now, plus recently closed ones (closed=True) for a few polls."""
+        self._alive_pids: dict[int, bool] = {}
         full, same = self._read_live()
         for raw in self._drain_closed():  # a final record supersedes a live one
             full[int.from_bytes(raw[:8], "little")] = raw
@@ -377,6 +379,13 @@ class FlowEngine:
         self.owners.trim(len(tracks))
         return tuple(flows)
 
+    def _alive(self, pid: int) -> bool:
+        """Whether a process still exists, asked once per pid per poll (not once per flow)."""
+        alive = self._alive_pids.get(pid)
+        if alive is None:
+            alive = self._alive_pids[pid] = os.path.exists(f"/proc/{pid}")
+        return alive
+
     def _update(self, cookie: int, tr: _Track) -> None:
         tr.flow = self._decode(tr)
         if tr.flow.pid or tr.flow.closed:
@@ -395,7 +404,7 @@ class FlowEngine:
         tr.wqueue_max = max(tr.wqueue_max, c.app_wqueue_max, wqueue)
         from_birth = bool(c.flags & FLOW_SEEN_BIRTH)
         tr.born_ns = c.established_ns if from_birth and c.established_ns else tr.first_seen_ns
-        pid = c.pid if c.pid and os.path.exists(f"/proc/{c.pid}") else 0
+        pid = c.pid if c.pid and self._alive(c.pid) else 0
         if not pid:
             pid = self.owners.pid_of_inode(r.sock_ino)
         comm, cgroup, container = self.owners.info(pid)
