@@ -8,10 +8,13 @@ VPY       := $(VENV)/bin/python
 BUILD     := build
 BPF_SRCS  := $(wildcard bpf/*.bpf.c)
 BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(BPF_SRCS))
+# Variants the kernel tests load: a stricter verifier reproduced on every kernel.
+TEST_BPF_SRCS := $(wildcard tests/kernel/bpf/*.bpf.c)
+TEST_BPF_OBJS := $(patsubst tests/kernel/bpf/%.bpf.c,$(BUILD)/test/%.bpf.o,$(TEST_BPF_SRCS))
 ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 CLANG     ?= clang
 
-.PHONY: setup run test test-kernel test-ui bench screenshots clean
+.PHONY: setup run test test-bpf test-kernel test-ui bench screenshots clean
 
 setup: $(VENV)/.installed bpf
 
@@ -36,14 +39,20 @@ $(BUILD)/vmlinux.h: $(BUILD)/.packages
 $(BUILD)/%.bpf.o: bpf/%.bpf.c bpf/*.h $(BUILD)/vmlinux.h
 	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf -c $< -o $@
 
+$(BUILD)/test/%.bpf.o: tests/kernel/bpf/%.bpf.c bpf/*.bpf.c bpf/*.h $(BUILD)/vmlinux.h
+	@mkdir -p $(BUILD)/test
+	$(CLANG) -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Ibpf -c $< -o $@
+
+test-bpf: $(TEST_BPF_OBJS)
+
 run: setup
 	@echo "tcptop: live view (q quits). Try 'make run ARGS=--demo' for a self-contained demo workload."
 	$(VENV)/bin/tcptop $(ARGS)
 
-test: setup
+test: setup test-bpf
 	bash scripts/run-tests.sh
 
-test-kernel: setup
+test-kernel: setup test-bpf
 	$(VPY) -m pytest -q tests/kernel
 
 test-ui: setup

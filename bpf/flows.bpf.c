@@ -29,6 +29,17 @@ enum {
 };
 enum { CA_RECOVERY = 3, CA_LOSS = 4 };
 
+/* Kernel builds of one version differ in what their verifier accepts (one refuses
+ * bpf_skc_to_tcp_sock() on sock->sk reached from a file). Tests build variants of this
+ * file that redefine these two to an untrusted pointer (tests/kernel/bpf/), so every
+ * kernel exercises the loader's per-program fallbacks. */
+#ifndef FILE_SOCK
+#define FILE_SOCK(sock) ((sock)->sk)
+#endif
+#ifndef SETSOCKOPT_SOCK
+#define SETSOCKOPT_SOCK(tp) (tp)
+#endif
+
 /* Whether the iterator turns on RTT callbacks for sockets that existed before
  * us (bpf_setsockopt TCP_BPF_SOCK_OPS_CB_FLAGS); set by the loader. */
 const volatile bool hook_existing_rtt = false;
@@ -309,7 +320,7 @@ static __always_inline int emit(struct seq_file *seq, struct tcp_sock *tp, bool 
 		 * the kernel for their RTT callbacks now (kernels >= 6.13). */
 		int cb = 1 /* RTO */ | 8 /* RTT */;
 
-		if (!bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+		if (!bpf_setsockopt(SETSOCKOPT_SOCK(tp), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
 			c->flags |= FLOW_RTT_HOOKED;
 	}
 	fill_record(r, tp, cookie, c);
@@ -366,7 +377,7 @@ int tcptop_files(struct bpf_iter__task_file *ctx)
 	sock = bpf_sock_from_file(file);
 	if (!sock)
 		return 0;
-	sk = sock->sk;
+	sk = FILE_SOCK(sock);
 	if (!sk || sk->__sk_common.skc_net.net->ns.inum == host_netns)
 		return 0; /* the TCP iterator covers our own namespace */
 	tp = bpf_skc_to_tcp_sock(sk);

@@ -54,7 +54,8 @@ class LiveEngine:
 
     engine_name = "core"
 
-    def __init__(self, interval_s: float = 1.0, max_closed: int = 16384, latency: str = "full"):
+    def __init__(self, interval_s: float = 1.0, max_closed: int = 16384, latency: str = "full",
+                 flows_object: str | None = None):
         preflight()
         self.interval_s = interval_s
         self.latency = None
@@ -62,7 +63,7 @@ class LiveEngine:
         self._lat_degraded: tuple[str, ...] = ()
         self._merged: dict[int, tuple] = {}  # flow id -> (flow, latency, flow with latency)
         try:
-            self.flows = FlowEngine(max_closed=max_closed)
+            self.flows = FlowEngine(max_closed=max_closed, object_path=flows_object)
             if latency != "off":
                 self._start_latency(skb_stages=latency == "full")
             else:  # said in the header, so an empty waterfall is not mistaken for a fault

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tcptop import netns
 from tcptop.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, iter_read, object_path,
-                            possible_cpus)
+                            possible_cpus, refused_program)
 from tcptop.model import Flow
 from tcptop.procs import Owners
 
@@ -121,6 +121,8 @@ HOOKS = {
                    "final values of closed flows (last poll's values are shown instead)"),
     "tcptop_sockops": ("cgroup sock_ops", None, "rtt_samples and rtt_sum_us"),
 }
+# Programs the engine can run without; only the TCP iterator is indispensable.
+OPTIONAL = frozenset(HOOKS) | {"tcptop_files"}
 
 
 def default_object_path() -> str:
@@ -180,40 +182,61 @@ class FlowEngine:
     # -- set-up -------------------------------------------------------------
 
     def _load(self, path: str) -> None:
+        """Load every program this kernel takes. A program the verifier refuses is left out on
+        its own, with the verifier's reason; kernel builds of one version differ in what they
+        accept, so nothing is assumed from the version."""
         btf = KernelBtf()
         try:
             missing = {prog: tp for prog, (_, tp, _) in HOOKS.items()
                        if tp and not btf.has_tracepoint(tp)}
         finally:
             btf.close()
-        for hook_existing in (True, False):
+        for prog, tp in missing.items():
+            self._degrade(prog, f"no tracepoint {tp} on this kernel")
+        refused: dict[str, str] = {}
+        hook_existing, setsockopt_refused = True, ""
+        while True:
             obj = BpfObject(path)
-            for name, size in (("flow_record", REC_SIZE), ("flow_counters", ctypes.sizeof(FlowCounters))):
-                if obj.struct_size(name) != size:
-                    obj.close()
-                    raise BpfError(f"{path} does not match tcptop/flows.py (struct {name}); rebuild with `make setup`", 0)
-            for prog, tp in missing.items():
-                obj.programs[prog].set_autoload(False)
-                if hook_existing:
-                    self._degrade(prog, f"no tracepoint {tp} on this kernel")
-            if not hook_existing:  # the fallback load: only what any kernel with BTF iterators takes
-                obj.programs["tcptop_files"].set_autoload(False)
-                self.hooks["iterator task_file"] = "unavailable: the verifier refused it (every namespace is walked instead)"
-            obj.maps["closed"].set_max_entries(self.max_closed)
-            obj.set_rodata("hook_existing_rtt", bytes([hook_existing]))
-            obj.set_rodata("host_netns", self._host_netns.to_bytes(4, "little"))
             try:
+                for name, size in (("flow_record", REC_SIZE), ("flow_counters", ctypes.sizeof(FlowCounters))):
+                    if obj.struct_size(name) != size:
+                        raise BpfError(f"{path} does not match tcptop/flows.py (struct {name}); "
+                                       "rebuild with `make setup`", 0)
+                for prog in set(missing) | set(refused):
+                    obj.programs[prog].set_autoload(False)
+                obj.maps["closed"].set_max_entries(self.max_closed)
+                obj.set_rodata("hook_existing_rtt", bytes([hook_existing]))
+                obj.set_rodata("host_netns", self._host_netns.to_bytes(4, "little"))
                 obj.load()
-            except BpfError:
+            except BpfError as e:
                 obj.close()
-                if hook_existing:  # an older verifier may refuse bpf_setsockopt in the iterator
+                who = refused_program(e.log)
+                if who is None:
+                    raise
+                prog, why = who
+                if prog == "tcptop_iter" and hook_existing:
+                    # The one optional part of the iterator: RTT callbacks for older sockets.
+                    hook_existing, setsockopt_refused = False, why
+                    continue
+                if prog in OPTIONAL and prog not in refused:
+                    refused[prog] = why
                     continue
                 raise
-            self._obj = obj
-            self._epoch = ctypes.cast(ctypes.addressof(obj.bss().initial_value()), ctypes.POINTER(ctypes.c_uint32))
-            self.hooks["sock_ops callbacks for older sockets"] = (
-                "ok" if hook_existing else "unavailable: the verifier refused bpf_setsockopt in the iterator")
-            return
+            break
+        self._obj = obj
+        self._epoch = ctypes.cast(ctypes.addressof(obj.bss().initial_value()), ctypes.POINTER(ctypes.c_uint32))
+        for prog, why in refused.items():
+            if prog == "tcptop_files":
+                self.hooks["iterator task_file"] = (f"unavailable: the verifier refused it ({why}); "
+                                                    "every namespace is walked instead")
+            else:
+                self._degrade(prog, f"the verifier refused it ({why})")
+        if hook_existing:
+            self.hooks["sock_ops callbacks for older sockets"] = "ok"
+        else:
+            why = f"the verifier refused bpf_setsockopt in the TCP iterator ({setsockopt_refused})"
+            self.hooks["sock_ops callbacks for older sockets"] = f"unavailable: {why}"
+            self.degraded.append(f"rtt_samples and rtt_sum_us of connections older than tcptop: {why}")
 
     def _degrade(self, prog: str, why: str) -> None:
         what, _, lost = HOOKS[prog]

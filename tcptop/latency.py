@@ -20,7 +20,8 @@ import os
 import struct
 from typing import Any
 
-from tcptop.libbpf import BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus
+from tcptop.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus,
+                            refused_program)
 
 BUCKETS = 32
 BUCKET0_SHIFT = 9
@@ -194,6 +195,8 @@ class LatencyEngine:
         self._links: list[Link] = []
         self._cgroup_fd = -1
         self._flow_cache: dict[int, tuple[bytes, dict]] = {}
+        self._rung_why: dict[tuple[str, str], str] = {}
+        self._verifier_refused: dict[str, str] = {}
         self._prev_host: list[tuple[tuple[int, ...], int]] | None = None
         self._prev_flow: dict[int, bytes] = {}
         self._allow = {"fentry": allow_fentry, "kprobe": allow_kprobe, "tracepoint": True}
@@ -212,18 +215,39 @@ class LatencyEngine:
     def _start(self) -> None:
         btf = KernelBtf()
         try:
-            refused: set[tuple[str, str]] = set()  # (boundary, kind) whose attach failed
-            for _ in range(4):  # each retry drops one rung that failed to attach
+            refused: set[tuple[str, str]] = set()  # (boundary, kind) whose load or attach failed
+            self._verifier_refused: dict[str, str] = {}  # single-candidate program -> the verifier's reason
+            for _ in range(len(LADDERS) + len(DRIVER_ENTRIES) + len(FIXED) + 4):
                 self._choose(btf, refused)
-                self._load()
+                try:
+                    self._load()
+                except BpfError as e:
+                    who = refused_program(e.log)
+                    if who is None or not self._refuse(who[0], who[1], refused):
+                        raise
+                    continue
                 failed = self._attach()
                 if not failed:
                     return
                 refused |= failed
                 self._detach()
-            raise BpfError("latency engine: hooks keep failing to attach", 0)
+            raise BpfError("latency engine: hooks keep failing to load or attach", 0)
         finally:
             btf.close()
+
+    def _refuse(self, prog: str, why: str, refused: set[tuple[str, str]]) -> bool:
+        """Leave out a program the verifier refused, on its own: its rung (the next one is
+        tried), or its single hook (its stages are reported lost, with the reason)."""
+        for boundary, (_, rungs) in LADDERS.items():
+            for kind, progs, _ in rungs:
+                if prog in progs and (boundary, kind) not in refused:
+                    refused.add((boundary, kind))
+                    self._rung_why[(boundary, kind)] = f"the verifier refused {prog} ({why})"
+                    return True
+        if (prog in FIXED or prog in DRIVER_ENTRIES) and prog not in self._verifier_refused:
+            self._verifier_refused[prog] = why
+            return True
+        return False
 
     def _rung_ok(self, btf: KernelBtf, kind: str, names: tuple[str, ...]) -> tuple[bool, str]:
         if not self._allow[kind]:
@@ -250,7 +274,7 @@ class LatencyEngine:
             why_not = []
             for kind, progs, names in rungs:
                 if (boundary, kind) in refused:
-                    why_not.append(f"{kind}: attach failed")
+                    why_not.append(f"{kind}: {self._rung_why.get((boundary, kind), 'attach failed')}")
                     continue
                 ok, why = self._rung_ok(btf, kind, names)
                 if ok:
@@ -263,10 +287,14 @@ class LatencyEngine:
                 self.hooks[boundary] = "unavailable: " + "; ".join(why_not)
                 self.degraded.append(f"latency: no hook where {what} ({'; '.join(why_not)})")
         self._driver_entries = {p: tp for p, tp in DRIVER_ENTRIES.items()
-                                if self.skb_stages and btf.has_tracepoint(tp)}
+                                if self.skb_stages and btf.has_tracepoint(tp) and p not in self._verifier_refused}
+        for prog, why in self._verifier_refused.items():
+            if prog in DRIVER_ENTRIES:
+                self.hooks[prog] = f"unavailable: the verifier refused it ({why})"
         if not self._driver_entries and self.skb_stages:
             self.degraded.append("latency: rx driver stage unmeasured (no driver hand-over tracepoint)")
-        self._fixed_missing = {p for p, (tp, _) in FIXED.items() if tp and not btf.has_tracepoint(tp)}
+        self._fixed_missing = {p for p, (tp, _) in FIXED.items()
+                               if (tp and not btf.has_tracepoint(tp)) or p in self._verifier_refused}
         self._fixed_off = set() if self.skb_stages else {"on_start_xmit", "on_xmit"}
 
     def _load(self) -> None:
@@ -334,7 +362,8 @@ class LatencyEngine:
                 self.hooks[prog] = "off: skb_stages=False"
                 continue
             if prog in self._fixed_missing:
-                self._degrade(prog, f"no tracepoint {tp}", lost)
+                why = self._verifier_refused.get(prog)
+                self._degrade(prog, f"the verifier refused it ({why})" if why else f"no tracepoint {tp}", lost)
                 continue
             try:
                 link = self._attach_cgroup(progs[prog]) if tp is None else progs[prog].attach()

