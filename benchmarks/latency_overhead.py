@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tcptop.latency import LatencyEngine  # noqa: E402
+from tcptop.engines.core.latency import LatencyEngine  # noqa: E402
 
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 MODES = {"full": {}, "light": {"skb_stages": False}, "every": {"sample": 1}}

@@ -34,7 +34,7 @@ LATENCY = "full"  # --latency mode passed to tcptop (set from the command line)
 
 def our_names() -> set[str]:
     """Names of tcptop's programs (as the kernel truncates them), from the built objects."""
-    from tcptop.libbpf import BpfObject
+    from tcptop.engines.core.libbpf import BpfObject
     names = set()
     for obj in ("flows.bpf.o", "latency.bpf.o"):
         o = BpfObject(os.path.join(ROOT, "build", obj))

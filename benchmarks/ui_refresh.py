@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textual import events  # noqa: E402
 
-from tcptop.app import TcptopApp, tune_gc  # noqa: E402
+from tcptop.frontends.screen.app import TcptopApp, tune_gc  # noqa: E402
 from tcptop.model import Flow, RunInfo, Snapshot  # noqa: E402
 
 COMMS = ["nginx", "postgres", "redis-server", "curl", "python3", "java", "envoy", "sshd"]

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tcptop.app import TcptopApp  # noqa: E402
+from tcptop.frontends.screen.app import TcptopApp  # noqa: E402
 
 SIZE = (160, 46)
 
@@ -72,7 +72,7 @@ def main() -> int:
         written = asyncio.run(shoot(app, out, live=False))
     else:
         from tcptop.demo import Demo
-        from tcptop.engine import LiveEngine
+        from tcptop.engines.core.engine import LiveEngine
         demo = Demo()
         source = None
         try:

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replay and args.demo:
         parser.error("--replay and --demo cannot be combined")
     if args.sort is not None:
-        from tcptop.columns import UnknownSortField, resolve_sort
+        from tcptop.frontends.screen.columns import UnknownSortField, resolve_sort
         try:
             resolve_sort(args.sort)
         except UnknownSortField:
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open_live(args: argparse.Namespace):
-    from tcptop.engine import EngineError, LiveEngine
+    from tcptop.engines.core.engine import EngineError, LiveEngine
     try:
         return LiveEngine(interval_s=args.interval, max_closed=args.max_closed, latency=args.latency)
     except EngineError as e:
@@ -176,7 +176,7 @@ def run_screen(args: argparse.Namespace) -> int:
                 # Engine first: the demo's connections are then seen from their birth.
                 source = _open_live(args)
                 demo.start()
-                from tcptop.app import run_tui
+                from tcptop.frontends.screen.app import run_tui
                 if args.filter is None:
                     args.filter = demo.filter_expression()
                 return run_tui(args, source)
@@ -187,7 +187,7 @@ def run_screen(args: argparse.Namespace) -> int:
                 demo.stop()
         else:
             source = _open_live(args)
-        from tcptop.app import run_tui
+        from tcptop.frontends.screen.app import run_tui
         return run_tui(args, source)
     finally:
         if source is not None:

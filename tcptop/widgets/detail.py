@@ -6,10 +6,10 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tcptop.columns import BAD, WARN, ZERO_WINDOW, state_text
-from tcptop.glossary import TERM
-from tcptop.store import Row
-from tcptop.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate, fmt_us
+from tcptop.frontends.screen.columns import BAD, WARN, ZERO_WINDOW, state_text
+from tcptop.frontends.screen.glossary import TERM
+from tcptop.frontends.screen.store import Row
+from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate, fmt_us
 from tcptop.widgets.sparkline import sparkline
 
 

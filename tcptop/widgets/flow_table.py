@@ -19,8 +19,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tcptop.columns import COLUMNS, Column, fit_columns
-from tcptop.store import FlowStore, Row
+from tcptop.frontends.screen.columns import COLUMNS, Column, fit_columns
+from tcptop.frontends.screen.store import FlowStore, Row
 
 
 _parse_style = lru_cache(maxsize=64)(Style.parse)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
-from tcptop.columns import COLUMN_BY_ID
+from tcptop.frontends.screen.columns import COLUMN_BY_ID
 from tcptop.model import Snapshot
-from tcptop.store import FlowStore
-from tcptop.units import fmt_count_rate, fmt_rate
+from tcptop.frontends.screen.store import FlowStore
+from tcptop.frontends.screen.units import fmt_count_rate, fmt_rate
 
 
 @dataclass(frozen=True, slots=True)

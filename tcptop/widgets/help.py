@@ -11,8 +11,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tcptop.glossary import GLOSSARY
-from tcptop.keys import FILTER_HELP, KEY_HELP
+from tcptop.frontends.screen.glossary import GLOSSARY
+from tcptop.frontends.screen.keys import FILTER_HELP, KEY_HELP
 
 
 def help_renderable() -> Group:

@@ -8,7 +8,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from tcptop.columns import COLUMNS
+from tcptop.frontends.screen.columns import COLUMNS
 
 
 class SortPicker(ModalScreen[str | None]):

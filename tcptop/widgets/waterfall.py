@@ -16,7 +16,7 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tcptop.units import fmt_us
+from tcptop.frontends.screen.units import fmt_us
 
 PATHS = {
     "rx": ("Receive", ("driver", "ip", "tcp", "app")),

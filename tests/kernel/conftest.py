@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tcptop.engine import LiveEngine
+from tcptop.engines.core.engine import LiveEngine
 
 
 def pytest_collection_modifyitems(config, items):

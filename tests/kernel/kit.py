@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tcptop import netns
+from tcptop.host import netns
 from tcptop.model import Flow, Snapshot
 
 # Offsets in struct tcp_info (UAPI, checked against this kernel's BTF).

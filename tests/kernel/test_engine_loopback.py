@@ -7,7 +7,7 @@ import time
 import pytest
 
 from kit import find_flow, flight_size, loopback_pair, poll_until, recv_exactly, siocoutq, tcp_info, wait_idle
-from tcptop import netns
+from tcptop.host import netns
 
 
 def ping_pong(c, s, rounds, request=1000, reply=100):
@@ -153,7 +153,7 @@ def test_closed_flow_keeps_final_values_then_goes(engine):
 
 def test_flow_opened_before_tcptop(tmp_path):
     """An older connection is seen with whole-life kernel counters; event counters start at zero."""
-    from tcptop.engine import LiveEngine
+    from tcptop.engines.core.engine import LiveEngine
 
     c, s = loopback_pair()
     c.sendall(b"a" * 5000)
@@ -190,8 +190,8 @@ def unavailable(snap):
 def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
     """A kernel without tcp_cong_state_set: fast_retrans is reported unavailable, the rest works
     as it does without the change (whatever else this kernel build refuses on its own)."""
-    from tcptop.engine import LiveEngine
-    from tcptop.libbpf import KernelBtf
+    from tcptop.engines.core.engine import LiveEngine
+    from tcptop.engines.core.libbpf import KernelBtf
 
     e = LiveEngine(interval_s=0.2, latency="off")
     try:
@@ -224,7 +224,7 @@ def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
 def test_closed_record_overflow_is_counted_not_silent():
     """Room for 64 final records and 300 connections closed within one interval: the overflow
     is counted, and every closed flow is still reported closed (with its last polled values)."""
-    from tcptop.engine import LiveEngine
+    from tcptop.engines.core.engine import LiveEngine
 
     e = LiveEngine(interval_s=0.2, max_closed=64)
     pairs = [loopback_pair() for _ in range(150)]

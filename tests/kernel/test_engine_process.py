@@ -39,7 +39,7 @@ def test_owner_of_busy_socket_is_the_sending_process(engine):
 
 def test_owner_of_idle_socket_found_from_its_file_table():
     """The socket is older than tcptop and idle, so no event names its owner: /proc/PID/fd does."""
-    from tcptop.engine import LiveEngine
+    from tcptop.engines.core.engine import LiveEngine
 
     p, port = run_child("idle")
     e = LiveEngine(interval_s=0.2)
@@ -59,7 +59,7 @@ def test_container_identity_from_the_owners_cgroup(engine):
     """A process in a container-style cgroup (docker-<64 hex>.scope) is labelled with that container."""
     import os
 
-    from tcptop.libbpf import cgroup2_root
+    from tcptop.engines.core.libbpf import cgroup2_root
 
     cid = "%064x" % (0xC0FFEE0000 + os.getpid())
     path = os.path.join(cgroup2_root(), f"tcptop-test-{os.getpid()}", f"docker-{cid}.scope")

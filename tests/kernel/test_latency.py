@@ -20,7 +20,7 @@ import time
 import pytest
 
 from kit import NsPair, loopback_pair, sh
-from tcptop.latency import LatencyEngine, percentile_ns, stage_summary
+from tcptop.engines.core.latency import LatencyEngine, percentile_ns, stage_summary
 
 SO_COOKIE = 57
 
@@ -312,8 +312,8 @@ def test_without_skb_stages_only_the_sequence_matched_stages_remain():
 def test_kprobe_variants_pass_the_verifier_here():
     """The kprobe rungs cannot attach on this kernel (no kprobe PMU), but they load:
     the same handlers as the tested tracepoint paths, behind a different entry."""
-    from tcptop.libbpf import BpfObject
-    from tcptop.latency import default_object_path
+    from tcptop.engines.core.libbpf import BpfObject
+    from tcptop.engines.core.latency import default_object_path
 
     obj = BpfObject(default_object_path())
     try:

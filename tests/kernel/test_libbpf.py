@@ -5,8 +5,8 @@ import errno
 
 import pytest
 
-from tcptop.flows import REC_SIZE, FlowRecord
-from tcptop.libbpf import BpfError, BpfObject, KernelBtf, object_path, possible_cpus
+from tcptop.engines.core.flows import REC_SIZE, FlowRecord
+from tcptop.engines.core.libbpf import BpfError, BpfObject, KernelBtf, object_path, possible_cpus
 
 
 def test_missing_object_is_a_clear_error():
@@ -41,7 +41,7 @@ def test_kernel_btf_knows_which_tracepoints_exist():
 
 def test_batch_read_of_a_loaded_map_returns_what_the_kernel_wrote():
     """After load, the per-CPU stats array has STAT_MAX keys, each with a value per possible CPU."""
-    from tcptop.flows import STAT_MAX
+    from tcptop.engines.core.flows import STAT_MAX
 
     obj = BpfObject(object_path("flows.bpf.o"))
     try:

@@ -22,7 +22,7 @@ def variant(name):
 @pytest.fixture(scope="module")
 def baseline():
     """What this kernel reports for the shipped object (the verifier's own answer here)."""
-    from tcptop.engine import LiveEngine
+    from tcptop.engines.core.engine import LiveEngine
 
     e = LiveEngine(interval_s=0.2, latency="off")
     try:
@@ -35,7 +35,7 @@ def baseline():
 def test_refused_namespace_iterator_falls_back_alone(baseline):
     """As on 6.18.44-fc-v1045: task_file refused. Other namespaces are walked one by one instead,
     their flows are still exact, and the RTT callbacks for older sockets are unaffected."""
-    from tcptop.engine import LiveEngine
+    from tcptop.engines.core.engine import LiveEngine
 
     e = LiveEngine(interval_s=0.2, latency="off", flows_object=variant("flows_refused_files"))
     pair = NsPair.create("vfiles")
@@ -71,7 +71,7 @@ def test_refused_namespace_iterator_falls_back_alone(baseline):
 def test_refused_setsockopt_loses_only_older_sockets_rtt(baseline):
     """bpf_setsockopt refused in the TCP iterator: older connections get no RTT samples (said so,
     with the verifier's reason), new ones still do, and the namespace iterator is unaffected."""
-    from tcptop.engine import LiveEngine
+    from tcptop.engines.core.engine import LiveEngine
 
     old_c, old_s = loopback_pair()
     old_c.sendall(b"o" * 100)
@@ -105,7 +105,7 @@ def test_refused_setsockopt_loses_only_older_sockets_rtt(baseline):
 def test_refused_latency_program_loses_only_its_stages():
     """The verifier refuses the program where received data is queued on a socket: the stages it
     bounds (rx tcp, rx app) are reported lost with the reason; the others still measure."""
-    from tcptop.latency import LatencyEngine
+    from tcptop.engines.core.latency import LatencyEngine
 
     lat = LatencyEngine(object_path=variant("latency_refused_data_ready"), sample=1)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from textual.geometry import Region
 
-from tcptop.app import TcptopApp
+from tcptop.frontends.screen.app import TcptopApp
 from tcptop.replay import ReplaySource
 
 DATA = Path(__file__).parent / "data"

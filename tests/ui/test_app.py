@@ -9,7 +9,7 @@ import pytest
 from apptest import SAMPLE, SAMPLE_LATENCY, SIZE, play_to, replay_app, table_lines, wait_for, widget_text
 from ui_factory import make_flow, make_snapshot
 
-from tcptop.app import TcptopApp
+from tcptop.frontends.screen.app import TcptopApp
 from tcptop.model import RunInfo
 from tcptop.widgets.detail import DetailPane
 from tcptop.widgets.filter_bar import FilterBar

@@ -27,7 +27,7 @@ def _skip_reason() -> str | None:
     if shutil.which("tmux") is None:
         return "needs tmux"
     try:
-        import tcptop.engine  # noqa: F401
+        import tcptop.engines.core.engine  # noqa: F401
     except Exception as e:  # the engine is another issue's work; say why, do not fail
         return f"live engine not importable: {type(e).__name__}: {e}"
     return None

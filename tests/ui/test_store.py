@@ -7,9 +7,9 @@ import random
 import pytest
 from ui_factory import make_flow, make_snapshot
 
-from tcptop.columns import COLUMNS, UnknownSortField, fit_columns, resolve_sort
+from tcptop.frontends.screen.columns import COLUMNS, UnknownSortField, fit_columns, resolve_sort
 from tcptop.filter import FilterError
-from tcptop.store import HISTORY_ALL_MAX, FlowStore
+from tcptop.frontends.screen.store import HISTORY_ALL_MAX, FlowStore
 
 
 def test_rates_are_counter_deltas_over_the_time_between_snapshots():

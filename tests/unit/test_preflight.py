@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from tcptop import engine
-from tcptop.engine import EngineError, preflight
+from tcptop.engines.core import engine
+from tcptop.engines.core.engine import EngineError, preflight
 
 
 def test_no_btf_is_named(monkeypatch):

@@ -1,6 +1,6 @@
 """Which program the verifier refused, and why, from libbpf's log of a failed load."""
 
-from tcptop.libbpf import refused_program
+from tcptop.engines.core.libbpf import refused_program
 
 LOG = """libbpf: prog 'tcptop_files': BPF program load failed: Permission denied
 libbpf: prog 'tcptop_files': -- BEGIN PROG LOAD LOG --

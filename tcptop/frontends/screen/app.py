@@ -26,14 +26,14 @@ from textual.reactive import reactive
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from tcptop.columns import COLUMNS, UnknownSortField, resolve_sort
+from tcptop.frontends.screen.columns import COLUMNS, UnknownSortField, resolve_sort
 from tcptop.filter import FilterError
-from tcptop.keys import APP_BINDINGS
+from tcptop.frontends.screen.keys import APP_BINDINGS
 from tcptop.model import Snapshot
 from tcptop.replay import ReplaySource
 from tcptop.source import SnapshotSource
-from tcptop.store import FlowStore, Frame
-from tcptop.units import fmt_endpoint
+from tcptop.frontends.screen.store import FlowStore, Frame
+from tcptop.frontends.screen.units import fmt_endpoint
 from tcptop.widgets.detail import DetailPane
 from tcptop.widgets.filter_bar import FilterBar
 from tcptop.widgets.flow_table import FlowTable

@@ -397,9 +397,9 @@ def possible_cpus() -> int:
 
 def object_path(filename: str) -> str:
     """Where a built BPF object is: $TCPTOP_BPF_DIR, an installed tcptop/bpf/, or build/ of a checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    build = os.path.join(os.path.dirname(here), "build")
-    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(here, "bpf"), build):
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tcptop/
+    build = os.path.join(os.path.dirname(package), "build")
+    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(package, "bpf"), build):
         if cand and os.path.exists(os.path.join(cand, filename)):
             return os.path.join(cand, filename)
     return os.path.join(build, filename)

@@ -35,7 +35,7 @@ from typing import Callable
 
 from sortedcontainers import SortedList
 
-from tcptop.columns import COLUMN_BY_ID, COLUMNS, Column, resolve_sort
+from tcptop.frontends.screen.columns import COLUMN_BY_ID, COLUMNS, Column, resolve_sort
 from tcptop.filter import Predicate, compile_filter
 from tcptop.model import Flow, Snapshot
 

@@ -14,8 +14,8 @@ import time
 
 from dataclasses import replace
 
-from tcptop.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL, FlowEngine
-from tcptop.libbpf import BpfError
+from tcptop.engines.core.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL, FlowEngine
+from tcptop.engines.core.libbpf import BpfError
 from tcptop.model import Flow, RunInfo, Snapshot
 
 class EngineError(Exception):
@@ -77,7 +77,7 @@ class LiveEngine:
         self._last = time.monotonic()
 
     def _start_latency(self, skb_stages: bool) -> None:
-        from tcptop.latency import LatencyEngine
+        from tcptop.engines.core.latency import LatencyEngine
         try:
             self.latency = LatencyEngine(skb_stages=skb_stages)
         except BpfError as e:

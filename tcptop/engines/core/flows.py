@@ -17,11 +17,11 @@ import socket
 import time
 from dataclasses import dataclass
 
-from tcptop import netns
-from tcptop.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, iter_read, object_path,
+from tcptop.host import netns
+from tcptop.engines.core.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, iter_read, object_path,
                             possible_cpus, refused_program)
 from tcptop.model import Flow
-from tcptop.procs import Owners
+from tcptop.host.procs import Owners
 
 TASK_COMM_LEN = 16
 FLOW_SEEN_BIRTH, FLOW_RTT_HOOKED = 1, 2
@@ -200,7 +200,7 @@ class FlowEngine:
             try:
                 for name, size in (("flow_record", REC_SIZE), ("flow_counters", ctypes.sizeof(FlowCounters))):
                     if obj.struct_size(name) != size:
-                        raise BpfError(f"{path} does not match tcptop/flows.py (struct {name}); "
+                        raise BpfError(f"{path} does not match tcptop/engines/core/flows.py (struct {name}); "
                                        "rebuild with `make setup`", 0)
                 for prog in set(missing) | set(refused):
                     obj.programs[prog].set_autoload(False)

@@ -20,7 +20,7 @@ import os
 import struct
 from typing import Any
 
-from tcptop.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus,
+from tcptop.engines.core.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus,
                             refused_program)
 
 BUCKETS = 32
@@ -302,7 +302,7 @@ class LatencyEngine:
         try:
             for name, cls in LAYOUTS.items():
                 if obj.struct_size(name) != ctypes.sizeof(cls):
-                    raise BpfError(f"{self._path} does not match tcptop/latency.py (struct {name}); "
+                    raise BpfError(f"{self._path} does not match tcptop/engines/core/latency.py (struct {name}); "
                                    "rebuild with `make setup`", 0)
             wanted = set(self._driver_entries) | (set(FIXED) - self._fixed_missing - self._fixed_off)
             for choice in self.chosen.values():

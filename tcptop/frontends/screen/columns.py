@@ -11,10 +11,10 @@ from dataclasses import dataclass, fields as dc_fields
 from typing import TYPE_CHECKING, Any, Callable
 
 from tcptop.model import Flow
-from tcptop.units import fmt_age, fmt_bytes, fmt_endpoint, fmt_rate, fmt_us
+from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_endpoint, fmt_rate, fmt_us
 
 if TYPE_CHECKING:
-    from tcptop.store import Row
+    from tcptop.frontends.screen.store import Row
 
 # Styles for trouble; the stylesheet can't reach inside a line-API widget's cells.
 WARN = "bold yellow"

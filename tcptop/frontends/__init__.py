@@ -1,0 +1,1 @@
+"""Front ends: what a user reads snapshots through (the screen, --json, the exporter)."""

@@ -1,0 +1,1 @@
+"""What any engine needs from /proc: namespaces to enter, processes that own sockets."""
