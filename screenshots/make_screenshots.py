@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tcptop.frontends.screen.app import TcptopApp  # noqa: E402
+from tcptop.engines import EngineOptions
+from tcptop.engines.core.engine import CoreEngine
 
 SIZE = (160, 46)
 
@@ -72,11 +74,10 @@ def main() -> int:
         written = asyncio.run(shoot(app, out, live=False))
     else:
         from tcptop.demo import Demo
-        from tcptop.engines.core.engine import LiveEngine
         demo = Demo()
         source = None
         try:
-            source = LiveEngine(interval_s=1.0)  # first, so the demo's flows are seen from birth
+            source = CoreEngine(EngineOptions(interval_s=1.0))  # first, so the demo's flows are seen from birth
             demo.start()
             app = TcptopApp(source, filter_expr=demo.filter_expression())
             written = asyncio.run(shoot(app, out, live=True))

@@ -1,15 +1,13 @@
-"""Command line: parse options, pick the source (live engine or replay), run the screen or --json."""
+"""Command line: parse and check the options, open the source they ask for, hand it to a front end."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
-import signal
 import sys
-import time
 from typing import Callable, Sequence
 
+from tcptop.engines import ENGINE_NAMES
 from tcptop.model import Flow
 
 
@@ -61,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a small workload in a private network namespace and watch it")
     p.add_argument("--latency", choices=("full", "light", "off"), default="full",
                    help="packet-level stage timings of 1 packet in 8: full (every stage), light (per-socket stages only), off")
+    p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
+                   help="kernel engine: core (CO-RE, needs BTF), or auto (the first that can run here)")
     p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
                    help="room for final records of connections closed within one interval (default 16384)")
     return p
@@ -99,96 +99,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--filter: {e}")
     if args.json and args.replay:
         parser.error("--json reads the live kernel; --replay is for the screen")
-    try:
-        if args.json:
-            return run_json(args, keep)
-        return run_screen(args)
-    except KeyboardInterrupt:
-        return 130
-
-
-def _open_live(args: argparse.Namespace):
-    from tcptop.engines.core.engine import EngineError, LiveEngine
-    try:
-        return LiveEngine(interval_s=args.interval, max_closed=args.max_closed, latency=args.latency)
-    except EngineError as e:
-        sys.stderr.write(f"tcptop: {e}\n")
-        raise SystemExit(1) from None
-
-
-def run_json(args: argparse.Namespace, keep: Callable[[Flow], bool] | None) -> int:
-    """Print snapshots as JSON lines until --count or a signal; always detach on the way out."""
-    from tcptop.model import JsonEncoder
-
-    engine = _open_live(args)
-    encoder = JsonEncoder()
-    stop = False
-
-    def on_signal(signum, frame):
-        nonlocal stop
-        stop = True
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        n = 0
-        next_at = time.monotonic()
-        while not stop:
-            try:
-                snap = engine.poll()
-            except OSError as e:  # includes BpfError: say it in one line, detach, exit 1
-                sys.stderr.write(f"tcptop: reading the kernel failed: {e}\n")
-                return 1
-            if keep is not None:
-                snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)))
-            try:
-                sys.stdout.write(encoder.encode(snap) + "\n")
-                sys.stdout.flush()
-            except BrokenPipeError:
-                break
-            n += 1
-            if args.count and n >= args.count:
-                break
-            next_at += args.interval
-            while not stop:
-                left = next_at - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(left, 0.2))
-    finally:
-        engine.close()
-    return 0
-
-
-def run_screen(args: argparse.Namespace) -> int:
+    from tcptop.source import SourceError, open_source
+    demo = None
+    if args.demo:
+        from tcptop.demo import Demo
+        demo = Demo()
+        if args.filter is None:
+            args.filter = demo.filter_expression()
     source = None
     try:
-        if args.replay:
-            from tcptop.replay import ReplayError, ReplaySource
-            try:
-                source = ReplaySource(args.replay)
-            except ReplayError as e:
-                sys.stderr.write(f"tcptop: {e}\n")
-                return 1
-        elif args.demo:
-            from tcptop.demo import Demo
-            demo = Demo()
-            try:
-                # Engine first: the demo's connections are then seen from their birth.
-                source = _open_live(args)
-                demo.start()
-                from tcptop.frontends.screen.app import run_tui
-                if args.filter is None:
-                    args.filter = demo.filter_expression()
-                return run_tui(args, source)
-            finally:
-                if source is not None:
-                    source.close()
-                    source = None
-                demo.stop()
-        else:
-            source = _open_live(args)
-        from tcptop.frontends.screen.app import run_tui
-        return run_tui(args, source)
+        try:
+            source = open_source(args)  # first, so the demo's connections are seen from birth
+        except SourceError as e:
+            sys.stderr.write(f"tcptop: {e}\n")
+            return 1
+        if demo is not None:
+            demo.start()
+        if args.json:
+            from tcptop.frontends import json
+            return json.run(args, source, keep)
+        from tcptop.frontends import screen
+        return screen.run(args, source)
+    except KeyboardInterrupt:
+        return 130
     finally:
         if source is not None:
             source.close()
+        if demo is not None:
+            demo.stop()

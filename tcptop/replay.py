@@ -86,6 +86,9 @@ class ReplaySource:
         with self._lock:
             self._file.close()
 
+    def program_ids(self) -> list[int]:
+        return []  # a recording loads nothing into the kernel
+
     # -- playback control (the worker calls these on the screen's behalf) ----------
 
     def __len__(self) -> int:

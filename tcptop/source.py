@@ -1,10 +1,20 @@
-"""What the screen's worker polls: anything that yields snapshots (live engine or replay)."""
+"""Where snapshots come from: the source protocol every front end reads, and `open_source`.
+
+A front end (the screen, `--json`, the exporter) is given a started source and only calls
+`poll()`, reads `interval_s`, and calls `close()` when it is done. Sources that can be
+played back (a replay file) also implement `Playback`, which the screen's keys drive.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import argparse
+from typing import Protocol, runtime_checkable
 
 from tcptop.model import Snapshot
+
+
+class SourceError(Exception):
+    """A source cannot start; the message is one line a user can act on."""
 
 
 class SnapshotSource(Protocol):
@@ -15,3 +25,44 @@ class SnapshotSource(Protocol):
     def poll(self) -> Snapshot: ...
 
     def close(self) -> None: ...
+
+    def program_ids(self) -> list[int]:
+        """Kernel ids of the BPF programs this source loaded (benchmarks count only these)."""
+        ...
+
+
+@runtime_checkable
+class Playback(Protocol):
+    """A recorded source the user can step through (the screen's n/b/+/- keys)."""
+
+    name: str
+    speed: float
+    ended: bool
+    errors: list[str]
+
+    def step_back(self) -> Snapshot: ...
+
+    def faster(self) -> float: ...
+
+    def slower(self) -> float: ...
+
+    @property
+    def shown_line(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+def open_source(args: argparse.Namespace) -> SnapshotSource:
+    """The source the command line asks for: a replay file, or a live engine (`--engine`)."""
+    if getattr(args, "replay", None):
+        from tcptop.replay import ReplayError, ReplaySource
+        try:
+            return ReplaySource(args.replay)
+        except ReplayError as e:
+            raise SourceError(str(e)) from None
+    from tcptop.engines import EngineError, EngineOptions, open_engine
+    options = EngineOptions(interval_s=args.interval, max_closed=args.max_closed, latency=args.latency)
+    try:
+        return open_engine(getattr(args, "engine", "auto"), options)
+    except EngineError as e:
+        raise SourceError(str(e)) from None

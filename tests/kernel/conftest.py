@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from tcptop.engines.core.engine import LiveEngine
+from tcptop.engines import EngineOptions
+from tcptop.engines.core.engine import CoreEngine
 
 
 def pytest_collection_modifyitems(config, items):
@@ -18,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def engine():
     """One live engine for a module's tests; each test finds its own flows by 4-tuple."""
-    e = LiveEngine(interval_s=0.2)
+    e = CoreEngine(EngineOptions(interval_s=0.2))
     yield e
     e.close()
 

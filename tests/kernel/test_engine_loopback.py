@@ -8,6 +8,8 @@ import pytest
 
 from kit import find_flow, flight_size, loopback_pair, poll_until, recv_exactly, siocoutq, tcp_info, wait_idle
 from tcptop.host import netns
+from tcptop.engines import EngineOptions
+from tcptop.engines.core.engine import CoreEngine
 
 
 def ping_pong(c, s, rounds, request=1000, reply=100):
@@ -153,13 +155,12 @@ def test_closed_flow_keeps_final_values_then_goes(engine):
 
 def test_flow_opened_before_tcptop(tmp_path):
     """An older connection is seen with whole-life kernel counters; event counters start at zero."""
-    from tcptop.engines.core.engine import LiveEngine
 
     c, s = loopback_pair()
     c.sendall(b"a" * 5000)
     recv_exactly(s, 5000)
     wait_idle(c)
-    e = LiveEngine(interval_s=0.2)
+    e = CoreEngine(EngineOptions(interval_s=0.2))
     try:
         f = poll_until(e, lambda snap: find_flow(snap, c))
         ti = tcp_info(c)
@@ -190,17 +191,16 @@ def unavailable(snap):
 def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
     """A kernel without tcp_cong_state_set: fast_retrans is reported unavailable, the rest works
     as it does without the change (whatever else this kernel build refuses on its own)."""
-    from tcptop.engines.core.engine import LiveEngine
     from tcptop.engines.core.libbpf import KernelBtf
 
-    e = LiveEngine(interval_s=0.2, latency="off")
+    e = CoreEngine(EngineOptions(interval_s=0.2, latency="off"))
     try:
         baseline = e.poll()
     finally:
         e.close()
     real = KernelBtf.has_tracepoint
     monkeypatch.setattr(KernelBtf, "has_tracepoint", lambda self, name: name != "tcp_cong_state_set" and real(self, name))
-    e = LiveEngine(interval_s=0.2, latency="off")  # the packet-level engine has its own degrades
+    e = CoreEngine(EngineOptions(interval_s=0.2, latency="off"))  # the packet-level engine has its own degrades
     try:
         c, s = loopback_pair()
         c.sendall(b"d" * 2000)
@@ -224,9 +224,8 @@ def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
 def test_closed_record_overflow_is_counted_not_silent():
     """Room for 64 final records and 300 connections closed within one interval: the overflow
     is counted, and every closed flow is still reported closed (with its last polled values)."""
-    from tcptop.engines.core.engine import LiveEngine
 
-    e = LiveEngine(interval_s=0.2, max_closed=64)
+    e = CoreEngine(EngineOptions(interval_s=0.2, max_closed=64))
     pairs = [loopback_pair() for _ in range(150)]
     try:
         for c, s in pairs:

@@ -5,6 +5,8 @@ import sys
 import textwrap
 
 from kit import poll_until
+from tcptop.engines import EngineOptions
+from tcptop.engines.core.engine import CoreEngine
 
 CHILD = textwrap.dedent("""
     import ctypes, socket, sys, time
@@ -39,10 +41,9 @@ def test_owner_of_busy_socket_is_the_sending_process(engine):
 
 def test_owner_of_idle_socket_found_from_its_file_table():
     """The socket is older than tcptop and idle, so no event names its owner: /proc/PID/fd does."""
-    from tcptop.engines.core.engine import LiveEngine
 
     p, port = run_child("idle")
-    e = LiveEngine(interval_s=0.2)
+    e = CoreEngine(EngineOptions(interval_s=0.2))
     try:
         f = poll_until(e, lambda snap: next((f for f in snap.flows if f.lport == port), None))
         assert f.since_start

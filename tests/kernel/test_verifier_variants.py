@@ -8,6 +8,8 @@ import os
 import pytest
 
 from kit import NsPair, find_flow, loopback_pair, poll_until, recv_exactly, tcp_info, wait_idle
+from tcptop.engines import EngineOptions
+from tcptop.engines.core.engine import CoreEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,9 +24,8 @@ def variant(name):
 @pytest.fixture(scope="module")
 def baseline():
     """What this kernel reports for the shipped object (the verifier's own answer here)."""
-    from tcptop.engines.core.engine import LiveEngine
 
-    e = LiveEngine(interval_s=0.2, latency="off")
+    e = CoreEngine(EngineOptions(interval_s=0.2, latency="off"))
     try:
         run = e.poll().run
     finally:
@@ -35,9 +36,8 @@ def baseline():
 def test_refused_namespace_iterator_falls_back_alone(baseline):
     """As on 6.18.44-fc-v1045: task_file refused. Other namespaces are walked one by one instead,
     their flows are still exact, and the RTT callbacks for older sockets are unaffected."""
-    from tcptop.engines.core.engine import LiveEngine
 
-    e = LiveEngine(interval_s=0.2, latency="off", flows_object=variant("flows_refused_files"))
+    e = CoreEngine(EngineOptions(interval_s=0.2, latency="off"), flows_object=variant("flows_refused_files"))
     pair = NsPair.create("vfiles")
     try:
         run = e.poll().run
@@ -71,13 +71,12 @@ def test_refused_namespace_iterator_falls_back_alone(baseline):
 def test_refused_setsockopt_loses_only_older_sockets_rtt(baseline):
     """bpf_setsockopt refused in the TCP iterator: older connections get no RTT samples (said so,
     with the verifier's reason), new ones still do, and the namespace iterator is unaffected."""
-    from tcptop.engines.core.engine import LiveEngine
 
     old_c, old_s = loopback_pair()
     old_c.sendall(b"o" * 100)
     recv_exactly(old_s, 100)
     wait_idle(old_c)
-    e = LiveEngine(interval_s=0.2, latency="off", flows_object=variant("flows_refused_setsockopt"))
+    e = CoreEngine(EngineOptions(interval_s=0.2, latency="off"), flows_object=variant("flows_refused_setsockopt"))
     try:
         run = e.poll().run
         hook = run.hooks["sock_ops callbacks for older sockets"]

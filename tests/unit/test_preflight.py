@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from tcptop.engines.core import engine
-from tcptop.engines.core.engine import EngineError, preflight
+import tcptop.engines
+from tcptop.engines import EngineError, check_privileges
+from tcptop.engines.core.engine import preflight
 
 
 def test_no_btf_is_named(monkeypatch):
@@ -18,7 +19,27 @@ def test_no_btf_is_named(monkeypatch):
 
 def test_unprivileged_user_is_told_to_use_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(engine, "_has_bpf_caps", lambda: False)
+    monkeypatch.setattr(tcptop.engines, "_has_bpf_caps", lambda: False)
     with pytest.raises(EngineError) as e:
-        preflight()
+        check_privileges()
     assert "needs root" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_auto_says_why_no_engine_can_run(monkeypatch):
+    """With every engine's preflight refusing, "auto" names each engine and its reason in one line."""
+    import tcptop.engines.core.engine as core
+    from tcptop.engines import EngineOptions, open_engine
+
+    monkeypatch.setattr(tcptop.engines, "check_privileges", lambda: None)
+    monkeypatch.setattr(core.os.path, "exists", lambda p: False)
+    with pytest.raises(EngineError) as e:
+        open_engine("auto", EngineOptions())
+    assert str(e.value).startswith("no engine can run on this machine (core: this kernel has no BTF")
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_engine_is_named():
+    from tcptop.engines import EngineOptions, open_engine
+
+    with pytest.raises(EngineError, match="unknown engine 'xdp'"):
+        open_engine("xdp", EngineOptions())

@@ -1,8 +1,8 @@
-"""The live engine: checks what the machine allows, runs the kernel-side collectors, makes snapshots.
+"""The CO-RE engine: runs the kernel-side collectors (flows, packet stages), makes snapshots.
 
-This is the interface every front end uses (`--json`, the screen's worker):
-`poll() -> Snapshot`, `close()`. The CO-RE engine here is one implementation;
-a BCC engine for kernels without BTF would be another with the same two calls.
+It is a snapshot source like any other engine (tcptop/engines/__init__.py): `poll() ->
+Snapshot`, `close()`; the flow engine (flows.py) and the packet-level engine (latency.py)
+each own their BPF object, and this joins what they read into one snapshot.
 """
 
 from __future__ import annotations
@@ -14,36 +14,19 @@ import time
 
 from dataclasses import replace
 
+from tcptop.engines import EngineError, EngineOptions, check_privileges
 from tcptop.engines.core.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL, FlowEngine
 from tcptop.engines.core.libbpf import BpfError
 from tcptop.model import Flow, RunInfo, Snapshot
 
-class EngineError(Exception):
-    """The engine cannot start; the message is one line a user can act on."""
-
 
 def preflight() -> None:
-    """Refuse early, with a clear reason, what would otherwise fail deep in libbpf."""
-    if os.geteuid() != 0 and not _has_bpf_caps():
-        raise EngineError("tcptop needs root (or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN) to load BPF programs; try sudo")
+    """What the CO-RE engine needs beyond privileges: the kernel's BTF."""
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         raise EngineError("this kernel has no BTF (/sys/kernel/btf/vmlinux missing; CONFIG_DEBUG_INFO_BTF=y is needed)")
 
 
-def _has_bpf_caps() -> bool:
-    # CAP_NET_ADMIN=12, CAP_PERFMON=38, CAP_BPF=39, from the effective set.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    caps = int(line.split()[1], 16)
-                    return all(caps >> bit & 1 for bit in (12, 38, 39))
-    except OSError:
-        pass
-    return False
-
-
-class LiveEngine:
+class CoreEngine:
     """CO-RE engine: flows.bpf.o and the packet-level latency.bpf.o behind poll()/close().
 
     `latency` chooses the packet-level engine: "full" (every stage), "light"
@@ -54,10 +37,11 @@ class LiveEngine:
 
     engine_name = "core"
 
-    def __init__(self, interval_s: float = 1.0, max_closed: int = 16384, latency: str = "full",
-                 flows_object: str | None = None):
+    def __init__(self, options: EngineOptions = EngineOptions(), *, flows_object: str | None = None):
+        check_privileges()
         preflight()
-        self.interval_s = interval_s
+        self.interval_s = options.interval_s
+        max_closed, latency = options.max_closed, options.latency
         self.latency = None
         self._lat_hooks: dict[str, str] = {}
         self._lat_degraded: tuple[str, ...] = ()

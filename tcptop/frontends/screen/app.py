@@ -15,7 +15,6 @@ import argparse
 import gc
 import queue
 from collections import deque
-import sys
 import time
 from typing import Any
 
@@ -26,8 +25,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from tcptop.frontends.screen.columns import COLUMNS, UnknownSortField, resolve_sort
-from tcptop.filter import FilterError
+from tcptop.frontends.screen.columns import COLUMNS, resolve_sort
 from tcptop.frontends.screen.keys import APP_BINDINGS
 from tcptop.model import Snapshot
 from tcptop.replay import ReplaySource
@@ -381,20 +379,13 @@ def fit_gc(flows: int) -> None:
             gc.set_threshold(gen0, 20, 20)
 
 
-def run_tui(args: argparse.Namespace, source: SnapshotSource) -> int:
-    """Entry point the CLI calls for the screen; returns the process exit status."""
-    try:
-        app = TcptopApp(source, filter_expr=getattr(args, "filter", None), sort=getattr(args, "sort", None),
-                        reverse=bool(getattr(args, "reverse", False)))
-    except FilterError as e:
-        sys.stderr.write(f"tcptop: --filter: {e}\n")
-        return 2
-    except UnknownSortField as e:
-        sys.stderr.write(f"tcptop: --sort: {e}\n")
-        return 2
+def run(args: argparse.Namespace, source: SnapshotSource) -> int:
+    """The screen over `source` (options already checked by the CLI); returns the exit status."""
+    app = TcptopApp(source, filter_expr=getattr(args, "filter", None), sort=getattr(args, "sort", None),
+                    reverse=bool(getattr(args, "reverse", False)))
     tune_gc()
     app.run()
     return app.return_code or 0
 
 
-__all__ = ["TcptopApp", "run_tui", "FrameReady", "resolve_sort"]
+__all__ = ["TcptopApp", "run", "FrameReady", "resolve_sort"]
