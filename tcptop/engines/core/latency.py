@@ -2,15 +2,9 @@
 
 Pairs with bpf/latency.bpf.c (kernel side) and bpf/latency.h (the shared
 layouts, mirrored below with ctypes and checked against the object's BTF).
-The kernel folds every stage duration into log2 histograms; one poll reads the
-host-wide per-CPU histograms and one batch pass over the per-flow map, and
-turns buckets into percentiles here.
-
-Percentiles from log2 buckets: bucket 0 is [0, 512 ns), bucket b >= 1 is
-[2^(b+8), 2^(b+9)) ns. The rank is located in its bucket and interpolated
-geometrically inside it (linearly in bucket 0), so a percentile is exact to
-within the bucket's factor of two; the host-wide maximum is exact and caps
-every host-wide percentile.
+The kernel folds every stage duration into histograms (tcptop/engines/histogram.py
+says how buckets become percentiles); one poll reads the host-wide per-CPU histograms
+and one batch pass over the per-flow map.
 """
 
 from __future__ import annotations
@@ -20,11 +14,10 @@ import os
 import struct
 from typing import Any
 
+from tcptop.engines.histogram import BUCKETS, stage_summary
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus,
                             refused_program)
 
-BUCKETS = 32
-BUCKET0_SHIFT = 9
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = range(9)
 STAT_NAMES = (
     "rx_started", "rx_reused", "rx_matched", "rx_unmatched", "rx_stale",
@@ -32,7 +25,6 @@ STAT_NAMES = (
     "probe_done", "probe_missed", "flows_full",
 )
 LS_MAX = len(STAT_NAMES)
-PERCENTILES = (("p50_us", 0.50), ("p90_us", 0.90), ("p99_us", 0.99))
 
 
 class LatHist(ctypes.Structure):
@@ -568,40 +560,3 @@ class LatencyEngine:
 
 
 _PROBE_OFF = LatFlow.closed_ns.offset  # the histogram part of a flow entry
-
-
-def bucket_bounds(b: int) -> tuple[float, float]:
-    """[lo, hi) of bucket b, nanoseconds."""
-    if b == 0:
-        return 0.0, float(1 << BUCKET0_SHIFT)
-    return float(1 << (b + BUCKET0_SHIFT - 1)), float(1 << (b + BUCKET0_SHIFT))
-
-
-def percentile_ns(slots: list[int], q: float, max_ns: int = 0) -> float | None:
-    """The q-quantile (0 < q <= 1) of a log2 histogram, interpolated inside its bucket."""
-    count = sum(slots)
-    if count <= 0:
-        return None
-    rank = max(q * count, 1e-9)
-    cum = 0
-    for b, c in enumerate(slots):
-        if c and cum + c >= rank:
-            frac = (rank - cum) / c
-            lo, hi = bucket_bounds(b)
-            v = lo + (hi - lo) * frac if b == 0 else lo * 2.0 ** frac
-            return min(v, float(max_ns)) if max_ns else v
-        cum += c
-    return float(max_ns) if max_ns else bucket_bounds(BUCKETS - 1)[1]
-
-
-def stage_summary(slots: list[int], sum_ns: int, max_ns: int = 0) -> dict[str, Any]:
-    """{"count", "p50_us", "p90_us", "p99_us", "mean_us"[, "max_us"]}; nulls when there is no sample."""
-    count = sum(slots)
-    d: dict[str, Any] = {"count": count}
-    for name, q in PERCENTILES:
-        v = percentile_ns(slots, q, max_ns)
-        d[name] = None if v is None else round(v / 1000, 3)
-    d["mean_us"] = round(sum_ns / count / 1000, 3) if count else None
-    if max_ns:
-        d["max_us"] = round(max_ns / 1000, 3)
-    return d
