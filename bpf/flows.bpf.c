@@ -6,7 +6,8 @@
  * from tcp_sock by the iterator, so they are exactly what TCP_INFO reports.
  * Only what the kernel does not keep is counted here from events: bytes moved
  * by read/write calls, RTT samples, fast-recovery entries, the send-queue peak
- * and the establishment time. Those live in `counters`, keyed by socket cookie.
+ * and the establishment time. Those live in `counters`, socket-local storage.
+ * Kernel constants (TCP_ESTABLISHED, TCP_CA_Recovery, ...) come from vmlinux.h.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -23,11 +24,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define MSG_PEEK 2
 #define TCP_BPF_SOCK_OPS_CB_FLAGS_OPT 1008
 
-enum {
-	ST_ESTABLISHED = 1, ST_SYN_SENT = 2, ST_SYN_RECV = 3, ST_CLOSE = 7,
-	ST_LISTEN = 10,
-};
-enum { CA_RECOVERY = 3, CA_LOSS = 4 };
 
 /* Kernel builds of one version differ in what their verifier accepts (one refuses
  * bpf_skc_to_tcp_sock() on sock->sk reached from a file). Tests build variants of this
@@ -75,11 +71,11 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
-	__type(key, __u32);
+	__type(key, enum tcptop_stat);
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* The record last written for each socket, to send only changes (see flow_same).
+/* The record last written for each socket, to send only changes (see SAME_SIZE).
  * Socket-local, so it goes away with the socket and needs no bound. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -183,11 +179,11 @@ int BPF_PROG(tcptop_cong, struct sock *sk, const u8 ca_state)
 	struct flow_counters *c;
 	__u8 old;
 
-	if (ca_state != CA_RECOVERY)
+	if (ca_state != TCP_CA_Recovery)
 		return 0;
 	/* The tracepoint fires before the new state is stored. */
 	old = BPF_CORE_READ_BITFIELD_PROBED(icsk, icsk_ca_state);
-	if (old == CA_RECOVERY)
+	if (old == TCP_CA_Recovery)
 		return 0;
 	c = counters_of(sk);
 	if (c)
@@ -203,15 +199,15 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (newstate == ST_SYN_SENT) {
+	if (newstate == TCP_SYN_SENT) {
 		/* connect() runs in the owner's context: remember who. */
 		c = counters_of(sk);
 		if (c)
 			note_caller(c);
 		return 0;
 	}
-	if (newstate != ST_ESTABLISHED ||
-	    (oldstate != ST_SYN_SENT && oldstate != ST_SYN_RECV))
+	if (newstate != TCP_ESTABLISHED ||
+	    (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV))
 		return 0;
 	c = counters_of(sk);
 	if (!c)
@@ -331,9 +327,8 @@ static __always_inline int emit(struct seq_file *seq, struct tcp_sock *tp, bool 
 	stat_inc(STAT_ITER_SOCKETS);
 	last = bpf_sk_storage_get(&last_sent, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (last && last->kind == KIND_FULL && same_record(last, r)) {
-		struct flow_same same = { .cookie = cookie, .kind = KIND_SAME };
-
-		bpf_seq_write(seq, &same, sizeof(same));
+		r->kind = KIND_SAME;
+		bpf_seq_write(seq, r, SAME_SIZE);
 		return 0;
 	}
 	/* A write that does not fit the seq_file buffer is dropped and this
@@ -355,7 +350,7 @@ int tcptop_iter(struct bpf_iter__tcp *ctx)
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp) /* TIME_WAIT and request sockets carry no tcp_sock */
 		return 0;
-	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == ST_LISTEN)
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == TCP_LISTEN)
 		return 0;
 	return emit(ctx->meta->seq, tp, true, NULL);
 }
@@ -381,7 +376,7 @@ int tcptop_files(struct bpf_iter__task_file *ctx)
 	if (!sk || sk->__sk_common.skc_net.net->ns.inum == host_netns)
 		return 0; /* the TCP iterator covers our own namespace */
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp || tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == ST_LISTEN)
+	if (!tp || tp->inet_conn.icsk_inet.sk.__sk_common.skc_state == TCP_LISTEN)
 		return 0;
 	return emit(ctx->meta->seq, tp, false, ctx->task);
 }
@@ -408,7 +403,7 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 	if (!r || !tp)
 		return 0;
 	fill_record(r, tp, cookie, c);
-	r->state = ST_CLOSE;
+	r->state = TCP_CLOSE;
 	r->flags |= REC_CLOSED;
 	if (bpf_map_update_elem(&closed, &cookie, r, BPF_ANY))
 		stat_inc(STAT_CLOSED_FULL);

@@ -1,7 +1,8 @@
-/* The contract between flows.bpf.c and tcptop/flows.py (which mirrors it with ctypes).
- *
- * Change a layout here and in tcptop/flows.py together: the loader checks the
- * sizes against the object's BTF at start-up, so a mismatch fails loudly.
+/* The contract between flows.bpf.c and tcptop/engines/core/flows.py, which mirrors it
+ * with ctypes. The loader checks every mirrored struct member (name, offset, size) and
+ * every constant below against the object's BTF, so the two cannot drift apart: the
+ * constants are enums, and each enum is the type of something here, so that it is in
+ * the object's BTF.
  */
 #ifndef TCPTOP_FLOWS_H
 #define TCPTOP_FLOWS_H
@@ -9,13 +10,17 @@
 #define TASK_COMM_LEN 16
 
 /* flow_counters.flags */
-#define FLOW_SEEN_BIRTH   1 /* we saw SYN_SENT/SYN_RECV -> ESTABLISHED: event counters cover the whole life */
-#define FLOW_RTT_HOOKED   2 /* sock_ops RTT callbacks are enabled on this socket */
+enum flow_flag {
+	FLOW_SEEN_BIRTH = 1, /* we saw SYN_SENT/SYN_RECV -> ESTABLISHED: event counters cover the whole life */
+	FLOW_RTT_HOOKED = 2, /* sock_ops RTT callbacks are enabled on this socket */
+};
 
 /* flow_record.flags */
-#define REC_CLOSED        1 /* captured when the kernel destroyed the socket */
-#define REC_HAS_TOTAL_RTO 2 /* timeouts come from tcp_sock.total_rto (exact, whole life) */
-#define REC_NO_COUNTERS   4 /* the counters map was full: event counters are missing */
+enum record_flag {
+	REC_CLOSED = 1,        /* captured when the kernel destroyed the socket */
+	REC_HAS_TOTAL_RTO = 2, /* timeouts come from tcp_sock.total_rto (exact, whole life) */
+	REC_NO_COUNTERS = 4,   /* socket storage could not be allocated: event counters are missing */
+};
 
 /* Per-socket counters that only events can produce (kept in the `counters` hash map). */
 struct flow_counters {
@@ -28,27 +33,26 @@ struct flow_counters {
 	__u32 rto_events;      /* sock_ops RTO_CB count: fallback when tcp_sock.total_rto is absent */
 	__u32 app_wqueue_max;  /* max of write_seq - snd_una seen at the end of send calls */
 	__u32 pid;             /* tgid of the last process that sent, received or connected */
-	__u32 flags;           /* FLOW_* */
+	enum flow_flag flags;  /* FLOW_* bits */
 	char comm[TASK_COMM_LEN];
 };
 
 /* Kinds of iterator output: a full record, or only "still here, unchanged". */
-#define KIND_FULL 1
-#define KIND_SAME 2
-
-/* What the iterator writes for a socket whose record is unchanged since the
- * last poll: idle connections cost 16 bytes and no decoding in user space. */
-struct flow_same {
-	__u64 cookie;
-	__u32 kind;           /* KIND_SAME */
-	__u32 pad;
+enum record_kind {
+	KIND_FULL = 1,
+	KIND_SAME = 2,
 };
+
+/* A socket whose record is unchanged since the last poll gets only the head of its
+ * record, up to and including `flags` (kind KIND_SAME): idle connections cost 16 bytes
+ * and no decoding in user space. */
+#define SAME_SIZE 16
 
 /* One connection as the iterator (live) or the destroy hook (closed) saw it. */
 struct flow_record {
 	__u64 cookie;
-	__u32 kind;           /* KIND_FULL (same offset as flow_same.kind) */
-	__u32 flags;          /* REC_* */
+	enum record_kind kind; /* KIND_FULL, or KIND_SAME in a SAME_SIZE head */
+	enum record_flag flags; /* REC_* bits */
 	__u64 bytes_sent;
 	__u64 bytes_received;
 	__u64 bytes_acked;
@@ -82,7 +86,7 @@ struct flow_record {
 	__u8 ca_state;
 };
 
-/* Run-level counters, one slot each in the per-CPU `stats` array. */
+/* Run-level counters, one slot each in the per-CPU `stats` array (its key type). */
 enum tcptop_stat {
 	STAT_COUNTERS_FULL = 0, /* an event found no counters slot: the map was full */
 	STAT_CLOSED_FULL,       /* a closed flow's final record was dropped: closed map full */

@@ -41,19 +41,15 @@ char LICENSE[] SEC("license") = "GPL";
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
 #define MSG_PEEK 2
-enum { ST_TIME_WAIT = 6, ST_LISTEN = 10, ST_NEW_SYN_RECV = 12 };
 
-/* Set by the loader before load (the only .rodata variable: see latency.h). */
-const volatile struct lat_config cfg = {
-	.max_skb_age_ns = 5000000000ULL,
-	.tx_split_ip = 0,
-	.track_skbs = 1,
-	.sample_shift = 0,
-	.probe_map = 0,
-};
-#define max_skb_age_ns cfg.max_skb_age_ns
-#define tx_split_ip cfg.tx_split_ip
-#define track_skbs cfg.track_skbs
+/* Start-up options, set by the loader by name before load. */
+const volatile __u64 max_skb_age_ns = 5000000000ULL; /* per-skb stamps older than this are not trusted
+						       * (counted as stale) */
+const volatile __u8 tx_split_ip = 0;  /* a hook where TCP hands a segment to IP is attached: tx tcp | ip */
+const volatile __u8 track_skbs = 1;   /* the per-skb stages (rx driver/ip, tx ip/qdisc/driver) are on */
+const volatile __u8 sample_shift = 0; /* time 1 packet in 2^sample_shift (chosen by a hash of the TCP
+				       * header's seq and ack, so every hook agrees without a lookup) */
+const volatile __u8 probe_map = 0;    /* timed bytes live in the `probes` hash, not socket storage */
 
 /* Kernel functions every program type may call (6.2+): a typed view of a
  * context or of any kernel address, for plain (fault-safe) loads. The
@@ -70,8 +66,8 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 #define DATA_READY_SK(sk) (sk)
 #endif
 
-/* Per-flow histograms. ~1.1 KiB each, preallocated; sized by the loader
- * (--max-flows). Entries of destroyed sockets are marked and deleted by user
+/* Per-flow histograms. ~1.1 KiB each, preallocated; sized by the loader.
+ * Entries of destroyed sockets are marked and deleted by user
  * space after it has reported them once; a full map is counted in
  * LS_FLOWS_FULL (the host-wide histograms still get the sample). */
 struct {
@@ -89,7 +85,7 @@ struct {
 	__type(value, struct lat_probes);
 } sk_probes SEC(".maps");
 
-/* The same, by socket cookie, when cfg.probe_map (a kprobe rung is in use);
+/* The same, by socket cookie, when probe_map (a kprobe rung is in use);
  * sized by the loader, entries deleted when the socket is destroyed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -121,14 +117,14 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LAT_STAGES);
-	__type(key, __u32);
+	__type(key, enum lat_stage);
 	__type(value, struct lat_hist);
 } host SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LS_MAX);
-	__type(key, __u32);
+	__type(key, enum lat_stat);
 	__type(value, __u64);
 } stats SEC(".maps");
 
@@ -232,12 +228,12 @@ static __always_inline __u64 cookie_of(const struct sock *sk)
 
 /* The socket's timed bytes. `storage`: the program type may use socket
  * storage (tracing, cgroup); kprobe wrappers pass false and always use the
- * hash, which the loader then selects for every program (cfg.probe_map). */
+ * hash, which the loader then selects for every program (probe_map). */
 static __always_inline struct lat_probes *probes_of(void *sk, __u64 cookie, bool create, bool storage)
 {
 	struct lat_probes *p;
 
-	if (storage && !cfg.probe_map)
+	if (storage && !probe_map)
 		return bpf_sk_storage_get(&sk_probes, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 	if (!cookie)
 		return NULL;
@@ -307,7 +303,7 @@ static __always_inline void tx_hdr(const struct sk_buff *skb, struct hdr *h)
 /* 1 value in 2^sample_shift, by a multiplicative hash. */
 static __always_inline bool sampled_x(__u32 x)
 {
-	__u32 s = cfg.sample_shift;
+	__u32 s = sample_shift;
 
 	if (!s)
 		return true;
@@ -504,7 +500,7 @@ int on_tcp_ingress(struct __sk_buff *ctx)
 		now = bpf_ktime_get_ns();
 		rx_skb_done(skb, ctx, now);
 	}
-	if (h.payload <= 0 || sk->state == ST_LISTEN)
+	if (h.payload <= 0 || sk->state == TCP_LISTEN)
 		return 1;
 	p = probes_of(sk, bpf_get_socket_cookie(ctx), true, true);
 	if (!p || p->rx_tcp.ts)
@@ -552,7 +548,7 @@ static __always_inline void rx_queued(const struct sock *sk, bool storage)
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(on_data_ready, const struct sock *sk)
 {
-	if (sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_state == ST_LISTEN)
+	if (sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_state == TCP_LISTEN)
 		return 0;
 	rx_queued(DATA_READY_SK(sk), true);
 	return 0;
@@ -765,7 +761,7 @@ int BPF_PROG(on_dev_queue, struct sk_buff *skb)
 	if (!sk)
 		return 0;
 	state = sk->__sk_common.skc_state;
-	if (state == ST_TIME_WAIT || state == ST_NEW_SYN_RECV || sk->sk_protocol != IPPROTO_TCP)
+	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	cookie = cookie_of(sk);
 	tx_hdr(skb, &h);
@@ -863,7 +859,7 @@ int BPF_PROG(on_destroy, struct sock *sk)
 
 	if (!cookie)
 		return 0;
-	if (cfg.probe_map)
+	if (probe_map)
 		bpf_map_delete_elem(&probes, &cookie);
 	f = flow_of(cookie, false);
 	if (f)

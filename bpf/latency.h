@@ -1,7 +1,6 @@
-/* The contract between latency.bpf.c and tcptop/latency.py (which mirrors it with ctypes).
- *
- * Change a layout here and in tcptop/latency.py together: the loader checks the
- * sizes against the object's BTF at start-up, so a mismatch fails loudly.
+/* The contract between latency.bpf.c and tcptop/engines/core/latency.py, which mirrors it
+ * with ctypes. The loader checks every mirrored struct member (name, offset, size) and
+ * both enums against the object's BTF (each enum is a map's key type, so it is there).
  */
 #ifndef TCPTOP_LATENCY_H
 #define TCPTOP_LATENCY_H
@@ -25,7 +24,7 @@ enum lat_stage {
 	LAT_STAGES,
 };
 
-/* Host-wide, one per stage in a per-CPU array (no atomics needed). */
+/* Host-wide, one per stage in the per-CPU `host` array (its key type), no atomics needed. */
 struct lat_hist {
 	__u64 slots[LAT_BUCKETS];
 	__u64 sum_ns;
@@ -71,18 +70,7 @@ struct tx_skb {
 	__u64 queue_ts;  /* reached the device layer; 0 once the driver took it */
 };
 
-/* Start-up options, written by the loader into .rodata before load. */
-struct lat_config {
-	__u64 max_skb_age_ns; /* per-skb stamps older than this are not trusted (counted as stale) */
-	__u8 tx_split_ip;     /* a hook where TCP hands a segment to IP is attached: tx tcp | ip */
-	__u8 track_skbs;      /* the per-skb stages (rx driver/ip, tx ip/qdisc/driver) are on */
-	__u8 sample_shift;    /* per-skb stages time 1 packet in 2^sample_shift (chosen by a hash
-			       * of the TCP header's seq and ack, so every hook agrees without a lookup) */
-	__u8 probe_map;       /* timed bytes live in the `probes` hash, not socket storage */
-	__u8 pad[4];
-};
-
-/* Run-level counters, one slot each in the per-CPU `stats` array. */
+/* Run-level counters, one slot each in the per-CPU `stats` array (its key type). */
 /* The per-skb counters (LS_RX_* and LS_TX_*, LS_DRV_UNMATCHED) count sampled skbs only. */
 enum lat_stat {
 	LS_RX_STARTED = 0, /* TCP skbs a driver hook handed to the stack */

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole suite: pure unit tests, real-kernel tests (root), UI tests. All must pass.
+# The whole suite: unit tests (no kernel, no terminal), real-kernel tests (root), UI tests. All must pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 rc=0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
-from tcptop.model import Flow
+from tcptop.model import TCP_STATES, Flow
 
 Predicate = Callable[[Flow], bool]
 
@@ -43,18 +43,10 @@ class FilterError(ValueError):
         return self.pos + 1
 
 
-# Kernel TCP state names (include/net/tcp_states.h), as the engine reports them.
-STATE_NAMES: tuple[str, ...] = (
-    "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
-    "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
-)
-# ss(8) spellings people type out of habit.
-_STATE_ALIASES = {
-    "ESTAB": "ESTABLISHED",
-    "CLOSED": "CLOSE",
-    "SYNRECEIVED": "SYN_RECV",
-    "TIMEWAIT": "TIME_WAIT",
-}
+# Kernel TCP state names, as the engine reports them.
+STATE_NAMES: tuple[str, ...] = tuple(TCP_STATES.values())
+# ss(8) spellings people type out of habit (ESTAB, CLOSED) and one more.
+_STATE_ALIASES = {"ESTAB": "ESTABLISHED", "CLOSED": "CLOSE", "SYNRECEIVED": "SYN_RECV"}
 
 
 def normalize_state(name: str) -> str:

@@ -54,6 +54,23 @@ SEED_NAMES: Mapping[str, str] = {
 }
 
 
+# Kernel TCP states (include/net/tcp_states.h): number -> the name Flow.state carries.
+TCP_STATES: Mapping[int, str] = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+    11: "CLOSING", 12: "NEW_SYN_RECV",
+}
+# How ss(8) spells each state: what the screen shows, and what a filter also accepts.
+SS_STATE_NAMES: Mapping[str, str] = {
+    "ESTABLISHED": "ESTAB", "SYN_SENT": "SYN-SENT", "SYN_RECV": "SYN-RECV",
+    "FIN_WAIT1": "FIN-WAIT-1", "FIN_WAIT2": "FIN-WAIT-2", "TIME_WAIT": "TIME-WAIT",
+    "CLOSE": "CLOSED", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK",
+    "LISTEN": "LISTEN", "CLOSING": "CLOSING", "NEW_SYN_RECV": "SYN-RECV",
+}
+# Congestion-avoidance states (enum tcp_ca_state): number -> Flow.ca_state.
+CA_STATES: Mapping[int, str] = {0: "open", 1: "disorder", 2: "cwr", 3: "recovery", 4: "loss"}
+
+
 class SnapshotFormatError(ValueError):
     """A JSON snapshot that does not follow the contract (e.g. a corrupt replay line)."""
 

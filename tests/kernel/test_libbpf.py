@@ -19,14 +19,65 @@ def test_layouts_and_globals_come_from_the_objects_btf():
     obj = BpfObject(object_path("flows.bpf.o"))
     try:
         assert obj.struct_size("flow_record") == REC_SIZE == ctypes.sizeof(FlowRecord)
-        obj.set_rodata("host_netns", (1234).to_bytes(4, "little"))
+        obj.set_rodata("host_netns", 1234)
         with pytest.raises(KeyError):
             obj.set_rodata("no_such_global", b"\0")
         with pytest.raises(ValueError):
-            obj.set_rodata("host_netns", b"\0")  # 4 bytes wide, not 1
+            obj.set_rodata("host_netns", 1 << 32)  # 4 bytes wide
         assert {"tcptop_iter", "tcptop_files", "tcptop_send"} <= obj.programs.keys()
     finally:
         obj.close()
+
+
+def swapped(mirror, a, b):
+    """A copy of a ctypes mirror with two members' places exchanged (same size, same types)."""
+    fields = list(mirror._fields_)
+    names = [n for n, _ in fields]
+    i, j = names.index(a), names.index(b)
+    fields[i], fields[j] = fields[j], fields[i]
+    return type(mirror.__name__, (ctypes.Structure,), {"_fields_": fields})
+
+
+def test_a_mirror_with_two_members_swapped_is_refused_by_name(monkeypatch):
+    """snd_cwnd and snd_ssthresh are both u32: the struct keeps its size, the columns would trade
+    values. The load refuses, naming the member, before any program is loaded."""
+    from tcptop.engines.core import flows
+
+    bad = swapped(FlowRecord, "snd_cwnd", "snd_ssthresh")
+    assert ctypes.sizeof(bad) == ctypes.sizeof(FlowRecord)
+    monkeypatch.setitem(flows.MIRRORS, "flow_record", bad)
+    with pytest.raises(BpfError) as e:
+        flows.FlowEngine()
+    assert "struct flow_record: member" in str(e.value) and "is snd_cwnd in C, snd_ssthresh in the mirror" in str(e.value)
+
+
+def test_a_nested_member_and_an_enum_value_are_checked_too():
+    from tcptop.engines.core import flows, latency
+
+    obj = BpfObject(object_path("flows.bpf.o"))
+    try:
+        counters = swapped(flows.FlowCounters, "rtt_samples", "fast_retrans")
+        record = type("FlowRecord", (ctypes.Structure,), {"_fields_": [
+            (n, counters if n == "c" else t) for n, t in FlowRecord._fields_]})
+        with pytest.raises(BpfError, match=r"struct flow_record\.c: member 4 is rtt_samples in C, fast_retrans"):
+            obj.check_mirror("flow_record", record)
+        import enum
+        stale = enum.IntEnum("RecordFlag", {"REC_CLOSED": 1, "REC_HAS_TOTAL_RTO": 4, "REC_NO_COUNTERS": 2})
+        with pytest.raises(BpfError, match=r"enum record_flag\.REC_HAS_TOTAL_RTO is 2 in C, 4 in the mirror"):
+            obj.check_enum_mirror("record_flag", stale)
+    finally:
+        obj.close()
+    lat = BpfObject(object_path("latency.bpf.o"))
+    try:
+        for cname, mirror in latency.MIRRORS.items():
+            lat.check_mirror(cname, mirror)
+        for cname, py_enum in latency.ENUM_MIRRORS.items():
+            lat.check_enum_mirror(cname, py_enum)
+        lat.set_rodata("sample_shift", 3)
+        with pytest.raises(ValueError):
+            lat.set_rodata("sample_shift", 256)  # one byte wide
+    finally:
+        lat.close()
 
 
 def test_kernel_btf_knows_which_tracepoints_exist():

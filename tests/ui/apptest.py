@@ -11,7 +11,7 @@ from textual.geometry import Region
 from tcptop.frontends.screen.app import TcptopApp
 from tcptop.replay import ReplaySource
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE = DATA / "sample.jsonl"
 SAMPLE_LATENCY = DATA / "sample_latency.jsonl"
 SIZE = (150, 42)

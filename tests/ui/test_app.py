@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from apptest import SAMPLE, SAMPLE_LATENCY, SIZE, play_to, replay_app, table_lines, wait_for, widget_text
-from ui_factory import make_flow, make_snapshot
+from factories import make_flow, make_snapshot
 
 from tcptop.frontends.screen.app import TcptopApp
 from tcptop.model import RunInfo

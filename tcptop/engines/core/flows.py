@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import enum
 import ipaddress
 import operator
 import os
@@ -18,23 +19,45 @@ import time
 from dataclasses import dataclass
 
 from tcptop.host import netns
-from tcptop.engines.core.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, iter_read, object_path,
-                            possible_cpus, refused_program)
-from tcptop.model import Flow
+from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, KernelBtf, Link, iter_read, object_path,
+                            refused_program)
+from tcptop.model import CA_STATES, TCP_STATES, Flow
 from tcptop.host.procs import Owners
 
 TASK_COMM_LEN = 16
-FLOW_SEEN_BIRTH, FLOW_RTT_HOOKED = 1, 2
-REC_CLOSED, REC_HAS_TOTAL_RTO, REC_NO_COUNTERS = 1, 2, 4
-STAT_COUNTERS_FULL, STAT_CLOSED_FULL, STAT_ITER_SOCKETS, STAT_MAX = range(4)
 
-TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-    11: "CLOSING", 12: "NEW_SYN_RECV",
-}
-CA_STATES = {0: "open", 1: "disorder", 2: "cwr", 3: "recovery", 4: "loss"}
-ST_SYN_SENT, ST_SYN_RECV = 2, 3
+
+# Mirrors of the enums in bpf/flows.h, checked against the object's BTF at load.
+class FlowFlag(enum.IntFlag):
+    FLOW_SEEN_BIRTH = 1
+    FLOW_RTT_HOOKED = 2
+
+
+class RecordFlag(enum.IntFlag):
+    REC_CLOSED = 1
+    REC_HAS_TOTAL_RTO = 2
+    REC_NO_COUNTERS = 4
+
+
+class RecordKind(enum.IntEnum):
+    KIND_FULL = 1
+    KIND_SAME = 2
+
+
+class Stat(enum.IntEnum):
+    STAT_COUNTERS_FULL = 0
+    STAT_CLOSED_FULL = 1
+    STAT_ITER_SOCKETS = 2
+    STAT_MAX = 3
+
+
+# Plain ints for the per-record paths (enum members are slow to combine).
+FLOW_SEEN_BIRTH, FLOW_RTT_HOOKED = int(FlowFlag.FLOW_SEEN_BIRTH), int(FlowFlag.FLOW_RTT_HOOKED)
+REC_CLOSED, REC_HAS_TOTAL_RTO, REC_NO_COUNTERS = map(int, RecordFlag)
+KIND_FULL, KIND_SAME = map(int, RecordKind)
+STAT_COUNTERS_FULL, STAT_CLOSED_FULL, STAT_ITER_SOCKETS, STAT_MAX = map(int, Stat)
+
+ST_SYN_SENT, ST_SYN_RECV = 2, 3  # kernel TCP state numbers (model.TCP_STATES)
 
 
 class FlowCounters(ctypes.Structure):
@@ -51,13 +74,6 @@ class FlowCounters(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("comm", ctypes.c_char * TASK_COMM_LEN),
     ]
-
-
-KIND_FULL, KIND_SAME = 1, 2
-
-
-class FlowSame(ctypes.Structure):
-    _fields_ = [("cookie", ctypes.c_uint64), ("kind", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 class FlowRecord(ctypes.Structure):
@@ -99,8 +115,10 @@ class FlowRecord(ctypes.Structure):
     ]
 
 
+MIRRORS = {"flow_record": FlowRecord, "flow_counters": FlowCounters}
+ENUM_MIRRORS = {"flow_flag": FlowFlag, "record_flag": RecordFlag, "record_kind": RecordKind, "tcptop_stat": Stat}
 REC_SIZE = ctypes.sizeof(FlowRecord)
-SAME_SIZE = ctypes.sizeof(FlowSame)
+SAME_SIZE = FlowRecord.flags.offset + FlowRecord.flags.size  # SAME_SIZE in bpf/flows.h: the record's head
 _KIND_OFF = FlowRecord.kind.offset
 # Bytes of a record that change only when the connection does: everything but
 # now_ns. Equal bytes mean the previous Flow can be reused without decoding.
@@ -166,7 +184,7 @@ class FlowEngine:
         self._links: list[Link] = []
         self._iter: Link | None = None
         self._obj: BpfObject | None = None
-        self._cgroup_fd = -1
+        self._cgroup = CgroupRoot()
         self._boot_offset = time.time() - time.monotonic()  # monotonic clock -> unix time
         self._host_netns = netns.current_inode()
         self._files: Link | None = None
@@ -198,15 +216,15 @@ class FlowEngine:
         while True:
             obj = BpfObject(path)
             try:
-                for name, size in (("flow_record", REC_SIZE), ("flow_counters", ctypes.sizeof(FlowCounters))):
-                    if obj.struct_size(name) != size:
-                        raise BpfError(f"{path} does not match tcptop/engines/core/flows.py (struct {name}); "
-                                       "rebuild with `make setup`", 0)
+                for cname, mirror in MIRRORS.items():
+                    obj.check_mirror(cname, mirror)
+                for cname, py_enum in ENUM_MIRRORS.items():
+                    obj.check_enum_mirror(cname, py_enum)
                 for prog in set(missing) | set(refused):
                     obj.programs[prog].set_autoload(False)
                 obj.maps["closed"].set_max_entries(self.max_closed)
-                obj.set_rodata("hook_existing_rtt", bytes([hook_existing]))
-                obj.set_rodata("host_netns", self._host_netns.to_bytes(4, "little"))
+                obj.set_rodata("hook_existing_rtt", int(hook_existing))
+                obj.set_rodata("host_netns", self._host_netns)
                 obj.load()
             except BpfError as e:
                 obj.close()
@@ -251,7 +269,7 @@ class FlowEngine:
                 continue
             try:
                 if tp is None:
-                    self._links.append(self._attach_sockops(progs[prog]))
+                    self._links.append(self._cgroup.attach(progs[prog]))
                 else:
                     self._links.append(progs[prog].attach())
                 self.hooks[what] = "ok"
@@ -266,18 +284,8 @@ class FlowEngine:
             except BpfError as e:
                 self.hooks["iterator task_file"] = f"unavailable: {e} (every namespace is walked instead)"
 
-    def _attach_sockops(self, prog) -> Link:
-        root = cgroup2_root()
-        if root is None:
-            raise OSError(2, "attach: cgroup v2 is not mounted")
-        self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return prog.attach_cgroup(self._cgroup_fd)
-
     def program_ids(self) -> list[int]:
-        """Kernel ids of our loaded programs, so benchmarks and tests count only ours."""
-        if not self._obj:
-            return []
-        return [p.prog_id() for p in self._obj.programs.values() if p.fd >= 0]
+        return self._obj.program_ids() if self._obj else []
 
     def close(self) -> None:
         for link in self._links:
@@ -290,22 +298,14 @@ class FlowEngine:
         if self._obj:
             self._obj.close()
             self._obj = None
-        if self._cgroup_fd >= 0:
-            os.close(self._cgroup_fd)
-            self._cgroup_fd = -1
+        self._cgroup.close()
 
     # -- polling ------------------------------------------------------------
 
     def stats(self) -> list[int]:
-        """Run-level counters summed over CPUs, indexed by STAT_*."""
+        """Run-level counters summed over CPUs, indexed by Stat."""
         assert self._obj is not None
-        m = self._obj.maps["stats"]
-        out = []
-        for i in range(STAT_MAX):
-            key = ctypes.c_uint32(i)
-            vals = (ctypes.c_uint64 * possible_cpus())()
-            out.append(sum(vals) if m.lookup(key, vals) else 0)
-        return out
+        return self._obj.maps["stats"].percpu_sums(STAT_MAX)
 
     def _read_live(self) -> tuple[dict[int, bytes], list[int]]:
         """Full records of changed sockets and cookies of unchanged ones, from every namespace.

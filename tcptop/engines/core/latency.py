@@ -10,21 +10,50 @@ and one batch pass over the per-flow map.
 from __future__ import annotations
 
 import ctypes
+import enum
 import os
 import struct
 from typing import Any
 
 from tcptop.engines.histogram import BUCKETS, stage_summary
-from tcptop.engines.core.libbpf import (BpfError, BpfObject, KernelBtf, Link, cgroup2_root, object_path, possible_cpus,
+from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, KernelBtf, Link, object_path, possible_cpus,
                             refused_program)
 
-RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = range(9)
-STAT_NAMES = (
-    "rx_started", "rx_reused", "rx_matched", "rx_unmatched", "rx_stale",
-    "tx_queued", "tx_reused", "tx_matched", "tx_stale", "driver_unmatched",
-    "probe_done", "probe_missed", "flows_full",
-)
-LS_MAX = len(STAT_NAMES)
+
+
+# Mirrors of the enums in bpf/latency.h, checked against the object's BTF at load.
+class Stage(enum.IntEnum):
+    RX_DRIVER = 0
+    RX_IP = 1
+    RX_TCP = 2
+    RX_APP = 3
+    TX_TCP = 4
+    TX_IP = 5
+    TX_QDISC = 6
+    TX_DRIVER = 7
+    LAT_STAGES = 8
+
+
+class LatStat(enum.IntEnum):
+    LS_RX_STARTED = 0
+    LS_RX_REUSED = 1
+    LS_RX_MATCHED = 2
+    LS_RX_UNMATCHED = 3
+    LS_RX_STALE = 4
+    LS_TX_QUEUED = 5
+    LS_TX_REUSED = 6
+    LS_TX_MATCHED = 7
+    LS_TX_STALE = 8
+    LS_DRV_UNMATCHED = 9
+    LS_PROBE_DONE = 10
+    LS_PROBE_MISSED = 11
+    LS_FLOWS_FULL = 12
+    LS_MAX = 13
+
+
+RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
+# The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
+STAT_NAMES = tuple(m.name[3:].lower() for m in LatStat if m is not LatStat.LS_MAX)
 
 
 class LatHist(ctypes.Structure):
@@ -55,17 +84,12 @@ class TxSkb(ctypes.Structure):
     _fields_ = [("cookie", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64), ("queue_ts", ctypes.c_uint64)]
 
 
-class LatConfig(ctypes.Structure):
-    _fields_ = [("max_skb_age_ns", ctypes.c_uint64), ("tx_split_ip", ctypes.c_uint8),
-                ("track_skbs", ctypes.c_uint8), ("sample_shift", ctypes.c_uint8), ("probe_map", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 4)]
-
-
-LAYOUTS = {"lat_config": LatConfig, "lat_hist": LatHist, "lat_probe": LatProbe, "lat_probes": LatProbes,
-           "lat_flow": LatFlow, "rx_skb": RxSkb, "tx_skb": TxSkb}
+MIRRORS = {"lat_hist": LatHist, "lat_probe": LatProbe, "lat_probes": LatProbes, "lat_flow": LatFlow,
+           "rx_skb": RxSkb, "tx_skb": TxSkb}
+ENUM_MIRRORS = {"lat_stage": Stage, "lat_stat": LatStat}
 FLOW_SIZE = ctypes.sizeof(LatFlow)
 _SLOTS_FMT = f"<{BUCKETS * STAGES}I{STAGES}Q"
-_CLOSED_OFF = LatFlow.closed_ns.offset
+_HIST_END = LatFlow.closed_ns.offset  # a flow entry's histograms end where closed_ns starts
 
 # Stage boundaries that have more than one candidate hook, best first. A rung
 # is (kind, its programs, the kernel tracepoints/functions all of them need).
@@ -185,7 +209,7 @@ class LatencyEngine:
         self._path = object_path or default_object_path()
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
-        self._cgroup_fd = -1
+        self._cgroup = CgroupRoot()
         self._flow_cache: dict[int, tuple[bytes, dict]] = {}
         self._rung_why: dict[tuple[str, str], str] = {}
         self._verifier_refused: dict[str, str] = {}
@@ -292,10 +316,10 @@ class LatencyEngine:
     def _load(self) -> None:
         obj = BpfObject(self._path)
         try:
-            for name, cls in LAYOUTS.items():
-                if obj.struct_size(name) != ctypes.sizeof(cls):
-                    raise BpfError(f"{self._path} does not match tcptop/engines/core/latency.py (struct {name}); "
-                                   "rebuild with `make setup`", 0)
+            for cname, mirror in MIRRORS.items():
+                obj.check_mirror(cname, mirror)
+            for cname, py_enum in ENUM_MIRRORS.items():
+                obj.check_enum_mirror(cname, py_enum)
             wanted = set(self._driver_entries) | (set(FIXED) - self._fixed_missing - self._fixed_off)
             for choice in self.chosen.values():
                 if choice:
@@ -312,15 +336,11 @@ class LatencyEngine:
         self._obj = obj
 
     def _set_rodata(self, obj: BpfObject) -> None:
-        cfg = LatConfig(max_skb_age_ns=self.max_skb_age_ns,
-                        tx_split_ip=1 if self.chosen.get("tx_leave_tcp") else 0,
-                        track_skbs=1 if self.skb_stages else 0,
-                        sample_shift=self.sample.bit_length() - 1,
-                        probe_map=1 if self._probe_map() else 0)
-        ro = obj.rodata().initial_value()
-        if len(ro) != ctypes.sizeof(cfg):
-            raise BpfError(f"{self._path}: .rodata is not just struct lat_config; rebuild with `make setup`", 0)
-        ctypes.memmove(ro, ctypes.byref(cfg), ctypes.sizeof(cfg))  # `cfg` is .rodata's only variable
+        obj.set_rodata("max_skb_age_ns", self.max_skb_age_ns)
+        obj.set_rodata("tx_split_ip", 1 if self.chosen.get("tx_leave_tcp") else 0)
+        obj.set_rodata("track_skbs", 1 if self.skb_stages else 0)
+        obj.set_rodata("sample_shift", self.sample.bit_length() - 1)
+        obj.set_rodata("probe_map", 1 if self._probe_map() else 0)
 
     def _probe_map(self) -> bool:
         """kprobe programs cannot use socket storage: with any kprobe rung on a sequence-matched
@@ -358,7 +378,7 @@ class LatencyEngine:
                 self._degrade(prog, f"the verifier refused it ({why})" if why else f"no tracepoint {tp}", lost)
                 continue
             try:
-                link = self._attach_cgroup(progs[prog]) if tp is None else progs[prog].attach()
+                link = self._cgroup.attach(progs[prog]) if tp is None else progs[prog].attach()
                 self._links.append(link)
                 self.hooks[prog] = "ok"
             except (BpfError, OSError) as e:
@@ -369,14 +389,6 @@ class LatencyEngine:
         self.hooks[prog] = f"unavailable: {why}"
         self.degraded.append(f"latency: {lost} unavailable ({why})")
 
-    def _attach_cgroup(self, prog) -> Link:
-        if self._cgroup_fd < 0:
-            root = cgroup2_root()
-            if root is None:
-                raise OSError(2, "attach: cgroup v2 is not mounted")
-            self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return prog.attach_cgroup(self._cgroup_fd)
-
     def _detach(self) -> None:
         for link in self._links:
             link.destroy()
@@ -386,16 +398,11 @@ class LatencyEngine:
             self._obj = None
 
     def program_ids(self) -> list[int]:
-        """Kernel ids of our loaded programs, so benchmarks and tests count only ours."""
-        if not self._obj:
-            return []
-        return [p.prog_id() for p in self._obj.programs.values() if p.fd >= 0]
+        return self._obj.program_ids() if self._obj else []
 
     def close(self) -> None:
         self._detach()
-        if self._cgroup_fd >= 0:
-            os.close(self._cgroup_fd)
-            self._cgroup_fd = -1
+        self._cgroup.close()
 
     # -- what is measured on this kernel -------------------------------------
 
@@ -469,13 +476,7 @@ class LatencyEngine:
     def stats(self) -> dict[str, int]:
         """Matching counters summed over CPUs (see enum lat_stat in bpf/latency.h)."""
         assert self._obj is not None
-        m = self._obj.maps["stats"]
-        ncpu = possible_cpus()
-        out = {}
-        for i, name in enumerate(STAT_NAMES):
-            vals = (ctypes.c_uint64 * ncpu)()
-            out[name] = sum(vals) if m.lookup(ctypes.c_uint32(i), vals) else 0
-        return out
+        return dict(zip(STAT_NAMES, self._obj.maps["stats"].percpu_sums(len(STAT_NAMES))))
 
     def _read_host(self) -> list[tuple[list[int], int, int]]:
         assert self._obj is not None
@@ -523,7 +524,7 @@ class LatencyEngine:
                 cookie = ks[i]
                 raw = ctypes.string_at(base + i * FLOW_SIZE, FLOW_SIZE)
                 seen.add(cookie)
-                if int.from_bytes(raw[_CLOSED_OFF:_CLOSED_OFF + 8], "little"):
+                if int.from_bytes(raw[_HIST_END:_HIST_END + 8], "little"):
                     closed.append(cookie)
                 lat = self._flow_latency(cookie, raw, keys)
                 if lat is not None:
@@ -537,7 +538,7 @@ class LatencyEngine:
         return out
 
     def _flow_latency(self, cookie: int, raw: bytes, keys: dict) -> dict | None:
-        hist = raw[:_PROBE_OFF]
+        hist = raw[:_HIST_END]
         cached = self._flow_cache.get(cookie)
         if cached and cached[0] == hist and self.window == "total":
             return cached[1]
@@ -558,5 +559,3 @@ class LatencyEngine:
         self._flow_cache[cookie] = (hist, lat)
         return lat
 
-
-_PROBE_OFF = LatFlow.closed_ns.offset  # the histogram part of a flow entry

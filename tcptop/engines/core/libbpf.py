@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import enum
 import errno
 import functools
 import os
@@ -25,8 +26,11 @@ _print_buf = ctypes.create_string_buffer(1 << 20)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+BTF_KIND_STRUCT = 4
+BTF_KIND_ENUM = 6
 BTF_KIND_TYPEDEF = 8
 BTF_KIND_FUNC = 12
+BTF_KIND_DATASEC = 15
 
 
 class BpfError(OSError):
@@ -34,8 +38,10 @@ class BpfError(OSError):
 
     def __init__(self, what: str, err: int, log: list[str] | None = None):
         self.log = log or []
-        detail = os.strerror(err) if err else "failed"
-        super().__init__(err, f"{what}: {detail}")
+        super().__init__(err, f"{what}: {os.strerror(err)}" if err else what)
+
+    def __str__(self) -> str:
+        return self.args[1]
 
 
 @_PRINT_FN
@@ -143,6 +149,94 @@ class KernelBtf:
             self._btf = None
 
 
+class _Btf:
+    """Read-only walks over a BTF blob owned by libbpf (an object's, or the kernel's)."""
+
+    _MEMBER = 12  # struct btf_member / btf_var_secinfo: three u32
+    _ENUM = 8     # struct btf_enum: name_off, val
+
+    def __init__(self, btf: int):
+        self._btf = btf
+
+    def find(self, name: str, kind: int) -> int:
+        tid = lib().btf__find_by_name_kind(self._btf, name.encode(), kind)
+        if tid <= 0:
+            kinds = {BTF_KIND_STRUCT: "struct", BTF_KIND_ENUM: "enum", BTF_KIND_DATASEC: "section"}
+            raise KeyError(f"{kinds.get(kind, 'type')} {name} not in this BTF")
+        return tid
+
+    def _head(self, tid: int) -> ctypes._Pointer:
+        return ctypes.cast(lib().btf__type_by_id(self._btf, tid), ctypes.POINTER(ctypes.c_uint32))
+
+    def _name(self, off: int) -> str:
+        return lib().btf__name_by_offset(self._btf, off).decode()
+
+    def _records(self, tid: int, width: int) -> list[ctypes._Pointer]:
+        head = self._head(tid)
+        vlen = head[1] & 0xFFFF
+        base = ctypes.addressof(head.contents) + 12
+        return [ctypes.cast(base + i * width, ctypes.POINTER(ctypes.c_uint32)) for i in range(vlen)]
+
+    def members(self, tid: int) -> list[tuple[str, int, int, int]]:
+        """(name, byte offset, size, type id) of each member of a struct, in order."""
+        kflag = self._head(tid)[1] >> 31
+        out = []
+        for m in self._records(tid, self._MEMBER):
+            bits = m[2] & 0xFFFFFF if kflag else m[2]
+            out.append((self._name(m[0]), bits // 8, lib().btf__resolve_size(self._btf, m[1]), m[1]))
+        return out
+
+    def _struct_of(self, tid: int) -> int | None:
+        """The struct a member type is (through typedefs/qualifiers), or None."""
+        for _ in range(16):
+            head = self._head(tid)
+            kind = (head[1] >> 24) & 0x1F
+            if kind == BTF_KIND_STRUCT:
+                return tid
+            if kind in (BTF_KIND_TYPEDEF, 9, 10, 11):  # typedef, volatile, const, restrict
+                tid = head[2]
+                continue
+            return None
+        return None
+
+    def mirror_mismatch(self, cname: str, mirror: type[ctypes.Structure], path: str = "") -> str:
+        """What differs between struct `cname` here and a ctypes mirror ("" if nothing)."""
+        tid = self.find(cname, BTF_KIND_STRUCT) if not path else int(cname)
+        where = path or f"struct {cname}"
+        got = self.members(tid)
+        want = [(n, getattr(mirror, n).offset, getattr(mirror, n).size, t) for n, t in mirror._fields_]
+        for i in range(max(len(got), len(want))):
+            if i >= len(got):
+                return f"{where}.{want[i][0]}: in the mirror only"
+            if i >= len(want):
+                return f"{where}.{got[i][0]}: missing from the mirror"
+            (gname, goff, gsize, gtype), (wname, woff, wsize, wtype) = got[i], want[i]
+            if gname != wname:
+                return f"{where}: member {i} is {gname} in C, {wname} in the mirror"
+            if (goff, gsize) != (woff, wsize):
+                return (f"{where}.{gname}: offset {goff} size {gsize} in C, "
+                        f"offset {woff} size {wsize} in the mirror")
+            sub = self._struct_of(gtype)
+            if sub is not None and isinstance(wtype, type) and issubclass(wtype, ctypes.Structure):
+                problem = self.mirror_mismatch(str(sub), wtype, f"{where}.{gname}")
+                if problem:
+                    return problem
+        if lib().btf__resolve_size(self._btf, tid) != ctypes.sizeof(mirror):
+            return f"{where}: {lib().btf__resolve_size(self._btf, tid)} bytes in C, {ctypes.sizeof(mirror)} in the mirror"
+        return ""
+
+    def enum(self, name: str) -> dict[str, int]:
+        tid = self.find(name, BTF_KIND_ENUM)
+        return {self._name(e[0]): ctypes.c_int32(e[1]).value for e in self._records(tid, self._ENUM)}
+
+    def datasec(self, section: str) -> list[tuple[str, int, int]]:
+        """(variable, offset, size) of each global in a data section such as .rodata."""
+        out = []
+        for v in self._records(self.find(section, BTF_KIND_DATASEC), self._MEMBER):
+            out.append((self._name(self._head(v[0])[0]), v[1], v[2]))
+        return out
+
+
 class Link:
     """An attachment; destroying it detaches the program."""
 
@@ -224,6 +318,14 @@ class Map:
             raise BpfError(f"initial value of {self.name}", _err())
         return (ctypes.c_uint8 * size.value).from_address(p)
 
+    def percpu_sums(self, count: int) -> list[int]:
+        """Keys 0..count-1 of a per-CPU array of u64 counters, each summed over every possible CPU."""
+        out = []
+        for i in range(count):
+            vals = (ctypes.c_uint64 * possible_cpus())()
+            out.append(sum(vals) if self.lookup(ctypes.c_uint32(i), vals) else 0)
+        return out
+
     def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
         return lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0
 
@@ -284,27 +386,52 @@ class BpfObject:
             mp = Map(m)
             self.maps[mp.name] = mp
 
-    def set_rodata(self, var: str, value: bytes) -> None:
-        """Set a `const volatile` global before load, finding its offset in the object's BTF
-        (the compiler, not the source order, decides where each variable lies)."""
-        so = lib()
-        btf = so.bpf_object__btf(self._obj)
-        sec = so.btf__find_by_name_kind(btf, b".rodata", 15) if btf else -1  # BTF_KIND_DATASEC
-        if sec <= 0:
-            raise KeyError(f"no .rodata section in {self.path}")
-        head = ctypes.cast(so.btf__type_by_id(btf, sec), ctypes.POINTER(ctypes.c_uint32))
-        vlen = head[1] & 0xFFFF
-        infos = ctypes.cast(ctypes.addressof(head.contents) + 12, ctypes.POINTER(ctypes.c_uint32))
-        for i in range(vlen):
-            vtype, off, size = infos[3 * i], infos[3 * i + 1], infos[3 * i + 2]
-            name_off = ctypes.cast(so.btf__type_by_id(btf, vtype), ctypes.POINTER(ctypes.c_uint32))[0]
-            if so.btf__name_by_offset(btf, name_off).decode() == var:
-                if len(value) != size:
-                    raise ValueError(f"{var} is {size} bytes, got {len(value)}")
-                image = self.rodata().initial_value()
-                image[off:off + size] = list(value)
-                return
+    def set_rodata(self, var: str, value: int | bytes) -> None:
+        """Set a `const volatile` global before load, by name: its offset and size come from the
+        object's BTF (the compiler, not the source order, decides where each variable lies).
+        An int is written little-endian in the variable's own size."""
+        btf = _Btf(self._obj_btf())
+        for vname, off, size in btf.datasec(".rodata"):
+            if vname != var:
+                continue
+            if isinstance(value, int):
+                if not 0 <= value < 1 << (8 * size):
+                    raise ValueError(f"{var} is {size} bytes, {value} does not fit")
+                value = value.to_bytes(size, "little")
+            if len(value) != size:
+                raise ValueError(f"{var} is {size} bytes, got {len(value)}")
+            image = self.rodata().initial_value()
+            image[off:off + size] = list(value)
+            return
         raise KeyError(f"no variable {var} in {self.path}")
+
+    def _obj_btf(self) -> int:
+        btf = lib().bpf_object__btf(self._obj)
+        if not btf:
+            raise KeyError(f"{self.path} carries no BTF")
+        return btf
+
+    def check_mirror(self, cname: str, mirror: type[ctypes.Structure]) -> None:
+        """Raise BpfError unless `mirror` lays out struct `cname` exactly as the compiler did:
+        every member by name, offset and size, in order, nested structs too. Two swapped
+        members of equal size keep the struct's size; they do not pass this."""
+        problem = _Btf(self._obj_btf()).mirror_mismatch(cname, mirror)
+        if problem:
+            raise BpfError(f"{os.path.basename(self.path)} does not match its Python mirror: {problem}; "
+                           "rebuild with `make setup`, or fix the mirror", 0)
+
+    def enum(self, name: str) -> dict[str, int]:
+        """Enumerators of `enum name` in this object's BTF (constants shared with the kernel side)."""
+        return _Btf(self._obj_btf()).enum(name)
+
+    def check_enum_mirror(self, cname: str, mirror: type[enum.IntEnum]) -> None:
+        """Raise BpfError unless a Python enum has exactly the enumerators of `enum cname`."""
+        got, want = self.enum(cname), {m.name: int(m.value) for m in mirror}
+        for name in sorted(got.keys() | want.keys()):
+            if got.get(name) != want.get(name):
+                raise BpfError(f"{os.path.basename(self.path)} does not match its Python mirror: enum {cname}.{name} "
+                               f"is {got.get(name, 'absent')} in C, {want.get(name, 'absent')} in the mirror; "
+                               "rebuild with `make setup`, or fix the mirror", 0)
 
     def rodata(self) -> Map:
         """Read-only globals (`const volatile`): set before load."""
@@ -322,11 +449,12 @@ class BpfObject:
 
     def struct_size(self, name: str) -> int:
         """Size of a struct as the compiler laid it out in this object (from its BTF)."""
-        btf = lib().bpf_object__btf(self._obj)
-        tid = lib().btf__find_by_name_kind(btf, name.encode(), 4) if btf else -1  # BTF_KIND_STRUCT
-        if tid <= 0:
-            raise KeyError(f"struct {name} not in {self.path}")
-        return lib().btf__resolve_size(btf, tid)
+        btf = self._obj_btf()
+        return lib().btf__resolve_size(btf, _Btf(btf).find(name, BTF_KIND_STRUCT))
+
+    def program_ids(self) -> list[int]:
+        """Kernel ids of this object's loaded programs, so benchmarks and tests count only ours."""
+        return [p.prog_id() for p in self.programs.values() if p.fd >= 0]
 
     def load(self) -> None:
         if lib().bpf_object__load(self._obj):
@@ -403,6 +531,26 @@ def object_path(filename: str) -> str:
         if cand and os.path.exists(os.path.join(cand, filename)):
             return os.path.join(cand, filename)
     return os.path.join(build, filename)
+
+
+class CgroupRoot:
+    """The root of cgroup v2, held open: a cgroup program attached there sees every socket."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+
+    def attach(self, prog: Program) -> Link:
+        if self._fd < 0:
+            root = cgroup2_root()
+            if root is None:
+                raise OSError(errno.ENOENT, "attach: cgroup v2 is not mounted")
+            self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return prog.attach_cgroup(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def cgroup2_root() -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields as dc_fields
 from typing import TYPE_CHECKING, Any, Callable
 
-from tcptop.model import Flow
+from tcptop.model import SS_STATE_NAMES, Flow
 from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_endpoint, fmt_rate, fmt_us
 
 if TYPE_CHECKING:
@@ -40,18 +40,10 @@ def _rate(v: float | None) -> float:
     return -1.0 if v is None else v
 
 
-_STATE_SHORT = {
-    "ESTABLISHED": "ESTAB", "SYN_SENT": "SYN-SENT", "SYN_RECV": "SYN-RECV",
-    "FIN_WAIT1": "FIN-WAIT-1", "FIN_WAIT2": "FIN-WAIT-2", "TIME_WAIT": "TIME-WAIT",
-    "CLOSE": "CLOSED", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK",
-    "LISTEN": "LISTEN", "CLOSING": "CLOSING", "NEW_SYN_RECV": "SYN-RECV",
-}
-
-
 def state_text(flow: Flow) -> str:
     if flow.closed:
         return "CLOSED"
-    return _STATE_SHORT.get(flow.state.upper(), flow.state[:10])
+    return SS_STATE_NAMES.get(flow.state.upper(), flow.state[:10])
 
 
 def _retrans_style(r: "Row") -> str:

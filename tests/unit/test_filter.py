@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ui_factory import make_flow
+from factories import make_flow
 
 from tcptop.filter import FilterError, compile_filter, normalize_state
 

@@ -8,7 +8,7 @@ import pytest
 
 from tcptop.replay import ReplayError, ReplaySource
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE = DATA / "sample.jsonl"
 
 

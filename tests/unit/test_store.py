@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from ui_factory import make_flow, make_snapshot
+from factories import make_flow, make_snapshot
 
 from tcptop.frontends.screen.columns import COLUMNS, UnknownSortField, fit_columns, resolve_sort
 from tcptop.filter import FilterError
