@@ -123,6 +123,11 @@ class Flow:
     # snapshots, so its age is computed against the snapshot's time, not stored.
     established_ts: float = 0.0
     closed_ts: float = 0.0
+    # "client" (this end connected), "server" (it was accepted), "" (not known: older than tcptop).
+    role: str = ""
+    # RTT samples by bucket: (upper bound in µs, samples) of each non-empty bucket, ascending;
+    # the bounds are the engine's (tcptop/engines/histogram.py). Empty when not measured.
+    rtt_hist: tuple[tuple[int, int], ...] = ()
 
     def age_s(self, now_ts: float) -> float:
         """Seconds since establishment as of `now_ts` (a snapshot's ts); fixed once closed."""
@@ -270,6 +275,11 @@ def flow_from_dict(d: Mapping[str, Any]) -> Flow:
         elif name == "latency":
             if v is not None and not isinstance(v, Mapping):
                 raise SnapshotFormatError("flow field latency is not an object")
+        elif name == "rtt_hist":
+            if not isinstance(v, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and all(type(x) is int and x >= 0 for x in p) for p in v):
+                raise SnapshotFormatError("flow field rtt_hist is not a list of [bound_us, count] pairs")
+            v = tuple(tuple(p) for p in v)
         elif not isinstance(v, int) or isinstance(v, bool):
             raise SnapshotFormatError(f"flow field {name} is not an integer")
         kw[name] = v

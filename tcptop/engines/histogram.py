@@ -42,7 +42,10 @@ def percentile_ns(slots: list[int], q: float, max_ns: int = 0) -> float | None:
 
 
 def stage_summary(slots: list[int], sum_ns: int, max_ns: int = 0) -> dict[str, Any]:
-    """{"count", "p50_us", "p90_us", "p99_us", "mean_us"[, "max_us"]}; nulls when there is no sample."""
+    """{"count", "p50_us", "p90_us", "p99_us", "mean_us"[, "max_us"], "buckets"}; nulls when there is
+    no sample. "buckets" are the kernel's own: [upper bound in ns, samples] of each non-empty
+    bucket, ascending (the last bucket's bound is null: it takes everything longer), so a
+    consumer (the exporter) can re-bucket exactly instead of trusting percentiles."""
     count = sum(slots)
     d: dict[str, Any] = {"count": count}
     for name, q in PERCENTILES:
@@ -51,4 +54,6 @@ def stage_summary(slots: list[int], sum_ns: int, max_ns: int = 0) -> dict[str, A
     d["mean_us"] = round(sum_ns / count / 1000, 3) if count else None
     if max_ns:
         d["max_us"] = round(max_ns / 1000, 3)
+    last = len(slots) - 1
+    d["buckets"] = [[None if b == last else int(bucket_bounds(b)[1]), c] for b, c in enumerate(slots) if c]
     return d
