@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textual import events  # noqa: E402
 
-from tcptop.frontends.screen.app import TcptopApp, tune_gc  # noqa: E402
+from tcptop.frontends.screen import gc_tuning  # noqa: E402
+from tcptop.frontends.screen.app import TcptopApp  # noqa: E402
 from tcptop.model import Flow, RunInfo, Snapshot  # noqa: E402
 
 COMMS = ["nginx", "postgres", "redis-server", "curl", "python3", "java", "envoy", "sshd"]
@@ -260,7 +261,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--live-keys", type=int, default=12, help="presses of each key while snapshots arrive")
     args = ap.parse_args()
-    tune_gc()
+    gc_tuning.tune()
     size = (200, 50)
     print(f"tcptop screen benchmark, headless {size[0]}x{size[1]}, Python {sys.version.split()[0]}")
     print(f"{'case':64} {'median':>8} {'p95':>8} {'max':>8}  (ms)")

@@ -6,9 +6,11 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tcptop.frontends.screen.columns import BAD, WARN, ZERO_WINDOW, state_text
+from tcptop.frontends.screen.alerts import (fast_style, retrans_style, rto_style, rwnd_style, sendq_growing,
+                                            sendq_style, zero_window)
+from tcptop.frontends.screen.columns import state_text
 from tcptop.frontends.screen.glossary import TERM
-from tcptop.frontends.screen.store import Row
+from tcptop.frontends.screen.row import Row
 from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate, fmt_us
 from tcptop.widgets.sparkline import sparkline
 
@@ -46,23 +48,21 @@ def render_detail(row: Row, width: int) -> Group:
     if f.container:
         title.append(f"  container {f.container[:12]}", style="cyan")
 
-    retrans_style = BAD if row.retrans_ps else (WARN if f.retrans_packets else "")
-    zero_window = f.rwnd == 0 and not f.closed and f.state.upper() == "ESTABLISHED"
-    growing = row.wqueue_delta > 0 and f.app_wqueue > 0
+    stalled = zero_window(f)
     mean = f"mean {fmt_us(f.rtt_sum_us / f.rtt_samples)}" if f.rtt_samples else ""
     cells = [
         _metric("bytes_sent", fmt_bytes(f.bytes_sent), fmt_rate(row.tx_bps)),
         _metric("bytes_received", fmt_bytes(f.bytes_received), fmt_rate(row.rx_bps)),
         _metric("write_bytes", fmt_bytes(f.write_bytes), fmt_rate(row.write_bps)),
         _metric("read_bytes", fmt_bytes(f.read_bytes), fmt_rate(row.read_bps)),
-        _metric("retrans_packets", fmt_int(f.retrans_packets), fmt_count_rate(row.retrans_ps), retrans_style),
-        _metric("fast_retrans", fmt_int(f.fast_retrans), fmt_count_rate(row.fast_ps), WARN if row.fast_ps else ""),
-        _metric("timeouts", fmt_int(f.timeouts), fmt_count_rate(row.rto_ps), BAD if row.rto_ps else ""),
+        _metric("retrans_packets", fmt_int(f.retrans_packets), fmt_count_rate(row.retrans_ps), retrans_style(row)),
+        _metric("fast_retrans", fmt_int(f.fast_retrans), fmt_count_rate(row.fast_ps), fast_style(row)),
+        _metric("timeouts", fmt_int(f.timeouts), fmt_count_rate(row.rto_ps), rto_style(row)),
         _metric("cwnd", f"{f.cwnd} seg", f"ssthresh {f.ssthresh}" if 0 < f.ssthresh < 2**30 else ""),
         _metric("flight_size", f"{f.flight_size} seg"),
-        _metric("rwnd", fmt_bytes(f.rwnd), "zero window" if zero_window else "", ZERO_WINDOW if zero_window else ""),
+        _metric("rwnd", fmt_bytes(f.rwnd), "zero window" if stalled else "", rwnd_style(row)),
         _metric("mss", f"{f.mss} B"),
-        _metric("app_wqueue", fmt_bytes(f.app_wqueue), "growing" if growing else "", WARN if growing else ""),
+        _metric("app_wqueue", fmt_bytes(f.app_wqueue), "growing" if sendq_growing(row) else "", sendq_style(row)),
         _metric("app_wqueue_max", fmt_bytes(f.app_wqueue_max)),
         _metric("rtt_samples", fmt_int(f.rtt_samples), f"srtt {fmt_us(f.srtt_us)}" if f.srtt_us else ""),
         _metric("rtt_sum_us", fmt_us(f.rtt_sum_us), mean),
@@ -96,12 +96,12 @@ def render_detail(row: Row, width: int) -> Group:
     if len(hist) >= 2:
         spark_w = max(10, min(60, width - 36))
         series = (
-            ("TX/s", [h[1] for h in hist], fmt_rate, "green"),
-            ("RX/s", [h[2] for h in hist], fmt_rate, "cyan"),
-            ("cwnd", [h[3] for h in hist], lambda v: f"{v:.0f}", "magenta"),
-            ("RTT", [h[4] or None for h in hist], fmt_us, "yellow"),
+            ("TX/s", [h.tx_bps for h in hist], fmt_rate, "green"),
+            ("RX/s", [h.rx_bps for h in hist], fmt_rate, "cyan"),
+            ("cwnd", [h.cwnd for h in hist], lambda v: f"{v:.0f}", "magenta"),
+            ("RTT", [h.rtt_us or None for h in hist], fmt_us, "yellow"),
         )
-        secs = hist[-1][0] - hist[0][0]
+        secs = hist[-1].ts - hist[0].ts
         parts.append(Text(f"last {secs:.0f} s", style="dim"))
         for name, values, fmt, colour in series:
             known = [v for v in values if v is not None]

@@ -13,14 +13,15 @@ from functools import lru_cache
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tcptop.frontends.screen.columns import COLUMNS, Column, fit_columns
-from tcptop.frontends.screen.store import FlowStore, Row
+from tcptop.frontends.screen.keys import TABLE_BINDINGS
+from tcptop.frontends.screen.row import Row
+from tcptop.frontends.screen.store import FlowStore
 
 
 _parse_style = lru_cache(maxsize=64)(Style.parse)
@@ -37,14 +38,7 @@ class FlowTable(ScrollView, can_focus=True):
         "flow-table--empty",
     }
 
-    BINDINGS = [
-        Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up"),
-        Binding("down,j", "cursor(1)", "Down", show=False, id="table.down"),
-        Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up"),
-        Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down"),
-        Binding("home", "edge(0)", "First", show=False, id="table.home"),
-        Binding("end", "edge(1)", "Last", show=False, id="table.end"),
-    ]
+    BINDINGS = TABLE_BINDINGS
 
     class Selected(Message):
         """The selected flow changed (None: nothing to select)."""

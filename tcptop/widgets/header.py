@@ -7,25 +7,14 @@ mistaken for a whole one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.widgets import Static
 
 from tcptop.frontends.screen.columns import COLUMN_BY_ID
+from tcptop.frontends.screen.poller import PlaybackStatus
 from tcptop.model import Snapshot
 from tcptop.frontends.screen.store import FlowStore
 from tcptop.frontends.screen.units import fmt_count_rate, fmt_rate
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayStatus:
-    name: str
-    shown_line: int
-    lines: int
-    speed: float
-    ended: bool
-    errors: tuple[str, ...] = ()
 
 
 def run_warnings(snap: Snapshot | None) -> list[str]:
@@ -46,7 +35,7 @@ def run_warnings(snap: Snapshot | None) -> list[str]:
 
 
 class HeaderBar(Static):
-    def render_header(self, store: FlowStore, paused: bool, replay: ReplayStatus | None,
+    def render_header(self, store: FlowStore, paused: bool, replay: PlaybackStatus | None,
                       waiting_for: str = "") -> None:
         text = header_text(store, paused, replay, waiting_for)
         lines = text.plain.count("\n") + 1
@@ -57,7 +46,7 @@ class HeaderBar(Static):
     _lines = 0
 
 
-def header_text(store: FlowStore, paused: bool, replay: ReplayStatus | None, waiting_for: str = "") -> Text:
+def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, waiting_for: str = "") -> Text:
     snap = store.snapshot
     t = Text(no_wrap=False, overflow="fold")
     t.append(" tcptop ", style="bold reverse")

@@ -12,14 +12,14 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from tcptop.frontends.screen.glossary import GLOSSARY
-from tcptop.frontends.screen.keys import FILTER_HELP, KEY_HELP
+from tcptop.frontends.screen.keys import FILTER_HELP, key_help
 
 
 def help_renderable() -> Group:
     keys = Table(box=None, show_header=False, padding=(0, 2))
     keys.add_column(style="bold cyan", no_wrap=True)
     keys.add_column()
-    for k, what in KEY_HELP:
+    for k, what in key_help():
         keys.add_row(k, what)
 
     filt = Table(box=None, show_header=False, padding=(0, 2))

@@ -273,7 +273,7 @@ def test_a_new_frame_leaves_the_rows_on_screen_untouched():
     row, history = store.get(1), store.get(1).history
     store.builder.build(make_snapshot([make_flow(1, bytes_sent=500, cwnd=12)], ts=2), store.view)
     assert row.tx_bps == 100.0 and row.flow.cwnd == 11
-    assert store.get(1) is row and row.history is history and [h[3] for h in history] == [10, 11]
+    assert store.get(1) is row and row.history is history and [h.cwnd for h in history] == [10, 11]
 
 
 def test_index_of_finds_each_row_among_ties_in_both_directions():

@@ -12,11 +12,6 @@ of queueing stale ones.
 from __future__ import annotations
 
 import argparse
-import gc
-import queue
-from collections import deque
-import time
-from typing import Any
 
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
@@ -25,17 +20,19 @@ from textual.reactive import reactive
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
+from tcptop.frontends.screen import gc_tuning
+
 from tcptop.frontends.screen.columns import COLUMNS, resolve_sort
 from tcptop.frontends.screen.keys import APP_BINDINGS
 from tcptop.model import Snapshot
-from tcptop.replay import ReplaySource
+from tcptop.frontends.screen.poller import Command, PlaybackStatus, Poller
 from tcptop.source import SnapshotSource
 from tcptop.frontends.screen.store import FlowStore, Frame
 from tcptop.frontends.screen.units import fmt_endpoint
 from tcptop.widgets.detail import DetailPane
 from tcptop.widgets.filter_bar import FilterBar
 from tcptop.widgets.flow_table import FlowTable
-from tcptop.widgets.header import HeaderBar, ReplayStatus
+from tcptop.widgets.header import HeaderBar
 from tcptop.widgets.help import HelpScreen
 from tcptop.widgets.sort_picker import SortPicker
 from tcptop.widgets.waterfall import WaterfallPane
@@ -44,7 +41,7 @@ from tcptop.widgets.waterfall import WaterfallPane
 class FrameReady(Message):
     """A snapshot made into a frame by the worker; a newer one replaces it if the UI has not got to it yet."""
 
-    def __init__(self, frame: Frame, replay: ReplayStatus | None) -> None:
+    def __init__(self, frame: Frame, replay: PlaybackStatus | None) -> None:
         super().__init__()
         self.frame = frame
         self.replay = replay
@@ -63,10 +60,6 @@ class SourceFailed(Message):
         self.error = error
 
 
-# Commands the UI sends the worker (it is the only one allowed to touch the source).
-_WAKE, _STOP, _STEP_FWD, _STEP_BACK, _FASTER, _SLOWER, _FREE = range(7)
-
-
 class TcptopApp(App[int]):
     """Top-like view of every TCP connection. `source` is polled on a worker thread."""
 
@@ -81,15 +74,16 @@ class TcptopApp(App[int]):
                  reverse: bool = False, start_paused: bool = False) -> None:
         super().__init__()
         self.source = source
-        self.is_replay = isinstance(source, ReplaySource)
         self.store = FlowStore(sort=sort, filter_expr=filter_expr)  # raises FilterError / UnknownSortField
         if reverse:
             self.store.reverse()
-        self._commands: queue.Queue[int] = queue.Queue()
-        self._playback_paused = start_paused  # read by the worker (replay only)
+        self.poller = Poller(source, self._build_frame,
+                             lambda frame, status: self.post_message(FrameReady(frame, status)),
+                             lambda error: self.post_message(SourceFailed(error)))
+        self.is_replay = self.poller.playback is not None
+        self.poller.playback_paused = start_paused
         self._pending: Frame | None = None      # newest frame that arrived while paused
-        self._retired: deque[Frame] = deque()   # frames off the screen, for the worker to free
-        self.replay_status: ReplayStatus | None = None
+        self.replay_status: PlaybackStatus | None = None
         self.source_error = ""
         self.snapshots_applied = 0
         self.set_reactive(TcptopApp.paused, start_paused)
@@ -116,67 +110,11 @@ class TcptopApp(App[int]):
         self.run_worker(self._poll_loop, thread=True, exclusive=True, name="poller", group="poller")
 
     def on_unmount(self) -> None:
-        self._commands.put(_STOP)
-
-    # -- the worker (runs on its own thread) ------------------------------------------
+        self.poller.send(Command.STOP)
 
     def _poll_loop(self) -> None:
         worker = get_current_worker()
-        src = self.source
-        replay = src if isinstance(src, ReplaySource) else None
-        next_at = time.monotonic()
-        last: tuple[Any, ...] = ()
-        first = True
-        while not worker.is_cancelled:
-            if replay is not None and self._playback_paused and not first:
-                timeout = None  # playback stands still until a key asks for more
-            else:
-                timeout = max(0.0, next_at - time.monotonic())
-            try:
-                cmd = self._commands.get(timeout=timeout)
-            except queue.Empty:
-                cmd = None
-            if cmd is None or cmd == _FREE:
-                # The last references to frames gone from the screen: freeing 100,000 rows takes
-                # tens of ms, better here, before the next poll, than on the UI thread.
-                self._retired.clear()
-            if cmd == _STOP or worker.is_cancelled:
-                return
-            if cmd == _FREE:
-                continue
-            try:
-                if cmd is None:
-                    now = time.monotonic()
-                    next_at = max(next_at + src.interval_s, now)
-                    snap = src.poll()
-                    first = False
-                elif cmd == _WAKE:
-                    # Pause changed. Live polling keeps its rhythm (a poll now would give a
-                    # sliver of an interval and noisy rates); replay restarts its clock.
-                    if replay is not None:
-                        next_at = time.monotonic() + src.interval_s
-                    continue
-                elif replay is None:
-                    continue
-                elif cmd == _STEP_FWD:
-                    snap = replay.poll()
-                elif cmd == _STEP_BACK:
-                    snap = replay.step_back()
-                else:
-                    replay.faster() if cmd == _FASTER else replay.slower()
-                    next_at = time.monotonic() + replay.interval_s
-                    snap = last[0] if last else replay.poll()
-            except Exception as e:  # the engine failing must not kill the screen silently
-                self.post_message(SourceFailed(f"{type(e).__name__}: {e}"))
-                continue
-            status = None
-            if replay is not None:
-                status = ReplayStatus(replay.name, replay.shown_line, len(replay), replay.speed, replay.ended,
-                                      tuple(replay.errors))
-            if last and last[0] is snap and last[1] == status:
-                continue  # replay holding at its end: nothing new to show
-            last = (snap, status)
-            self.post_message(FrameReady(self._build_frame(snap), status))
+        self.poller.run(lambda: worker.is_cancelled)
 
     # -- data in ---------------------------------------------------------------------
 
@@ -186,7 +124,7 @@ class TcptopApp(App[int]):
         self.replay_status = msg.replay
         self.source_error = ""
         if self.paused and not self.is_replay:
-            self._retire(self._pending)
+            self.poller.retire(self._pending)
             self._pending = msg.frame
             self._render_header()
             return
@@ -197,18 +135,11 @@ class TcptopApp(App[int]):
         self._render_header()
         self.notify(msg.error, title="source error", severity="error", timeout=5)
 
-    def _retire(self, frame: Frame | None) -> None:
-        """Leave a frame for the worker to free (at its next poll; sooner if they pile up)."""
-        if frame is not None:
-            self._retired.append(frame)
-            if len(self._retired) > 2:
-                self._commands.put(_FREE)
-
     def _build_frame(self, snap: Snapshot) -> Frame:
         """The worker's half of a refresh: a frame under the view the screen has now."""
         store = self.store
         frame = store.builder.build(snap, store.view, frozenset(store.watched))
-        fit_gc(len(frame.rows))
+        gc_tuning.fit(len(frame.rows))
         if store.view is not frame.view:  # a key changed the view during the build
             frame = store.builder.rearrange(frame, store.view)
         return frame
@@ -220,7 +151,7 @@ class TcptopApp(App[int]):
     def apply_frame(self, frame: Frame) -> None:
         """Store first, then the widgets, all on the UI thread."""
         table = self.table
-        self._retire(self.store.install(frame))
+        self.poller.retire(self.store.install(frame))
         self.snapshots_applied += 1
         table.empty_text = "no flows match the filter" if self.store.total else "no TCP connections"
         table.data_changed()
@@ -319,8 +250,8 @@ class TcptopApp(App[int]):
         self.paused = not self.paused
 
     def watch_paused(self, paused: bool) -> None:
-        self._playback_paused = paused
-        self._commands.put(_WAKE)
+        self.poller.playback_paused = paused
+        self.poller.send(Command.WAKE)
         if not paused and self._pending is not None:
             frame, self._pending = self._pending, None
             self.apply_frame(frame)  # jump to now
@@ -332,11 +263,11 @@ class TcptopApp(App[int]):
             return
         if not self.paused:
             self.paused = True
-        self._commands.put(_STEP_FWD if delta > 0 else _STEP_BACK)
+        self.poller.send(Command.STEP_FORWARD if delta > 0 else Command.STEP_BACK)
 
     def action_speed(self, delta: int) -> None:
         if self.is_replay:
-            self._commands.put(_FASTER if delta > 0 else _SLOWER)
+            self.poller.send(Command.FASTER if delta > 0 else Command.SLOWER)
 
     def action_next_pane(self) -> None:
         order = [self.table, self.query_one(DetailPane), self.query_one(WaterfallPane)]
@@ -348,42 +279,15 @@ class TcptopApp(App[int]):
         self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        self._commands.put(_STOP)
+        self.poller.send(Command.STOP)
         self.exit(0)
-
-
-GC_GEN0_MIN = 50_000
-_gc_tuned = False
-
-
-def tune_gc() -> None:
-    """Each refresh replaces every Flow: with the default thresholds, full collections of a
-    100k-flow heap would stall the screen several times per refresh."""
-    global _gc_tuned
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_MIN, 20, 20)
-    _gc_tuned = True
-
-
-def fit_gc(flows: int) -> None:
-    """Keep one refresh's allocations under the collector's first threshold.
-
-    A refresh makes two objects per flow (its Flow, its Row) that refcounting frees two
-    refreshes later, none in a cycle. If they trip the collector it scans them all for
-    nothing — at 100,000 flows four 20 ms passes per refresh and, every few refreshes, a
-    several-hundred-ms older-generation pass, whichever thread (often the UI) allocates.
-    """
-    if _gc_tuned:
-        gen0 = max(GC_GEN0_MIN, 4 * flows)
-        if gc.get_threshold()[0] != gen0:
-            gc.set_threshold(gen0, 20, 20)
 
 
 def run(args: argparse.Namespace, source: SnapshotSource) -> int:
     """The screen over `source` (options already checked by the CLI); returns the exit status."""
     app = TcptopApp(source, filter_expr=getattr(args, "filter", None), sort=getattr(args, "sort", None),
                     reverse=bool(getattr(args, "reverse", False)))
-    tune_gc()
+    gc_tuning.tune()
     app.run()
     return app.return_code or 0
 

@@ -8,18 +8,17 @@ sideways; the sorted column is always kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields as dc_fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Literal
 
-from tcptop.model import SS_STATE_NAMES, Flow
+from tcptop.frontends.screen.alerts import fast_style, retrans_style, rto_style, rwnd_style, sendq_style
+from tcptop.frontends.screen.row import Row
 from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_endpoint, fmt_rate, fmt_us
+from tcptop.model import SS_STATE_NAMES, Flow
 
-if TYPE_CHECKING:
-    from tcptop.frontends.screen.store import Row
-
-# Styles for trouble; the stylesheet can't reach inside a line-API widget's cells.
-WARN = "bold yellow"
-BAD = "bold red"
-ZERO_WINDOW = "bold white on red"
+# What a column's sort value depends on, which decides when the store must re-key a row:
+# "flow": the Flow object alone (the same object, the same value); "rate": also the previous
+# sighting's Flow; "row": also the row's decayed retransmissions; "time": the snapshot's clock.
+Depends = Literal["flow", "rate", "row", "time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +26,14 @@ class Column:
     id: str
     title: str
     width: int
-    key: Callable[["Row"], Any]          # sort value; never None
-    text: Callable[["Row"], str]
-    style: Callable[["Row"], str] | None = None
+    key: Callable[[Row], Any]            # sort value; never None
+    text: Callable[[Row], str]
+    style: Callable[[Row], str] | None = None
     right: bool = True                   # numbers align right
     descending: bool = True              # natural direction: biggest first for numbers
     priority: int = 50                   # lower is kept first when space is short
     help: str = ""
+    depends: Depends = "flow"
 
 
 def _rate(v: float | None) -> float:
@@ -46,28 +46,7 @@ def state_text(flow: Flow) -> str:
     return SS_STATE_NAMES.get(flow.state.upper(), flow.state[:10])
 
 
-def _retrans_style(r: "Row") -> str:
-    if r.retrans_ps:
-        return BAD
-    return WARN if r.flow.retrans_packets else ""
-
-
-def _rwnd_style(r: "Row") -> str:
-    # The peer advertises no room while we still have data: the receiver is stalled.
-    f = r.flow
-    if f.rwnd == 0 and not f.closed and f.state.upper() == "ESTABLISHED":
-        return ZERO_WINDOW
-    return ""
-
-
-def _sendq_style(r: "Row") -> str:
-    f = r.flow
-    if f.app_wqueue and r.wqueue_delta > 0:
-        return WARN  # growing: the application writes faster than the network drains
-    return ""
-
-
-def _rtt_us(r: "Row") -> float:
+def _rtt_us(r: Row) -> float:
     f = r.flow
     return float(f.srtt_us) if f.srtt_us else f.rtt_mean_us
 
@@ -88,22 +67,22 @@ COLUMNS: tuple[Column, ...] = (
     Column("state", "STATE", 10, lambda r: (r.flow.closed, r.flow.state), lambda r: state_text(r.flow),
            right=False, descending=False, priority=3, help="TCP state"),
     Column("tx", "TX/s", 10, lambda r: _rate(r.tx_bps), lambda r: fmt_rate(r.tx_bps),
-           priority=4, help="bytes sent per second (retransmissions included)"),
+           priority=4, help="bytes sent per second (retransmissions included)", depends="rate"),
     Column("rx", "RX/s", 10, lambda r: _rate(r.rx_bps), lambda r: fmt_rate(r.rx_bps),
-           priority=5, help="bytes received per second"),
+           priority=5, help="bytes received per second", depends="rate"),
     Column("retrans", "RETRANS", 8,
            # recent retransmissions first (decayed, so an RTO backoff does not drop a lossy
            # flow below one with a single probe), then the lifetime total
            # (round() is slow, and most flows never retransmit: skip it for them)
            lambda r: (round(r.retrans_recent, 3) if r.retrans_recent else 0.0, r.flow.retrans_packets),
-           lambda r: str(r.flow.retrans_packets), _retrans_style,
-           priority=6, help="segments retransmitted (red: some in the last interval)"),
+           lambda r: str(r.flow.retrans_packets), retrans_style,
+           priority=6, help="segments retransmitted (red: some in the last interval)", depends="row"),
     Column("fast", "FAST", 5, lambda r: (_rate(r.fast_ps), r.flow.fast_retrans),
-           lambda r: str(r.flow.fast_retrans), lambda r: WARN if r.fast_ps else "",
-           priority=12, help="fast-recovery episodes"),
+           lambda r: str(r.flow.fast_retrans), fast_style,
+           priority=12, help="fast-recovery episodes", depends="rate"),
     Column("rto", "RTO", 4, lambda r: (_rate(r.rto_ps), r.flow.timeouts),
-           lambda r: str(r.flow.timeouts), lambda r: BAD if r.rto_ps else "",
-           priority=13, help="retransmission timeouts"),
+           lambda r: str(r.flow.timeouts), rto_style,
+           priority=13, help="retransmission timeouts", depends="rate"),
     Column("cwnd", "CWND", 6, lambda r: r.flow.cwnd, lambda r: str(r.flow.cwnd),
            priority=8, help="congestion window, segments"),
     Column("rtt", "RTT", 8, _rtt_us, lambda r: fmt_us(_rtt_us(r)),
@@ -111,11 +90,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("flight", "FLIGHT", 7, lambda r: r.flow.flight_size, lambda r: str(r.flow.flight_size),
            priority=14, help="segments in flight"),
     Column("sendq", "SEND-Q", 9, lambda r: r.flow.app_wqueue, lambda r: fmt_bytes(r.flow.app_wqueue),
-           _sendq_style, priority=10, help="bytes written, not yet acknowledged (yellow: growing)"),
-    Column("rwnd", "RWND", 9, lambda r: r.flow.rwnd, lambda r: fmt_bytes(r.flow.rwnd), _rwnd_style,
+           sendq_style, priority=10, help="bytes written, not yet acknowledged (yellow: growing)"),
+    Column("rwnd", "RWND", 9, lambda r: r.flow.rwnd, lambda r: fmt_bytes(r.flow.rwnd), rwnd_style,
            descending=False, priority=11, help="peer's receive window (red: zero window)"),
     Column("age", "AGE", 6, lambda r: r.age_s, lambda r: fmt_age(r.age_s),
-           priority=15, help="time since the connection was established"),
+           priority=15, help="time since the connection was established", depends="time"),
 )
 
 COLUMN_BY_ID: dict[str, Column] = {c.id: c for c in COLUMNS}

@@ -1,49 +1,91 @@
-"""Every key of the screen in one place: the App's bindings and the help screen's table.
+"""Every key of the screen in one place; the help screen's table is made from these bindings.
 
-Each binding has an id so a user keymap can rebind it (Textual's keymap support).
+Each binding has an id so a user keymap can rebind it (Textual's keymap support), and a
+tooltip that the help screen shows, so no key can be documented without existing, or
+exist without being documented.
 """
 
 from __future__ import annotations
 
 from textual.binding import Binding
 
-APP_BINDINGS = [
-    Binding("question_mark", "help", "Help", key_display="?", id="help"),
-    Binding("slash", "filter", "Filter", key_display="/", id="filter"),
-    Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
-    Binding("s", "pick_sort", "Sort", id="sort"),
-    Binding("r", "reverse", "Reverse", id="reverse"),
-    Binding("R", "sort_retrans", "By retrans", key_display="R", id="sort_retrans"),
-    Binding("less_than_sign", "sort_step(-1)", "Sort ←", show=False, key_display="<", id="sort_left"),
-    Binding("greater_than_sign", "sort_step(1)", "Sort →", show=False, key_display=">", id="sort_right"),
-    Binding("p,space", "toggle_pause", "Pause", key_display="p", id="pause"),
-    Binding("n,full_stop", "step(1)", "Step", show=False, key_display="n", id="replay.step"),
-    Binding("b,comma", "step(-1)", "Back", show=False, key_display="b", id="replay.back"),
-    Binding("plus,equals_sign", "speed(1)", "Faster", show=False, key_display="+", id="replay.faster"),
-    Binding("minus", "speed(-1)", "Slower", show=False, key_display="-", id="replay.slower"),
-    Binding("enter", "next_pane", "Next pane", show=False, id="next_pane"),
-    Binding("q", "quit", "Quit", id="quit"),
-    Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c"),
+# The flow list's own keys (tcptop/widgets/flow_table.py takes them from here).
+TABLE_BINDINGS = [
+    Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up",
+            tooltip="move the selection (it follows the same connection across refreshes and re-sorts)"),
+    Binding("down,j", "cursor(1)", "Down", show=False, id="table.down",
+            tooltip="move the selection (it follows the same connection across refreshes and re-sorts)"),
+    Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up",
+            tooltip="move by a page / to the first or last flow"),
+    Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down",
+            tooltip="move by a page / to the first or last flow"),
+    Binding("home", "edge(0)", "First", show=False, id="table.home",
+            tooltip="move by a page / to the first or last flow"),
+    Binding("end", "edge(1)", "Last", show=False, id="table.end",
+            tooltip="move by a page / to the first or last flow"),
 ]
 
-# (keys as shown, what they do) for the help screen, in the order a newcomer needs them.
-KEY_HELP: tuple[tuple[str, str], ...] = (
-    ("↑ ↓  j k", "move the selection (it follows the same connection across refreshes and re-sorts)"),
-    ("PgUp PgDn Home End", "move by a page / to the first or last flow"),
-    ("/", "filter: type an expression, applied as you type; Enter keeps it"),
-    ("Esc", "clear the filter (or close this screen)"),
-    ("s", "choose the sort column"),
-    ("< >", "sort by the column to the left / right"),
-    ("r", "reverse the sort order"),
-    ("R", "sort by retransmissions, most first"),
-    ("p  Space", "pause the display (collection goes on; unpausing jumps to now)"),
-    ("n  b", "replay: next / previous snapshot"),
-    ("+ -", "replay: faster / slower"),
-    ("Enter  Tab", "move focus between the flow list, detail and latency panes"),
-    ("mouse", "click a column header to sort by it (again: reverse); click a row to select it"),
-    ("?", "this help"),
-    ("q  Ctrl+C", "quit"),
-)
+APP_BINDINGS = [
+    Binding("question_mark", "help", "Help", key_display="?", id="help", tooltip="this help"),
+    Binding("slash", "filter", "Filter", key_display="/", id="filter",
+            tooltip="filter: type an expression, applied as you type; Enter keeps it"),
+    Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter",
+            tooltip="clear the filter (or close this screen)"),
+    Binding("s", "pick_sort", "Sort", id="sort", tooltip="choose the sort column"),
+    Binding("less_than_sign", "sort_step(-1)", "Sort ←", show=False, key_display="<", id="sort_left",
+            tooltip="sort by the column to the left / right"),
+    Binding("greater_than_sign", "sort_step(1)", "Sort →", show=False, key_display=">", id="sort_right",
+            tooltip="sort by the column to the left / right"),
+    Binding("r", "reverse", "Reverse", id="reverse", tooltip="reverse the sort order"),
+    Binding("R", "sort_retrans", "By retrans", key_display="R", id="sort_retrans",
+            tooltip="sort by retransmissions, most first"),
+    Binding("p,space", "toggle_pause", "Pause", key_display="p", id="pause",
+            tooltip="pause the display (collection goes on; unpausing jumps to now)"),
+    Binding("n,full_stop", "step(1)", "Step", show=False, key_display="n", id="replay.step",
+            tooltip="replay: next / previous snapshot"),
+    Binding("b,comma", "step(-1)", "Back", show=False, key_display="b", id="replay.back",
+            tooltip="replay: next / previous snapshot"),
+    Binding("plus,equals_sign", "speed(1)", "Faster", show=False, key_display="+", id="replay.faster",
+            tooltip="replay: faster / slower"),
+    Binding("minus", "speed(-1)", "Slower", show=False, key_display="-", id="replay.slower",
+            tooltip="replay: faster / slower"),
+    Binding("enter,tab", "next_pane", "Next pane", show=False, id="next_pane",
+            tooltip="move focus between the flow list, detail and latency panes"),
+    Binding("q", "quit", "Quit", id="quit", tooltip="quit"),
+    Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit_ctrl_c", tooltip="quit"),
+]
+
+# What no binding says: the mouse.
+MOUSE_HELP = ("mouse", "click a column header to sort by it (again: reverse); click a row to select it")
+
+_KEY_NAMES = {
+    "up": "↑", "down": "↓", "pageup": "PgUp", "pagedown": "PgDn", "home": "Home", "end": "End",
+    "question_mark": "?", "slash": "/", "escape": "Esc", "less_than_sign": "<", "greater_than_sign": ">",
+    "space": "Space", "full_stop": ".", "comma": ",", "plus": "+", "equals_sign": "=", "minus": "-",
+    "enter": "Enter", "tab": "Tab", "ctrl+c": "Ctrl+C",
+}
+
+
+def key_names(b: Binding) -> list[str]:
+    """How a binding's keys are written for a person."""
+    return [_KEY_NAMES.get(k.strip(), k.strip()) for k in b.key.split(",")]
+
+
+def key_help(bindings: list[Binding] | None = None) -> list[tuple[str, str]]:
+    """(keys, what they do) for the help screen, made from the live bindings: bindings that
+    share a description share a line, in binding order, with the mouse and then help and quit
+    last (where a newcomer looks for them)."""
+    rows: dict[str, list[str]] = {}
+    last: list[str] = []
+    for b in bindings if bindings is not None else TABLE_BINDINGS + APP_BINDINGS:
+        what = b.tooltip or b.description
+        keys = rows.setdefault(what, [])
+        keys.extend(k for k in key_names(b) if k not in keys)
+        if b.action in ("help", "quit") and what not in last:
+            last.append(what)
+    out = [("  ".join(keys), what) for what, keys in rows.items() if what not in last]
+    return out + [MOUSE_HELP] + [("  ".join(rows[what]), what) for what in last]
+
 
 FILTER_HELP: tuple[tuple[str, str], ...] = (
     ("port N", "local or remote port N (a bare number means the same)"),

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Callable
 
 from sortedcontainers import SortedList
 
-from tcptop.frontends.screen.columns import COLUMN_BY_ID, COLUMNS, Column, resolve_sort
+from tcptop.frontends.screen.columns import COLUMNS, Column, Depends, resolve_sort
+from tcptop.frontends.screen.row import HistoryPoint, Row, growth
 from tcptop.filter import Predicate, compile_filter
-from tcptop.model import Flow, Snapshot
+from tcptop.model import Snapshot
 
 # Sparklines show about a minute; keep enough samples for half-second intervals.
 HISTORY_LEN = 120
@@ -47,61 +48,6 @@ HISTORY_ALL_MAX = 1000
 # Half-life of `Row.retrans_recent`: long enough that a flow sitting out an RTO backoff
 # still ranks above one that sent a single zero-window probe, short enough to forget.
 RETRANS_HALF_LIFE_S = 10.0
-
-
-class Row:
-    """One connection in one frame: the flow, what only consecutive snapshots tell, short history.
-
-    The counters every refresh needs anyway (bytes each way, retransmissions: the header
-    totals, the default sort) get their rates when the row is made; the rarer ones are
-    computed when read, from the previous sighting kept in `prev`. A row is not changed
-    after its frame is built, so both threads may read it.
-    """
-
-    __slots__ = ("id", "flow", "prev", "dt", "ts", "born", "history", "visible", "retrans_recent",
-                 "tx_bps", "rx_bps", "retrans_ps")
-
-    def __init__(self, flow: Flow) -> None:
-        self.id = flow.id
-        self.flow = flow
-        self.prev: Flow | None = None  # the same connection one snapshot earlier
-        self.dt = 0.0                  # seconds between the two sightings
-        self.ts = 0.0                  # time of the snapshot the row was made from
-        self.born = False              # first seen, but opened within dt: counters started at zero
-        self.history: tuple | None = None  # ((ts, tx_bps, rx_bps, cwnd, rtt_us), ...), oldest first
-        self.visible = False           # passes the store's filter
-        self.retrans_recent = 0.0      # retransmissions, exponentially decayed (RETRANS_HALF_LIFE_S)
-        self.tx_bps: float | None = None   # None while unknown (a flow's first sighting)
-        self.rx_bps: float | None = None
-        self.retrans_ps: float | None = None
-
-    @property
-    def age_s(self) -> float:
-        """Connection age at the row's snapshot (an idle flow's object is reused, its age is not)."""
-        return self.flow.age_s(self.ts)
-
-    def rate(self, counter: str) -> float | None:
-        """Per-second growth of a Flow counter; None while unknown (a flow's first sighting)."""
-        prev = self.prev
-        if prev is None:
-            return getattr(self.flow, counter) / self.dt if self.born else None
-        # Counters only grow for one socket cookie; a drop means the engine restarted counting.
-        d = getattr(self.flow, counter) - getattr(prev, counter)
-        return d / self.dt if d > 0 else 0.0
-
-    fast_ps = property(lambda self: self.rate("fast_retrans"))
-    rto_ps = property(lambda self: self.rate("timeouts"))
-    read_bps = property(lambda self: self.rate("read_bytes"))
-    write_bps = property(lambda self: self.rate("write_bytes"))
-
-    @property
-    def wqueue_delta(self) -> int:
-        """Send-queue change since the last snapshot, bytes (positive: growing)."""
-        base = self.prev.app_wqueue if self.prev is not None else 0
-        return self.flow.app_wqueue - base
-
-    def __repr__(self) -> str:
-        return f"Row({self.flow.id}, {self.flow.comm!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,33 +86,8 @@ class Frame:
 _MATCH_ALL = compile_filter(None)
 _BY_ID = attrgetter("id")
 _SECOND = itemgetter(1)
-
-# Columns whose sort value is a function of the Flow object alone: the same object, the same value.
-_FLOW_ONLY = frozenset({"pid", "comm", "local", "remote", "state", "cwnd", "rtt", "flight", "sendq", "rwnd"})
-# Columns whose value is also a rate between two sightings: the same object twice running, zero.
-_RATE = frozenset({"tx", "rx", "fast", "rto"})
-# Columns whose value moves with the snapshot's clock for an unchanged flow: sorted from scratch.
-_TIME_DEPENDENT = frozenset({"age"})
 # Above this share of re-keyed flows one sort is cheaper than moving each.
 _REBUILD_SHARE = 0.25
-_FLOW_FIELD_NAMES = frozenset(f.name for f in fields(Flow))
-
-
-def _key_kind(col: Column) -> str:
-    """What a row's sort value depends on: 'flow' (the Flow alone), 'rate' (also the previous
-    sighting's Flow), 'row' (also the decayed retransmissions, which move until they reach zero),
-    'time' (the clock). A column not known here is taken for 'row': it is assumed to read
-    nothing of a row but its flows, rates and decayed retransmissions."""
-    if col.id in _TIME_DEPENDENT:
-        return "time"
-    if COLUMN_BY_ID.get(col.id) is col:
-        if col.id in _FLOW_ONLY:
-            return "flow"
-        if col.id in _RATE:
-            return "rate"
-    elif col.id in _FLOW_FIELD_NAMES:
-        return "flow"  # resolve_sort's column for a Flow field without its own: getattr(row.flow, id)
-    return "row"
 
 
 _MISSING = object()
@@ -260,7 +181,7 @@ class FrameBuilder:
         first = prev_snap is None
         new_row = Row.__new__
         col = view.column
-        kind = _key_kind(col)
+        kind = col.depends
         index = self._index
         incremental = (index is not None or self._sorted_rows is not None) and kind != "time" and self._col is col
         flow_only = kind == "flow"
@@ -280,13 +201,12 @@ class FrameBuilder:
                 row.prev = None
                 history = None
                 # Born during this interval: everything it counted happened within dt.
-                if not first and f.age_s(ts) <= dt:
-                    row.born = True
+                row.born = not first and f.age_s(ts) <= dt
+                if row.born:
                     dtx, drx, dre = f.bytes_sent, f.bytes_received, f.retrans_packets
                     row.tx_bps, row.rx_bps, row.retrans_ps = dtx / dt, drx / dt, dre / dt
                     row.retrans_recent = float(dre)
                 else:
-                    row.born = False
                     dtx = drx = dre = 0
                     row.tx_bps = row.rx_bps = row.retrans_ps = None
                     row.retrans_recent = 0.0
@@ -296,39 +216,25 @@ class FrameBuilder:
                 history = o.history
                 if p is f and o.prev is f and not o.retrans_recent:
                     # Idle, and already so at the last sighting (the engine reused the Flow):
-                    # rates zero as before, and the sort value is the one `index` holds.
+                    # rates zero, and the sort value is the one `index` holds.
                     row.tx_bps = row.rx_bps = row.retrans_ps = 0.0
                     row.retrans_recent = 0.0
                     dtx = drx = dre = 0
                 else:
                     if incremental and not (p is f and (flow_only or (rate_only and o.prev is f))):
                         keep(row)  # its sort value may have moved
-                    # Counters only grow for one socket cookie; a drop means the engine restarted counting.
-                    dtx = f.bytes_sent - p.bytes_sent
-                    if dtx > 0:
-                        row.tx_bps = dtx / dt
-                    else:
-                        dtx = 0
-                        row.tx_bps = 0.0
-                    drx = f.bytes_received - p.bytes_received
-                    if drx > 0:
-                        row.rx_bps = drx / dt
-                    else:
-                        drx = 0
-                        row.rx_bps = 0.0
-                    dre = f.retrans_packets - p.retrans_packets
-                    if dre > 0:
-                        row.retrans_ps = dre / dt
-                    else:
-                        dre = 0
-                        row.retrans_ps = 0.0
+                    dtx = growth(f.bytes_sent, p.bytes_sent)
+                    drx = growth(f.bytes_received, p.bytes_received)
+                    dre = growth(f.retrans_packets, p.retrans_packets)
+                    row.tx_bps, row.rx_bps, row.retrans_ps = dtx / dt, drx / dt, dre / dt
                     rr = o.retrans_recent
                     row.retrans_recent = rr * decay + dre if rr or dre else 0.0
             if o is None and incremental:
                 keep(row)
             if keep_history or fid in watched:
                 # A new tuple, not an append: the screen may be drawing the previous one.
-                history = (history[-tail:] if history else ()) + ((ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us),)
+                point = HistoryPoint(ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us)
+                history = (history[-tail:] if history else ()) + (point,)
             row.history = history
             rows[fid] = row
             show = True if match_all else bool(pred(f))
@@ -348,7 +254,7 @@ class FrameBuilder:
         return Frame(snap, view, rows, by_id, order, shown,
                      Totals(tx_sum / dt, rx_sum / dt, re_sum / dt, re_total, closed))
 
-    def _order(self, rows: dict[int, Row], by_id: list[Row], old: dict[int, Row], col: Column, kind: str,
+    def _order(self, rows: dict[int, Row], by_id: list[Row], old: dict[int, Row], col: Column, kind: Depends,
                changed: list[Row] | None) -> list[Row]:
         """`rows` ascending by (col.key, id): the kept index moved by `changed` rows, or a full sort."""
         key = col.key
