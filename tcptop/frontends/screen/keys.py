@@ -9,20 +9,17 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
+_MOVE = "move the selection (it follows the same connection across refreshes and re-sorts)"
+_JUMP = "move by a page / to the first or last flow"
+
 # The flow list's own keys (tcptop/widgets/flow_table.py takes them from here).
 TABLE_BINDINGS = [
-    Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up",
-            tooltip="move the selection (it follows the same connection across refreshes and re-sorts)"),
-    Binding("down,j", "cursor(1)", "Down", show=False, id="table.down",
-            tooltip="move the selection (it follows the same connection across refreshes and re-sorts)"),
-    Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up",
-            tooltip="move by a page / to the first or last flow"),
-    Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down",
-            tooltip="move by a page / to the first or last flow"),
-    Binding("home", "edge(0)", "First", show=False, id="table.home",
-            tooltip="move by a page / to the first or last flow"),
-    Binding("end", "edge(1)", "Last", show=False, id="table.end",
-            tooltip="move by a page / to the first or last flow"),
+    Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up", tooltip=_MOVE),
+    Binding("down,j", "cursor(1)", "Down", show=False, id="table.down", tooltip=_MOVE),
+    Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up", tooltip=_JUMP),
+    Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down", tooltip=_JUMP),
+    Binding("home", "edge(0)", "First", show=False, id="table.home", tooltip=_JUMP),
+    Binding("end", "edge(1)", "Last", show=False, id="table.end", tooltip=_JUMP),
 ]
 
 APP_BINDINGS = [
