@@ -240,6 +240,21 @@ async def bench_live_keys(snaps: list[Snapshot], size: tuple[int, int], presses:
     return out
 
 
+async def bench_steady(snaps: list[Snapshot], size: tuple[int, int], seconds: float) -> tuple[float, int]:
+    """The screen's whole CPU (worker and UI thread) as a share of one core while the real worker
+    takes a new snapshot every second: the cost of keeping a 1 s refresh, nothing pressed."""
+    src = CyclingSource(snaps, interval_s=1.0)
+    app = TcptopApp(src)
+    async with app.run_test(size=size) as pilot:
+        while app.snapshots_applied < 3:
+            await pilot.pause(0.05)
+        shown, cpu0, t0 = app.snapshots_applied, time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        shown = app.snapshots_applied - shown
+    return cpu / wall, shown
+
+
 def bench_build(snaps: list[Snapshot], sort: str) -> list[float]:
     """The worker's half alone (FrameBuilder.build), each frame then installed as the UI would."""
     store = TcptopApp(StillSource(snaps[0]), sort=sort).store
@@ -260,11 +275,23 @@ def main() -> int:
     ap.add_argument("--refreshes", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--live-keys", type=int, default=12, help="presses of each key while snapshots arrive")
+    ap.add_argument("--steady", type=float, default=20.0, help="seconds of the steady 1 s refresh at --big flows")
+    ap.add_argument("--only-steady", action="store_true", help="run only the steady-refresh case")
     args = ap.parse_args()
     gc_tuning.tune()
     size = (200, 50)
     print(f"tcptop screen benchmark, headless {size[0]}x{size[1]}, Python {sys.version.split()[0]}")
     print(f"{'case':64} {'median':>8} {'p95':>8} {'max':>8}  (ms)")
+    if args.steady:
+        steady = synthetic(args.big, 8, 0.01, reuse=True)
+        gc.collect()
+        gc.freeze()
+        share, shown = asyncio.run(bench_steady(steady, size, args.steady))
+        print(f"{f'{args.big:,} flows, 1% change, 1 s refresh: CPU share of one core':64} "
+              f"{share * 100:7.1f}%  ({shown} refreshes in {args.steady:g} s)")
+        del steady
+        if args.only_steady:
+            return 0
     for churn, label in ((1.0, "every flow changes"), (0.05, "5% of flows change")):
         snaps = synthetic(args.flows, args.refreshes + 1, churn)
         for sort in ("tx", "pid"):

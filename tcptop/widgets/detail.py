@@ -22,20 +22,20 @@ class DetailPane(Static, can_focus=True):
         super().__init__(id=id)
         self.border_title = "Flow"
 
-    def show(self, row: Row | None) -> None:
+    def show(self, row: Row | None, now: float = 0.0) -> None:
         if row is None:
             self.border_title = "Flow"
             self.update(Text("No flow selected: the list is empty or filtered out.", style="dim"), layout=False)
             return
         self.border_title = f"Flow {row.flow.id}"
-        self.update(render_detail(row, max(20, self.content_region.width or 80)), layout=False)
+        self.update(render_detail(row, now, max(20, self.content_region.width or 80)), layout=False)
 
 
 def _metric(field: str, value: str, rate: str = "", style: str = "") -> tuple[Text, Text, Text]:
     return (Text(TERM[field].label, style="dim"), Text(value, style=style), Text(rate, style="dim"))
 
 
-def render_detail(row: Row, width: int) -> Group:
+def render_detail(row: Row, now: float, width: int) -> Group:
     f = row.flow
     title = Text()
     title.append(f"{f.comm or '?'}", style="bold")
@@ -66,7 +66,7 @@ def render_detail(row: Row, width: int) -> Group:
         _metric("app_wqueue_max", fmt_bytes(f.app_wqueue_max)),
         _metric("rtt_samples", fmt_int(f.rtt_samples), f"srtt {fmt_us(f.srtt_us)}" if f.srtt_us else ""),
         _metric("rtt_sum_us", fmt_us(f.rtt_sum_us), mean),
-        _metric("duration_s", fmt_age(row.age_s), "since start" if f.since_start else ""),
+        _metric("duration_s", fmt_age(f.age_s(now)), "since start" if f.since_start else ""),
     ]
     # Fixed-width lines, not a rich Table: this pane repaints every refresh.
     def cell(c: tuple[Text, Text, Text]) -> Text:

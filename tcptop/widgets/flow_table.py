@@ -184,7 +184,7 @@ class FlowTable(ScrollView, can_focus=True):
                 return Strip([Segment(text.ljust(width)[:width], style)], width)
             return Strip.blank(width, self.rich_style)
         row = store.row_at(index)
-        return self._row_strip(row, width, row.id == self.cursor_id)
+        return self._row_strip(row, store.now, width, row.id == self.cursor_id)
 
     def _header_strip(self, width: int) -> Strip:
         base = self.get_component_rich_style("flow-table--header")
@@ -205,7 +205,7 @@ class FlowTable(ScrollView, can_focus=True):
             segs.append(Segment(" " * (width - used), base))
         return Strip(segs).crop(0, width)
 
-    def _row_strip(self, row: Row, width: int, is_cursor: bool) -> Strip:
+    def _row_strip(self, row: Row, now: float, width: int, is_cursor: bool) -> Strip:
         base = self.rich_style
         if row.flow.closed:
             base = base + self.get_component_rich_style("flow-table--closed")
@@ -214,7 +214,7 @@ class FlowTable(ScrollView, can_focus=True):
         segs = []
         used = 0
         for col in self.columns():
-            text = col.text(row)
+            text = col.text(row, now)
             if len(text) > col.width:
                 text = text[: col.width - 1] + "…"
             text = text.rjust(col.width) if col.right else text.ljust(col.width)

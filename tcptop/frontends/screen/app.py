@@ -172,9 +172,9 @@ class TcptopApp(App[int]):
     def _render_panes(self) -> None:
         self._render_header()
         row = self.store.get(self.table.cursor_id) if self.table.cursor_id is not None else None
-        if row is not None and not row.visible:
+        if row is not None and not self.store.is_visible(row.id):
             row = None
-        self.query_one(DetailPane).show(row)
+        self.query_one(DetailPane).show(row, self.store.now)
         snap = self.store.snapshot
         if row is not None:
             f = row.flow

@@ -26,8 +26,8 @@ class Column:
     id: str
     title: str
     width: int
-    key: Callable[[Row], Any]            # sort value; never None
-    text: Callable[[Row], str]
+    key: Callable[[Row, float], Any]     # sort value at a frame's time (`now`); never None
+    text: Callable[[Row, float], str]
     style: Callable[[Row], str] | None = None
     right: bool = True                   # numbers align right
     descending: bool = True              # natural direction: biggest first for numbers
@@ -52,48 +52,48 @@ def _rtt_us(r: Row) -> float:
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("pid", "PID", 7, lambda r: r.flow.pid, lambda r: str(r.flow.pid) if r.flow.pid else "-",
+    Column("pid", "PID", 7, lambda r, now: r.flow.pid, lambda r, now: str(r.flow.pid) if r.flow.pid else "-",
            descending=False, priority=0, help="owning process"),
-    Column("comm", "COMM", 15, lambda r: r.flow.comm.lower(), lambda r: r.flow.comm or "?",
+    Column("comm", "COMM", 15, lambda r, now: r.flow.comm.lower(), lambda r, now: r.flow.comm or "?",
            right=False, descending=False, priority=1, help="process name"),
     Column("local", "LOCAL", 21,
-           lambda r: (r.flow.family, r.flow.laddr, r.flow.lport),
-           lambda r: fmt_endpoint(r.flow.laddr, r.flow.lport, 21),
+           lambda r, now: (r.flow.family, r.flow.laddr, r.flow.lport),
+           lambda r, now: fmt_endpoint(r.flow.laddr, r.flow.lport, 21),
            right=False, descending=False, priority=9, help="local address:port"),
     Column("remote", "REMOTE", 21,
-           lambda r: (r.flow.family, r.flow.raddr, r.flow.rport),
-           lambda r: fmt_endpoint(r.flow.raddr, r.flow.rport, 21),
+           lambda r, now: (r.flow.family, r.flow.raddr, r.flow.rport),
+           lambda r, now: fmt_endpoint(r.flow.raddr, r.flow.rport, 21),
            right=False, descending=False, priority=2, help="peer address:port"),
-    Column("state", "STATE", 10, lambda r: (r.flow.closed, r.flow.state), lambda r: state_text(r.flow),
+    Column("state", "STATE", 10, lambda r, now: (r.flow.closed, r.flow.state), lambda r, now: state_text(r.flow),
            right=False, descending=False, priority=3, help="TCP state"),
-    Column("tx", "TX/s", 10, lambda r: _rate(r.tx_bps), lambda r: fmt_rate(r.tx_bps),
+    Column("tx", "TX/s", 10, lambda r, now: _rate(r.tx_bps), lambda r, now: fmt_rate(r.tx_bps),
            priority=4, help="bytes sent per second (retransmissions included)", depends="rate"),
-    Column("rx", "RX/s", 10, lambda r: _rate(r.rx_bps), lambda r: fmt_rate(r.rx_bps),
+    Column("rx", "RX/s", 10, lambda r, now: _rate(r.rx_bps), lambda r, now: fmt_rate(r.rx_bps),
            priority=5, help="bytes received per second", depends="rate"),
     Column("retrans", "RETRANS", 8,
            # recent retransmissions first (decayed, so an RTO backoff does not drop a lossy
            # flow below one with a single probe), then the lifetime total
            # (round() is slow, and most flows never retransmit: skip it for them)
-           lambda r: (round(r.retrans_recent, 3) if r.retrans_recent else 0.0, r.flow.retrans_packets),
-           lambda r: str(r.flow.retrans_packets), retrans_style,
+           lambda r, now: (round(r.retrans_recent, 3) if r.retrans_recent else 0.0, r.flow.retrans_packets),
+           lambda r, now: str(r.flow.retrans_packets), retrans_style,
            priority=6, help="segments retransmitted (red: some in the last interval)", depends="row"),
-    Column("fast", "FAST", 5, lambda r: (_rate(r.fast_ps), r.flow.fast_retrans),
-           lambda r: str(r.flow.fast_retrans), fast_style,
+    Column("fast", "FAST", 5, lambda r, now: (_rate(r.fast_ps), r.flow.fast_retrans),
+           lambda r, now: str(r.flow.fast_retrans), fast_style,
            priority=12, help="fast-recovery episodes", depends="rate"),
-    Column("rto", "RTO", 4, lambda r: (_rate(r.rto_ps), r.flow.timeouts),
-           lambda r: str(r.flow.timeouts), rto_style,
+    Column("rto", "RTO", 4, lambda r, now: (_rate(r.rto_ps), r.flow.timeouts),
+           lambda r, now: str(r.flow.timeouts), rto_style,
            priority=13, help="retransmission timeouts", depends="rate"),
-    Column("cwnd", "CWND", 6, lambda r: r.flow.cwnd, lambda r: str(r.flow.cwnd),
+    Column("cwnd", "CWND", 6, lambda r, now: r.flow.cwnd, lambda r, now: str(r.flow.cwnd),
            priority=8, help="congestion window, segments"),
-    Column("rtt", "RTT", 8, _rtt_us, lambda r: fmt_us(_rtt_us(r)),
+    Column("rtt", "RTT", 8, lambda r, now: _rtt_us(r), lambda r, now: fmt_us(_rtt_us(r)),
            priority=7, help="smoothed round-trip time"),
-    Column("flight", "FLIGHT", 7, lambda r: r.flow.flight_size, lambda r: str(r.flow.flight_size),
+    Column("flight", "FLIGHT", 7, lambda r, now: r.flow.flight_size, lambda r, now: str(r.flow.flight_size),
            priority=14, help="segments in flight"),
-    Column("sendq", "SEND-Q", 9, lambda r: r.flow.app_wqueue, lambda r: fmt_bytes(r.flow.app_wqueue),
+    Column("sendq", "SEND-Q", 9, lambda r, now: r.flow.app_wqueue, lambda r, now: fmt_bytes(r.flow.app_wqueue),
            sendq_style, priority=10, help="bytes written, not yet acknowledged (yellow: growing)"),
-    Column("rwnd", "RWND", 9, lambda r: r.flow.rwnd, lambda r: fmt_bytes(r.flow.rwnd), rwnd_style,
+    Column("rwnd", "RWND", 9, lambda r, now: r.flow.rwnd, lambda r, now: fmt_bytes(r.flow.rwnd), rwnd_style,
            descending=False, priority=11, help="peer's receive window (red: zero window)"),
-    Column("age", "AGE", 6, lambda r: r.age_s, lambda r: fmt_age(r.age_s),
+    Column("age", "AGE", 6, lambda r, now: r.flow.age_s(now), lambda r, now: fmt_age(r.flow.age_s(now)),
            priority=15, help="time since the connection was established", depends="time"),
 )
 
@@ -128,11 +128,11 @@ def resolve_sort(name: str) -> Column:
         return COLUMN_BY_ID[_ALIASES[key]]
     if key in _FLOW_NUMBERS:
         # A metric without its own column (e.g. bytes_sent): sort by the raw value.
-        return Column(key, key.upper(), 10, lambda r, k=key: getattr(r.flow, k),
-                      lambda r, k=key: str(getattr(r.flow, k)), priority=99)
+        return Column(key, key.upper(), 10, lambda r, now, k=key: getattr(r.flow, k),
+                      lambda r, now, k=key: str(getattr(r.flow, k)), priority=99)
     if key in _FLOW_OTHERS:
-        return Column(key, key.upper(), 10, lambda r, k=key: getattr(r.flow, k),
-                      lambda r, k=key: str(getattr(r.flow, k)), right=False, descending=False, priority=99)
+        return Column(key, key.upper(), 10, lambda r, now, k=key: getattr(r.flow, k),
+                      lambda r, now, k=key: str(getattr(r.flow, k)), right=False, descending=False, priority=99)
     choices = ", ".join(c.id for c in COLUMNS)
     raise UnknownSortField(f"unknown sort field {name!r} (one of {choices}, or a flow field)")
 

@@ -1,8 +1,9 @@
-"""One connection as the screen shows it in one frame: its flow, rates, and a short history.
+"""One connection as the screen shows it: its flow, rates, and a short history.
 
 Rates need two sightings of the same connection, so they live here and not in the
-snapshot. A row is never changed once its frame is handed to the screen (only its
-`visible` flag, by the UI thread), which is what lets two threads read it without locks.
+snapshot. A row is never changed once made, which lets two threads read it without
+locks and lets an idle connection's row serve frame after frame; what moves with the
+clock (the connection's age) is read at a frame's time, never stored.
 """
 
 from __future__ import annotations
@@ -34,27 +35,19 @@ class Row:
     totals, the default sort) get their rates when the row is made; the rarer ones are
     computed when read, from the previous sighting kept in `prev`."""
 
-    __slots__ = ("id", "flow", "prev", "dt", "ts", "born", "history", "visible", "retrans_recent",
-                 "tx_bps", "rx_bps", "retrans_ps")
+    __slots__ = ("id", "flow", "prev", "dt", "born", "history", "retrans_recent", "tx_bps", "rx_bps", "retrans_ps")
 
     def __init__(self, flow: Flow) -> None:
         self.id = flow.id
         self.flow = flow
         self.prev: Flow | None = None  # the same connection one snapshot earlier
         self.dt = 0.0                  # seconds between the two sightings
-        self.ts = 0.0                  # time of the snapshot the row was made from
         self.born = False              # first seen, but opened within dt: counters started at zero
         self.history: tuple[HistoryPoint, ...] | None = None  # oldest first
-        self.visible = False           # passes the store's filter
         self.retrans_recent = 0.0      # retransmissions, exponentially decayed
         self.tx_bps: float | None = None   # None while unknown (a flow's first sighting)
         self.rx_bps: float | None = None
         self.retrans_ps: float | None = None
-
-    @property
-    def age_s(self) -> float:
-        """Connection age at the row's snapshot (an idle flow's object is reused, its age is not)."""
-        return self.flow.age_s(self.ts)
 
     def rate(self, counter: str) -> float | None:
         """Per-second growth of a Flow counter; None while unknown (a flow's first sighting)."""

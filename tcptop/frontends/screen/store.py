@@ -1,16 +1,18 @@
 """The flow store: the latest flows, their rates between snapshots, kept in sorted, filtered order.
 
 Work is split by thread. A `FrameBuilder` runs on the worker: from each snapshot it
-makes a `Frame` — new rows with their rates, the decayed retransmission count and
-history, already sorted and filtered under the view the screen had when the snapshot
-arrived. The `FlowStore` lives on the UI thread: taking a frame is swapping a few
-references, so a refresh of 100,000 flows does not stand between a key and the screen.
-Rows are never changed once a frame is handed over (only their `visible` flag, by the
-UI), which is what makes the hand-over safe without locks.
+makes a `Frame` — rows with their rates, the decayed retransmission count and history,
+already sorted and filtered under the view the screen had when the snapshot arrived.
+The `FlowStore` lives on the UI thread: taking a frame is swapping a few references, so
+a refresh of 100,000 flows does not stand between a key and the screen. Rows are never
+changed once made (which rows a filter lets through is the frame's, not the row's), which
+is what makes the hand-over safe without locks, and lets a row serve frame after frame
+while its connection stays idle: on a real host most rows are not made anew at all.
 
-Order is a plain list, ascending by (sort value, flow id), read from the other end when
-descending: reversing costs nothing, a window is a slice, a flow's position is a binary
-search. A re-sort (a key, on the UI thread) computes each row's sort value once and
+Order is a plain list of flow ids, ascending by (sort value, flow id), read from the
+other end when descending: reversing costs nothing, a window is a slice, a flow's
+position is a binary search, and a frame whose flows and order did not change passes the
+previous frame's lists on as they are. A re-sort (a key, on the UI thread) computes each row's sort value once and
 lets a stable sort over the rows in id order break ties; a filter keeps that order and
 only drops rows.
 
@@ -30,12 +32,12 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Callable
 
 from sortedcontainers import SortedList
 
-from tcptop.frontends.screen.columns import COLUMNS, Column, Depends, resolve_sort
+from tcptop.frontends.screen.columns import COLUMNS, Column, resolve_sort
 from tcptop.frontends.screen.row import HistoryPoint, Row, growth
 from tcptop.filter import Predicate, compile_filter
 from tcptop.model import Snapshot
@@ -76,15 +78,19 @@ class Frame:
 
     snapshot: Snapshot
     view: View
-    rows: dict[int, Row]
-    by_id: list[Row]     # every row, by flow id: the tie-break order a re-sort starts from
-    order: list[Row]     # every row, ascending by (view.column.key, id)
-    shown: list[Row]     # `order` without the rows the filter hides
+    rows: dict[int, Row]  # flow id -> row
+    by_id: list[int]      # every flow id, ascending: the tie-break order a re-sort starts from
+    order: list[int]      # every flow id, ascending by (view.column.key, id)
+    shown: list[int]      # `order` without the flows the filter hides
+    visible: frozenset[int] | None  # ids the filter lets through; None: all of them
     totals: Totals
+
+    @property
+    def ts(self) -> float:
+        return self.snapshot.ts
 
 
 _MATCH_ALL = compile_filter(None)
-_BY_ID = attrgetter("id")
 _SECOND = itemgetter(1)
 # Above this share of re-keyed flows one sort is cheaper than moving each.
 _REBUILD_SHARE = 0.25
@@ -93,24 +99,29 @@ _REBUILD_SHARE = 0.25
 _MISSING = object()
 
 
-def sort_rows(by_id: list[Row], key: Callable[[Row], object]) -> list[Row]:
-    """Rows ascending by (key, id): one key call per row; the stable sort keeps id order in ties."""
-    return sorted(by_id, key=key)
+def sort_key(col: Column, now: float) -> Callable[[Row], object]:
+    """The column's sort value of a row, read at `now` (only time columns look at the clock)."""
+    key = col.key
+    return lambda r: key(r, now)
 
 
-def filter_rows(by_id: list[Row], order: list[Row], pred: Predicate) -> list[Row]:
-    """The rows `pred` lets through, in `order`; marks each row's `visible`.
+def sort_ids(ids: list[int], rows: dict[int, Row], col: Column, now: float) -> list[int]:
+    """Flow ids ascending by (sort value, id): one key call per row; `ids` ascending, so the
+    stable sort keeps id order in ties."""
+    key = col.key
+    return sorted(ids, key=lambda fid: key(rows[fid], now))
 
-    The predicate runs over the rows in id order, which is close to the order they were
-    made in: walking 100,000 flows in sort order instead is five times slower (cache misses).
-    """
+
+def filter_ids(rows: dict[int, Row], order: list[int], pred: Predicate) -> tuple[list[int], frozenset[int] | None]:
+    """The flow ids `pred` lets through, in `order`, and as a set (None: every flow).
+
+    The predicate runs over the rows in the order they were made, close to the order the
+    flows were created in: walking 100,000 flows in sort order instead is five times slower
+    (cache misses)."""
     if pred is _MATCH_ALL:
-        for row in by_id:
-            row.visible = True
-        return order
-    for row in by_id:
-        row.visible = bool(pred(row.flow))
-    return [row for row in order if row.visible]
+        return order, None
+    ok = frozenset(fid for fid, row in rows.items() if pred(row.flow))
+    return [fid for fid in order if fid in ok], ok
 
 
 class FrameBuilder:
@@ -130,7 +141,7 @@ class FrameBuilder:
         self._col: Column | None = None
         self._index: SortedList | None = None   # (sort value, flow id), ascending
         self._keys: dict[int, object] = {}      # flow id -> its sort value in `_index`
-        self._sorted_rows: list[Row] | None = None  # or, after a full sort, the rows to make it from
+        self._sorted_ids: list[int] | None = None  # or, after a full sort, the ids to make it from
         self.rekeyed = 0                        # sort values computed by the last build (tests)
 
     def build(self, snap: Snapshot, view: View, watched: frozenset[int] | set[int] = frozenset()) -> Frame:
@@ -143,21 +154,22 @@ class FrameBuilder:
             return frame
 
     def rearrange(self, frame: Frame, view: View) -> Frame:
-        """The same rows under another view (a key changed it while `frame` was being built).
-
-        Only for a frame not yet handed to the screen: it marks the rows' `visible`."""
+        """The same rows under another view (a key changed it while `frame` was being built)."""
         with self._lock:
             if view is frame.view:
                 return frame
-            order = frame.order if view.column is frame.view.column else sort_rows(frame.by_id, view.column.key)
-            if view.pred is not frame.view.pred:
-                shown = filter_rows(frame.by_id, order, view.pred)
-            elif view.pred is _MATCH_ALL:
-                shown = order
+            if view.column is frame.view.column:
+                order = frame.order
             else:
-                shown = [r for r in order if r.visible]
+                order = sort_ids(frame.by_id, frame.rows, view.column, frame.ts)
+            if view.pred is not frame.view.pred:
+                shown, visible = filter_ids(frame.rows, order, view.pred)
+            elif frame.visible is None:
+                shown, visible = order, None
+            else:
+                shown, visible = [fid for fid in order if fid in frame.visible], frame.visible
             # Totals stay those of the filter the frame was built with, as after a filter key.
-            new = Frame(frame.snapshot, view, frame.rows, frame.by_id, order, shown, frame.totals)
+            new = Frame(frame.snapshot, view, frame.rows, frame.by_id, order, shown, visible, frame.totals)
             if self.frame is frame:
                 self.frame = new
             return new
@@ -183,21 +195,34 @@ class FrameBuilder:
         col = view.column
         kind = col.depends
         index = self._index
-        incremental = (index is not None or self._sorted_rows is not None) and kind != "time" and self._col is col
+        incremental = (index is not None or self._sorted_ids is not None) and kind != "time" and self._col is col
         flow_only = kind == "flow"
         rate_only = kind == "rate"
         changed: list[Row] = []  # rows whose sort value may differ from the one in `index`
         keep = changed.append
+        visible: set[int] | None = None if match_all else set()
+        added = 0
 
         for f in snap.flows:
             fid = f.id
+            o = old.get(fid)
+            if o is not None and o.flow is f and o.prev is f and not o.retrans_recent and \
+                    not (keep_history or fid in watched):
+                # Idle, and already so at the last sighting (the engine reused the Flow): the row
+                # says what it said (rates zero, the sort value `index` holds), so it serves again.
+                rows[fid] = o
+                if match_all or pred(f):
+                    if visible is not None:
+                        visible.add(fid)
+                    re_total += f.retrans_packets
+                    closed += f.closed
+                continue
             row = new_row(Row)
             row.id = fid
             row.flow = f
             row.dt = dt
-            row.ts = ts
-            o = old.get(fid)
             if o is None:
+                added += 1
                 row.prev = None
                 history = None
                 # Born during this interval: everything it counted happened within dt.
@@ -210,13 +235,14 @@ class FrameBuilder:
                     dtx = drx = dre = 0
                     row.tx_bps = row.rx_bps = row.retrans_ps = None
                     row.retrans_recent = 0.0
+                if incremental:
+                    keep(row)
             else:
                 row.prev = p = o.flow
                 row.born = False
                 history = o.history
                 if p is f and o.prev is f and not o.retrans_recent:
-                    # Idle, and already so at the last sighting (the engine reused the Flow):
-                    # rates zero, and the sort value is the one `index` holds.
+                    # Idle as before, made anew only to carry its history on.
                     row.tx_bps = row.rx_bps = row.retrans_ps = 0.0
                     row.retrans_recent = 0.0
                     dtx = drx = dre = 0
@@ -229,53 +255,58 @@ class FrameBuilder:
                     row.tx_bps, row.rx_bps, row.retrans_ps = dtx / dt, drx / dt, dre / dt
                     rr = o.retrans_recent
                     row.retrans_recent = rr * decay + dre if rr or dre else 0.0
-            if o is None and incremental:
-                keep(row)
             if keep_history or fid in watched:
                 # A new tuple, not an append: the screen may be drawing the previous one.
                 point = HistoryPoint(ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us)
                 history = (history[-tail:] if history else ()) + (point,)
             row.history = history
             rows[fid] = row
-            show = True if match_all else bool(pred(f))
-            row.visible = show
-            if show:
+            if match_all or pred(f):
+                if visible is not None:
+                    visible.add(fid)
                 tx_sum += dtx
                 rx_sum += drx
                 re_sum += dre
                 re_total += f.retrans_packets
                 closed += f.closed
 
-        by_id = sorted(rows.values(), key=_BY_ID)
-        order = self._order(rows, by_id, old, col, kind, changed if incremental else None)
-        shown = order if match_all else [r for r in order if r.visible]
+        last = self.frame
+        same_flows = not added and len(rows) == len(old) and last is not None and last.rows is old
+        by_id = last.by_id if same_flows else sorted(rows)
+        order = self._order(rows, by_id, old, col, ts, changed if incremental else None,
+                            last.order if same_flows and last.view.column is col else None)
+        shown = order if visible is None else [fid for fid in order if fid in visible]
         self.rows = rows
         self.snapshot = snap
-        return Frame(snap, view, rows, by_id, order, shown,
+        return Frame(snap, view, rows, by_id, order, shown, None if visible is None else frozenset(visible),
                      Totals(tx_sum / dt, rx_sum / dt, re_sum / dt, re_total, closed))
 
-    def _order(self, rows: dict[int, Row], by_id: list[Row], old: dict[int, Row], col: Column, kind: Depends,
-               changed: list[Row] | None) -> list[Row]:
-        """`rows` ascending by (col.key, id): the kept index moved by `changed` rows, or a full sort."""
-        key = col.key
+    def _order(self, rows: dict[int, Row], by_id: list[int], old: dict[int, Row], col: Column, now: float,
+               changed: list[Row] | None, last_order: list[int] | None) -> list[int]:
+        """Flow ids ascending by (col.key, id): the kept index moved by `changed` rows (the last
+        order itself when nothing moved), or a full sort."""
+        key = sort_key(col, now)
         n = len(rows)
         try:
             if changed is not None and len(changed) <= n * _REBUILD_SHARE:
                 index, keys = self._index, self._keys
                 if index is None:
                     # Made when the flows settle after a full sort, not at every full sort:
-                    # while most flows keep changing it would only be thrown away.
-                    prev = self._sorted_rows
-                    ks = list(map(key, prev))
-                    ids = [r.id for r in prev]
-                    self._keys = keys = dict(zip(ids, ks))
-                    self._index = index = SortedList(zip(ks, ids))
-                    self._sorted_rows = None
+                    # while most flows keep changing it would only be thrown away. The values
+                    # are the last frame's; `changed` says which moved since.
+                    prev = self._sorted_ids
+                    ks = [key(old[fid]) for fid in prev]
+                    self._keys = keys = dict(zip(prev, ks))
+                    self._index = index = SortedList(zip(ks, prev))
+                    self._sorted_ids = None
+                    last_order = None
                 self.rekeyed = len(changed)
+                moved = False
                 matched = n - sum(1 for r in changed if r.prev is None)  # rows with an old row
                 if matched != len(old):  # some flows are gone
                     for fid in old.keys() - rows.keys():
                         index.remove((keys.pop(fid), fid))
+                    moved = True
                 for row in changed:
                     fid = row.id
                     k = key(row)
@@ -288,14 +319,17 @@ class FrameBuilder:
                     else:
                         continue
                     keys[fid] = k
-                return list(map(rows.__getitem__, map(_SECOND, index)))
+                    moved = True
+                if not moved and last_order is not None:
+                    return last_order
+                return list(map(_SECOND, index))
             self.rekeyed = n
             self._index, self._keys = None, {}
-            # The index for the next frame, if it needs one, is made from these rows then.
-            self._sorted_rows, self._col = (None, None) if kind == "time" else (by_id, col)
-            return sort_rows(by_id, key)
+            # The index for the next frame, if it needs one, is made from these ids then.
+            self._sorted_ids, self._col = (None, None) if col.depends == "time" else (by_id, col)
+            return sort_ids(by_id, rows, col, now)
         except BaseException:
-            self._index, self._keys, self._sorted_rows, self._col = None, {}, None, None  # sort from scratch next
+            self._index, self._keys, self._sorted_ids, self._col = None, {}, None, None  # sort from scratch next
             raise
 
 
@@ -313,11 +347,12 @@ class FlowStore:
         self.totals = Totals()
         self.watched: set[int] = set()
         self._frame: Frame | None = None
-        self._by_id: list[Row] = []
-        self._order: list[Row] = []
-        self._shown: list[Row] = []
+        self._by_id: list[int] = []   # flow ids: see Frame
+        self._order: list[int] = []
+        self._shown: list[int] = []
+        self._visible: frozenset[int] | None = None  # ids the filter lets through; None: all
         # Orders of this frame's rows by other columns: flipping between two sorts sorts once.
-        self._orders: dict[str, list[Row]] = {}
+        self._orders: dict[str, list[int]] = {}
         if filter_expr:
             self.set_filter(filter_expr)
 
@@ -341,11 +376,20 @@ class FlowStore:
     def get(self, flow_id: int) -> Row | None:
         return self.rows.get(flow_id)
 
+    @property
+    def now(self) -> float:
+        """The time the shown flows were read (ages are computed against it)."""
+        return self.snapshot.ts if self.snapshot is not None else 0.0
+
+    def is_visible(self, flow_id: int) -> bool:
+        """The flow is in this frame and the filter lets it through."""
+        return flow_id in self.rows and (self._visible is None or flow_id in self._visible)
+
     def row_at(self, index: int) -> Row:
         n = len(self._shown)
         if not 0 <= index < n:
             raise IndexError(index)
-        return self._shown[n - 1 - index] if self.descending else self._shown[index]
+        return self.rows[self._shown[n - 1 - index] if self.descending else self._shown[index]]
 
     def window(self, start: int, stop: int) -> list[Row]:
         """Visible rows [start, stop) in display order."""
@@ -355,27 +399,29 @@ class FlowStore:
         if start >= stop:
             return []
         if self.descending:
-            return shown[n - start - 1:n - stop - 1 if n - stop else None:-1]
-        return shown[start:stop]
+            ids = shown[n - start - 1:n - stop - 1 if n - stop else None:-1]
+        else:
+            ids = shown[start:stop]
+        return list(map(self.rows.__getitem__, ids))
 
     def index_of(self, flow_id: int) -> int | None:
         """Display position of a flow, or None when it is filtered out or gone."""
         row = self.rows.get(flow_id)
-        if row is None or not row.visible:
+        if row is None or not self.is_visible(flow_id):
             return None
-        shown = self._shown
-        key = self.view.column.key
-        i = bisect_left(shown, (key(row), row.id), key=lambda r: (key(r), r.id))
-        if i >= len(shown) or shown[i] is not row:
+        shown, rows = self._shown, self.rows
+        key = sort_key(self.view.column, self.now)
+        i = bisect_left(shown, (key(row), flow_id), key=lambda fid: (key(rows[fid]), fid))
+        if i >= len(shown) or shown[i] != flow_id:
             try:  # a sort value that does not compare consistently (never expected): look it up
-                i = shown.index(row)
+                i = shown.index(flow_id)
             except ValueError:
                 return None
         return len(shown) - 1 - i if self.descending else i
 
     def ids(self) -> list[int]:
         """All visible flow ids in display order (tests and small hosts)."""
-        return [r.id for r in self.window(0, len(self._shown))]
+        return self._shown[::-1] if self.descending else list(self._shown)
 
     # -- changing the view ------------------------------------------------------
 
@@ -383,7 +429,7 @@ class FlowStore:
         """Apply a new filter; raises FilterError and keeps the old one when it does not parse."""
         pred = compile_filter(expr)
         self.view = View(self.view.column, pred, (expr or "").strip())
-        self._shown = filter_rows(self._by_id, self._order, pred)
+        self._shown, self._visible = filter_ids(self.rows, self._order, pred)
 
     def set_sort(self, column: str, descending: bool | None = None) -> None:
         """Sort by a column id or a Flow field name; each column has its natural direction."""
@@ -391,12 +437,16 @@ class FlowStore:
         self.view = View(col, self.view.pred, self.view.filter_expr)
         self.descending = col.descending if descending is None else descending
         self._order = order = self._sorted(col)
-        self._shown = order if self.view.pred is _MATCH_ALL else [r for r in order if r.visible]
+        self._shown = self._filtered(order)
 
-    def _sorted(self, col: Column) -> list[Row]:
+    def _filtered(self, order: list[int]) -> list[int]:
+        visible = self._visible
+        return order if visible is None else [fid for fid in order if fid in visible]
+
+    def _sorted(self, col: Column) -> list[int]:
         order = self._orders.get(col.id)
         if order is None:
-            self._orders[col.id] = order = sort_rows(self._by_id, col.key)
+            self._orders[col.id] = order = sort_ids(self._by_id, self.rows, col, self.now)
         return order
 
     def reverse(self) -> None:
@@ -424,15 +474,16 @@ class FlowStore:
         view = self.view
         self._orders = {frame.view.column.id: frame.order}
         if frame.view is view:
-            self._order, self._shown = frame.order, frame.shown
+            self._order, self._shown, self._visible = frame.order, frame.shown, frame.visible
             return old
         self._order = order = self._sorted(view.column)
         if frame.view.pred is not view.pred:
-            self._shown = filter_rows(frame.by_id, order, view.pred)
+            self._shown, self._visible = filter_ids(frame.rows, order, view.pred)
         elif order is frame.order:
-            self._shown = frame.shown
+            self._shown, self._visible = frame.shown, frame.visible
         else:
-            self._shown = order if view.pred is _MATCH_ALL else [r for r in order if r.visible]
+            self._visible = frame.visible
+            self._shown = self._filtered(order)
         return old
 
 
