@@ -24,7 +24,7 @@ rates were not yet settled at zero) are re-keyed and moved, O(changes · log n) 
 a sort of every row. The frame's `order` list is made from it afresh (a walk, no
 comparisons); the sorted list itself never leaves the worker. A new column, a column
 whose value moves with the clock (age), or a snapshot where most values changed is
-sorted from scratch, as before.
+sorted from scratch.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class FrameBuilder:
                 row.born = False
                 history = o.history
                 if p is f and o.prev is f and not o.retrans_recent:
-                    # Idle as before, made anew only to carry its history on.
+                    # Idle at both sightings, made anew only to carry its history on.
                     row.tx_bps = row.rx_bps = row.retrans_ps = 0.0
                     row.retrans_recent = 0.0
                     dtx = drx = dre = 0
