@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
+import socket
 import sys
 from typing import Callable, Sequence
 
@@ -40,6 +42,43 @@ def _int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
     return parse
 
 
+def _listen_address(s: str) -> tuple[str, int]:
+    """--serve's [ADDR:]PORT: "9977", ":9977", "127.0.0.1:9977", "[::1]:9977", "localhost:9977"."""
+    text = s.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected [IPv6]:PORT, got {s!r}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an IPv6 address: {host!r}") from None
+    else:
+        host, _, port = text.rpartition(":")
+        if ":" in host:
+            raise argparse.ArgumentTypeError(f"put an IPv6 address in brackets, e.g. [::1]:9977, got {s!r}")
+    try:
+        number = int(port, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [ADDR:]PORT, got {s!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {number}")
+    if host and not _is_ip(host):
+        try:
+            socket.getaddrinfo(host, number, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise argparse.ArgumentTypeError(f"not an IP address, and no such host: {host!r}") from None
+    return host, number
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tcptop", description="Live TCP connections with the kernel's own numbers (eBPF).")
     p.add_argument("--json", action="store_true", help="print one JSON snapshot per interval instead of the screen")
@@ -63,7 +102,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kernel engine: core (CO-RE, needs BTF), or auto (the first that can run here)")
     p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
                    help="room for final records of connections closed within one interval (default 16384)")
+    p.add_argument("--serve", type=_listen_address, metavar="[ADDR:]PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics instead of the screen "
+                        "(ADDR: every address when left out; PORT 0: any free port, printed at start)")
+    p.add_argument("--serve-flows", type=_int_in(0, 10000, "--serve-flows"), default=0, metavar="K",
+                   help="with --serve: also per-connection series for the K worst connections (default 0)")
+    p.add_argument("--serve-max-series", type=_int_in(1000, 10_000_000, "--serve-max-series"), default=10000,
+                   metavar="N", help="with --serve: most series one scrape returns (default 10000)")
+    p.add_argument("--serve-remote", choices=("auto", "addr", "net", "none"), default="auto",
+                   help="with --serve: the remote label: auto (a client's peer address, a server's peer /24 "
+                        "or /64 network), addr, net, or none")
     return p
+
+
+def _check_serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.serve is None:
+        for opt, default in (("serve_flows", 0), ("serve_max_series", 10000), ("serve_remote", "auto")):
+            if getattr(args, opt) != default:
+                parser.error(f"--{opt.replace('_', '-')} needs --serve")
+        return
+    if args.json:
+        parser.error("--serve and --json cannot be combined")
+    from tcptop.frontends.exporter.aggregate import FLOW_SERIES
+    if args.serve_flows * FLOW_SERIES > args.serve_max_series // 2:
+        parser.error(f"--serve-flows {args.serve_flows} needs {args.serve_flows * FLOW_SERIES} series, more than half "
+                     f"of --serve-max-series {args.serve_max_series}")
 
 
 def filter_expression(args: argparse.Namespace) -> str | None:
@@ -99,6 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--filter: {e}")
     if args.json and args.replay:
         parser.error("--json reads the live kernel; --replay is for the screen")
+    _check_serve(parser, args)
+    server = None
+    if args.serve is not None:  # before the engine loads: a busy port fails at once
+        from tcptop.frontends import exporter
+        try:
+            server = exporter.listen(*args.serve)
+        except exporter.ListenError as e:
+            sys.stderr.write(f"tcptop: {e}\n")
+            return 1
     from tcptop.source import SourceError, open_source
     demo = None
     if args.demo:
@@ -112,12 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = open_source(args)  # first, so the demo's connections are seen from birth
         except SourceError as e:
             sys.stderr.write(f"tcptop: {e}\n")
+            if server is not None:
+                server.server_close()
             return 1
         if demo is not None:
             demo.start()
         if args.json:
             from tcptop.frontends import json
             return json.run(args, source, keep)
+        if server is not None:
+            return exporter.run(args, source, keep, server=server)
         from tcptop.frontends import screen
         return screen.run(args, source)
     except KeyboardInterrupt:
