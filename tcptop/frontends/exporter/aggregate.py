@@ -140,9 +140,11 @@ class Frame:
 
 
 class _Tracked:
-    """What the aggregator remembers of one connection between polls."""
+    """What the aggregator remembers of one connection between polls: the values it last
+    counted, and what it adds to its group's gauges while it is live (`live_key` set)."""
 
-    __slots__ = ("flow", "kept", "key", "values", "rtt", "stages", "overflowed", "recent_retrans")
+    __slots__ = ("flow", "kept", "key", "values", "rtt", "stages", "overflowed", "recent_retrans", "changed_seq",
+                 "live_key", "live_state", "live_zero", "live_wqueue")
 
     def __init__(self) -> None:
         self.flow: Flow | None = None
@@ -152,21 +154,32 @@ class _Tracked:
         self.rtt: tuple = ()
         self.stages: dict[tuple[str, str], tuple] = {}
         self.overflowed = False
-        self.recent_retrans = 0
+        self.recent_retrans = 0   # retransmissions since the poll before, as of changed_seq
+        self.changed_seq = 0
+        self.live_key: GroupKey | None = None
+        self.live_state = ""
+        self.live_zero = False
+        self.live_wqueue = 0
 
 
 class _Group:
-    __slots__ = ("counters", "closed", "rtt", "live_seq")
+    __slots__ = ("counters", "closed", "rtt", "live", "idle_since")
 
     def __init__(self) -> None:
         self.counters = [0] * N_COUNTERS
         self.closed = 0
         self.rtt: Hist | None = None
-        self.live_seq = 0
+        self.live = 0         # live connections counted in the group now
+        self.idle_since = 0   # the poll at which the last one left
 
 
 class Aggregator:
-    """Folds snapshots into monotonic group counters, gauges and histograms (one thread)."""
+    """Folds snapshots into monotonic group counters, gauges and histograms (one thread).
+
+    An idle connection comes back from the engine as the same Flow object, so a poll costs
+    one identity check per unchanged connection: counters and gauges are updated only for
+    connections that changed, appeared or left.
+    """
 
     def __init__(self, keep: Callable[[Flow], bool] | None = None, *, remote_mode: str = "auto",
                  top_flows: int = 0, max_series: int = 10000, stages_from_flows: bool | None = None) -> None:
@@ -180,6 +193,10 @@ class Aggregator:
         self._tracks: dict[int, _Tracked] = {}
         self._groups: dict[GroupKey, _Group] = {OVERFLOW_KEY: _Group()}
         self._stages: dict[tuple[str, str], Hist] = {}
+        # Gauges, kept up to date connection by connection.
+        self._conns: dict[tuple[GroupKey, str], int] = {}
+        self._zero_window: dict[GroupKey, int] = {}
+        self._send_queue: dict[GroupKey, int] = {}
         self._seq = 0
         self.overflowed = 0
         self.evicted = 0
@@ -207,14 +224,14 @@ class Aggregator:
         return key
 
     def _evict_one(self) -> bool:
+        """Remove the group idle longest (no live connection); False when every group is live."""
         if self._idle is None:  # computed once per poll, when first needed
-            last = self._seq - 1
-            self._idle = sorted((k for k, g in self._groups.items() if g.live_seq < last and k != OVERFLOW_KEY),
-                                key=lambda k: self._groups[k].live_seq, reverse=True)
+            self._idle = sorted((k for k, g in self._groups.items() if not g.live and k != OVERFLOW_KEY),
+                                key=lambda k: self._groups[k].idle_since, reverse=True)
         while self._idle:
             k = self._idle.pop()
             g = self._groups.get(k)
-            if g is not None and g.live_seq < self._seq:  # not touched by a live connection this poll
+            if g is not None and not g.live:
                 del self._groups[k]
                 self.evicted += 1
                 return True
@@ -226,43 +243,59 @@ class Aggregator:
         t0 = time.perf_counter()
         self._seq += 1
         self._idle = None
-        seq, keep, groups, tracks = self._seq, self.keep, self._groups, self._tracks
+        tracks = self._tracks
         room = self._group_room(snap)
-        fresh: dict[int, _Tracked] = {}
-        conns: dict[tuple[GroupKey, str], int] = {}
-        zero_window: dict[GroupKey, int] = {}
-        send_queue: dict[GroupKey, int] = {}
         flow_stages = self.stages_from_flows
-        live_kept: list[tuple[_Tracked, Flow]] = []
-        for f in snap.flows:
+        flows = snap.flows
+        present = {f.id for f in flows}
+        for gone in [i for i in tracks if i not in present]:  # they left: first, so their groups can be evicted
+            self._unlive(tracks.pop(gone))
+        for f in flows:
             t = tracks.get(f.id)
             if t is None:
-                t = _Tracked()
-            fresh[f.id] = t
-            if t.flow is not f:
-                self._count(t, f, room, flow_stages)
-            elif t.kept and t.key not in groups:  # its group was evicted; it stays countable
-                t.key = self._admit(t.key if t.key != OVERFLOW_KEY else group_key(f, self.remote_mode), room)
-                t.recent_retrans = 0
-            else:
-                t.recent_retrans = 0
-            if not t.kept or f.closed:
-                continue
-            key = t.key
-            g = groups[key]
-            g.live_seq = seq
-            ck = (key, f.state)
-            conns[ck] = conns.get(ck, 0) + 1
-            if f.rwnd == 0 and f.state in ZERO_WINDOW_STATES:
-                zero_window[key] = zero_window.get(key, 0) + 1
-            if f.app_wqueue:
-                send_queue[key] = send_queue.get(key, 0) + f.app_wqueue
-            live_kept.append((t, f))
-        self._tracks = fresh
+                t = tracks[f.id] = _Tracked()
+            elif t.flow is f:
+                continue  # unchanged: same counts, same gauges
+            self._unlive(t)
+            self._count(t, f, room, flow_stages)
+            self._live(t, f)
         if not flow_stages:
             self._host_stages(snap)
-        connections = self._fit_connections(conns, room)
-        return self._frame(snap, connections, zero_window, send_queue, live_kept, t0 - engine_s)
+        connections = self._fit_connections(room)
+        return self._frame(snap, connections, t0 - engine_s)
+
+    def _live(self, t: _Tracked, f: Flow) -> None:
+        """Add a live connection to its group's gauges."""
+        if not t.kept or f.closed:
+            return
+        key = t.live_key = t.key
+        self._groups[key].live += 1
+        ck = (key, f.state)
+        self._conns[ck] = self._conns.get(ck, 0) + 1
+        t.live_state = f.state
+        t.live_zero = f.rwnd == 0 and f.state in ZERO_WINDOW_STATES
+        if t.live_zero:
+            self._zero_window[key] = self._zero_window.get(key, 0) + 1
+        t.live_wqueue = f.app_wqueue
+        if f.app_wqueue:
+            self._send_queue[key] = self._send_queue.get(key, 0) + f.app_wqueue
+
+    def _unlive(self, t: _Tracked) -> None:
+        """Take a connection's last contribution out of its group's gauges."""
+        key = t.live_key
+        if key is None:
+            return
+        t.live_key = None
+        _take(self._conns, (key, t.live_state), 1)
+        if t.live_zero:
+            _take(self._zero_window, key, 1)
+        if t.live_wqueue:
+            _take(self._send_queue, key, t.live_wqueue)
+        g = self._groups.get(key)
+        if g is not None:
+            g.live -= 1
+            if not g.live:
+                g.idle_since = self._seq
 
     def _count(self, t: _Tracked, f: Flow, room: int, flow_stages: bool) -> None:
         """Add what a new or changed connection moved since it was last seen to its group."""
@@ -274,6 +307,7 @@ class Aggregator:
         t.values = values
         rtt_before, t.rtt = t.rtt, f.rtt_hist
         t.recent_retrans = max(0, values[0] - before[0])
+        t.changed_seq = self._seq
         if not kept:
             if flow_stages and f.latency:
                 t.stages = _flow_stage_state(f.latency)
@@ -324,28 +358,30 @@ class Aggregator:
         and flows carry the same stages, so this is known before the flows are counted."""
         return set(_stage_state(snap.latency)) | set(self._stages)
 
-    def _fit_connections(self, conns: dict[tuple[GroupKey, str], int], room: int
-                         ) -> tuple[tuple[GroupKey, str, int], ...]:
+    def _fit_connections(self, room: int) -> tuple[tuple[GroupKey, str, int], ...]:
         """(group, state, n) series; what the budget has no room for is counted in the overflow group."""
         allowance = room - (len(self._groups) - 1) * GROUP_SERIES
-        own = [(k, n) for k, n in conns.items() if k[0] != OVERFLOW_KEY]
-        if len(own) > allowance:
-            own.sort(key=lambda kn: -kn[1])
-            self._overflow_used = True
-            for (key, state), n in own[max(allowance, 0):]:
-                ok = (OVERFLOW_KEY, state)
-                conns[ok] = conns.get(ok, 0) + n
-                del conns[(key, state)]
+        own = [(k, n) for k, n in self._conns.items() if k[0] != OVERFLOW_KEY]
+        if len(own) <= allowance:
+            return tuple((k, s, n) for (k, s), n in self._conns.items())
+        conns = dict(self._conns)
+        own.sort(key=lambda kn: -kn[1])
+        self._overflow_used = True
+        for (key, state), n in own[max(allowance, 0):]:
+            ok = (OVERFLOW_KEY, state)
+            conns[ok] = conns.get(ok, 0) + n
+            del conns[(key, state)]
         return tuple((k, s, n) for (k, s), n in conns.items())
 
-    def _frame(self, snap: Snapshot, connections, zero_window, send_queue, live_kept, started: float) -> Frame:
+    def _frame(self, snap: Snapshot, connections, started: float) -> Frame:
+        zero_window, send_queue = self._zero_window, self._send_queue
         groups = tuple(
             GroupRow(key, tuple(g.counters), g.closed,
                      (g.rtt.cumulative(), g.rtt.sum) if g.rtt is not None else None,
                      zero_window.get(key, 0), send_queue.get(key, 0))
             for key, g in self._groups.items() if key != OVERFLOW_KEY or self._overflow_used)
         stages = tuple(StageRow(d, s, h.cumulative(), h.sum) for (d, s), h in sorted(self._stages.items()))
-        flows = self._top_flows(live_kept)
+        flows = self._top_flows()
         series = (self.fixed_series(snap) + len(groups) * GROUP_SERIES + len(connections)
                   + FLOW_SERIES * len(flows)
                   - sum(len(RTT_BOUNDS_US) + 3 for g in groups if g.rtt is None))
@@ -355,18 +391,30 @@ class Aggregator:
             host=snap.host, kernel=snap.kernel, polls=self._seq, series=series, series_limit=self.max_series,
             overflowed=self.overflowed, evicted=self.evicted, poll_s=time.perf_counter() - started)
 
-    def _top_flows(self, live_kept: list[tuple[_Tracked, Flow]]) -> tuple[FlowRow, ...]:
+    def _top_flows(self) -> tuple[FlowRow, ...]:
         """The K worst live connections: most retransmissions since the last poll, then the
         largest send queue, then the highest smoothed RTT."""
         if not self.top_flows:
             return ()
-        worst = heapq.nlargest(self.top_flows, live_kept,
-                               key=lambda tf: (tf[0].recent_retrans, tf[1].app_wqueue, tf[1].srtt_us))
+        seq = self._seq
+
+        def badness(t: _Tracked) -> tuple[int, int, int]:
+            f = t.flow
+            return (t.recent_retrans if t.changed_seq == seq else 0, f.app_wqueue, f.srtt_us)
+        live = (t for t in self._tracks.values() if t.live_key is not None)
         return tuple(FlowRow((f.comm, str(f.pid), endpoint(f.laddr, f.lport), endpoint(f.raddr, f.rport),
                               str(f.netns)),
                              (f.retrans_packets, f.timeouts, f.bytes_sent, f.bytes_received,
                               f.srtt_us / 1e6, f.cwnd, f.app_wqueue))
-                     for _, f in worst)
+                     for f in (t.flow for t in heapq.nlargest(self.top_flows, live, key=badness)))
+
+
+def _take(d: dict, key, n: int) -> None:
+    left = d[key] - n
+    if left:
+        d[key] = left
+    else:
+        del d[key]
 
 
 def _stage_state(latency: Mapping[str, Any] | None) -> dict[tuple[str, str], tuple[int, float, tuple]]:
