@@ -126,6 +126,7 @@ def live(label: str, args: tuple[str, ...], n_pairs: int, distinct: bool, pairs:
             busy.append((cpu, len(ls)))
             lat += ls
         cached = cached_scrape_s(served)
+        rss = rss_mib(served.proc.pid)
     finally:
         served.stop()
         for s in socks:
@@ -134,7 +135,12 @@ def live(label: str, args: tuple[str, ...], n_pairs: int, distinct: bool, pairs:
     per_scrape = [(cpu - idle_per_s * seconds) / n for cpu, n in busy if n]
     return {"label": label, "series": series, "wire": wire, "text": text, "idle_cpu": idle,
             "per_scrape_ms": [1000 * v for v in per_scrape], "latency_ms": [1000 * v for v in lat],
-            "cached_ms": 1000 * cached}
+            "cached_ms": 1000 * cached, "rss": rss}
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
 
 
 def served_text(served: Served) -> str:
@@ -208,14 +214,14 @@ def main() -> int:
     print(f"\nLive, {a.connections:,} open loopback connections, 1 s polls, {a.pairs} window pairs of "
           f"{a.seconds:g} s (without / with one scrape per poll):\n")
     print("| labels | series | scrape size (gzip / text) | exporter CPU without scrapes | CPU per scrape | "
-          "scrape time | scrape served from the poll's bytes |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "scrape time | scrape served from the poll's bytes | RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['label']} | {r['series']:,} | {r['wire'] / 1024:,.0f} / {r['text'] / 1024:,.0f} KiB | "
               f"{100 * statistics.median(r['idle_cpu']):.1f} % of a core "
               f"({' '.join(f'{100 * v:.1f}' for v in r['idle_cpu'])}) | "
               f"{statistics.median(r['per_scrape_ms']):.1f} ms ({' '.join(f'{v:.1f}' for v in r['per_scrape_ms'])}) | "
-              f"{statistics.median(r['latency_ms']):.1f} ms | {r['cached_ms']:.1f} ms |")
+              f"{statistics.median(r['latency_ms']):.1f} ms | {r['cached_ms']:.1f} ms | {r['rss']:.0f} MiB |")
     return 0
 
 

@@ -193,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tcptop.frontends import json
             return json.run(args, source, keep)
         if server is not None:
+            if keep is None and args.filter:  # the demo's own filter
+                from tcptop.filter import compile_filter
+                keep = compile_filter(args.filter)
             return exporter.run(args, source, keep, server=server)
         from tcptop.frontends import screen
         return screen.run(args, source)

@@ -504,3 +504,62 @@ def test_a_busy_port_fails_before_loading_anything():
     taken.close()
     assert r.returncode == 1
     assert r.stderr == f"tcptop: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
+
+
+IDLE_OWNER = """
+import socket, sys
+lsn = socket.socket(); lsn.bind(("127.0.0.1", 0)); lsn.listen()
+c = socket.create_connection(lsn.getsockname()); s, _ = lsn.accept()
+print(c.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+def unit_capabilities() -> list[str]:
+    with open(os.path.join(ROOT, "deploy", "systemd", "tcptop-exporter.service")) as f:
+        line = next(ln for ln in f if ln.startswith("CapabilityBoundingSet="))
+    return [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+
+
+def owners_seen(caps: list[str], ports: list[int]) -> tuple[int, dict[int, int]]:
+    """Run tcptop --json as root bounded to `caps` (as the systemd unit runs it); (status, {lport: pid})."""
+    r = subprocess.run(["setpriv", "--bounding-set=-all," + ",".join("+" + c for c in caps), "--inh-caps=-all"]
+                       + TCPTOP + ["--json", "--count", "2", "--interval", "0.3",
+                                   "--filter", " or ".join(f"port {p}" for p in ports)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    if r.returncode:
+        return r.returncode, {}
+    last = json.loads(r.stdout.splitlines()[-1])
+    return 0, {f["lport"]: f["pid"] for f in last["flows"]}
+
+
+def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nspair):
+    """The unit's (and the DaemonSet's) capabilities, as root: idle connections of an unprivileged
+    process, here and in another namespace, are all seen with their owner. Without SYS_ADMIN other
+    namespaces cannot be entered; without SYS_PTRACE or DAC_READ_SEARCH owners of idle sockets
+    (found in /proc/PID/fd) stay unknown."""
+    children, ports = [], []
+    try:
+        for ns in (None, nspair.a):
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", IDLE_OWNER]
+            if ns:
+                cmd = ["ip", "netns", "exec", ns] + cmd
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            children.append(p)
+            ports.append(int(p.stdout.readline()))
+        caps = unit_capabilities()
+        assert set(caps) == {"bpf", "perfmon", "net_admin", "sys_admin", "sys_ptrace", "dac_read_search"}
+        rc, owners = owners_seen(caps, ports)
+        assert rc == 0
+        here, there = children[0].pid, children[1].pid
+        # setpriv execs python: the pid is the child's own. Each port is one end of its connection.
+        assert owners.get(ports[0]) == here and owners.get(ports[1]) == there, owners
+        rc, _ = owners_seen([c for c in caps if c != "sys_admin"], ports)
+        assert rc == 1  # "setns: Operation not permitted", one line (tests/kernel/test_cli.py checks such lines)
+        for missing in ("sys_ptrace", "dac_read_search"):
+            rc, owners = owners_seen([c for c in caps if c != missing], ports)
+            assert rc == 0 and owners.get(ports[0]) == 0, (missing, owners)
+    finally:
+        for p in children:
+            p.stdin.close()
+            p.wait(10)
