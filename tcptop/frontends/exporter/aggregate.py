@@ -27,7 +27,7 @@ import heapq
 import operator
 import time
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from tcptop.frontends.exporter.groups import OVERFLOW_KEY, GroupKey, endpoint, group_key
@@ -136,7 +136,6 @@ class Frame:
     series_limit: int = 0
     overflowed: int = 0              # connections ever counted in the overflow group
     evicted: int = 0                 # idle groups removed to make room
-    stats: Mapping[str, int] = field(default_factory=dict)
 
 
 class _Tracked:
