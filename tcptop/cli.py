@@ -64,6 +64,8 @@ def _listen_address(s: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {number}")
     if host and not _is_ip(host):
+        if all(part.isdigit() for part in host.split(".")):  # looks like IPv4, is not: no DNS look-up
+            raise argparse.ArgumentTypeError(f"not an IPv4 address: {host!r}")
         try:
             socket.getaddrinfo(host, number, type=socket.SOCK_STREAM)
         except socket.gaierror:

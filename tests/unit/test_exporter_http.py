@@ -146,7 +146,7 @@ def test_listen_addresses_that_parse(spec, expected):
 @pytest.mark.parametrize("args,message", [
     (["--serve", "70000"], "port must be between 0 and 65535, got 70000"),
     (["--serve", "abc"], "expected [ADDR:]PORT, got 'abc'"),
-    (["--serve", "300.1.2.3:9977"], "no such host: '300.1.2.3'"),
+    (["--serve", "300.1.2.3:9977"], "not an IPv4 address: '300.1.2.3'"),
     (["--serve", "::1:9977"], "put an IPv6 address in brackets"),
     (["--serve", "[nope]:9977"], "not an IPv6 address: 'nope'"),
     (["--serve", "9977", "--json"], "--serve and --json cannot be combined"),
