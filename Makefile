@@ -61,6 +61,7 @@ test-ui: setup
 bench: setup
 	$(VPY) benchmarks/overhead.py
 	$(VPY) benchmarks/ui_refresh.py
+	$(VPY) benchmarks/exporter.py
 
 screenshots: setup
 	$(VPY) screenshots/make_screenshots.py
