@@ -12,22 +12,31 @@ binds tighter than ``and``, which binds tighter than ``or``, as in tcpdump.
 The screen compiles on every keystroke and the engine's ``--port/--pid`` path
 reuses it, so errors are one line that names the column where they start.
 The compiled predicate is plain closures: the store runs it over 100,000 flows.
+
+Whatever is typed, compiling costs work linear in the expression's length, which is at
+most MAX_LENGTH characters; parentheses nest at most MAX_DEPTH deep (so neither the
+parser nor the predicate it builds can exhaust Python's stack); a ``comm`` glob of m
+characters matches a name of n characters in at most n*m steps (globs.py).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
+from tcptop.globs import Glob
 from tcptop.model import TCP_STATES, Flow
 
 Predicate = Callable[[Flow], bool]
 
-__all__ = ["FilterError", "compile_filter", "normalize_state", "STATE_NAMES", "Predicate"]
+__all__ = ["FilterError", "compile_filter", "normalize_state", "STATE_NAMES", "Predicate", "MAX_LENGTH",
+           "MAX_DEPTH"]
+
+MAX_LENGTH = 4096  # characters: hundreds of primitives, far beyond anything typed
+MAX_DEPTH = 50     # nested parentheses
 
 
 class FilterError(ValueError):
@@ -108,9 +117,8 @@ def _tokenize(expr: str) -> list[_Tok]:
     return toks
 
 
-@lru_cache(maxsize=65536)
-def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """A flow address as an IP object, IPv4-mapped IPv6 folded to IPv4 so both spellings match."""
+def _parse_ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as an IP object, IPv4-mapped IPv6 folded to IPv4 so both spellings match."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
@@ -120,11 +128,26 @@ def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+# Flow addresses repeat poll after poll; what is typed into a filter is parsed uncached.
+_ip = lru_cache(maxsize=65536)(_parse_ip)
+
+
+def _shown(text: str) -> str:
+    """A token as an error message quotes it: repr, cut short, so the message stays one short line."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit() is true of '²' and other Unicode digits int() refuses: ASCII only.
+    return text.isascii() and text.isdigit()
+
+
 class _Parser:
     def __init__(self, expr: str) -> None:
         self.expr = expr
         self.toks = _tokenize(expr)
         self.i = 0
+        self.depth = 0  # parentheses open around the current token
 
     @property
     def tok(self) -> _Tok:
@@ -141,7 +164,7 @@ class _Parser:
         if t.kind == ")":
             raise FilterError("')' has no matching '('", t.pos)
         if t.kind != "end":
-            raise FilterError(f"expected 'and' or 'or' before {t.text!r}", t.pos)
+            raise FilterError(f"expected 'and' or 'or' before {_shown(t.text)}", t.pos)
         return pred
 
     def or_expr(self) -> Predicate:
@@ -163,29 +186,37 @@ class _Parser:
         return lambda f, ps=tuple(parts): all(p(f) for p in ps)
 
     def not_expr(self) -> Predicate:
-        if self.tok.kind == "not":
+        # A run of 'not's is counted, not recursed into: only its parity matters.
+        negate = False
+        while self.tok.kind == "not":
             self.take()
-            inner = self.not_expr()
+            negate = not negate
+        inner = self.atom()
+        if negate:
             return lambda f: not inner(f)
-        return self.atom()
+        return inner
 
     def atom(self) -> Predicate:
         t = self.take()
         if t.kind == "(":
+            if self.depth >= MAX_DEPTH:
+                raise FilterError(f"parentheses nested more than {MAX_DEPTH} deep", t.pos)
+            self.depth += 1
             inner = self.or_expr()
+            self.depth -= 1
             close = self.tok
             if close.kind != ")":
                 if close.kind == "end":
                     raise FilterError("'(' is never closed", t.pos)
-                raise FilterError(f"expected ')' or 'and'/'or' before {close.text!r}", close.pos)
+                raise FilterError(f"expected ')' or 'and'/'or' before {_shown(close.text)}", close.pos)
             self.take()
             return inner
         if t.kind == "end":
             raise FilterError(f"filter ends early: expected {_EXPECT_TERM}", t.pos)
         if t.kind != "word":
-            raise FilterError(f"unexpected {t.text!r}: expected {_EXPECT_TERM}", t.pos)
+            raise FilterError(f"unexpected {_shown(t.text)}: expected {_EXPECT_TERM}", t.pos)
         word = t.text.lower()
-        if word.isdigit():
+        if _is_number(word):
             port = self.port_number(t)
             return lambda f: f.lport == port or f.rport == port
         if word in ("ip", "ip4", "ipv4"):
@@ -193,10 +224,10 @@ class _Parser:
         if word in ("ip6", "ipv6"):
             return lambda f: f.family == "ipv6"
         if word not in _PRIMITIVES_WITH_ARG:
-            raise FilterError(f"unknown word {t.text!r}: expected {_EXPECT_TERM}", t.pos)
+            raise FilterError(f"unknown word {_shown(t.text)}: expected {_EXPECT_TERM}", t.pos)
         arg = self.take()
         if arg.kind not in ("word", "quoted"):
-            where = "the end" if arg.kind == "end" else repr(arg.text)
+            where = "the end" if arg.kind == "end" else _shown(arg.text)
             raise FilterError(f"'{word}' needs {_ARG_NEEDS[word]}, found {where}", arg.pos)
         return getattr(self, "prim_" + word)(arg)
 
@@ -204,8 +235,8 @@ class _Parser:
 
     @staticmethod
     def port_number(t: _Tok) -> int:
-        if not t.text.isdigit() or int(t.text) > 65535:
-            raise FilterError(f"{t.text!r} is not a port number (0-65535)", t.pos)
+        if not _is_number(t.text) or len(t.text) > 5 or int(t.text) > 65535:
+            raise FilterError(f"{_shown(t.text)} is not a port number (0-65535)", t.pos)
         return int(t.text)
 
     def prim_port(self, t: _Tok) -> Predicate:
@@ -221,29 +252,28 @@ class _Parser:
         return lambda f: f.rport == port
 
     def prim_pid(self, t: _Tok) -> Predicate:
-        if not t.text.isdigit() or int(t.text) > 2**32 - 1:
-            raise FilterError(f"{t.text!r} is not a process id", t.pos)
+        if not _is_number(t.text) or len(t.text) > 10 or int(t.text) > 2**32 - 1:
+            raise FilterError(f"{_shown(t.text)} is not a process id", t.pos)
         pid = int(t.text)
         return lambda f: f.pid == pid
 
     def prim_comm(self, t: _Tok) -> Predicate:
         name = t.text
         if any(c in name for c in "*?["):
-            rx = re.compile(fnmatch.translate(name))
-            return lambda f: rx.match(f.comm) is not None
+            return lambda f, match=Glob(name).match: match(f.comm)
         return lambda f: f.comm == name
 
     def prim_host(self, t: _Tok) -> Predicate:
-        ip = _ip(t.text)
+        ip = _parse_ip(t.text)
         if ip is None:
-            raise FilterError(f"{t.text!r} is not an IP address", t.pos)
+            raise FilterError(f"{_shown(t.text)} is not an IP address", t.pos)
         return lambda f: _ip(f.laddr) == ip or _ip(f.raddr) == ip
 
     def prim_net(self, t: _Tok) -> Predicate:
         try:
             net = ipaddress.ip_network(t.text, strict=False)
         except ValueError:
-            raise FilterError(f"{t.text!r} is not a network (e.g. 10.0.0.0/8)", t.pos) from None
+            raise FilterError(f"{_shown(t.text)} is not a network (e.g. 10.0.0.0/8)", t.pos) from None
 
         def in_net(addr: str) -> bool:
             ip = _ip(addr)
@@ -255,7 +285,7 @@ class _Parser:
         key = normalize_state(t.text)
         if key not in _KNOWN_STATES:
             raise FilterError(
-                f"{t.text!r} is not a TCP state (e.g. established, listen, time-wait)", t.pos)
+                f"{_shown(t.text)} is not a TCP state (e.g. established, listen, time-wait)", t.pos)
         if key == "CLOSE":
             # A flow the engine keeps after it went away is closed whatever state it last had.
             return lambda f: f.closed or _state_key(f.state) == "CLOSE"
@@ -285,4 +315,6 @@ def compile_filter(expr: str | None) -> Predicate:
     """
     if expr is None or not expr.strip():
         return _match_all
+    if len(expr) > MAX_LENGTH:
+        raise FilterError(f"filter longer than {MAX_LENGTH} characters", MAX_LENGTH)
     return _Parser(expr).parse()

@@ -96,6 +96,14 @@ def test_boolean_operators_and_precedence(expr, ids):
     ("()", 2, "unexpected ')'"),
     ("comm 'abc", 6, "quote ' is never closed"),
     ("port (80)", 6, "needs a port number, found '('"),
+    # Unicode digits are digits to str.isdigit() but not to int(): a traceback before
+    ("²", 1, "unknown word '²'"),
+    ("port ²", 6, "'²' is not a port number"),
+    ("pid ²", 5, "'²' is not a process id"),
+    ("port ١٢", 6, "'١٢' is not a port number"),
+    ("port " + "9" * 100, 6, "'" + "9" * 37 + "...' is not a port number"),
+    ("(" * 300, 51, "parentheses nested more than 50 deep"),
+    ("x" * 4097, 4097, "filter longer than 4096 characters"),
 ])
 def test_errors_name_the_column(expr, column, words):
     with pytest.raises(FilterError) as info:
