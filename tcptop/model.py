@@ -8,7 +8,6 @@ field's name, unit and meaning are fixed. It imports nothing from the engine.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -250,8 +249,85 @@ def _flow_dict(f: Flow, ts: float) -> dict[str, Any]:
     return d
 
 
+# What a replay line may carry, checked field by field so a file can never put a value on
+# screen that the live engine could not have produced: every integer of the contract is a
+# kernel counter, id or size (0 to 2**64 - 1; ports 0 to 65535), every float a time or
+# age (finite, 0 to 2**64 s). Fields a newer tcptop adds are ignored; fields an older
+# one did not write take their defaults.
+U64_MAX = 2**64 - 1
+_INT_RANGES: Mapping[str, int] = {"lport": 65535, "rport": 65535}
+# Numbers the screen reads from a latency stage; other keys are left to newer writers.
+_STAGE_NUMBERS = ("count", "p50_us", "p90_us", "p99_us", "mean_us", "max_us")
+
+
+def _bad(where: str, name: str, what: str) -> SnapshotFormatError:
+    return SnapshotFormatError(f"{where} field {name} is {what}")
+
+
+def _range(hi: int) -> str:
+    return f"out of range (0 to {'2^64-1' if hi == U64_MAX else hi})"
+
+
+def _check_int(where: str, name: str, v: Any, hi: int = U64_MAX) -> int:
+    if type(v) is not int:  # bool is an int to Python, not to the contract
+        raise _bad(where, name, "not an integer")
+    if not 0 <= v <= hi:
+        raise _bad(where, name, _range(hi))
+    return v
+
+
+def _check_float(where: str, name: str, v: Any) -> float:
+    if type(v) not in (int, float):
+        raise _bad(where, name, "not a number")
+    if not 0 <= v <= U64_MAX:
+        raise _bad(where, name, _range(U64_MAX))
+    return float(v)
+
+
+def _check_str(where: str, name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise _bad(where, name, "not a string")
+    return v
+
+
+def _check_latency(where: str, v: Any) -> Mapping[str, Any] | None:
+    """The packet-level stages: {direction: {stage: {"count", "p50_us", ..., "buckets"}}}."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise _bad(where, "latency", "not an object")
+    for direction in ("rx", "tx"):
+        stages = v.get(direction)
+        if stages is None:
+            continue
+        if not isinstance(stages, Mapping) or not all(isinstance(st, Mapping) for st in stages.values()):
+            raise _bad(where, f"latency.{direction}", "not an object of stages")
+        for key, stage in stages.items():
+            name = f"latency.{direction}.{_name(key)}"
+            for k in _STAGE_NUMBERS:
+                x = stage.get(k)
+                if x is not None:
+                    _check_int(where, f"{name}.{k}", x) if k == "count" else _check_float(where, f"{name}.{k}", x)
+            buckets = stage.get("buckets", [])
+            if not isinstance(buckets, list) or not all(
+                    isinstance(b, list) and len(b) == 2 and (b[0] is None or _is_u64(b[0])) and _is_u64(b[1])
+                    for b in buckets):
+                raise _bad(where, f"{name}.buckets", "not a list of [bound_ns, samples] pairs")
+    return v
+
+
+def _name(key: str) -> str:
+    """A key from the file as an error message names it: printable and short, on one line."""
+    shown = "".join(c if c.isprintable() else "?" for c in key[:30])
+    return shown + ("..." if len(key) > 30 else "")
+
+
+def _is_u64(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= U64_MAX
+
+
 def flow_from_dict(d: Mapping[str, Any]) -> Flow:
-    """Build a Flow from its JSON form, checking names and types (raises SnapshotFormatError)."""
+    """Build a Flow from its JSON form, checking names, types and ranges (raises SnapshotFormatError)."""
     if not isinstance(d, Mapping):
         raise SnapshotFormatError("flow is not an object")
     missing = [k for k in _REQUIRED_FIELDS if k not in d]
@@ -263,27 +339,41 @@ def flow_from_dict(d: Mapping[str, Any]) -> Flow:
             continue
         v = d[name]
         if name in _FLOAT_FIELDS:
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise SnapshotFormatError(f"flow field {name} is not a number")
-            v = float(v)
+            v = _check_float("flow", name, v)
         elif name in _BOOL_FIELDS:
             if not isinstance(v, bool):
-                raise SnapshotFormatError(f"flow field {name} is not true/false")
+                raise _bad("flow", name, "not true/false")
         elif name in _STR_FIELDS:
-            if not isinstance(v, str):
-                raise SnapshotFormatError(f"flow field {name} is not a string")
+            _check_str("flow", name, v)
         elif name == "latency":
-            if v is not None and not isinstance(v, Mapping):
-                raise SnapshotFormatError("flow field latency is not an object")
+            _check_latency("flow", v)
         elif name == "rtt_hist":
             if not isinstance(v, list) or not all(
-                    isinstance(p, list) and len(p) == 2 and all(type(x) is int and x >= 0 for x in p) for p in v):
-                raise SnapshotFormatError("flow field rtt_hist is not a list of [bound_us, count] pairs")
+                    isinstance(p, list) and len(p) == 2 and all(_is_u64(x) for x in p) for p in v):
+                raise _bad("flow", name, "not a list of [bound_us, count] pairs")
             v = tuple(tuple(p) for p in v)
-        elif not isinstance(v, int) or isinstance(v, bool):
-            raise SnapshotFormatError(f"flow field {name} is not an integer")
+        else:
+            _check_int("flow", name, v, _INT_RANGES.get(name, U64_MAX))
         kw[name] = v
     return Flow(**kw)
+
+
+def _run_from_dict(run: Any) -> RunInfo:
+    if not isinstance(run, Mapping):
+        raise _bad("snapshot", "run", "not an object")
+    hooks = run.get("hooks", {})
+    if not isinstance(hooks, Mapping) or not all(isinstance(x, str) for x in hooks.values()):
+        raise _bad("run", "hooks", "not an object of strings")
+    degraded = run.get("degraded", [])
+    if not isinstance(degraded, list) or not all(isinstance(x, str) for x in degraded):
+        raise _bad("run", "degraded", "not a list of strings")
+    return RunInfo(
+        engine=_check_str("run", "engine", run.get("engine", "replay")),
+        flows_evicted=_check_int("run", "flows_evicted", run.get("flows_evicted", 0)),
+        events_lost=_check_int("run", "events_lost", run.get("events_lost", 0)),
+        hooks=dict(hooks),
+        degraded=tuple(degraded),
+    )
 
 
 def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
@@ -293,43 +383,36 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
     for k in ("ts", "interval_s", "flows"):
         if k not in d:
             raise SnapshotFormatError(f"snapshot lacks {k}")
-    ts, interval = d["ts"], d["interval_s"]
-    for name, v in (("ts", ts), ("interval_s", interval)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise SnapshotFormatError(f"snapshot field {name} is not a number")
     if not isinstance(d["flows"], list):
-        raise SnapshotFormatError("snapshot field flows is not a list")
-    run = d.get("run") or {}
-    if not isinstance(run, Mapping):
-        raise SnapshotFormatError("snapshot field run is not an object")
-    try:
-        run_info = RunInfo(
-            engine=str(run.get("engine", "replay")),
-            flows_evicted=int(run.get("flows_evicted", 0)),
-            events_lost=int(run.get("events_lost", 0)),
-            hooks=dict(run.get("hooks", {})),
-            degraded=tuple(str(x) for x in run.get("degraded", ())),
-        )
-    except (TypeError, ValueError) as e:
-        raise SnapshotFormatError(f"snapshot field run is malformed: {e}") from None
-    latency = d.get("latency")
-    if latency is not None and not isinstance(latency, Mapping):
-        raise SnapshotFormatError("snapshot field latency is not an object")
+        raise _bad("snapshot", "flows", "not a list")
     return Snapshot(
-        ts=float(ts),
-        interval_s=float(interval),
+        ts=_check_float("snapshot", "ts", d["ts"]),
+        interval_s=_check_float("snapshot", "interval_s", d["interval_s"]),
         flows=tuple(flow_from_dict(f) for f in d["flows"]),
-        seq=int(d.get("seq", 0)) if isinstance(d.get("seq", 0), int) else 0,
-        host=str(d.get("host", "")),
-        kernel=str(d.get("kernel", "")),
-        run=run_info,
-        latency=latency,
+        seq=_check_int("snapshot", "seq", d.get("seq", 0)),
+        host=_check_str("snapshot", "host", d.get("host", "")),
+        kernel=_check_str("snapshot", "kernel", d.get("kernel", "")),
+        run=_run_from_dict({} if d.get("run") is None else d["run"]),
+        latency=_check_latency("snapshot", d.get("latency")),
     )
 
 
+def _no_constant(name: str) -> Any:
+    raise SnapshotFormatError(f"not JSON ({name} is not a number)")
+
+
 def snapshot_from_json(line: str) -> Snapshot:
+    """Decode one `--json` line. Anything that is not a snapshot raises SnapshotFormatError with
+    a one-line reason; the work is linear in the line's length (json is C; every field is
+    checked once) and so is the memory."""
     try:
-        d = json.loads(line)
+        d = json.loads(line, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise SnapshotFormatError(f"not JSON ({e.msg} at column {e.colno})") from None
+    except SnapshotFormatError:
+        raise
+    except RecursionError:
+        raise SnapshotFormatError("not a snapshot (JSON nested too deep)") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise SnapshotFormatError(f"not JSON ({str(e).splitlines()[0][:80]})") from None
     return snapshot_from_dict(d)
