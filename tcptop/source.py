@@ -13,6 +13,18 @@ from typing import Protocol, runtime_checkable
 from tcptop.model import Snapshot
 
 
+# The pace any source keeps, whatever it is asked: below 10 ms a screen only burns CPU (a
+# replay's recorded interval divided by its speed is held to it), and above an hour a
+# timer's wait means nothing to a person watching. The CLI's --interval takes 0.05 to 3600 s.
+PACE_MIN_S = 0.01
+PACE_MAX_S = 3600.0
+
+
+def bounded_pace(interval_s: float) -> float:
+    """`interval_s` held within [PACE_MIN_S, PACE_MAX_S] (NaN counts as too short)."""
+    return min(PACE_MAX_S, interval_s) if interval_s >= PACE_MIN_S else PACE_MIN_S
+
+
 class SourceError(Exception):
     """A source cannot start; the message is one line a user can act on."""
 
@@ -57,7 +69,7 @@ def open_source(args: argparse.Namespace) -> SnapshotSource:
     if getattr(args, "replay", None):
         from tcptop.replay import ReplayError, ReplaySource
         try:
-            return ReplaySource(args.replay)
+            return ReplaySource(args.replay, follow=bool(getattr(args, "follow", False)))
         except ReplayError as e:
             raise SourceError(str(e)) from None
     from tcptop.engines import EngineError, EngineOptions, open_engine

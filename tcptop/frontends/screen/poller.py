@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tcptop.model import Snapshot
-from tcptop.source import Playback, SnapshotSource
+from tcptop.source import Playback, SnapshotSource, bounded_pace
 
 
 class Command(enum.Enum):
@@ -75,8 +75,8 @@ class Poller:
         last: tuple[Any, ...] = ()
         first = True
         while not cancelled():
-            if playback is not None and self.playback_paused and not first:
-                timeout = None  # playback stands still until a key asks for more
+            if playback is not None and (self.playback_paused or playback.ended) and not first:
+                timeout = None  # playback stands still (paused, or nothing more can come) until a key
             else:
                 timeout = max(0.0, next_at - time.monotonic())
             try:
@@ -93,14 +93,14 @@ class Poller:
                 continue
             try:
                 if cmd is None:
-                    next_at = max(next_at + src.interval_s, time.monotonic())
+                    next_at = max(next_at + bounded_pace(src.interval_s), time.monotonic())
                     snap = src.poll()
                     first = False
                 elif cmd is Command.WAKE:
                     # A poll now would give a sliver of an interval and noisy rates: live keeps
                     # its rhythm; playback restarts its clock.
                     if playback is not None:
-                        next_at = time.monotonic() + src.interval_s
+                        next_at = time.monotonic() + bounded_pace(src.interval_s)
                     continue
                 elif playback is None:
                     continue
@@ -110,7 +110,7 @@ class Poller:
                     snap = playback.step_back()
                 else:
                     playback.faster() if cmd is Command.FASTER else playback.slower()
-                    next_at = time.monotonic() + src.interval_s
+                    next_at = time.monotonic() + bounded_pace(src.interval_s)
                     snap = last[0] if last else src.poll()
             except Exception as e:  # the source failing must not kill the screen silently
                 self._failed(f"{type(e).__name__}: {e}")
