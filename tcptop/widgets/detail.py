@@ -11,7 +11,8 @@ from tcptop.frontends.screen.alerts import (fast_style, retrans_style, rto_style
 from tcptop.frontends.screen.columns import state_text
 from tcptop.frontends.screen.glossary import TERM
 from tcptop.frontends.screen.row import Row
-from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate, fmt_us
+from tcptop.frontends.screen.units import (fmt_age, fmt_bytes, fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate,
+                                           fmt_us, printable_text)
 from tcptop.widgets.sparkline import sparkline
 
 
@@ -112,4 +113,4 @@ def render_detail(row: Row, now: float, width: int) -> Group:
             parts.append(line)
     else:
         parts.append(Text("history: collecting…", style="dim"))
-    return Group(*parts)
+    return Group(*map(printable_text, parts))

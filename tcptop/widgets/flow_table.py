@@ -22,6 +22,7 @@ from tcptop.frontends.screen.columns import COLUMNS, Column, fit_columns
 from tcptop.frontends.screen.keys import TABLE_BINDINGS
 from tcptop.frontends.screen.row import Row
 from tcptop.frontends.screen.store import FlowStore
+from tcptop.frontends.screen.units import printable
 
 
 _parse_style = lru_cache(maxsize=64)(Style.parse)
@@ -214,7 +215,7 @@ class FlowTable(ScrollView, can_focus=True):
         segs = []
         used = 0
         for col in self.columns():
-            text = col.text(row, now)
+            text = printable(col.text(row, now))
             if len(text) > col.width:
                 text = text[: col.width - 1] + "…"
             text = text.rjust(col.width) if col.right else text.ljust(col.width)

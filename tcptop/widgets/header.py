@@ -14,7 +14,7 @@ from tcptop.frontends.screen.columns import COLUMN_BY_ID
 from tcptop.frontends.screen.poller import PlaybackStatus
 from tcptop.model import Snapshot
 from tcptop.frontends.screen.store import FlowStore
-from tcptop.frontends.screen.units import fmt_count_rate, fmt_rate
+from tcptop.frontends.screen.units import fmt_count_rate, fmt_rate, printable
 
 
 def run_warnings(snap: Snapshot | None) -> list[str]:
@@ -53,9 +53,9 @@ def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, w
     if snap is None:
         t.append(f"  {waiting_for or 'waiting for the first snapshot…'}", style="dim")
         return t
-    t.append(f" {snap.host or '?'}", style="bold")
-    t.append(f"  {snap.kernel}" if snap.kernel else "", style="dim")
-    t.append(f"  engine {snap.run.engine}", style="dim")
+    t.append(f" {printable(snap.host) or '?'}", style="bold")
+    t.append(f"  {printable(snap.kernel)}" if snap.kernel else "", style="dim")
+    t.append(f"  engine {printable(snap.run.engine)}", style="dim")
     t.append(f"   {len(store):,}/{store.total:,} flows", style="bold")
     tot = store.totals
     t.append("   TX ")
@@ -73,7 +73,7 @@ def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, w
     line2 = Text()
     if replay is not None:
         where = "end" if replay.ended else f"line {replay.shown_line}/{replay.lines}"
-        line2.append(f" replay {replay.name} {where} ×{replay.speed:g}", style="magenta")
+        line2.append(f" replay {printable(replay.name)} {where} ×{replay.speed:g}", style="magenta")
     if store.filter_expr:
         line2.append(f"  filter: {store.filter_expr}", style="bold cyan")
     warnings = run_warnings(snap)
@@ -81,7 +81,7 @@ def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, w
         n = len(replay.errors)
         warnings.append(f"{n} unreadable replay line{'s' if n > 1 else ''} skipped (last {replay.errors[-1]})")
     if warnings:
-        line2.append("  ⚠ " + " · ".join(warnings), style="yellow")
+        line2.append("  ⚠ " + printable(" · ".join(warnings)), style="yellow")
     if line2:
         t.append("\n")
         t.append_text(line2)

@@ -16,7 +16,7 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tcptop.frontends.screen.units import fmt_us
+from tcptop.frontends.screen.units import fmt_us, printable_text
 
 PATHS = {
     "rx": ("Receive", ("driver", "ip", "tcp", "app")),
@@ -175,7 +175,7 @@ def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, 
         if hint:
             parts.append(Text("  " + hint, style="italic"))
     parts.append(Text(f"█ p50  ░ up to p99, log scale 1 µs … {fmt_us(top)}", style="dim"))
-    return Group(*parts)
+    return Group(*(printable_text(p) if isinstance(p, Text) else p for p in parts))
 
 
 class WaterfallPane(Static, can_focus=True):

@@ -12,6 +12,8 @@ of queueing stale ones.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
@@ -20,7 +22,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from tcptop.frontends.screen import gc_tuning
+from tcptop.frontends.screen import gc_tuning, terminal
 
 from tcptop.frontends.screen.columns import COLUMNS, resolve_sort
 from tcptop.frontends.screen.keys import APP_BINDINGS
@@ -28,7 +30,7 @@ from tcptop.model import Snapshot
 from tcptop.frontends.screen.poller import Command, PlaybackStatus, Poller
 from tcptop.source import SnapshotSource
 from tcptop.frontends.screen.store import FlowStore, Frame
-from tcptop.frontends.screen.units import fmt_endpoint
+from tcptop.frontends.screen.units import fmt_endpoint, printable
 from tcptop.widgets.detail import DetailPane
 from tcptop.widgets.filter_bar import FilterBar
 from tcptop.widgets.flow_table import FlowTable
@@ -104,6 +106,9 @@ class TcptopApp(App[int]):
         return self.query_one(FlowTable)
 
     def on_mount(self) -> None:
+        if self.stop_requested:  # a signal came before the loop ran
+            self._quit()
+            return
         self.table.focus()
         self.table.empty_text = "waiting for the first snapshot…"
         self._render_panes()
@@ -131,9 +136,9 @@ class TcptopApp(App[int]):
         self.apply_frame(msg.frame)
 
     def on_source_failed(self, msg: SourceFailed) -> None:
-        self.source_error = msg.error
+        self.source_error = printable(msg.error)  # an error may quote what a file holds
         self._render_header()
-        self.notify(msg.error, title="source error", severity="error", timeout=5)
+        self.notify(self.source_error, title="source error", severity="error", timeout=5, markup=False)
 
     def _build_frame(self, snap: Snapshot) -> Frame:
         """The worker's half of a refresh: a frame under the view the screen has now."""
@@ -279,16 +284,46 @@ class TcptopApp(App[int]):
         self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
+        self._quit()
+
+    def _quit(self) -> None:
         self.poller.send(Command.STOP)
         self.exit(0)
+
+    stop_requested = False
+
+    def request_stop(self) -> None:
+        """Quit as `q` does; safe to call from a signal handler (the loop runs the quit)."""
+        self.stop_requested = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not running yet: on_mount sees the request; or already done
+        loop.call_soon_threadsafe(self._quit)
 
 
 def run(args: argparse.Namespace, source: SnapshotSource) -> int:
     """The screen over `source` (options already checked by the CLI); returns the exit status."""
     app = TcptopApp(source, filter_expr=getattr(args, "filter", None), sort=getattr(args, "sort", None),
                     reverse=bool(getattr(args, "reverse", False)))
+    terminal.take_keyboard()
     gc_tuning.tune()
-    app.run()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # top and htop give the terminal back on TERM and HUP (and on INT from kill: Ctrl-C
+        # is a key here): quit as `q` does, so the terminal is restored and the caller
+        # detaches everything. A HUP from a closed window leaves nothing to restore, and
+        # writes to it would fail.
+        if signum == signal.SIGHUP and terminal.hung_up():
+            terminal.silence()
+        app.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        app.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return app.return_code or 0
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from rich.text import Text
+
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -96,3 +100,25 @@ def fmt_endpoint(addr: str, port: int, width: int) -> str:
         return text[: width - 1] + "…"
     head = room // 2
     return text[:head] + "…" + text[len(text) - len(tail) - (room - head):]
+
+
+# C0 and C1 control characters and DEL. A process can name itself "\x1b]2;...": written to
+# the terminal as is, a name (or a replay file's strings) would retitle the window, change
+# colours or worse. They are shown as '?', as ps(1) does.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(s: str) -> str:
+    """`s` with every control character shown as '?' (one cell each, so widths hold)."""
+    return s if s.isprintable() else _CONTROL.sub("?", s)
+
+
+def printable_text(t: Text) -> Text:
+    """A Rich Text whose characters are safe to write to a terminal (its own newlines kept);
+    replaced one for one, so its styles stay where they were."""
+    plain = t.plain
+    if not plain.isprintable() and _CONTROL_BUT_NEWLINE.search(plain):
+        t.plain = _CONTROL_BUT_NEWLINE.sub("?", plain)
+    return t
+
