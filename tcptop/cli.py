@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 import socket
 import sys
 from typing import Callable, Sequence
@@ -13,20 +14,52 @@ from tcptop.engines import ENGINE_NAMES
 from tcptop.model import Flow
 
 
+INTERVAL_MIN_S = 0.05
+INTERVAL_MAX_S = 3600.0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message
         self.exit(2, f"tcptop: error: {message}\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        return super().parse_args(self._values_attached(sys.argv[1:] if args is None else list(args)), namespace)
 
-def _positive_float(s: str) -> float:
+    def _values_attached(self, argv: list[str]) -> list[str]:
+        """`--interval -inf` as `--interval=-inf`: argparse takes a value that starts with '-'
+        and is not a plain negative number for an option, and would answer "expected one
+        argument" instead of saying what is wrong with the value."""
+        takes_value = {opt for a in self._actions if a.nargs is None and a.option_strings
+                       and not isinstance(a, (argparse._StoreTrueAction, argparse._StoreConstAction))
+                       for opt in a.option_strings}
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            a = argv[i]
+            if a == "--":
+                out.extend(argv[i:])
+                break
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if a in takes_value and nxt is not None and nxt.startswith("-") and nxt != "-" \
+                    and nxt.split("=", 1)[0] not in self._option_string_actions:
+                out.append(f"{a}={nxt}" if a.startswith("--") else f"{a}{nxt}")
+                i += 2
+                continue
+            out.append(a)
+            i += 1
+        return out
+
+
+def _interval(s: str) -> float:
     try:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
     if not math.isfinite(v) or v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {s!r}")
-    if v < 0.05:
-        raise argparse.ArgumentTypeError(f"must be at least 0.05 s, got {s!r}")
+    if not INTERVAL_MIN_S <= v <= INTERVAL_MAX_S:
+        raise argparse.ArgumentTypeError(
+            f"must be between {INTERVAL_MIN_S:g} and {INTERVAL_MAX_S:g} seconds, got {s!r}")
     return v
 
 
@@ -84,8 +117,8 @@ def _is_ip(host: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tcptop", description="Live TCP connections with the kernel's own numbers (eBPF).")
     p.add_argument("--json", action="store_true", help="print one JSON snapshot per interval instead of the screen")
-    p.add_argument("-i", "--interval", type=_positive_float, default=1.0, metavar="SECONDS",
-                   help="time between snapshots (default 1)")
+    p.add_argument("-i", "--interval", type=_interval, default=1.0, metavar="SECONDS",
+                   help=f"time between snapshots, {INTERVAL_MIN_S:g} to {INTERVAL_MAX_S:g} (default 1)")
     p.add_argument("-n", "--count", type=_int_in(1, 2**31, "--count"), metavar="N",
                    help="with --json: stop after N snapshots")
     p.add_argument("-p", "--port", type=_int_in(1, 65535, "--port"), metavar="P",
@@ -95,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="filter expression, e.g. 'port 443 and not host 10.0.0.1'")
     p.add_argument("-s", "--sort", metavar="FIELD", help="initial sort column (a flow field, e.g. retrans_packets)")
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the initial sort")
-    p.add_argument("--replay", metavar="FILE", help="play a file written by tcptop --json (no root needed)")
+    p.add_argument("--replay", metavar="FILE",
+                   help="play a file written by tcptop --json (no root needed); '-' or a pipe plays as lines arrive")
+    p.add_argument("--follow", action="store_true",
+                   help="with --replay FILE: keep playing lines appended to the file, as tail -f")
     p.add_argument("--demo", action="store_true",
                    help="start a small workload in a private network namespace and watch it")
     p.add_argument("--latency", choices=("full", "light", "off"), default="full",
@@ -139,16 +175,35 @@ def filter_expression(args: argparse.Namespace) -> str | None:
     if args.pid is not None:
         parts.append(f"pid {args.pid}")
     if args.filter:
-        parts.append(f"({args.filter})")
+        # Alone, the expression is kept as typed, so an error's column is the user's column.
+        parts.append(f"({args.filter})" if parts else args.filter)
     return " and ".join(parts) or None
 
 
+def _fill_closed_std_fds() -> None:
+    """Put /dev/null on any of fds 0-2 that the caller closed (`tcptop >&-`), so that no
+    file opened later (a BPF map, a socket) takes its number and gets written to."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:  # stderr was closed: what would be said to it goes nowhere
+        sys.stderr = open(os.devnull, "w")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _fill_closed_std_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.filter = filter_expression(args)
     if args.replay and args.demo:
         parser.error("--replay and --demo cannot be combined")
+    if args.follow and not args.replay:
+        parser.error("--follow goes with --replay FILE")
     if args.sort is not None:
         from tcptop.frontends.screen.columns import UnknownSortField, resolve_sort
         try:
@@ -165,6 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json and args.replay:
         parser.error("--json reads the live kernel; --replay is for the screen")
     _check_serve(parser, args)
+    if args.json and sys.stdout is None:  # fd 1 was closed when Python started
+        sys.stderr.write("tcptop: cannot write snapshots: stdout is closed\n")
+        return 1
+    if not args.json and args.serve is None:
+        from tcptop.frontends.screen import terminal
+        why = terminal.problem()
+        if why is not None:  # before anything is loaded into the kernel
+            sys.stderr.write(f"tcptop: {why}\n")
+            return 2
     server = None
     if args.serve is not None:  # before the engine loads: a busy port fails at once
         from tcptop.frontends import exporter

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -14,15 +15,21 @@ from tcptop.source import SnapshotSource
 
 
 def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None = None) -> int:
-    """Print snapshots until --count or SIGINT/SIGTERM; the caller closes the source."""
+    """Print snapshots until --count or SIGINT/SIGTERM/SIGHUP; the caller closes the source.
+
+    Snapshots are due every interval from the first; a poll that overruns its slot moves
+    the schedule, so the next snapshot is one interval after the late one, not a burst
+    of catch-up snapshots.
+    """
     encoder = JsonEncoder()
     stop = False
 
     def on_signal(signum, frame):
         nonlocal stop
         stop = True
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
     next_at = time.monotonic()
     while not stop:
@@ -34,17 +41,35 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
         if keep is not None:
             snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)))
         try:
-            sys.stdout.write(encoder.encode(snap) + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
+            out.write(encoder.encode(snap) + "\n")
+            out.flush()
+        except BrokenPipeError:  # the reader is gone (| head): that is how it says enough
+            _drop_stdout()
             break
+        except OSError as e:
+            _drop_stdout()
+            sys.stderr.write(f"tcptop: cannot write to stdout: {e.strerror or e}\n")
+            return 1
         n += 1
         if args.count and n >= args.count:
             break
+        now = time.monotonic()
         next_at += args.interval
+        if next_at <= now:  # overran: start the schedule again from now
+            next_at = now + args.interval
         while not stop:
             left = next_at - time.monotonic()
             if left <= 0:
                 break
             time.sleep(min(left, 0.2))
     return 0
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit (of what the
+    failed write left buffered) neither fails nor prints a traceback."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
