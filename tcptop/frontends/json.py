@@ -21,18 +21,26 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
     the schedule, so the next snapshot is one interval after the late one, not a burst
     of catch-up snapshots.
     """
-    encoder = JsonEncoder()
     stop = False
 
     def on_signal(signum, frame):
         nonlocal stop
         stop = True
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        return _print_until_stopped(args, source, keep, lambda: stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None,
+                         stopped: Callable[[], bool]) -> int:
+    encoder = JsonEncoder()
     out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
     next_at = time.monotonic()
-    while not stop:
+    while not stopped():
         try:
             snap = source.poll()
         except OSError as e:  # includes BpfError: say it in one line, exit 1 (the caller detaches)
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
         next_at += args.interval
         if next_at <= now:  # overran: start the schedule again from now
             next_at = now + args.interval
-        while not stop:
+        while not stopped():
             left = next_at - time.monotonic()
             if left <= 0:
                 break

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bpfprogs import held_prog_ids, loaded_prog_ids
 from kit import loopback_pair, recv_exactly, wait_idle
 from tcptop.model import METRICS, snapshot_from_json
 
@@ -25,26 +26,6 @@ def our_prog_count():
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     ours = {"tcptop_send", "tcptop_recv", "tcptop_cong", "tcptop_state", "tcptop_iter", "tcptop_destroy", "tcptop_sockops"}
     return sum(1 for p in json.loads(out or "[]") if p.get("name") in ours)
-
-
-def held_prog_ids(pid):
-    """Ids of the BPF programs a process holds (its program and link fds), from /proc/PID/fdinfo."""
-    ids = set()
-    d = f"/proc/{pid}/fdinfo"
-    for fd in os.listdir(d):
-        try:
-            with open(f"{d}/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            pass
-    return ids
-
-
-def loaded_prog_ids():
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
-    return {p["id"] for p in json.loads(out or "[]")}
 
 
 def settled_prog_count(expected):
@@ -110,7 +91,18 @@ def test_pid_filter_keeps_only_that_process():
     (["--json", "--filter", "port 80 and ("], "--filter:"),
     (["--sort", "bogus"], "--sort: unknown field 'bogus'"),
     (["--nonsense"], "unrecognized arguments: --nonsense"),
-])
+    # a value that starts with '-' was taken for an option: "expected one argument"
+    (["--interval", "-inf"], "must be a positive number of seconds, got '-inf'"),
+    (["-i", "-1e5"], "must be a positive number of seconds, got '-1e5'"),
+    (["--interval", "1e10"], "must be between 0.05 and 3600 seconds, got '1e10'"),  # OverflowError in the worker
+    (["--interval", "0.01"], "must be between 0.05 and 3600 seconds"),
+    (["--follow"], "--follow goes with --replay FILE"),
+    (["--json", "--filter", "²"], "--filter: unknown word '²'"),                 # ValueError traceback
+    (["--json", "--filter", "port ²"], "--filter: '²' is not a port number"),
+    (["--json", "--filter", "(" * 250 + "port 1" + ")" * 250], "nested more than 50 deep"),  # RecursionError
+    (["--json", "--filter", "not " * 500 + "(((" * 100], "nested more than 50 deep"),
+    (["--json", "--filter", "comm " + "[" * 20000], "--filter: filter longer than 4096 characters"),  # 12.9 s
+], ids=lambda a: " ".join(a)[:40] if isinstance(a, list) else None)
 def test_bad_arguments_give_one_line_and_exit_2(args, message):
     r = run(*args)
     assert r.returncode == 2
