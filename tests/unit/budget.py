@@ -7,9 +7,13 @@ them linear by construction, and the tests feed them inputs that would blow up o
 
 from __future__ import annotations
 
+import os
 import sys
 import tracemalloc
 from typing import Any, Callable
+
+# Multiplies every fuzz budget (the runs are derandomized: more examples, further along one path).
+FUZZ_SCALE = int(os.environ.get("TCPTOP_FUZZ_SCALE", "1"))
 
 
 def lines_run(fn: Callable[[], Any]) -> tuple[int, Any, BaseException | None]:

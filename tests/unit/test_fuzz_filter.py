@@ -5,7 +5,8 @@ LINES_PER_CHAR Python lines per character of the expression (plus a constant) an
 allocates at most BYTES_PER_CHAR bytes per character; a compiled predicate answers
 True or False for any flow. Expressions are at most MAX_LENGTH characters, so the
 worst case is a few hundred thousand lines (milliseconds) whatever is typed.
-The runs are derandomized: the same inputs on every run, so CI never sees a new one.
+The runs are derandomized: the same inputs on every run, so CI never sees a new one;
+TCPTOP_FUZZ_SCALE=N multiplies every budget for a longer local run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from budget import lines_run, peak_bytes
+from budget import FUZZ_SCALE, lines_run, peak_bytes
 from factories import make_flow
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ LINES_FIXED = 1000
 BYTES_PER_CHAR = 1024  # measured worst: ~135
 BYTES_FIXED = 64 << 10
 
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=600,
+FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=600 * FUZZ_SCALE,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 FLOWS = [
@@ -82,7 +83,7 @@ def test_any_soup_of_filter_words_compiles_or_fails_in_one_line(expr):
     check_outcome(expr)
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=300 * FUZZ_SCALE)
 @given(soups)
 def test_negation_is_exact(expr):
     try:
@@ -135,7 +136,7 @@ def test_long_runs_of_not_keep_their_parity(n):
 
 # -- the comm glob: fnmatch's meaning, bounded cost ---------------------------------
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=1500 * FUZZ_SCALE)
 @given(st.text(alphabet="ab*?[]!-^\\z", max_size=12), st.text(alphabet="ab-!]z[\n^", max_size=10))
 def test_glob_means_what_fnmatch_means(pattern, name):
     assert Glob(pattern).match(name) == fnmatch.fnmatchcase(name, pattern)
@@ -154,7 +155,7 @@ def _repeats(pattern: str) -> bool:
     return walk(sre_parse.parse(pattern))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=300 * FUZZ_SCALE)
 @given(st.text(alphabet="ab*?[]!-^\\z.+{}()|", max_size=40))
 def test_glob_segments_never_repeat_so_matching_cannot_backtrack(pattern):
     """Each segment is a fixed run of one-character atoms: a search costs at most

@@ -5,7 +5,8 @@ at most LINES_FIXED + LINES_PER_CHAR * n Python lines (json itself is C and line
 allocates at most BYTES_FIXED + BYTES_PER_CHAR * n bytes. A line the decoder accepts is
 then shown everywhere the screen shows a flow (table cells, detail pane, waterfall,
 header) without an exception: validation is what stands between a file and the screen.
-The runs are derandomized: the same inputs on every run.
+The runs are derandomized: the same inputs on every run; TCPTOP_FUZZ_SCALE=N multiplies
+every budget for a longer local run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from budget import lines_run, peak_bytes
+from budget import FUZZ_SCALE, lines_run, peak_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -33,7 +34,7 @@ LINES_FIXED = 3000
 BYTES_PER_CHAR = 64
 BYTES_FIXED = 256 << 10
 
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=400,
+FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=400 * FUZZ_SCALE,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -123,7 +124,7 @@ def test_any_json_value_is_a_snapshot_or_one_error(value):
     decode(json.dumps(value, allow_nan=True))
 
 
-@settings(FUZZ, max_examples=800)
+@settings(FUZZ, max_examples=500 * FUZZ_SCALE)
 @given(mutations)
 def test_any_change_to_a_good_line_is_caught_or_shown_without_harm(changes):
     snap = decode(json.dumps(mutated(changes), allow_nan=True))
@@ -137,7 +138,7 @@ def test_any_text_is_a_snapshot_or_one_error(text):
     decode(text)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=150 * FUZZ_SCALE)
 @given(st.lists(st.binary(max_size=200) | st.just(BASE_LINE.encode()), min_size=1, max_size=6))
 def test_any_bytes_replay_plays_or_is_refused_in_one_line(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("fuzz") / "rec.jsonl"
