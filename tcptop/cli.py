@@ -29,8 +29,7 @@ class _Parser(argparse.ArgumentParser):
         """`--interval -inf` as `--interval=-inf`: argparse takes a value that starts with '-'
         and is not a plain negative number for an option, and would answer "expected one
         argument" instead of saying what is wrong with the value."""
-        takes_value = {opt for a in self._actions if a.nargs is None and a.option_strings
-                       and not isinstance(a, (argparse._StoreTrueAction, argparse._StoreConstAction))
+        takes_value = {opt for a in self._actions if a.option_strings and a.nargs is None  # one value each
                        for opt in a.option_strings}
         out: list[str] = []
         i = 0

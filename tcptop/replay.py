@@ -89,7 +89,7 @@ class ReplaySource:
         waits = self._pipe is not None or self.follow
         checked = 0
         while True:
-            self._read_more(block=False)
+            self._read_more()
             for i in range(checked, len(self._lines)):
                 snap = self._parse(i)
                 if snap is not None:
@@ -117,7 +117,7 @@ class ReplaySource:
         no more can come)."""
         with self._lock:
             if not self._finished and self.position >= len(self._lines):
-                self._read_more(block=False)
+                self._read_more()
             n = len(self._lines)
             while self.position < n:
                 i = self.position
@@ -179,7 +179,7 @@ class ReplaySource:
 
     # -- reading -------------------------------------------------------------------
 
-    def _read_more(self, block: bool) -> None:
+    def _read_more(self) -> None:
         """Take in what the input has now: copy a pipe's bytes into the spool, index new lines."""
         if self._pipe is not None:
             self._drain_pipe()
