@@ -138,6 +138,7 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(self.tmux + ["kill-server"], capture_output=True)
+        Path(f"/tmp/tmux-{os.getuid()}/{self.session}").unlink(missing_ok=True)  # its socket file
 
 
 @pytest.fixture

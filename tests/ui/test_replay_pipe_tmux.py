@@ -6,6 +6,7 @@ pipe, keys would also have been read from the recording. No root needed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,4 @@ def test_a_piped_replay_plays_and_quits_on_q(tmp_path, how):
         assert status.read_text().strip() == "0"
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True)
+        Path(f"/tmp/tmux-{os.getuid()}/{name}").unlink(missing_ok=True)  # its socket file
