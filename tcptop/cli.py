@@ -262,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from tcptop.filter import compile_filter
                 keep = compile_filter(args.filter)
             return exporter.run(args, source, keep, server=server)
-        from tcptop.frontends import screen
-        return screen.run(args, source)
+        from tcptop.frontends.screen.app import run as run_screen
+        return run_screen(args, source)
     except KeyboardInterrupt:
         return 130
     finally:

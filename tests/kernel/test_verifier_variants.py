@@ -68,6 +68,16 @@ def test_refused_namespace_iterator_falls_back_alone(baseline):
         pair.close()
 
 
+def sockops_attached() -> bool:
+    import json
+    import subprocess
+
+    from tcptop.engines.core.libbpf import cgroup2_root
+
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup2_root()], capture_output=True, text=True).stdout
+    return any(p.get("attach_type") == "sock_ops" for p in json.loads(out or "[]"))
+
+
 def test_refused_setsockopt_loses_only_older_sockets_rtt(baseline):
     """bpf_setsockopt refused in the TCP iterator: older connections get no RTT samples (said so,
     with the verifier's reason), new ones still do, and the namespace iterator is unaffected."""

@@ -85,8 +85,8 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
                             max_series=args.serve_max_series)
     exporter = Exporter(source, server, aggregator, args.interval)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: exporter.stop())
-        signal.signal(signal.SIGINT, lambda *_: exporter.stop())
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a service's stop and hang-up
+            signal.signal(signum, lambda *_: exporter.stop())
 
     def ready() -> None:
         sys.stderr.write(f"tcptop: serving {server.url} (a poll every {args.interval:g} s, "
