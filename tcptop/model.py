@@ -8,7 +8,8 @@ field's name, unit and meaning are fixed. It imports nothing from the engine.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING as dataclasses_MISSING, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Mapping
 
 # The sixteen flow-level metrics of the seed, in the seed's order, under the
@@ -74,6 +75,10 @@ class SnapshotFormatError(ValueError):
     """A JSON snapshot that does not follow the contract (e.g. a corrupt replay line)."""
 
 
+# The one empty reason table every flow without drops shares (immutable, so sharing is safe).
+NO_COUNTS: Mapping[str, int] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """One TCP connection as seen at one instant. Shared, never mutated."""
@@ -127,6 +132,19 @@ class Flow:
     # RTT samples by bucket: (upper bound in µs, samples) of each non-empty bucket, ascending;
     # the bounds are the engine's (tcptop/engines/histogram.py). Empty when not measured.
     rtt_hist: tuple[tuple[int, int], ...] = ()
+    # Why it fails (the failure engine), whole life as far as tcptop saw it. `drops`: packets of
+    # this connection the kernel dropped, by the kernel's reason (enum skb_drop_reason names
+    # without SKB_DROP_REASON_; drops without a reason are not counted). Resets each way, and
+    # the most recent one's reason: "sent REASON" (enum sk_rst_reason without SK_RST_REASON_)
+    # or "received ERRNO" (what the kernel gave the application), "" when none.
+    drops: Mapping[str, int] = field(default_factory=lambda: NO_COUNTS)
+    resets_sent: int = 0
+    resets_received: int = 0
+    last_reset_reason: str = ""
+
+    @property
+    def drops_total(self) -> int:
+        return sum(self.drops.values()) if self.drops else 0
 
     def age_s(self, now_ts: float) -> float:
         """Seconds since establishment as of `now_ts` (a snapshot's ts); fixed once closed."""
@@ -149,6 +167,7 @@ class Flow:
         d = {f: getattr(self, f) for f in _FLOW_FIELDS}
         if d["latency"] is None:
             del d["latency"]
+        d["drops"] = dict(d["drops"])
         return d
 
 
@@ -159,6 +178,70 @@ _FLOAT_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "float")
 _REQUIRED_FIELDS = (
     "id", "family", "laddr", "lport", "raddr", "rport", "state", "pid", "comm", "netns",
 ) + METRICS
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One listening socket at one poll: its queues and what it dropped. Shared, never mutated.
+
+    It answers the filter language like a flow does (no remote end, state LISTEN)."""
+
+    id: int                 # socket cookie
+    family: str
+    laddr: str              # "0.0.0.0" / "::" for a wildcard bind
+    lport: int
+    pid: int                # a process holding it (0 when unknown)
+    comm: str
+    netns: int
+    container: str
+    accept_queue: int       # connections established, waiting for accept() (ss Recv-Q)
+    accept_queue_max: int   # the backlog listen() was given (ss Send-Q)
+    syn_queue: int          # handshakes waiting for their last ACK (request sockets)
+    drops: int              # the socket's own drop counter (ss -tlm "d"): SYNs and handshakes dropped,
+                            # mostly because the accept queue was full (ListenDrops)
+    synack_retrans: int     # SYN-ACKs retransmitted since tcptop started
+    drop_reasons: Mapping[str, int] = field(default_factory=lambda: NO_COUNTS)  # packets dropped with this listener named, by reason
+
+    raddr = property(lambda self: "")
+    rport = property(lambda self: 0)
+    state = property(lambda self: "LISTEN")
+    closed = property(lambda self: False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in _LISTENER_FIELDS}
+        d["drop_reasons"] = dict(self.drop_reasons)
+        return d
+
+
+_LISTENER_FIELDS = tuple(f.name for f in fields(Listener))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Connects the kernel failed (they never established), by process, destination and errno, since
+    tcptop started. A connect the application gave up on itself (closed while still connecting) is
+    not one: the kernel reports no error for it. Shared, never mutated."""
+
+    pid: int                # the process that called connect()
+    comm: str
+    netns: int
+    raddr: str
+    rport: int
+    reason: str             # the kernel's errno name, what connect() reported: ECONNREFUSED, ETIMEDOUT, ...
+    count: int
+
+    # It answers the filter language like a flow that never got past SYN_SENT.
+    laddr = property(lambda self: "")
+    lport = property(lambda self: 0)
+    state = property(lambda self: "SYN_SENT")
+    closed = property(lambda self: False)
+    family = property(lambda self: "ipv6" if ":" in self.raddr else "ipv4")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _FAILURE_FIELDS}
+
+
+_FAILURE_FIELDS = tuple(f.name for f in fields(Failure))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +276,11 @@ class Snapshot:
     kernel: str = ""
     run: RunInfo = field(default_factory=RunInfo)
     latency: Mapping[str, Any] | None = None  # host-wide packet-level stages
+    listeners: tuple[Listener, ...] = ()
+    failures: tuple[Failure, ...] = ()
+    # Drops and sent resets since start that no flow or listener could be named for, by
+    # reason: {"drops": {REASON: n}, "resets_sent": {REASON: n}}.
+    unmatched: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: NO_COUNTS)
 
     def to_dict(self, with_flows: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -203,6 +291,9 @@ class Snapshot:
             "kernel": self.kernel,
             "flows": [_flow_dict(f, self.ts) for f in self.flows] if with_flows else [],
             "run": self.run.to_dict(),
+            "listeners": [x.to_dict() for x in self.listeners],
+            "failures": [x.to_dict() for x in self.failures],
+            "unmatched": {k: dict(v) for k, v in self.unmatched.items()},
         }
         if self.latency is not None:
             d["latency"] = self.latency
@@ -255,7 +346,7 @@ def _flow_dict(f: Flow, ts: float) -> dict[str, Any]:
 # age (finite, 0 to 2**64 s). Fields a newer tcptop adds are ignored; fields an older
 # one did not write take their defaults.
 U64_MAX = 2**64 - 1
-_INT_RANGES: Mapping[str, int] = {"lport": 65535, "rport": 65535}
+_INT_RANGES: Mapping[str, int] = {"lport": 65535, "rport": 65535}  # also listeners' and failed connects'
 # Numbers the screen reads from a latency stage; other keys are left to newer writers.
 _STAGE_NUMBERS = ("count", "p50_us", "p90_us", "p99_us", "mean_us", "max_us")
 
@@ -347,6 +438,8 @@ def flow_from_dict(d: Mapping[str, Any]) -> Flow:
             _check_str("flow", name, v)
         elif name == "latency":
             _check_latency("flow", v)
+        elif name == "drops":
+            v = _counts("flow", name, v)
         elif name == "rtt_hist":
             if not isinstance(v, list) or not all(
                     isinstance(p, list) and len(p) == 2 and all(_is_u64(x) for x in p) for p in v):
@@ -356,6 +449,46 @@ def flow_from_dict(d: Mapping[str, Any]) -> Flow:
             _check_int("flow", name, v, _INT_RANGES.get(name, U64_MAX))
         kw[name] = v
     return Flow(**kw)
+
+
+def _counts(where: str, name: str, v: Any) -> Mapping[str, int]:
+    """A {reason: count} table: names are strings, counts kernel counters (0 to 2**64 - 1)."""
+    if not isinstance(v, Mapping) or not all(isinstance(k, str) and _is_u64(n) for k, n in v.items()):
+        raise _bad(where, name, "not an object of counts")
+    return MappingProxyType(dict(v)) if v else NO_COUNTS
+
+
+def _record(d: Any, cls: type, where: str) -> Any:
+    """A Listener or Failure from its JSON form, every field checked against its declared type."""
+    if not isinstance(d, Mapping):
+        raise SnapshotFormatError(f"{where} is not an object")
+    kw: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in d:
+            if f.default is dataclasses_MISSING and f.default_factory is dataclasses_MISSING:
+                raise SnapshotFormatError(f"{where} lacks {f.name}")
+            continue
+        v = d[f.name]
+        if f.type == "str":
+            kw[f.name] = _check_str(where, f.name, v)
+        elif f.type == "int":
+            kw[f.name] = _check_int(where, f.name, v, _INT_RANGES.get(f.name, U64_MAX))
+        else:
+            kw[f.name] = _counts(where, f.name, v)
+    return cls(**kw)
+
+
+def _records(d: Mapping[str, Any], name: str, cls: type, where: str) -> tuple:
+    v = d.get(name, [])
+    if not isinstance(v, list):
+        raise _bad("snapshot", name, "not a list")
+    return tuple(_record(x, cls, where) for x in v)
+
+
+def _unmatched(v: Any) -> Mapping[str, Mapping[str, int]]:
+    if not isinstance(v, Mapping):
+        raise _bad("snapshot", "unmatched", "not an object")
+    return MappingProxyType({k: _counts("unmatched", _name(k), t) for k, t in v.items()}) if v else NO_COUNTS  # type: ignore[return-value]
 
 
 def _run_from_dict(run: Any) -> RunInfo:
@@ -394,6 +527,9 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
         kernel=_check_str("snapshot", "kernel", d.get("kernel", "")),
         run=_run_from_dict({} if d.get("run") is None else d["run"]),
         latency=_check_latency("snapshot", d.get("latency")),
+        listeners=_records(d, "listeners", Listener, "listener"),
+        failures=_records(d, "failures", Failure, "failure"),
+        unmatched=_unmatched(d.get("unmatched", {})),
     )
 
 

@@ -1,8 +1,9 @@
-"""The CO-RE engine: runs the kernel-side collectors (flows, packet stages), makes snapshots.
+"""The CO-RE engine: runs the kernel-side collectors (flows, packet stages, failures), makes snapshots.
 
 It is a snapshot source like any other engine (tcptop/engines/__init__.py): `poll() ->
-Snapshot`, `close()`; the flow engine (flows.py) and the packet-level engine (latency.py)
-each own their BPF object, and this joins what they read into one snapshot.
+Snapshot`, `close()`; the flow engine (flows.py), the packet-level engine (latency.py) and
+the failure engine (failures.py) each own their BPF object, and this joins what they read
+into one snapshot.
 """
 
 from __future__ import annotations
@@ -46,8 +47,13 @@ class CoreEngine:
         self._lat_hooks: dict[str, str] = {}
         self._lat_degraded: tuple[str, ...] = ()
         self._merged: dict[int, tuple] = {}  # flow id -> (flow, latency, flow with latency)
+        self.failures = None
+        self._fail_hooks: dict[str, str] = {}
+        self._fail_degraded: tuple[str, ...] = ()
+        self._failed: dict[int, tuple] = {}  # flow id -> (flow, its failures, flow with them)
         try:
             self.flows = FlowEngine(max_closed=max_closed, object_path=flows_object)
+            self._start_failures()
             if latency != "off":
                 self._start_latency(skb_stages=latency == "full")
             else:  # said in the header, so an empty waterfall is not mistaken for a fault
@@ -71,12 +77,28 @@ class CoreEngine:
         self._lat_hooks = dict(self.latency.hooks)
         self._lat_degraded = tuple(self.latency.degraded)
 
+    def _start_failures(self) -> None:
+        from tcptop.engines.core.failures import FailureEngine
+        try:
+            self.failures = FailureEngine()
+        except BpfError as e:
+            self._fail_hooks = {"failure engine": f"unavailable: {_explain(e)}"}
+            self._fail_degraded = (f"drops, resets, listeners and failed connects: the failure engine did not load "
+                                   f"({_explain(e)})",)
+            return
+        self._fail_hooks = dict(self.failures.hooks)
+        self._fail_degraded = tuple(self.failures.degraded)
+
     def poll(self) -> Snapshot:
         flows = self.flows.poll()
         host_latency = None
         if self.latency is not None:
             host_latency, per_flow = self.latency.poll()
             flows = self._with_latency(flows, per_flow)
+        report = None
+        if self.failures is not None:
+            report = self.failures.poll(flows)
+            flows = self._with_failures(flows, report.per_flow)
         stats = self.flows.stats()
         now = time.monotonic()
         interval, self._last = now - self._last, now
@@ -84,12 +106,15 @@ class CoreEngine:
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=self.flows.flows_without_counters,
-            events_lost=stats[STAT_COUNTERS_FULL] + stats[STAT_CLOSED_FULL],
-            hooks={**self.flows.hooks, **self._lat_hooks},
-            degraded=tuple(self.flows.degraded) + self._lat_degraded,
+            events_lost=stats[STAT_COUNTERS_FULL] + stats[STAT_CLOSED_FULL] + (report.lost if report else 0),
+            hooks={**self.flows.hooks, **self._lat_hooks, **self._fail_hooks},
+            degraded=tuple(self.flows.degraded) + self._lat_degraded + self._fail_degraded,
         )
+        extra = {}
+        if report is not None:
+            extra = dict(listeners=report.listeners, failures=report.failures, unmatched=report.unmatched)
         return Snapshot(ts=time.time(), interval_s=round(interval, 6), flows=flows, seq=self._seq,
-                        host=self.host, kernel=self.kernel, run=run, latency=host_latency)
+                        host=self.host, kernel=self.kernel, run=run, latency=host_latency, **extra)
 
     def _with_latency(self, flows: tuple[Flow, ...], per_flow: dict[int, dict]) -> tuple[Flow, ...]:
         """Attach each flow's stages. Unchanged flow + unchanged stages reuse last poll's object,
@@ -108,11 +133,35 @@ class CoreEngine:
         self._merged = merged
         return tuple(out)
 
+    def _with_failures(self, flows: tuple[Flow, ...], per_flow: dict) -> tuple[Flow, ...]:
+        """Attach each flow's drops and resets; an unchanged flow with unchanged failures is the
+        very object of the last poll (the store and the JSON encoder count on that)."""
+        if not per_flow and not self._failed:
+            return flows
+        joined, out = {}, []
+        for f in flows:
+            ff = per_flow.get(f.id)
+            if ff is None:
+                out.append(f)
+                continue
+            prev = self._failed.get(f.id)
+            if prev is None or prev[0] is not f or prev[1] is not ff:
+                prev = (f, ff, replace(f, drops=ff.drops, resets_sent=ff.resets_sent,
+                                       resets_received=ff.resets_received, last_reset_reason=ff.last_reset_reason))
+            joined[f.id] = prev
+            out.append(prev[2])
+        self._failed = joined
+        return tuple(out)
+
     def program_ids(self) -> list[int]:
         ids = self.flows.program_ids() if getattr(self, "flows", None) else []
+        ids += self.failures.program_ids() if self.failures else []
         return ids + (self.latency.program_ids() if self.latency else [])
 
     def close(self) -> None:
+        if self.failures is not None:
+            self.failures.close()
+            self.failures = None
         if self.latency is not None:
             self.latency.close()
             self.latency = None

@@ -104,6 +104,7 @@ def lib() -> ctypes.CDLL:
         "bpf_iter_create": (I, [I]),
         "bpf_map_lookup_elem": (I, [I, P, P]),
         "bpf_map_delete_elem": (I, [I, P]),
+        "bpf_map_update_elem": (I, [I, P, P, ctypes.c_uint64]),
         "bpf_map_get_next_key": (I, [I, P, P]),
         "bpf_map_lookup_batch": (I, [I, P, P, P, P, ctypes.POINTER(U32), P]),
         "bpf_map_lookup_and_delete_batch": (I, [I, P, P, P, P, ctypes.POINTER(U32), P]),
@@ -142,6 +143,13 @@ class KernelBtf:
 
     def has_function(self, name: str) -> bool:
         return lib().btf__find_by_name_kind(self._btf, name.encode(), BTF_KIND_FUNC) > 0
+
+    def enum(self, name: str) -> dict[str, int]:
+        """Enumerators of a kernel enum (e.g. skb_drop_reason); empty when this kernel has none."""
+        try:
+            return _Btf(self._btf).enum(name)
+        except KeyError:
+            return {}
 
     def close(self) -> None:
         if self._btf:
@@ -329,8 +337,17 @@ class Map:
     def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
         return lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0
 
+    def update(self, key: ctypes._CData, value: ctypes._CData) -> None:
+        if lib().bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0):
+            raise BpfError(f"update map {self.name}", _err())
+
     def delete(self, key: ctypes._CData) -> bool:
         return lib().bpf_map_delete_elem(self.fd, ctypes.byref(key)) == 0
+
+    def is_empty(self, key_size: int) -> bool:
+        """Whether a hash map holds no entry (one system call, nothing copied but a key)."""
+        key = ctypes.create_string_buffer(key_size)
+        return lib().bpf_map_get_next_key(self.fd, None, key) != 0
 
     def batches(self, key_type, value_type, delete: bool = False, batch: int = 4096) -> Iterator[tuple]:
         """Yield (keys, values, count) chunks of the whole map, optionally deleting what was read.

@@ -1,0 +1,634 @@
+"""Failure engine, user side: loads bpf/failures.bpf.o and reads why connections fail.
+
+Pairs with bpf/failures.bpf.c (kernel side) and bpf/failures.h (the shared layouts,
+mirrored below with ctypes and checked against the object's BTF at load). One poll = the
+listener iterators, one batch read of each per-socket map (they hold only sockets that
+something went wrong for), the failed-connects map, and — only when some arrived — a drain
+of the packet-keyed events. Nothing is read per packet.
+
+What it gives the engine (`poll(flows)`): per flow, its drops by reason and its resets;
+every listener with its queues and drops; failed connects by process, destination and
+errno; and what no flow or listener could be named for, host-wide by reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import ipaddress
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+from tcptop.engines.core.libbpf import BpfError, BpfObject, KernelBtf, Link, iter_read, object_path, refused_program
+from tcptop.host import netns
+from tcptop.host.procs import Owners
+from tcptop.model import NO_COUNTS, Failure, Flow, Listener
+
+COMM_LEN = 16
+
+
+# Mirrors of the enums in bpf/failures.h, checked against the object's BTF at load.
+class TupleKind(enum.IntEnum):
+    TK_DROP = 1
+    TK_RESET_SENT = 2
+
+
+class ResetDir(enum.IntEnum):
+    RD_NONE = 0
+    RD_SENT = 1
+    RD_RECEIVED = 2
+
+
+class FailStat(enum.IntEnum):
+    FS_SOCK_FULL = 0
+    FS_TUPLE_FULL = 1
+    FS_CONNECT_FULL = 2
+    FS_OWNER_MISSING = 3
+    FS_DROPS = 4
+    FS_RESETS_SENT = 5
+    FS_LISTENERS = 6
+    FS_MAX = 7
+
+
+TK_DROP, TK_RESET_SENT = map(int, TupleKind)
+RD_NONE, RD_SENT, RD_RECEIVED = map(int, ResetDir)
+OVERFLOW_SLOTS = 512  # OVERFLOW_SLOTS in failures.bpf.c: drop reasons, then 256 + reset reasons
+
+
+class SockDropKey(ctypes.Structure):
+    _fields_ = [("cookie", ctypes.c_uint64), ("reason", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class SockEvents(ctypes.Structure):
+    _fields_ = [
+        ("resets_sent", ctypes.c_uint64),
+        ("resets_received", ctypes.c_uint64),
+        ("synack_retrans", ctypes.c_uint64),
+        ("last_reset_ns", ctypes.c_uint64),
+        ("last_reset_reason", ctypes.c_uint32),
+        ("last_reset_dir", ctypes.c_uint32),
+    ]
+
+
+class TupleKey(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint32),
+        ("netns", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("family", ctypes.c_uint16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+    ]
+
+
+class ConnectKey(ctypes.Structure):
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("netns", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint16),
+        ("err", ctypes.c_int32),
+    ]
+
+
+class ConnectVal(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
+
+
+class Connector(ctypes.Structure):
+    _fields_ = [("tgid", ctypes.c_uint32), ("comm", ctypes.c_char * COMM_LEN)]
+
+
+class ListenerRecord(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("sock_ino", ctypes.c_uint64),
+        ("netns", ctypes.c_uint32),
+        ("accept_queue", ctypes.c_uint32),
+        ("accept_queue_max", ctypes.c_uint32),
+        ("syn_queue", ctypes.c_uint32),
+        ("drops", ctypes.c_uint32),
+        ("tgid", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint16),
+        ("family", ctypes.c_uint16),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+MIRRORS = {"sock_drop_key": SockDropKey, "sock_events": SockEvents, "tuple_key": TupleKey,
+           "connect_key": ConnectKey, "connect_val": ConnectVal, "connector": Connector,
+           "listener_record": ListenerRecord}
+ENUM_MIRRORS = {"tuple_kind": TupleKind, "reset_dir": ResetDir, "fail_stat": FailStat}
+LISTENER_SIZE = ctypes.sizeof(ListenerRecord)
+
+# Programs, the tracepoint each needs, and what is lost without it.
+HOOKS = {
+    "fail_drop": ("tracepoint kfree_skb", "kfree_skb", "drops by reason"),
+    "fail_reset_sent": ("tracepoint tcp_send_reset", "tcp_send_reset", "resets_sent and their reasons"),
+    "fail_reset_received": ("tracepoint tcp_receive_reset", "tcp_receive_reset", "resets_received"),
+    "fail_synack": ("tracepoint tcp_retransmit_synack", "tcp_retransmit_synack", "listeners' synack_retrans"),
+    "fail_state": ("tracepoint inet_sock_set_state (failed connects)", "inet_sock_set_state",
+                   "failures (connects that never established)"),
+}
+ITERATORS = {
+    "fail_listeners": "iterator tcp (listeners)",
+    "fail_listener_files": "iterator task_file (listeners)",
+}
+OPTIONAL = frozenset(HOOKS) | frozenset(ITERATORS)
+
+# A socket whose cookie is unknown to the flows and listeners this many polls in a row is gone
+# (or never shown): its kernel entries are removed. One poll is not enough: a socket born after
+# the flow engine's walk and before this engine's read is unknown once.
+GONE_AFTER_POLLS = 2
+
+_MEMBARRIER_CMD_GLOBAL = 1
+_SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283, "riscv64": 283, "ppc64le": 365, "s390x": 356}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def default_object_path() -> str:
+    return object_path("failures.bpf.o")
+
+
+def rcu_grace_period() -> None:
+    """Wait until every BPF program that started before now has finished. Tracepoint programs
+    run under rcu_read_lock(); membarrier(MEMBARRIER_CMD_GLOBAL) returns after synchronize_rcu()."""
+    nr = _SYS_MEMBARRIER.get(os.uname().machine)
+    if nr is None or _libc.syscall(nr, _MEMBARRIER_CMD_GLOBAL, 0, 0) != 0:
+        time.sleep(0.05)  # no membarrier: programs run for microseconds, this is thousands of them
+
+
+def _addr(family: int, raw) -> str:
+    b = bytes(raw)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, b[:4])
+    a = ipaddress.IPv6Address(b)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+def _counts(d: Mapping[str, int]) -> Mapping[str, int]:
+    """An immutable reason table, ordered by count (largest first) then name."""
+    if not d:
+        return NO_COUNTS
+    return MappingProxyType(dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFailures:
+    """What the failure engine adds to one flow (the Flow fields of the same names)."""
+
+    drops: Mapping[str, int]
+    resets_sent: int
+    resets_received: int
+    last_reset_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReport:
+    per_flow: dict[int, FlowFailures]
+    listeners: tuple[Listener, ...]
+    failures: tuple[Failure, ...]
+    unmatched: Mapping[str, Mapping[str, int]]
+    lost: int  # events that could not be counted where they belong (maps full)
+
+
+@dataclass
+class _Sock:
+    """User space's tally of one socket's packet-matched events (the kernel keeps the rest)."""
+
+    drops: dict[int, int] = field(default_factory=dict)
+    resets_sent: int = 0
+    last_reset: tuple[int, int] = (0, 0)  # (monotonic ns, sk_rst_reason) of the last packet-matched reset
+    shown: bool = False  # matched to a flow or listener at least once
+
+
+class FailureEngine:
+    """Owns the loaded failures.bpf.o. `poll(flows)` -> FailureReport; `close()` detaches all."""
+
+    def __init__(self, object_path: str | None = None, max_sockets: int = 65536, max_tuples: int = 16384,
+                 max_connects: int = 16384):
+        self.hooks: dict[str, str] = {}
+        self.degraded: list[str] = []
+        self.owners = Owners()
+        self._max = {"sock_drops": max_sockets, "sock_events": max_sockets, "tuples_0": max_tuples,
+                     "tuples_1": max_tuples, "connects": max_connects}
+        self._obj: BpfObject | None = None
+        self._links: list[Link] = []
+        self._iter: Link | None = None
+        self._files: Link | None = None
+        self._host_netns = netns.current_inode()
+        self._socks: dict[int, _Sock] = {}        # cookie -> packet-matched tallies
+        self._unknown: dict[int, int] = {}        # cookie -> polls in a row not found
+        self._unmatched: dict[str, dict[int, int]] = {"drops": {}, "resets_sent": {}}
+        self._flow_cache: dict[int, tuple[tuple, FlowFailures]] = {}
+        self._listener_cache: dict[int, tuple[tuple, Listener]] = {}
+        self._connects_raw = b""
+        self._failures: tuple[Failure, ...] = ()
+        btf = KernelBtf()
+        try:
+            self.drop_reasons = _names(btf.enum("skb_drop_reason"), "SKB_DROP_REASON_")
+            self.reset_reasons = _names(btf.enum("sk_rst_reason"), "SK_RST_REASON_")
+            missing = {prog: tp for prog, (_, tp, _) in HOOKS.items() if not btf.has_tracepoint(tp)}
+        finally:
+            btf.close()
+        try:
+            self._load(object_path or default_object_path(), missing)
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up -------------------------------------------------------------
+
+    def _load(self, path: str, missing: dict[str, str]) -> None:
+        """Load every program this kernel takes; one the verifier refuses is left out on its own."""
+        for prog, tp in missing.items():
+            self._degrade(prog, f"no tracepoint {tp} on this kernel")
+        refused: dict[str, str] = {}
+        while True:
+            obj = BpfObject(path)
+            try:
+                for cname, mirror in MIRRORS.items():
+                    obj.check_mirror(cname, mirror)
+                for cname, py_enum in ENUM_MIRRORS.items():
+                    obj.check_enum_mirror(cname, py_enum)
+                for prog in set(missing) | set(refused):
+                    obj.programs[prog].set_autoload(False)
+                for name, n in self._max.items():
+                    obj.maps[name].set_max_entries(n)
+                obj.set_rodata("host_netns", self._host_netns)
+                obj.load()
+            except KeyError as e:  # a struct or enum of the contract is not in the object
+                obj.close()
+                raise BpfError(f"{os.path.basename(path)} does not carry the contract of bpf/failures.h ({e}); "
+                               "rebuild with `make setup`", 0) from None
+            except BpfError as e:
+                obj.close()
+                who = refused_program(e.log)
+                if who is None or who[0] not in OPTIONAL or who[0] in refused:
+                    raise
+                refused[who[0]] = who[1]
+                continue
+            break
+        self._obj = obj
+        self._gen = 0  # mirrors the kernel's tuple_gen
+        for prog, why in refused.items():
+            if prog in ITERATORS:
+                self.hooks[ITERATORS[prog]] = f"unavailable: the verifier refused it ({why})"
+            else:
+                self._degrade(prog, f"the verifier refused it ({why})")
+
+    def _degrade(self, prog: str, why: str) -> None:
+        what, _, lost = HOOKS[prog]
+        self.hooks[what] = f"unavailable: {why}"
+        self.degraded.append(f"{lost}: {what} unavailable ({why})")
+
+    def _attach(self) -> None:
+        assert self._obj is not None
+        progs = self._obj.programs
+        for prog, (what, _, _) in HOOKS.items():
+            if what in self.hooks:
+                continue
+            try:
+                self._links.append(progs[prog].attach())
+                self.hooks[what] = "ok"
+            except (BpfError, OSError) as e:
+                self._degrade(prog, str(e).split(": ", 1)[-1])
+        for prog, what in ITERATORS.items():
+            if what in self.hooks:
+                continue
+            try:
+                link = progs[prog].attach_iter()
+            except BpfError as e:
+                self.hooks[what] = f"unavailable: {e}"
+                continue
+            self.hooks[what] = "ok"
+            if prog == "fail_listeners":
+                self._iter = link
+            else:
+                self._files = link
+        if self._iter is None:
+            self.degraded.append("listeners: the TCP iterator is unavailable ("
+                                 f"{self.hooks[ITERATORS['fail_listeners']].removeprefix('unavailable: ')})")
+        elif self._files is None:
+            self.hooks[ITERATORS["fail_listener_files"]] += "; every namespace is walked instead"
+
+    def program_ids(self) -> list[int]:
+        return self._obj.program_ids() if self._obj else []
+
+    def close(self) -> None:
+        for link in self._links:
+            link.destroy()
+        self._links.clear()
+        for it in (self._iter, self._files):
+            if it:
+                it.destroy()
+        self._iter = self._files = None
+        if self._obj:
+            self._obj.close()
+            self._obj = None
+
+    def stats(self) -> list[int]:
+        """Run-level counters summed over CPUs, indexed by FailStat."""
+        assert self._obj is not None
+        return self._obj.maps["stats"].percpu_sums(int(FailStat.FS_MAX))
+
+    # -- polling ------------------------------------------------------------
+
+    def poll(self, flows: Iterable[Flow]) -> FailureReport:
+        flows = tuple(flows)
+        records = self._read_listeners()
+        events = self._read_events()
+        sock_drops = self._read_sock_drops()
+        tuples = self._drain_tuples()
+        index = _Index(flows, records)
+        self._match_tuples(tuples, index)
+        self._collect_gone(events, sock_drops, index)
+        per_flow = {}
+        for cookie in (events.keys() | sock_drops.keys() | self._socks.keys()):
+            if index.is_flow(cookie):
+                per_flow[cookie] = self._flow_failures(cookie, events.get(cookie), sock_drops.get(cookie))
+        listeners = tuple(self._listener(r, events.get(c), sock_drops.get(c)) for c, r in records.items())
+        stats = self.stats()
+        lost = stats[FailStat.FS_SOCK_FULL] + stats[FailStat.FS_CONNECT_FULL]
+        return FailureReport(per_flow, listeners, self._read_connects(), self._unmatched_now(), lost)
+
+    # listeners
+
+    def _read_listeners(self) -> dict[int, ListenerRecord]:
+        """Every listener by cookie: our namespace through the TCP iterator, the others through
+        the processes' file tables (or, without that iterator, one TCP walk per namespace)."""
+        if self._iter is None:
+            return {}
+        it = self._iter
+        if self._files is None:
+            buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+        else:
+            buf = iter_read(it) + iter_read(self._files)
+        out: dict[int, ListenerRecord] = {}
+        for off in range(0, len(buf) - LISTENER_SIZE + 1, LISTENER_SIZE):
+            r = ListenerRecord.from_buffer_copy(buf, off)
+            have = out.get(r.cookie)
+            # A listener several processes hold (a pre-forking server) is named after the lowest pid.
+            if have is None or (r.tgid and (not have.tgid or r.tgid < have.tgid)):
+                out[r.cookie] = r
+        unowned = {r.sock_ino for r in out.values() if not r.tgid}
+        if unowned:
+            self.owners.resolve(unowned)
+            self.owners.trim(len(out))
+        return out
+
+    def _listener(self, r: ListenerRecord, ev: SockEvents | None, kdrops: dict[int, int] | None) -> Listener:
+        tally = self._socks.get(r.cookie)
+        if tally is not None:
+            tally.shown = True
+        key = (bytes(r), ev and bytes(ev), kdrops and tuple(sorted(kdrops.items())),
+               tally and tuple(sorted(tally.drops.items())))
+        hit = self._listener_cache.get(r.cookie)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        pid = r.tgid or self.owners.pid_of_inode(r.sock_ino)
+        comm, _, container = self.owners.info(pid)
+        if r.tgid and r.comm:
+            comm = r.comm.decode(errors="replace")
+        reasons = self._reason_table(kdrops, tally)
+        lst = Listener(
+            id=r.cookie, family="ipv4" if r.family == socket.AF_INET else "ipv6", laddr=_addr(r.family, r.saddr),
+            lport=r.sport, pid=pid, comm=comm, netns=r.netns, container=container,
+            accept_queue=r.accept_queue, accept_queue_max=r.accept_queue_max, syn_queue=r.syn_queue,
+            drops=r.drops, synack_retrans=ev.synack_retrans if ev else 0, drop_reasons=reasons)
+        self._listener_cache[r.cookie] = (key, lst)
+        return lst
+
+    # per-socket maps
+
+    def _read_events(self) -> dict[int, SockEvents]:
+        assert self._obj is not None
+        out: dict[int, SockEvents] = {}
+        for keys, values, n in self._obj.maps["sock_events"].batches(ctypes.c_uint64, SockEvents, batch=1024):
+            for i in range(n):
+                out[keys[i]] = SockEvents.from_buffer_copy(values[i])
+        return out
+
+    def _read_sock_drops(self) -> dict[int, dict[int, int]]:
+        assert self._obj is not None
+        out: dict[int, dict[int, int]] = {}
+        for keys, values, n in self._obj.maps["sock_drops"].batches(SockDropKey, ctypes.c_uint64, batch=1024):
+            for i in range(n):
+                out.setdefault(keys[i].cookie, {})[keys[i].reason] = values[i]
+        return out
+
+    def _collect_gone(self, events: dict, sock_drops: dict, index: "_Index") -> None:
+        """Forget sockets that are gone: their kernel entries, and user space's tallies. Counts of
+        one that was never shown as a flow or listener go to the host-wide unmatched counts."""
+        unknown = {}
+        for cookie in events.keys() | sock_drops.keys() | self._socks.keys():
+            if index.is_flow(cookie) or index.is_listener(cookie):
+                continue
+            polls = self._unknown.get(cookie, 0) + 1
+            if polls < GONE_AFTER_POLLS:
+                unknown[cookie] = polls
+                continue
+            tally = self._socks.pop(cookie, None)
+            self._flow_cache.pop(cookie, None)
+            self._listener_cache.pop(cookie, None)
+            if tally is None or not tally.shown:
+                for reason, n in sock_drops.get(cookie, {}).items():
+                    _add(self._unmatched["drops"], reason, n)
+                ev = events.get(cookie)
+                if ev is not None and ev.resets_sent:
+                    # the kernel keeps one reason per socket: its resets are counted under the last one
+                    reason = ev.last_reset_reason if ev.last_reset_dir == RD_SENT else 0
+                    _add(self._unmatched["resets_sent"], reason, ev.resets_sent)
+                if tally is not None:
+                    for reason, n in tally.drops.items():
+                        _add(self._unmatched["drops"], reason, n)
+                    if tally.resets_sent:
+                        _add(self._unmatched["resets_sent"], tally.last_reset[1], tally.resets_sent)
+            self._delete_socket(cookie, sock_drops.get(cookie, {}), cookie in events)
+        self._unknown = unknown
+
+    def _delete_socket(self, cookie: int, reasons: dict[int, int], has_events: bool) -> None:
+        assert self._obj is not None
+        maps = self._obj.maps
+        for reason in reasons:
+            maps["sock_drops"].delete(SockDropKey(cookie, reason, 0))
+        if has_events:
+            maps["sock_events"].delete(ctypes.c_uint64(cookie))
+
+    def _flow_failures(self, cookie: int, ev: SockEvents | None, kdrops: dict[int, int] | None) -> FlowFailures:
+        tally = self._socks.get(cookie)
+        if tally is not None:
+            tally.shown = True
+        key = (ev and bytes(ev), kdrops and tuple(sorted(kdrops.items())),
+               tally and (tuple(sorted(tally.drops.items())), tally.resets_sent, tally.last_reset))
+        hit = self._flow_cache.get(cookie)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        sent = (ev.resets_sent if ev else 0) + (tally.resets_sent if tally else 0)
+        last = ""
+        if ev is not None and ev.last_reset_dir != RD_NONE:
+            last = self._reset_text(ev.last_reset_dir, ev.last_reset_reason)
+        if tally is not None and tally.resets_sent and (ev is None or tally.last_reset[0] > ev.last_reset_ns):
+            last = self._reset_text(RD_SENT, tally.last_reset[1])
+        ff = FlowFailures(self._reason_table(kdrops, tally), sent, ev.resets_received if ev else 0, last)
+        self._flow_cache[cookie] = (key, ff)
+        return ff
+
+    def _reason_table(self, kdrops: dict[int, int] | None, tally: _Sock | None) -> Mapping[str, int]:
+        merged: dict[str, int] = {}
+        for src in (kdrops, tally.drops if tally else None):
+            for reason, n in (src or {}).items():
+                _add(merged, self.drop_name(reason), n)
+        return _counts(merged)
+
+    def _reset_text(self, direction: int, reason: int) -> str:
+        if direction == RD_RECEIVED:
+            return f"received {errno.errorcode.get(reason, 'ERRNO_' + str(reason)) if reason else 'while closed'}"
+        return f"sent {self.reset_name(reason)}"
+
+    def drop_name(self, reason: int) -> str:
+        return self.drop_reasons.get(reason, f"REASON_{reason}")
+
+    def reset_name(self, reason: int) -> str:
+        return self.reset_reasons.get(reason, f"REASON_{reason}")
+
+    # packet-keyed events
+
+    def _drain_tuples(self) -> list[tuple[TupleKey, int]]:
+        """The packet-keyed events since the last drain. The kernel is switched to the other map
+        first and a grace period passes, so nothing is written into what is being deleted."""
+        assert self._obj is not None
+        maps = self._obj.maps
+        m = maps[f"tuples_{self._gen & 1}"]
+        if m.is_empty(ctypes.sizeof(TupleKey)):
+            return []
+        self._gen += 1
+        maps["tuple_gen"].update(ctypes.c_uint32(0), ctypes.c_uint32(self._gen))
+        rcu_grace_period()
+        out = []
+        for keys, values, n in m.batches(TupleKey, ctypes.c_uint64, delete=True, batch=1024):
+            out.extend((TupleKey.from_buffer_copy(keys[i]), values[i]) for i in range(n))
+        return out
+
+    def _match_tuples(self, tuples: list[tuple[TupleKey, int]], index: "_Index") -> None:
+        now = time.monotonic_ns()
+        for k, n in tuples:
+            src, dst = _addr(k.family, k.saddr), _addr(k.family, k.daddr)
+            cookie = index.flow_for(k.netns, src, k.sport, dst, k.dport)
+            if cookie is None and k.kind == TK_DROP:
+                cookie = index.listener_for(k.netns, dst, k.dport)
+            kind = "drops" if k.kind == TK_DROP else "resets_sent"
+            if cookie is None:
+                _add(self._unmatched[kind], k.reason, n)
+                continue
+            tally = self._socks.setdefault(cookie, _Sock())
+            if k.kind == TK_DROP:
+                _add(tally.drops, k.reason, n)
+            else:
+                tally.resets_sent += n
+                tally.last_reset = (now, k.reason)
+
+    def _unmatched_now(self) -> Mapping[str, Mapping[str, int]]:
+        assert self._obj is not None
+        slots = self._obj.maps["tuple_overflow"].percpu_sums(OVERFLOW_SLOTS)
+        drops = {self.drop_name(r): n for r, n in self._unmatched["drops"].items()}
+        resets = {self.reset_name(r): n for r, n in self._unmatched["resets_sent"].items()}
+        for slot, n in enumerate(slots):
+            if n:
+                if slot < 256:
+                    _add(drops, self.drop_name(slot), n)
+                else:
+                    _add(resets, self.reset_name(slot - 256), n)
+        return MappingProxyType({"drops": _counts(drops), "resets_sent": _counts(resets)})
+
+    # failed connects
+
+    def _read_connects(self) -> tuple[Failure, ...]:
+        assert self._obj is not None
+        raw = []
+        for keys, values, n in self._obj.maps["connects"].batches(ConnectKey, ConnectVal, batch=1024):
+            raw.extend((bytes(keys[i]), bytes(values[i])) for i in range(n))
+        raw.sort()
+        blob = b"".join(k + v for k, v in raw)
+        if blob == self._connects_raw:
+            return self._failures
+        out = []
+        for kb, vb in raw:
+            k, v = ConnectKey.from_buffer_copy(kb), ConnectVal.from_buffer_copy(vb)
+            comm = v.comm.decode(errors="replace") or self.owners.info(k.tgid)[0]
+            reason = errno.errorcode.get(k.err, f"ERRNO_{k.err}") if k.err else "ABANDONED"
+            out.append(Failure(pid=k.tgid, comm=comm, netns=k.netns, raddr=_addr(k.family, k.daddr),
+                               rport=k.dport, reason=reason, count=v.count))
+        out.sort(key=lambda f: (-f.count, f.raddr, f.rport, f.pid, f.reason))
+        self._connects_raw, self._failures = blob, tuple(out)
+        return self._failures
+
+
+class _Index:
+    """Flows and listeners of one poll, found by cookie or by addresses. Built on first use: a
+    poll with nothing to match (the usual case) never walks 100,000 flows."""
+
+    def __init__(self, flows: tuple[Flow, ...], listeners: dict[int, ListenerRecord]):
+        self._flows = flows
+        self._listener_records = listeners
+        self._ids: set[int] | None = None
+        self._by_tuple: dict[tuple, int] | None = None
+        self._by_port: dict[tuple, list[tuple[str, int]]] | None = None
+
+    def is_flow(self, cookie: int) -> bool:
+        if self._ids is None:
+            self._ids = {f.id for f in self._flows}
+        return cookie in self._ids
+
+    def is_listener(self, cookie: int) -> bool:
+        return cookie in self._listener_records
+
+    def flow_for(self, ns: int, src: str, sport: int, dst: str, dport: int) -> int | None:
+        """The flow a packet belongs to: one it was sent to (local = destination) first, then one
+        that sent it. A live flow wins over a closed one with the same addresses."""
+        if self._by_tuple is None:
+            self._by_tuple = {}
+            for f in sorted(self._flows, key=lambda f: not f.closed):  # live flows overwrite closed ones
+                self._by_tuple[(f.netns, f.laddr, f.lport, f.raddr, f.rport)] = f.id
+                self._by_tuple[(0, f.laddr, f.lport, f.raddr, f.rport)] = f.id
+        t = self._by_tuple
+        return t.get((ns, dst, dport, src, sport)) or t.get((ns, src, sport, dst, dport))
+
+    def listener_for(self, ns: int, dst: str, dport: int) -> int | None:
+        """The listener a packet was addressed to: bound to its address, or to the wildcard."""
+        if self._by_port is None:
+            self._by_port = {}
+            for cookie, r in self._listener_records.items():
+                self._by_port.setdefault((r.netns, r.sport), []).append((_addr(r.family, r.saddr), cookie))
+        for key in ((ns, dport),) if ns else [k for k in self._by_port if k[1] == dport]:
+            for laddr, cookie in self._by_port.get(key, ()):
+                if laddr in (dst, "0.0.0.0", "::"):
+                    return cookie
+        return None
+
+
+def _add(d: dict, key, n: int) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+def _names(values: dict[str, int], prefix: str) -> dict[int, str]:
+    """Enumerator value -> its name without the enum's prefix (SKB_DROP_REASON_NETFILTER_DROP ->
+    NETFILTER_DROP), the way the kernel's own tracepoint output spells them."""
+    out = {}
+    for name, value in values.items():
+        out.setdefault(value & 0xFFFFFFFF, name.removeprefix(prefix))
+    return out
+
+
+__all__ = ["FailureEngine", "FailureReport", "FlowFailures"]
