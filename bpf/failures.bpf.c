@@ -28,10 +28,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define EPIPE 32
 #define IP_OFFSET_MASK 0x1fff
 
-/* As in flows.bpf.c: tests build a variant where the socket reached from a file is an
- * untrusted pointer, as one kernel build's verifier sees it (tests/kernel/bpf/). */
+/* As in flows.bpf.c: tests build variants where a socket handed to a helper is an untrusted
+ * pointer, as one kernel build's verifier sees the one reached from a file (tests/kernel/bpf/),
+ * so that every kernel runs the loader's per-program fallbacks. */
 #ifndef FILE_SOCK
 #define FILE_SOCK(sock) ((sock)->sk)
+#endif
+#ifndef DROP_SK
+#define DROP_SK(sk) (sk)
 #endif
 
 /* Inode number of tcptop's own network namespace (the TCP iterator covers it), set by the loader. */
@@ -285,7 +289,7 @@ int BPF_PROG(fail_drop, struct sk_buff *skb, void *location, enum skb_drop_reaso
 	if (rx_sk) {
 		sk = rx_sk;
 		if (full_tcp(sk) || sk->__sk_common.skc_state == TCP_LISTEN)
-			cookie = bpf_get_socket_cookie(rx_sk);
+			cookie = bpf_get_socket_cookie(DROP_SK(rx_sk));
 	} else {
 		sk = skb->sk;
 		if (sk && full_tcp(sk))

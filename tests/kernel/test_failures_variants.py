@@ -1,0 +1,65 @@
+"""The failure engine on stricter kernel builds: variants of failures.bpf.c that the verifier
+refuses in one place on every kernel (tests/kernel/bpf/). Only that part is lost, the loss names
+its true cause, and what remains still agrees with the kernel's own accounting."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kit import NsPair
+from tcptop.engines.core.failures import FailureEngine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def variant(name):
+    path = os.path.join(ROOT, "build", "test", f"{name}.bpf.o")
+    if not os.path.exists(path):
+        pytest.fail(f"{path} missing: run `make test-bpf`")
+    return path
+
+
+def test_refused_listener_files_iterator_walks_every_namespace_instead():
+    """task_file refused: listeners of other namespaces are still found, one TCP walk per namespace."""
+    fe = FailureEngine(object_path=variant("failures_refused_files"))
+    pair = NsPair.create("fvfiles")
+    try:
+        hook = fe.hooks["iterator task_file (listeners)"]
+        assert hook.startswith("unavailable: the verifier refused it (R1 type=untrusted_ptr_")
+        assert hook.endswith("every namespace is walked instead")
+        assert fe.hooks["iterator tcp (listeners)"] == "ok" and fe.degraded == []
+        lsn = pair.socket_in(pair.b)
+        lsn.bind((pair.addr_b, 0))
+        lsn.listen(3)
+        port = lsn.getsockname()[1]
+        report = fe.poll(())
+        mine = [x for x in report.listeners if x.netns == pair.inode(pair.b) and x.lport == port]
+        assert len(mine) == 1 and mine[0].accept_queue_max == 3 and mine[0].pid == os.getpid()
+        lsn.close()
+    finally:
+        fe.close()
+        pair.close()
+
+
+def test_refused_drop_program_loses_only_drop_reasons():
+    """kfree_skb refused: drops by reason are reported lost with the verifier's reason; failed
+    connects and resets are still counted exactly."""
+    fe = FailureEngine(object_path=variant("failures_refused_drop"))
+    pair = NsPair.create("fvdrop")
+    try:
+        assert fe.hooks["tracepoint kfree_skb"].startswith("unavailable: the verifier refused it (R1 type=untrusted_ptr_")
+        assert [d for d in fe.degraded if d.startswith("drops by reason: tracepoint kfree_skb unavailable")]
+        others = {h: v for h, v in fe.hooks.items() if h != "tracepoint kfree_skb"}
+        assert set(others.values()) == {"ok"}
+        for _ in range(2):
+            c = pair.socket_in(pair.a)
+            with pytest.raises(ConnectionRefusedError):
+                c.connect((pair.addr_b, 9))
+            c.close()
+        got = [f for f in fe.poll(()).failures if f.netns == pair.inode(pair.a)]
+        assert [(f.rport, f.reason, f.count) for f in got] == [(9, "ECONNREFUSED", 2)]
+    finally:
+        fe.close()
+        pair.close()
