@@ -23,6 +23,11 @@ class DetailPane(Static, can_focus=True):
         super().__init__(id=id)
         self.border_title = "Flow"
 
+    def show_other(self, title: str, renderable) -> None:
+        """A listener's, a destination's or a group's detail (tcptop/widgets/view_detail.py)."""
+        self.border_title = title
+        self.update(renderable, layout=False)
+
     def show(self, row: Row | None, now: float = 0.0) -> None:
         if row is None:
             self.border_title = "Flow"
@@ -93,6 +98,9 @@ def render_detail(row: Row, now: float, width: int) -> Group:
     grid = Text("\n").join(lines)
 
     parts = [title, grid]
+    trouble = failure_line(f)
+    if trouble is not None:
+        parts.append(trouble)
     hist = list(row.history or ())
     if len(hist) >= 2:
         spark_w = max(10, min(60, width - 36))
@@ -114,3 +122,20 @@ def render_detail(row: Row, now: float, width: int) -> Group:
     else:
         parts.append(Text("history: collecting…", style="dim"))
     return Group(*map(printable_text, parts))
+
+
+def failure_line(f) -> Text | None:
+    """Drops by the kernel's reason and resets each way, when the flow had any."""
+    if not f.drops and not f.resets_sent and not f.resets_received:
+        return None
+    line = Text()
+    if f.drops:
+        line.append("Drops ", style="dim")
+        line.append(", ".join(f"{reason} {n:,}" for reason, n in f.drops.items()), style="bold red")
+        line.append("  ")
+    if f.resets_sent or f.resets_received:
+        line.append("Resets ", style="dim")
+        line.append(f"sent {f.resets_sent:,} received {f.resets_received:,}", style="yellow")
+        if f.last_reset_reason:
+            line.append(f" (last: {f.last_reset_reason})", style="dim")
+    return line

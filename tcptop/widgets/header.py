@@ -36,8 +36,8 @@ def run_warnings(snap: Snapshot | None) -> list[str]:
 
 class HeaderBar(Static):
     def render_header(self, store: FlowStore, paused: bool, replay: PlaybackStatus | None,
-                      waiting_for: str = "") -> None:
-        text = header_text(store, paused, replay, waiting_for)
+                      waiting_for: str = "", view: str = "") -> None:
+        text = header_text(store, paused, replay, waiting_for, view)
         lines = text.plain.count("\n") + 1
         # Relayout the screen only when the header grows or shrinks by a line.
         self.update(text, layout=lines != self._lines)
@@ -46,7 +46,9 @@ class HeaderBar(Static):
     _lines = 0
 
 
-def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, waiting_for: str = "") -> Text:
+def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, waiting_for: str = "",
+                view: str = "") -> Text:
+    """`view`: what the table beside the flow list shows, said instead of the flow count and sort."""
     snap = store.snapshot
     t = Text(no_wrap=False, overflow="fold")
     t.append(" tcptop ", style="bold reverse")
@@ -56,7 +58,10 @@ def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, w
     t.append(f" {printable(snap.host) or '?'}", style="bold")
     t.append(f"  {printable(snap.kernel)}" if snap.kernel else "", style="dim")
     t.append(f"  engine {printable(snap.run.engine)}", style="dim")
-    t.append(f"   {len(store):,}/{store.total:,} flows", style="bold")
+    if view:
+        t.append(f"   {printable(view)}", style="bold")
+    else:
+        t.append(f"   {len(store):,}/{store.total:,} flows", style="bold")
     tot = store.totals
     t.append("   TX ")
     t.append(fmt_rate(tot.tx_bps), style="green")
@@ -64,9 +69,10 @@ def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, w
     t.append(fmt_rate(tot.rx_bps), style="cyan")
     t.append("  retrans ")
     t.append(fmt_count_rate(tot.retrans_ps), style="bold red" if tot.retrans_ps else "")
-    col = COLUMN_BY_ID.get(store.sort_column)
-    title = col.title if col else store.sort_column
-    t.append(f"   sort {title}{'▼' if store.descending else '▲'}", style="dim")
+    if not view:
+        col = COLUMN_BY_ID.get(store.sort_column)
+        title = col.title if col else store.sort_column
+        t.append(f"   sort {title}{'▼' if store.descending else '▲'}", style="dim")
     if paused:
         t.append("   ")
         t.append(" PAUSED ", style="bold black on yellow")

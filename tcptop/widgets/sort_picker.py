@@ -8,24 +8,25 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from tcptop.frontends.screen.columns import COLUMNS
+from tcptop.frontends.screen.columns import COLUMNS, Column
 
 
 class SortPicker(ModalScreen[str | None]):
     BINDINGS = [Binding("escape,q,s", "cancel", "Cancel", id="sort.cancel")]
 
-    def __init__(self, current: str) -> None:
+    def __init__(self, current: str, columns: tuple[Column, ...] = COLUMNS) -> None:
         super().__init__()
         self.current = current
+        self.columns = columns
 
     def compose(self) -> ComposeResult:
-        options = [Option(f"{c.title:<8} {c.help}", id=c.id) for c in COLUMNS]
+        options = [Option(f"{c.title:<8} {c.help}", id=c.id) for c in self.columns]
         yield OptionList(*options, id="sort-list")
 
     def on_mount(self) -> None:
         lst = self.query_one(OptionList)
         lst.border_title = "Sort by"
-        ids = [c.id for c in COLUMNS]
+        ids = [c.id for c in self.columns]
         if self.current in ids:
             lst.highlighted = ids.index(self.current)
         lst.focus()

@@ -3,7 +3,9 @@
 Eight one-second snapshots of a small, recognisable host: a bulk sender, a lossy
 client, a receiver that stopped reading (zero window, growing send queue), a
 rate-limited flow, an IPv6 ssh session, a flow that closes, one that opens late.
-`sample_latency.jsonl` is the same with packet-level latency stages filled in.
+`sample_latency.jsonl` is the same with packet-level latency stages filled in;
+`sample_failures.jsonl` the same with why connections fail: listeners (one whose accept queue
+overflows), failed connects, drops and resets on some flows, and unmatched drops.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tcptop.model import Flow, RunInfo, Snapshot  # noqa: E402
+from tcptop.model import Failure, Flow, Listener, RunInfo, Snapshot  # noqa: E402
 
 T0 = 1_700_000_000.0
 N = 8
@@ -121,12 +123,63 @@ def _with_latency(f: Flow, t: int) -> Flow:
     return dataclasses.replace(f, latency=lat)
 
 
-def write(path: Path, latency: bool) -> None:
+def listeners_at(t: int) -> tuple[Listener, ...]:
+    def lst(id, laddr, lport, pid, comm, **kw):
+        base = dict(id=id, family="ipv6" if ":" in laddr else "ipv4", laddr=laddr, lport=lport, pid=pid, comm=comm,
+                    netns=4026531840, container="", accept_queue=0, accept_queue_max=511, syn_queue=0, drops=0,
+                    synack_retrans=0)
+        base.update(kw)
+        return Listener(**base)
+    # The api server stopped calling accept() at t=1: its queue fills, then every handshake is dropped.
+    queue = min(129, 20 + 40 * t)
+    overflow = max(0, 20 + 40 * t - 129) * 2
+    return (
+        lst(201, "0.0.0.0", 443, 812, "nginx", accept_queue=0 if t % 3 else 1),
+        lst(202, "0.0.0.0", 8080, 7000, "api-server", accept_queue=queue, accept_queue_max=128,
+            syn_queue=min(30, 4 * t), drops=overflow, synack_retrans=3 * t,
+            drop_reasons={"TCP_LISTEN_OVERFLOW": overflow // 2} if overflow else {}),
+        lst(203, "127.0.0.1", 6379, 77, "redis-server", accept_queue_max=511),
+        lst(204, "::", 22, 1, "sshd", accept_queue_max=128),
+        lst(205, "0.0.0.0", 5432, 990, "postgres", accept_queue_max=244, synack_retrans=1),
+    )
+
+
+def failures_at(t: int) -> tuple[Failure, ...]:
+    out = [
+        Failure(5000, "python3", 4026531840, "10.0.0.31", 9000, "ECONNREFUSED", 10 * t),
+        Failure(4242, "curl", 4026531840, "203.0.113.9", 443, "ETIMEDOUT", 1 + t // 3),
+        Failure(812, "nginx", 4026531840, "10.0.0.70", 8081, "EHOSTUNREACH", 2),
+        Failure(6100, "wget", 4026531840, "10.0.0.40", 80, "ABANDONED", 1),
+        Failure(4242, "curl", 4026531840, "10.0.0.31", 9000, "ECONNREFUSED", 3),
+    ]
+    return tuple(f for f in out if f.count)
+
+
+def _with_failures(f: Flow, t: int) -> Flow:
+    import dataclasses
+    if f.id == 103:  # the lossy client: its qdisc overflows, late segments are pruned
+        drops = {"QDISC_DROP": 2 * t, "TCP_OFO_DROP": t // 2}
+        return dataclasses.replace(f, drops={k: v for k, v in drops.items() if v})
+    if f.id == 109 and t >= 3:  # the short transfer ended with the server's reset
+        return dataclasses.replace(f, resets_received=1, last_reset_reason="received ECONNRESET")
+    if f.id == 102 and t >= 6:
+        return dataclasses.replace(f, resets_sent=1, last_reset_reason="sent TCP_ABORT_ON_CLOSE",
+                                   drops={"TCP_ZEROWINDOW": 4})
+    return f
+
+
+def write(path: Path, latency: bool, failures: bool = False) -> None:
     lines = []
     for t in range(N):
-        snap = Snapshot(ts=T0 + t, interval_s=1.0, flows=tuple(flows_at(t, latency)), seq=t + 1,
+        flows = flows_at(t, latency)
+        extra = {}
+        if failures:
+            flows = [_with_failures(f, t) for f in flows]
+            extra = dict(listeners=listeners_at(t), failures=failures_at(t),
+                         unmatched={"drops": {"NO_SOCKET": 5 * t}, "resets_sent": {"NO_SOCKET": 5 * t}})
+        snap = Snapshot(ts=T0 + t, interval_s=1.0, flows=tuple(flows), seq=t + 1,
                         host="demo-host", kernel="6.18.44-fc", run=RUN,
-                        latency=host_latency(t) if latency else None)
+                        latency=host_latency(t) if latency else None, **extra)
         lines.append(snap.to_json())
     path.write_text("\n".join(lines) + "\n")
 
@@ -135,4 +188,5 @@ if __name__ == "__main__":
     here = Path(__file__).resolve().parent
     write(here / "sample.jsonl", latency=False)
     write(here / "sample_latency.jsonl", latency=True)
-    print("wrote", here / "sample.jsonl", here / "sample_latency.jsonl")
+    write(here / "sample_failures.jsonl", latency=False, failures=True)
+    print("wrote", here / "sample.jsonl", here / "sample_latency.jsonl", here / "sample_failures.jsonl")

@@ -14,6 +14,7 @@ from tcptop.replay import ReplaySource
 DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLE = DATA / "sample.jsonl"
 SAMPLE_LATENCY = DATA / "sample_latency.jsonl"
+SAMPLE_FAILURES = DATA / "sample_failures.jsonl"
 SIZE = (150, 42)
 
 # Clock-free rendering still formats numbers; keep the locale and zone fixed anyway.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apptest import SAMPLE, SAMPLE_LATENCY, SIZE, play_to, replay_app
+from apptest import SAMPLE, SAMPLE_FAILURES, SAMPLE_LATENCY, SIZE, play_to, replay_app
 
 
 def _at(seq: int, *keys: str):
@@ -34,3 +34,15 @@ def test_help_overlay(snap_compare):
 
 def test_narrow_terminal_drops_columns(snap_compare):
     assert snap_compare(replay_app(SAMPLE), terminal_size=(100, 36), run_before=_at(4))
+
+
+def test_listener_view(snap_compare):
+    assert snap_compare(replay_app(SAMPLE_FAILURES), terminal_size=SIZE, run_before=_at(5, "l"))
+
+
+def test_failures_view(snap_compare):
+    assert snap_compare(replay_app(SAMPLE_FAILURES), terminal_size=SIZE, run_before=_at(5, "f"))
+
+
+def test_group_view_with_a_group_open(snap_compare):
+    assert snap_compare(replay_app(SAMPLE_FAILURES), terminal_size=SIZE, run_before=_at(5, "g", "down", "down", "e"))

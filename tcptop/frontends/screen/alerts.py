@@ -46,3 +46,14 @@ def rwnd_style(row: Row) -> str:
 
 def sendq_style(row: Row) -> str:
     return WARN if sendq_growing(row) else ""
+
+
+def drops_style(row: Row) -> str:
+    """Red while the kernel is dropping this connection's packets, yellow once it has."""
+    if row.rate("drops_total"):
+        return BAD
+    return WARN if row.flow.drops else ""
+
+
+def resets_style(row: Row) -> str:
+    return WARN if row.flow.resets_sent or row.flow.resets_received else ""

@@ -1,7 +1,7 @@
 """The tcptop screen: a Textual app fed by a worker thread that polls a SnapshotSource.
 
-Data goes one way: source → worker (FrameBuilder) → FrameReady message → FlowStore →
-widgets. The worker is the only caller of the source (live engine or replay); the UI
+Data goes one way: source → worker (FrameBuilder, and the side tables' rows) → FrameReady
+message → FlowStore and Views → widgets. The worker is the only caller of the source (live engine or replay); the UI
 thread never touches BPF. The worker also does a refresh's heavy part (rates, history,
 sorting and filtering every flow) so that the UI thread only swaps a ready frame in: a
 key pressed during a refresh of 100,000 flows is not queued behind it. Messages replace
@@ -31,11 +31,14 @@ from tcptop.frontends.screen.poller import Command, PlaybackStatus, Poller
 from tcptop.source import SnapshotSource
 from tcptop.frontends.screen.store import FlowStore, Frame
 from tcptop.frontends.screen.units import fmt_endpoint, printable
+from tcptop.frontends.screen.view_actions import ViewActions
+from tcptop.frontends.screen.views import ViewFrame, Views
 from tcptop.widgets.detail import DetailPane
 from tcptop.widgets.filter_bar import FilterBar
 from tcptop.widgets.flow_table import FlowTable
 from tcptop.widgets.header import HeaderBar
 from tcptop.widgets.help import HelpScreen
+from tcptop.widgets.rows_table import RowsTable
 from tcptop.widgets.sort_picker import SortPicker
 from tcptop.widgets.waterfall import WaterfallPane
 
@@ -43,10 +46,11 @@ from tcptop.widgets.waterfall import WaterfallPane
 class FrameReady(Message):
     """A snapshot made into a frame by the worker; a newer one replaces it if the UI has not got to it yet."""
 
-    def __init__(self, frame: Frame, replay: PlaybackStatus | None) -> None:
+    def __init__(self, frame: Frame, replay: PlaybackStatus | None, views: ViewFrame | None = None) -> None:
         super().__init__()
         self.frame = frame
         self.replay = replay
+        self.views = views
 
     @property
     def snapshot(self) -> Snapshot:
@@ -62,7 +66,7 @@ class SourceFailed(Message):
         self.error = error
 
 
-class TcptopApp(App[int]):
+class TcptopApp(ViewActions, App[int]):
     """Top-like view of every TCP connection. `source` is polled on a worker thread."""
 
     CSS_PATH = "app.tcss"
@@ -79,12 +83,13 @@ class TcptopApp(App[int]):
         self.store = FlowStore(sort=sort, filter_expr=filter_expr)  # raises FilterError / UnknownSortField
         if reverse:
             self.store.reverse()
-        self.poller = Poller(source, self._build_frame,
-                             lambda frame, status: self.post_message(FrameReady(frame, status)),
+        self.views = Views()
+        self.poller = Poller(source, self._build,
+                             lambda built, status: self.post_message(FrameReady(built[0], status, built[1])),
                              lambda error: self.post_message(SourceFailed(error)))
         self.is_replay = self.poller.playback is not None
         self.poller.playback_paused = start_paused
-        self._pending: Frame | None = None      # newest frame that arrived while paused
+        self._pending: tuple[Frame, ViewFrame] | None = None  # newest frame that arrived while paused
         self.replay_status: PlaybackStatus | None = None
         self.source_error = ""
         self.snapshots_applied = 0
@@ -96,6 +101,7 @@ class TcptopApp(App[int]):
         yield HeaderBar(id="header")
         yield FilterBar(id="filter-bar")
         yield FlowTable(self.store, id="flows")
+        yield RowsTable(self.views, id="views")
         with Horizontal(id="lower"):
             yield DetailPane(id="detail")
             yield WaterfallPane(id="waterfall")
@@ -130,15 +136,20 @@ class TcptopApp(App[int]):
         self.source_error = ""
         if self.paused and not self.is_replay:
             self.poller.retire(self._pending)
-            self._pending = msg.frame
+            self._pending = (msg.frame, msg.views)
             self._render_header()
             return
-        self.apply_frame(msg.frame)
+        self.apply_frame(msg.frame, msg.views)
 
     def on_source_failed(self, msg: SourceFailed) -> None:
         self.source_error = printable(msg.error)  # an error may quote what a file holds
         self._render_header()
         self.notify(self.source_error, title="source error", severity="error", timeout=5, markup=False)
+
+    def _build(self, snap: Snapshot) -> tuple[Frame, ViewFrame]:
+        """Everything a refresh needs, made on the worker: the flow frame and the side tables."""
+        frame = self._build_frame(snap)
+        return frame, self.build_views(frame)
 
     def _build_frame(self, snap: Snapshot) -> Frame:
         """The worker's half of a refresh: a frame under the view the screen has now."""
@@ -153,10 +164,11 @@ class TcptopApp(App[int]):
         """Build a frame here and show it (what the worker does in two halves; for callers without one)."""
         self.apply_frame(self._build_frame(snap))
 
-    def apply_frame(self, frame: Frame) -> None:
+    def apply_frame(self, frame: Frame, views: ViewFrame | None = None) -> None:
         """Store first, then the widgets, all on the UI thread."""
         table = self.table
         self.poller.retire(self.store.install(frame))
+        self.install_views(views)
         self.snapshots_applied += 1
         table.empty_text = "no flows match the filter" if self.store.total else "no TCP connections"
         table.data_changed()
@@ -172,10 +184,14 @@ class TcptopApp(App[int]):
 
     def _render_header(self) -> None:
         waiting = f"source error: {self.source_error}" if self.source_error else ""
-        self.query_one(HeaderBar).render_header(self.store, self.paused, self.replay_status, waiting)
+        self.query_one(HeaderBar).render_header(self.store, self.paused, self.replay_status, waiting,
+                                                self.view_summary())
 
     def _render_panes(self) -> None:
         self._render_header()
+        if self.side_table:
+            self.render_side_panes()
+            return
         row = self.store.get(self.table.cursor_id) if self.table.cursor_id is not None else None
         if row is not None and not self.store.is_visible(row.id):
             row = None
@@ -197,6 +213,8 @@ class TcptopApp(App[int]):
         self._render_panes()
 
     def on_flow_table_header_clicked(self, msg: FlowTable.HeaderClicked) -> None:
+        if self.side_sort(column=msg.column_id):
+            return
         if msg.column_id == self.store.sort_column:
             self.action_reverse()
         else:
@@ -213,6 +231,11 @@ class TcptopApp(App[int]):
         self._view_changed()
 
     def action_pick_sort(self) -> None:
+        if self.side_table:
+            self.push_screen(SortPicker(self.views.sort_column, self.views.columns()),
+                             lambda column: column and self.side_sort(column=column))
+            return
+
         def chosen(column: str | None) -> None:
             if column:
                 self._sort(column)
@@ -220,16 +243,31 @@ class TcptopApp(App[int]):
         self.push_screen(SortPicker(self.store.sort_column), chosen)
 
     def action_sort_step(self, delta: int) -> None:
+        if self.side_sort(step=delta):
+            return
         ids = [c.id for c in COLUMNS]
         cur = ids.index(self.store.sort_column) if self.store.sort_column in ids else 0
         self._sort(ids[(cur + delta) % len(ids)])
 
     def action_reverse(self) -> None:
+        if self.side_sort(reverse=True):
+            return
         self.store.reverse()
         self._view_changed()
 
     def action_sort_retrans(self) -> None:
+        if self.side_sort(trouble=True):
+            return
         self._sort("retrans", descending=True)
+
+    def action_sort_drops(self) -> None:
+        if self.side_table:
+            self.views.set_view("flows")
+            if self.views.state.group:
+                self.side_sort(column="drops")
+                return
+            self._show_table()
+        self._sort("drops", descending=True)
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open(self.store.filter_expr)
@@ -237,19 +275,21 @@ class TcptopApp(App[int]):
     def on_filter_bar_changed(self, msg: FilterBar.Changed) -> None:
         if msg.expr != self.store.filter_expr:
             self.store.set_filter(msg.expr)
+            self.views_refilter()
             self._view_changed()
 
     def on_filter_bar_done(self, msg: FilterBar.Done) -> None:
         self.query_one(FilterBar).close()
-        self.table.focus()
+        (self.rows_table if self.side_table else self.table).focus()
 
     def action_clear_filter(self) -> None:
         bar = self.query_one(FilterBar)
         bar.close()
         if self.store.filter_expr:
             self.store.set_filter("")
+            self.views_refilter()
             self._view_changed()
-        self.table.focus()
+        (self.rows_table if self.side_table else self.table).focus()
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
@@ -258,8 +298,8 @@ class TcptopApp(App[int]):
         self.poller.playback_paused = paused
         self.poller.send(Command.WAKE)
         if not paused and self._pending is not None:
-            frame, self._pending = self._pending, None
-            self.apply_frame(frame)  # jump to now
+            (frame, views), self._pending = self._pending, None
+            self.apply_frame(frame, views)  # jump to now
         self._render_header()
 
     def action_step(self, delta: int) -> None:
@@ -275,7 +315,8 @@ class TcptopApp(App[int]):
             self.poller.send(Command.FASTER if delta > 0 else Command.SLOWER)
 
     def action_next_pane(self) -> None:
-        order = [self.table, self.query_one(DetailPane), self.query_one(WaterfallPane)]
+        first = self.rows_table if self.side_table else self.table
+        order = [first, self.query_one(DetailPane), self.query_one(WaterfallPane)]
         focused = self.focused
         i = order.index(focused) if focused in order else -1
         order[(i + 1) % len(order)].focus()

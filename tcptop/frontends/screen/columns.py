@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields as dc_fields
 from typing import Any, Callable, Literal
 
-from tcptop.frontends.screen.alerts import fast_style, retrans_style, rto_style, rwnd_style, sendq_style
+from tcptop.frontends.screen.alerts import (drops_style, fast_style, resets_style, retrans_style, rto_style,
+                                            rwnd_style, sendq_style)
 from tcptop.frontends.screen.row import Row
 from tcptop.frontends.screen.units import fmt_age, fmt_bytes, fmt_endpoint, fmt_rate, fmt_us
 from tcptop.model import SS_STATE_NAMES, Flow
@@ -44,6 +45,11 @@ def state_text(flow: Flow) -> str:
     if flow.closed:
         return "CLOSED"
     return SS_STATE_NAMES.get(flow.state.upper(), flow.state[:10])
+
+
+def top_reason(counts) -> str:
+    """The most frequent reason of a reason table (tables come ordered, largest first)."""
+    return next(iter(counts), "") if counts else ""
 
 
 def _rtt_us(r: Row) -> float:
@@ -95,6 +101,17 @@ COLUMNS: tuple[Column, ...] = (
            descending=False, priority=11, help="peer's receive window (red: zero window)"),
     Column("age", "AGE", 6, lambda r, now: r.flow.age_s(now), lambda r, now: fmt_age(r.flow.age_s(now)),
            priority=15, help="time since the connection was established", depends="time"),
+    # Why it fails: shown on wide terminals, or whenever sorted by (D sorts by drops).
+    Column("drops", "DROPS", 6, lambda r, now: (_rate(r.rate("drops_total")), r.flow.drops_total),
+           lambda r, now: str(r.flow.drops_total), drops_style,
+           priority=16, help="packets of this connection the kernel dropped, with a reason (red: some in the last "
+                             "interval)", depends="rate"),
+    Column("reason", "DROP REASON", 18, lambda r, now: top_reason(r.flow.drops),
+           lambda r, now: top_reason(r.flow.drops) or "-", drops_style, right=False, descending=False,
+           priority=17, help="the kernel's most frequent reason for dropping this connection's packets"),
+    Column("resets", "RST", 4, lambda r, now: r.flow.resets_sent + r.flow.resets_received,
+           lambda r, now: str(r.flow.resets_sent + r.flow.resets_received), resets_style,
+           priority=18, help="resets sent and received"),
 )
 
 COLUMN_BY_ID: dict[str, Column] = {c.id: c for c in COLUMNS}
@@ -106,6 +123,7 @@ _ALIASES = {
     "flight_size": "flight", "duration_s": "age", "duration": "age", "srtt_us": "rtt",
     "rtt_mean_us": "rtt", "tx_bps": "tx", "rx_bps": "rx", "send": "tx", "recv": "rx",
     "raddr": "remote", "laddr": "local", "rport": "remote", "lport": "local",
+    "drops_total": "drops", "drop_reason": "reason", "last_reset_reason": "resets",
 }
 
 _FLOW_NUMBERS = {f.name for f in dc_fields(Flow) if f.type in ("int", "float")}
@@ -137,18 +155,18 @@ def resolve_sort(name: str) -> Column:
     raise UnknownSortField(f"unknown sort field {name!r} (one of {choices}, or a flow field)")
 
 
-def fit_columns(width: int, sort_id: str) -> list[Column]:
+def fit_columns(width: int, sort_id: str, columns: tuple[Column, ...] = COLUMNS) -> list[Column]:
     """The columns that fit `width` cells, most useful first, shown in their usual order."""
     chosen: set[str] = set()
     used = 0
-    must = COLUMN_BY_ID.get(sort_id)
+    must = next((c for c in columns if c.id == sort_id), None)
     if must is not None:
         chosen.add(must.id)
         used += must.width + 1
-    for c in sorted(COLUMNS, key=lambda c: c.priority):
+    for c in sorted(columns, key=lambda c: c.priority):
         if c.id in chosen:
             continue
         if used + c.width + 1 <= width or not chosen:
             chosen.add(c.id)
             used += c.width + 1
-    return [c for c in COLUMNS if c.id in chosen]
+    return [c for c in columns if c.id in chosen]

@@ -22,6 +22,15 @@ TABLE_BINDINGS = [
     Binding("end", "edge(1)", "Last", show=False, id="table.end", tooltip=_JUMP),
 ]
 
+_GROUP = "groups: open / close the selected group's list of flows"
+
+# Keys of the listener, failure and group tables (tcptop/widgets/rows_table.py) beyond moving.
+GROUP_BINDINGS = [
+    Binding("e", "toggle('flip')", "Open group", show=False, id="group.toggle", tooltip=_GROUP),
+    Binding("right", "toggle('open')", "Open", show=False, id="group.open", tooltip=_GROUP),
+    Binding("left", "toggle('close')", "Close", show=False, id="group.close", tooltip=_GROUP),
+]
+
 APP_BINDINGS = [
     Binding("question_mark", "help", "Help", key_display="?", id="help", tooltip="this help"),
     Binding("slash", "filter", "Filter", key_display="/", id="filter",
@@ -35,7 +44,15 @@ APP_BINDINGS = [
             tooltip="sort by the column to the left / right"),
     Binding("r", "reverse", "Reverse", id="reverse", tooltip="reverse the sort order"),
     Binding("R", "sort_retrans", "By retrans", key_display="R", id="sort_retrans",
-            tooltip="sort by retransmissions, most first"),
+            tooltip="sort by retransmissions, most first (listeners: by drops/s; failures: by failed connects/s)"),
+    Binding("D", "sort_drops", "By drops", show=False, key_display="D", id="sort_drops",
+            tooltip="sort by packets the kernel dropped, most first"),
+    Binding("l", "show_view('listeners')", "Listeners", id="view.listeners",
+            tooltip="listeners: every listening socket, its queues and drops (again: back to the flows)"),
+    Binding("f", "show_view('failures')", "Failures", id="view.failures",
+            tooltip="failed connects by destination, with the kernel's errno (again: back to the flows)"),
+    Binding("g", "group", "Group", id="group",
+            tooltip="group the flows: none → process → remote service → local port"),
     Binding("p,space", "toggle_pause", "Pause", key_display="p", id="pause",
             tooltip="pause the display (collection goes on; unpausing jumps to now)"),
     Binding("n,full_stop", "step(1)", "Step", show=False, key_display="n", id="replay.step",
@@ -59,7 +76,7 @@ _KEY_NAMES = {
     "up": "↑", "down": "↓", "pageup": "PgUp", "pagedown": "PgDn", "home": "Home", "end": "End",
     "question_mark": "?", "slash": "/", "escape": "Esc", "less_than_sign": "<", "greater_than_sign": ">",
     "space": "Space", "full_stop": ".", "comma": ",", "plus": "+", "equals_sign": "=", "minus": "-",
-    "enter": "Enter", "tab": "Tab", "ctrl+c": "Ctrl+C",
+    "enter": "Enter", "tab": "Tab", "ctrl+c": "Ctrl+C", "right": "→", "left": "←",
 }
 
 
@@ -74,7 +91,7 @@ def key_help(bindings: list[Binding] | None = None) -> list[tuple[str, str]]:
     last (where a newcomer looks for them)."""
     rows: dict[str, list[str]] = {}
     last: list[str] = []
-    for b in bindings if bindings is not None else TABLE_BINDINGS + APP_BINDINGS:
+    for b in bindings if bindings is not None else TABLE_BINDINGS + GROUP_BINDINGS + APP_BINDINGS:
         what = b.tooltip or b.description
         keys = rows.setdefault(what, [])
         keys.extend(k for k in key_names(b) if k not in keys)

@@ -363,6 +363,11 @@ class FlowStore:
         return self.view.column.id
 
     @property
+    def frame(self) -> Frame | None:
+        """The frame on screen (the views beside the flow list are made from it)."""
+        return self._frame
+
+    @property
     def filter_expr(self) -> str:
         return self.view.filter_expr
 
