@@ -46,8 +46,10 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
         except OSError as e:  # includes BpfError: say it in one line, exit 1 (the caller detaches)
             sys.stderr.write(f"tcptop: reading the kernel failed: {e}\n")
             return 1
-        if keep is not None:
-            snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)))
+        if keep is not None:  # listeners and failed connects answer the filter language too
+            snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)),
+                                       listeners=tuple(x for x in snap.listeners if keep(x)),
+                                       failures=tuple(x for x in snap.failures if keep(x)))
         try:
             out.write(encoder.encode(snap) + "\n")
             out.flush()

@@ -8,7 +8,6 @@ from apptest import SAMPLE_FAILURES, SIZE, play_to, replay_app, widget_text
 from tcptop.frontends.screen.groups import GroupRow, MemberRow
 from tcptop.widgets.detail import DetailPane
 from tcptop.widgets.header import HeaderBar
-from tcptop.widgets.rows_table import RowsTable
 
 
 def lines(app) -> list[str]:
