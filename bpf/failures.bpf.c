@@ -2,12 +2,13 @@
 /* Failure engine, kernel side: why connections fail.
  *
  * Every hook here fires only when something goes wrong — a packet dropped with a reason,
- * a reset sent or received, a SYN-ACK retransmitted, a connect that never established —
- * except the state-change hook, which also notes who connects a socket (connect() runs in
- * that process; the failure itself is seen later in softirq or timer context, as PID 0).
- * Listeners' queues and drop counters are kept by the kernel and read by iterators at poll
- * time. Events are counted per socket by cookie (a flow or a listener), or, when no full
- * socket is at hand, per packet 4-tuple for user space to match to its flow.
+ * a reset sent or received, a SYN-ACK retransmitted, an error reported on a socket — so a
+ * host where nothing fails pays nothing but the hooks' presence. Listeners' queues and drop
+ * counters are kept by the kernel and read by iterators at poll time. Events are counted
+ * per socket by cookie (a flow or a listener), or, when no full socket is at hand, per
+ * packet 4-tuple for user space to match to its flow. Failed connects are kept by cookie:
+ * the error is seen in softirq or timer context (PID 0), so user space names the process
+ * from the flow engine's record of the same socket.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -26,6 +27,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define ECONNRESET 104
 #define ECONNREFUSED 111
 #define EPIPE 32
+#define E2BIG 7
 #define IP_OFFSET_MASK 0x1fff
 
 /* As in flows.bpf.c: tests build variants where a socket handed to a helper is an untrusted
@@ -88,21 +90,15 @@ struct {
 	__type(value, __u64);
 } tuple_overflow SEC(".maps");
 
-/* Failed connects since start, by process, destination and errno. */
-struct {
+/* Connects that failed since the last drain, by socket cookie, two generations (see tuple_gen). */
+struct connect_fails {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct connect_key);
-	__type(value, struct connect_val);
-} connects SEC(".maps");
-
-/* Who connected each socket, freed with the socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct connector);
-} connectors SEC(".maps");
+	__type(key, __u64);
+	__type(value, struct connect_fail);
+};
+struct connect_fails connect_fails_0 SEC(".maps");
+struct connect_fails connect_fails_1 SEC(".maps");
 
 /* Room to build a listener's record (and what puts its layout in the object's BTF). */
 struct {
@@ -204,10 +200,16 @@ static __always_inline void overflow_inc(__u32 kind, __u32 reason)
 		*v += 1;
 }
 
-static __always_inline void count_tuple(struct tuple_key *k)
+static __always_inline bool odd_generation(void)
 {
 	__u32 zero = 0, *gen = bpf_map_lookup_elem(&tuple_gen, &zero);
-	void *map = (gen && (*gen & 1)) ? (void *)&tuples_1 : (void *)&tuples_0;
+
+	return gen && (*gen & 1);
+}
+
+static __always_inline void count_tuple(struct tuple_key *k)
+{
+	void *map = odd_generation() ? (void *)&tuples_1 : (void *)&tuples_0;
 	__u64 one = 1, *v;
 
 	v = bpf_map_lookup_elem(map, k);
@@ -284,7 +286,9 @@ int BPF_PROG(fail_drop, struct sk_buff *skb, void *location, enum skb_drop_reaso
 	const struct sock *sk;
 	__u64 cookie = 0;
 
-	if (reason <= SKB_DROP_REASON_NOT_SPECIFIED || !skb)
+	/* QUEUE_PURGE: what is left in a socket's queues as it is destroyed, which every
+	 * orderly close does; not a sign of trouble, and the most frequent drop there is. */
+	if (reason <= SKB_DROP_REASON_NOT_SPECIFIED || reason == SKB_DROP_REASON_QUEUE_PURGE || !skb)
 		return 0;
 	if (rx_sk) {
 		sk = rx_sk;
@@ -377,66 +381,47 @@ int BPF_PROG(fail_synack, const struct sock *sk, const struct request_sock *req)
 	return 0;
 }
 
-static __always_inline void remote_of(const struct sock *sk, struct connect_key *k)
+static __always_inline void remote_of(const struct sock *sk, struct connect_fail *f)
 {
 	const struct sock_common *skc = &sk->__sk_common;
 
-	k->family = skc->skc_family;
-	k->dport = bpf_ntohs(skc->skc_dport);
-	if (k->family == AF_INET) {
-		__builtin_memcpy(k->daddr, &skc->skc_daddr, 4);
+	f->family = skc->skc_family;
+	f->dport = bpf_ntohs(skc->skc_dport);
+	if (f->family == AF_INET) {
+		__builtin_memcpy(f->daddr, &skc->skc_daddr, 4);
 	} else {
 		for (int i = 0; i < 4; i++)
-			((__u32 *)k->daddr)[i] = skc->skc_v6_daddr.in6_u.u6_addr32[i];
+			((__u32 *)f->daddr)[i] = skc->skc_v6_daddr.in6_u.u6_addr32[i];
 	}
 }
 
-/* connect() enters SYN_SENT in the caller's context: remember who. A socket that leaves
- * SYN_SENT for CLOSE never established: tcp_done_with_error() sets sk_err before the state
- * changes (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...); no error means the application
- * closed it first (its own connect timeout). */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(fail_state, const struct sock *csk, const int oldstate, const int newstate)
+/* An error the kernel reports to a socket's owner. A connect that never established is one
+ * whose socket closed (tcp_done_with_error() sets sk_err, closes, then reports, all under the
+ * socket's lock, so connect() cannot consume the error first) before any SYN-ACK set rcv_nxt:
+ * refused, timed out, unreachable. Errors of established connections are not failed
+ * connects. The application's connect() then disconnects the socket, which reports again with
+ * no error and no port: only the first report with both counts. */
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(fail_error, const struct sock *sk)
 {
-	struct sock *sk = (struct sock *)csk;
-	struct connect_key k = {};
-	struct connect_val *v, fresh = {};
-	struct connector *who;
+	struct connect_fail f = {};
+	struct tcp_sock *tp;
+	__u64 cookie;
+	void *map;
 
-	if (sk->sk_protocol != IPPROTO_TCP)
+	if (!full_tcp(sk) || sk->__sk_common.skc_state != TCP_CLOSE)
 		return 0;
-	if (newstate == TCP_SYN_SENT) {
-		who = bpf_sk_storage_get(&connectors, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (who) {
-			who->tgid = bpf_get_current_pid_tgid() >> 32;
-			bpf_get_current_comm(who->comm, sizeof(who->comm));
-		}
+	tp = bpf_skc_to_tcp_sock((void *)sk);
+	if (!tp || tp->rcv_nxt != 0)
 		return 0;
-	}
-	if (oldstate != TCP_SYN_SENT || newstate != TCP_CLOSE)
+	f.err = sk->sk_err;
+	remote_of(sk, &f);
+	if (!f.err || !f.dport)
 		return 0;
-	remote_of(sk, &k);
-	k.netns = netns_of(sk);
-	k.err = sk->sk_err;
-	who = bpf_sk_storage_get(&connectors, sk, 0, 0);
-	if (who) {
-		k.tgid = who->tgid;
-		__builtin_memcpy(fresh.comm, who->comm, sizeof(fresh.comm));
-	} else {
-		stat_inc(FS_OWNER_MISSING);
-	}
-	v = bpf_map_lookup_elem(&connects, &k);
-	if (v) {
-		add(&v->count);
-		return 0;
-	}
-	fresh.count = 1;
-	if (!bpf_map_update_elem(&connects, &k, &fresh, BPF_NOEXIST))
-		return 0;
-	v = bpf_map_lookup_elem(&connects, &k);
-	if (v)
-		add(&v->count);
-	else
+	f.netns = netns_of(sk);
+	cookie = bpf_get_socket_cookie((struct sock *)sk);
+	map = odd_generation() ? (void *)&connect_fails_1 : (void *)&connect_fails_0;
+	if (bpf_map_update_elem(map, &cookie, &f, BPF_NOEXIST) == -E2BIG)
 		stat_inc(FS_CONNECT_FULL);
 	return 0;
 }

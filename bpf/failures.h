@@ -25,8 +25,7 @@ enum reset_dir {
 enum fail_stat {
 	FS_SOCK_FULL = 0,   /* a socket's drop or reset could not be counted: sock_drops/sock_events full */
 	FS_TUPLE_FULL,      /* a packet-keyed event could not be kept: tuple map full (counted unmatched) */
-	FS_CONNECT_FULL,    /* a failed connect could not be counted: connects map full */
-	FS_OWNER_MISSING,   /* a failed connect whose connecting process was not recorded */
+	FS_CONNECT_FULL,    /* a failed connect could not be kept: connect_fails map full */
 	FS_DROPS,           /* TCP drops with a reason, all of them */
 	FS_RESETS_SENT,     /* resets sent, all of them */
 	FS_LISTENERS,       /* listeners the iterators emitted (sanity) */
@@ -64,25 +63,14 @@ struct tuple_key {
 	__u8 daddr[16];
 };
 
-/* One destination a process failed to connect to, for one reason, in `connects`. */
-struct connect_key {
-	__u32 tgid;
+/* A connect that never established, keyed by the socket's cookie in `connect_fails_*`: user
+ * space names its process through the flow engine's record of the same socket. */
+struct connect_fail {
 	__u32 netns;
-	__u8 daddr[16];
-	__u16 dport;
+	__s32 err;              /* sk_err: the errno connect() reports */
 	__u16 family;
-	__s32 err;              /* sk_err as the socket closed; 0: the application closed it first */
-};
-
-struct connect_val {
-	__u64 count;
-	char comm[FAIL_COMM_LEN];
-};
-
-/* Who connected a socket: recorded as it enters SYN_SENT, in the connecting process. */
-struct connector {
-	__u32 tgid;
-	char comm[FAIL_COMM_LEN];
+	__u16 dport;
+	__u8 daddr[16];
 };
 
 /* One listening socket as the iterators saw it at poll time. */

@@ -64,8 +64,8 @@ def render_failure(r: FailureRow) -> Group:
         reasons_line("Why (errno)", r.reasons, "bold yellow"),
         reasons_line("Who", {f"{comm or '?'}({pid})" if pid else (comm or "?"): n
                              for (pid, comm), n in r.processes.items()}, ""),
-        Text("ABANDONED: the application closed the socket before the kernel gave up (its own timeout).",
-             style="dim"),
+        Text("Connects the application gave up on itself (its own timeout) are not here: the kernel reports no "
+             "error for them.", style="dim"),
     ]
     return Group(*lines)
 

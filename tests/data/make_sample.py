@@ -149,7 +149,7 @@ def failures_at(t: int) -> tuple[Failure, ...]:
         Failure(5000, "python3", 4026531840, "10.0.0.31", 9000, "ECONNREFUSED", 10 * t),
         Failure(4242, "curl", 4026531840, "203.0.113.9", 443, "ETIMEDOUT", 1 + t // 3),
         Failure(812, "nginx", 4026531840, "10.0.0.70", 8081, "EHOSTUNREACH", 2),
-        Failure(6100, "wget", 4026531840, "10.0.0.40", 80, "ABANDONED", 1),
+        Failure(6100, "wget", 4026531840, "10.0.0.40", 80, "ENETUNREACH", 1),
         Failure(4242, "curl", 4026531840, "10.0.0.31", 9000, "ECONNREFUSED", 3),
     ]
     return tuple(f for f in out if f.count)

@@ -246,16 +246,23 @@ def test_blackholed_syn_times_out_after_the_kernels_retries(engine, nspair):
     assert grew(before, after, "TcpExt.TCPSynRetrans") >= 1 and took >= 1.0
 
 
-def test_connect_closed_before_the_kernel_gives_up_is_abandoned(engine, nspair):
-    """A non-blocking connect into a blackhole, closed by the application after 0.2 s: no errno,
-    reason ABANDONED; the kernel does not count it in AttemptFails."""
+def test_a_connect_the_application_abandons_is_not_a_failure(engine, nspair):
+    """A non-blocking connect into a blackhole, closed by the application after 0.2 s: the kernel
+    reports no error and does not count it in AttemptFails, and neither does tcptop; a refused
+    connect right after it, from the same namespace, is counted."""
     sh("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7003", "--syn", "-j", "DROP", ns=nspair.b)
     before = mib(nspair.a)
     c = connect_nowait(nspair, (nspair.addr_b, 7003))
     time.sleep(0.2)
     c.close()
-    got = poll_for(engine, lambda s: failures_in(s, nspair.inode(nspair.a)).get((nspair.addr_b, 7003, "ABANDONED")))
-    assert got.count == 1 and grew(before, mib(nspair.a), "Tcp.AttemptFails") == 0
+    r = nspair.socket_in(nspair.a)
+    with pytest.raises(ConnectionRefusedError):
+        r.connect((nspair.addr_b, 7009))
+    r.close()
+    a_ino = nspair.inode(nspair.a)
+    poll_for(engine, lambda s: failures_in(s, a_ino).get((nspair.addr_b, 7009, "ECONNREFUSED")))
+    assert [k for k in failures_in(engine.poll(), a_ino) if k[1] == 7003] == []
+    assert grew(before, mib(nspair.a), "Tcp.AttemptFails") == 1
 
 
 def test_linger_zero_close_and_ss_kill_reset_with_the_kernels_reasons(engine, nspair):

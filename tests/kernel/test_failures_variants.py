@@ -9,7 +9,7 @@ import os
 import pytest
 
 from kit import NsPair
-from tcptop.engines.core.failures import FailureEngine
+from tcptop.engines.core.failures import OWNER_WAIT_POLLS, FailureEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,8 +58,10 @@ def test_refused_drop_program_loses_only_drop_reasons():
             with pytest.raises(ConnectionRefusedError):
                 c.connect((pair.addr_b, 9))
             c.close()
-        got = [f for f in fe.poll(()).failures if f.netns == pair.inode(pair.a)]
-        assert [(f.rport, f.reason, f.count) for f in got] == [(9, "ECONNREFUSED", 2)]
+        for _ in range(OWNER_WAIT_POLLS):  # no flow engine here: they wait for it, then count for pid 0
+            report = fe.poll(())
+        got = [f for f in report.failures if f.netns == pair.inode(pair.a)]
+        assert [(f.pid, f.rport, f.reason, f.count) for f in got] == [(0, 9, "ECONNREFUSED", 2)]
     finally:
         fe.close()
         pair.close()

@@ -3,12 +3,13 @@
 Pairs with bpf/failures.bpf.c (kernel side) and bpf/failures.h (the shared layouts,
 mirrored below with ctypes and checked against the object's BTF at load). One poll = the
 listener iterators, one batch read of each per-socket map (they hold only sockets that
-something went wrong for), the failed-connects map, and — only when some arrived — a drain
-of the packet-keyed events. Nothing is read per packet.
+something went wrong for), and — only when some arrived — a drain of the packet-keyed
+events and failed connects. Nothing is read per packet.
 
 What it gives the engine (`poll(flows)`): per flow, its drops by reason and its resets;
-every listener with its queues and drops; failed connects by process, destination and
-errno; and what no flow or listener could be named for, host-wide by reason.
+every listener with its queues and drops; failed connects by process (the owner the flow
+engine names for the failed socket), destination and errno; and what no flow or listener
+could be named for, host-wide by reason.
 """
 
 from __future__ import annotations
@@ -48,11 +49,10 @@ class FailStat(enum.IntEnum):
     FS_SOCK_FULL = 0
     FS_TUPLE_FULL = 1
     FS_CONNECT_FULL = 2
-    FS_OWNER_MISSING = 3
-    FS_DROPS = 4
-    FS_RESETS_SENT = 5
-    FS_LISTENERS = 6
-    FS_MAX = 7
+    FS_DROPS = 3
+    FS_RESETS_SENT = 4
+    FS_LISTENERS = 5
+    FS_MAX = 6
 
 
 TK_DROP, TK_RESET_SENT = map(int, TupleKind)
@@ -89,23 +89,14 @@ class TupleKey(ctypes.Structure):
     ]
 
 
-class ConnectKey(ctypes.Structure):
+class ConnectFail(ctypes.Structure):
     _fields_ = [
-        ("tgid", ctypes.c_uint32),
         ("netns", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint8 * 16),
-        ("dport", ctypes.c_uint16),
-        ("family", ctypes.c_uint16),
         ("err", ctypes.c_int32),
+        ("family", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("daddr", ctypes.c_uint8 * 16),
     ]
-
-
-class ConnectVal(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_uint64), ("comm", ctypes.c_char * COMM_LEN)]
-
-
-class Connector(ctypes.Structure):
-    _fields_ = [("tgid", ctypes.c_uint32), ("comm", ctypes.c_char * COMM_LEN)]
 
 
 class ListenerRecord(ctypes.Structure):
@@ -126,8 +117,7 @@ class ListenerRecord(ctypes.Structure):
 
 
 MIRRORS = {"sock_drop_key": SockDropKey, "sock_events": SockEvents, "tuple_key": TupleKey,
-           "connect_key": ConnectKey, "connect_val": ConnectVal, "connector": Connector,
-           "listener_record": ListenerRecord}
+           "connect_fail": ConnectFail, "listener_record": ListenerRecord}
 ENUM_MIRRORS = {"tuple_kind": TupleKind, "reset_dir": ResetDir, "fail_stat": FailStat}
 LISTENER_SIZE = ctypes.sizeof(ListenerRecord)
 
@@ -137,7 +127,7 @@ HOOKS = {
     "fail_reset_sent": ("tracepoint tcp_send_reset", "tcp_send_reset", "resets_sent and their reasons"),
     "fail_reset_received": ("tracepoint tcp_receive_reset", "tcp_receive_reset", "resets_received"),
     "fail_synack": ("tracepoint tcp_retransmit_synack", "tcp_retransmit_synack", "listeners' synack_retrans"),
-    "fail_state": ("tracepoint inet_sock_set_state (failed connects)", "inet_sock_set_state",
+    "fail_error": ("tracepoint inet_sk_error_report", "inet_sk_error_report",
                    "failures (connects that never established)"),
 }
 ITERATORS = {
@@ -150,6 +140,9 @@ OPTIONAL = frozenset(HOOKS) | frozenset(ITERATORS)
 # (or never shown): its kernel entries are removed. One poll is not enough: a socket born after
 # the flow engine's walk and before this engine's read is unknown once.
 GONE_AFTER_POLLS = 2
+# A failed connect waits this many polls for the flow engine to show its socket (whose record
+# names the process); after that it is counted for an unknown process (pid 0).
+OWNER_WAIT_POLLS = 3
 
 _MEMBARRIER_CMD_GLOBAL = 1
 _SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283, "riscv64": 283, "ppc64le": 365, "s390x": 356}
@@ -217,11 +210,12 @@ class FailureEngine:
 
     def __init__(self, object_path: str | None = None, max_sockets: int = 65536, max_tuples: int = 16384,
                  max_connects: int = 16384):
+        """Map sizes: sockets with drops or resets, packet-keyed and failed-connect entries per poll."""
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
         self.owners = Owners()
         self._max = {"sock_drops": max_sockets, "sock_events": max_sockets, "tuples_0": max_tuples,
-                     "tuples_1": max_tuples, "connects": max_connects}
+                     "tuples_1": max_tuples, "connect_fails_0": max_connects, "connect_fails_1": max_connects}
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
         self._iter: Link | None = None
@@ -232,7 +226,8 @@ class FailureEngine:
         self._unmatched: dict[str, dict[int, int]] = {"drops": {}, "resets_sent": {}}
         self._flow_cache: dict[int, tuple[tuple, FlowFailures]] = {}
         self._listener_cache: dict[int, tuple[tuple, Listener]] = {}
-        self._connects_raw = b""
+        self._fail_counts: dict[tuple, int] = {}   # (pid, comm, netns, raddr, rport, reason) -> count
+        self._fail_waiting: dict[int, tuple[ConnectFail, int]] = {}  # cookie -> (failure, polls waited)
         self._failures: tuple[Failure, ...] = ()
         btf = KernelBtf()
         try:
@@ -350,9 +345,10 @@ class FailureEngine:
         records = self._read_listeners()
         events = self._read_events()
         sock_drops = self._read_sock_drops()
-        tuples = self._drain_tuples()
+        tuples, fails = self._drain_generation()
         index = _Index(flows, records)
         self._match_tuples(tuples, index)
+        self._count_failures(fails, index)
         self._collect_gone(events, sock_drops, index)
         per_flow = {}
         for cookie in (events.keys() | sock_drops.keys() | self._socks.keys()):
@@ -361,7 +357,7 @@ class FailureEngine:
         listeners = tuple(self._listener(r, events.get(c), sock_drops.get(c)) for c, r in records.items())
         stats = self.stats()
         lost = stats[FailStat.FS_SOCK_FULL] + stats[FailStat.FS_CONNECT_FULL]
-        return FailureReport(per_flow, listeners, self._read_connects(), self._unmatched_now(), lost)
+        return FailureReport(per_flow, listeners, self._failures, self._unmatched_now(), lost)
 
     # listeners
 
@@ -505,21 +501,26 @@ class FailureEngine:
 
     # packet-keyed events
 
-    def _drain_tuples(self) -> list[tuple[TupleKey, int]]:
-        """The packet-keyed events since the last drain. The kernel is switched to the other map
-        first and a grace period passes, so nothing is written into what is being deleted."""
+    def _drain_generation(self) -> tuple[list[tuple[TupleKey, int]], list[tuple[int, ConnectFail]]]:
+        """Packet-keyed events and failed connects since the last drain. The kernel is switched
+        to the other maps first and a grace period passes, so nothing is written into what is
+        being deleted."""
         assert self._obj is not None
         maps = self._obj.maps
-        m = maps[f"tuples_{self._gen & 1}"]
-        if m.is_empty(ctypes.sizeof(TupleKey)):
-            return []
+        cur = self._gen & 1
+        tuples, fails = maps[f"tuples_{cur}"], maps[f"connect_fails_{cur}"]
+        if tuples.is_empty(ctypes.sizeof(TupleKey)) and fails.is_empty(8):
+            return [], []
         self._gen += 1
         maps["tuple_gen"].update(ctypes.c_uint32(0), ctypes.c_uint32(self._gen))
         rcu_grace_period()
-        out = []
-        for keys, values, n in m.batches(TupleKey, ctypes.c_uint64, delete=True, batch=1024):
-            out.extend((TupleKey.from_buffer_copy(keys[i]), values[i]) for i in range(n))
-        return out
+        out_t: list[tuple[TupleKey, int]] = []
+        for keys, values, n in tuples.batches(TupleKey, ctypes.c_uint64, delete=True, batch=1024):
+            out_t.extend((TupleKey.from_buffer_copy(keys[i]), values[i]) for i in range(n))
+        out_f: list[tuple[int, ConnectFail]] = []
+        for keys, values, n in fails.batches(ctypes.c_uint64, ConnectFail, delete=True, batch=1024):
+            out_f.extend((keys[i], ConnectFail.from_buffer_copy(values[i])) for i in range(n))
+        return out_t, out_f
 
     def _match_tuples(self, tuples: list[tuple[TupleKey, int]], index: "_Index") -> None:
         now = time.monotonic_ns()
@@ -554,25 +555,31 @@ class FailureEngine:
 
     # failed connects
 
-    def _read_connects(self) -> tuple[Failure, ...]:
-        assert self._obj is not None
-        raw = []
-        for keys, values, n in self._obj.maps["connects"].batches(ConnectKey, ConnectVal, batch=1024):
-            raw.extend((bytes(keys[i]), bytes(values[i])) for i in range(n))
-        raw.sort()
-        blob = b"".join(k + v for k, v in raw)
-        if blob == self._connects_raw:
-            return self._failures
-        out = []
-        for kb, vb in raw:
-            k, v = ConnectKey.from_buffer_copy(kb), ConnectVal.from_buffer_copy(vb)
-            comm = v.comm.decode(errors="replace") or self.owners.info(k.tgid)[0]
-            reason = errno.errorcode.get(k.err, f"ERRNO_{k.err}") if k.err else "ABANDONED"
-            out.append(Failure(pid=k.tgid, comm=comm, netns=k.netns, raddr=_addr(k.family, k.daddr),
-                               rport=k.dport, reason=reason, count=v.count))
-        out.sort(key=lambda f: (-f.count, f.raddr, f.rport, f.pid, f.reason))
-        self._connects_raw, self._failures = blob, tuple(out)
-        return self._failures
+    def _count_failures(self, fresh: list[tuple[int, ConnectFail]], index: "_Index") -> None:
+        """Add failed connects to the counts, each under the process the flow engine names for
+        its socket; one whose socket is not shown yet waits a few polls for it."""
+        waiting = self._fail_waiting
+        for cookie, cf in fresh:
+            waiting[cookie] = (cf, 0)
+        if not waiting:
+            return
+        still: dict[int, tuple[ConnectFail, int]] = {}
+        changed = False
+        for cookie, (cf, polls) in waiting.items():
+            flow = index.flow(cookie)
+            if flow is None and polls + 1 < OWNER_WAIT_POLLS:
+                still[cookie] = (cf, polls + 1)
+                continue
+            pid, comm = (flow.pid, flow.comm) if flow is not None else (0, "")
+            reason = errno.errorcode.get(cf.err, f"ERRNO_{cf.err}")
+            _add(self._fail_counts, (pid, comm, cf.netns, _addr(cf.family, cf.daddr), cf.dport, reason), 1)
+            changed = True
+        self._fail_waiting = still
+        if changed:
+            out = [Failure(pid=k[0], comm=k[1], netns=k[2], raddr=k[3], rport=k[4], reason=k[5], count=n)
+                   for k, n in self._fail_counts.items()]
+            out.sort(key=lambda f: (-f.count, f.raddr, f.rport, f.pid, f.reason))
+            self._failures = tuple(out)
 
 
 class _Index:
@@ -582,14 +589,17 @@ class _Index:
     def __init__(self, flows: tuple[Flow, ...], listeners: dict[int, ListenerRecord]):
         self._flows = flows
         self._listener_records = listeners
-        self._ids: set[int] | None = None
+        self._ids: dict[int, Flow] | None = None
         self._by_tuple: dict[tuple, int] | None = None
         self._by_port: dict[tuple, list[tuple[str, int]]] | None = None
 
-    def is_flow(self, cookie: int) -> bool:
+    def flow(self, cookie: int) -> Flow | None:
         if self._ids is None:
-            self._ids = {f.id for f in self._flows}
-        return cookie in self._ids
+            self._ids = {f.id: f for f in self._flows}
+        return self._ids.get(cookie)
+
+    def is_flow(self, cookie: int) -> bool:
+        return self.flow(cookie) is not None
 
     def is_listener(self, cookie: int) -> bool:
         return cookie in self._listener_records

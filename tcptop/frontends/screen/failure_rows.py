@@ -83,7 +83,7 @@ FAILURE_COLUMNS: tuple[Column, ...] = (
            help="failed connects since tcptop started"),
     Column("reasons", "WHY (errno: count)", 34, lambda r, now: r.reasons_text(), lambda r, now: r.reasons_text(),
            right=False, descending=False, priority=3,
-           help="the errno the kernel gave (ABANDONED: the application closed the socket first)"),
+           help="the errno the kernel gave connect()"),
     Column("processes", "PROCESSES", 40, lambda r, now: r.processes_text(), lambda r, now: r.processes_text(),
            right=False, descending=False, priority=4, help="who tried, most failures first"),
 )
