@@ -36,7 +36,7 @@ def our_names() -> set[str]:
     """Names of tcptop's programs (as the kernel truncates them), from the built objects."""
     from tcptop.engines.core.libbpf import BpfObject
     names = set()
-    for obj in ("flows.bpf.o", "latency.bpf.o"):
+    for obj in ("flows.bpf.o", "latency.bpf.o", "failures.bpf.o"):
         o = BpfObject(os.path.join(ROOT, "build", obj))
         # the kernel keeps 15 characters of a name; bpftool shows the full one from BTF
         names |= {n[:15] for n in o.programs} | set(o.programs)

@@ -6,7 +6,9 @@ namespaces); `--replay FILE` makes them from a recording instead, without root.
     python screenshots/make_screenshots.py [--replay FILE] [--out screenshots/]
 
 Shots: main.svg (flows by send rate), detail_waterfall.svg (sorted by retransmissions,
-the lossy flow selected), filter.svg (the filter bar with an inline error), help.svg.
+the lossy flow selected), filter.svg (the filter bar with an inline error), help.svg,
+listeners.svg (l: the demo's listener whose accept queue overflows on top), failures.svg
+(f: failed connects by destination), groups.svg (g: flows grouped by process, one open).
 """
 
 from __future__ import annotations
@@ -57,7 +59,18 @@ async def shoot(app: TcptopApp, out: Path, live: bool) -> list[Path]:
         await pilot.press("escape", "question_mark")
         await pilot.pause(0.2)
         save("help.svg")
-        await pilot.press("escape", "q")
+        await pilot.press("escape", "l")
+        await pilot.pause(1.5 if live else 0.2)
+        save("listeners.svg")
+        await pilot.press("f")
+        await pilot.pause(1.5 if live else 0.2)
+        save("failures.svg")
+        await pilot.press("g")  # back to the flows, grouped by process
+        await pilot.pause(1.5 if live else 0.2)
+        await pilot.press("e")
+        await pilot.pause(1.5 if live else 0.2)
+        save("groups.svg")
+        await pilot.press("q")
     return written
 
 

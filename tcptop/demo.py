@@ -7,6 +7,12 @@ Two namespaces joined by two veth pairs carry four flows a newcomer can recognis
     demo-stuck    → demo-stall:5003   the receiver never reads: zero window, send queue full
     demo-ratelim  → demo-sink :5004   a token bucket (tc tbf) holds it to ~4 Mbit/s
 
+and, for the views of why connections fail (l, f, g), a dialer that keeps failing:
+
+    demo-dialer   → demo-busy :5005   listen(4), never accepted: the accept queue overflows
+    demo-dialer   →           :5006   nobody listens: refused (ECONNREFUSED)
+    demo-dialer   →           :5007   SYNs dropped: the kernel gives up (ETIMEDOUT)
+
 Only addresses inside the namespaces are used (10.213.0.0/16). Namespace names carry
 our pid, children die with us (PR_SET_PDEATHSIG), `stop()` removes everything, and
 `start()` first removes namespaces left by a demo whose process is gone (kill -9).
@@ -32,7 +38,8 @@ NET = "10.213.0.0/16"
 # (veth pair index) → server address, client address
 LINK0 = ("10.213.0.1", "10.213.0.2")   # clean, lossy, stalled flows
 LINK1 = ("10.213.1.1", "10.213.1.2")   # the rate-limited flow has a link of its own for tbf
-PORTS = {"bulk": 5001, "lossy": 5002, "stall": 5003, "ratelim": 5004}
+PORTS = {"bulk": 5001, "lossy": 5002, "stall": 5003, "ratelim": 5004, "busy": 5005, "closed": 5006,
+         "blackhole": 5007}
 LOSS_PROBABILITY = "0.05"
 # A queue deep enough that the token bucket delays rather than drops: the rate-limited
 # flow should show a low, steady rate, not the lossy flow's retransmissions.
@@ -130,6 +137,10 @@ class Demo:
         # the sender's own OUTPUT chain is reported back to TCP as a local error, not a loss.
         _run("ip", "netns", "exec", srv, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORTS["lossy"]),
              "-m", "statistic", "--mode", "random", "--probability", LOSS_PROBABILITY, "-j", "DROP")
+        # The dialer's connects to the blackhole time out after one SYN retry (a few seconds).
+        _run("ip", "netns", "exec", srv, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORTS["blackhole"]),
+             "--syn", "-j", "DROP")
+        _run("ip", "netns", "exec", cli, "sysctl", "-qw", "net.ipv4.tcp_syn_retries=1")
 
     def _spawn(self, ns: str, *role: str) -> None:
         env = dict(os.environ)
@@ -152,6 +163,9 @@ class Demo:
         self._spawn(self.cli_ns, "send", "demo-lossy", s0, str(PORTS["lossy"]), str(4 << 20))
         self._spawn(self.cli_ns, "send", "demo-stuck", s0, str(PORTS["stall"]), "0")
         self._spawn(self.cli_ns, "send", "demo-ratelim", s1, str(PORTS["ratelim"]), "0")
+        self._spawn(self.srv_ns, "busy", "demo-busy", s0, str(PORTS["busy"]))
+        self._spawn(self.cli_ns, "dial", "demo-dialer", s0, str(PORTS["busy"]), str(PORTS["closed"]),
+                    str(PORTS["blackhole"]))
 
     # -- tear-down ---------------------------------------------------------------
 
@@ -236,6 +250,37 @@ def _stall(addr: str, port: int) -> None:
         held.append(conn)  # accepted, never read: the window closes
 
 
+def _busy(addr: str, port: int) -> None:
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, port))
+    ls.listen(4)  # never accepted: after 5 connections every handshake is dropped
+    while True:
+        time.sleep(3600)
+
+
+def _dial(addr: str, busy: int, closed: int, blackhole: int) -> None:
+    """Connects that go wrong, a few a second, each socket held a while as a client would."""
+    held: list[tuple[float, socket.socket]] = []
+    n = 0
+    while True:
+        now = time.monotonic()
+        targets = [busy] + ([closed] if n % 2 == 0 else []) + ([blackhole] if n % 8 == 0 else [])
+        for port in targets:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect((addr, port))
+            except OSError:
+                pass
+            held.append((now + (10 if port == blackhole else 3), s))
+        for when, s in [h for h in held if h[0] <= now]:
+            s.close()
+        held = [h for h in held if h[0] > now]
+        n += 1
+        time.sleep(0.25)
+
+
 def _send(addr: str, port: int, rate_bps: int) -> None:
     deadline = time.monotonic() + 10
     while True:
@@ -267,6 +312,10 @@ def _role_main(argv: list[str]) -> int:
         _stall(addr, int(rest[0]))
     elif role == "send":
         _send(addr, int(rest[0]), int(rest[1]))
+    elif role == "busy":
+        _busy(addr, int(rest[0]))
+    elif role == "dial":
+        _dial(addr, *(int(p) for p in rest))
     return 0
 
 
