@@ -59,7 +59,10 @@ async def shoot(app: TcptopApp, out: Path, live: bool) -> list[Path]:
         await pilot.press("escape", "question_mark")
         await pilot.pause(0.2)
         save("help.svg")
-        await pilot.press("escape", "l")
+        await pilot.press("escape")
+        if live:  # the filter shot's Escape cleared it: the demo's flows only again
+            await pilot.press("slash", *app.demo_filter, "enter")
+        await pilot.press("l")
         await pilot.pause(1.5 if live else 0.2)
         save("listeners.svg")
         await pilot.press("f")
@@ -93,6 +96,7 @@ def main() -> int:
             source = CoreEngine(EngineOptions(interval_s=1.0))  # first, so the demo's flows are seen from birth
             demo.start()
             app = TcptopApp(source, filter_expr=demo.filter_expression())
+            app.demo_filter = demo.filter_expression()
             written = asyncio.run(shoot(app, out, live=True))
         finally:
             if source is not None:

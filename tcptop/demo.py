@@ -260,12 +260,12 @@ def _busy(addr: str, port: int) -> None:
 
 
 def _dial(addr: str, busy: int, closed: int, blackhole: int) -> None:
-    """Connects that go wrong, a few a second, each socket held a while as a client would."""
+    """Connects that go wrong, about one a second each, every socket held a while as a client would."""
     held: list[tuple[float, socket.socket]] = []
     n = 0
     while True:
         now = time.monotonic()
-        targets = [busy] + ([closed] if n % 2 == 0 else []) + ([blackhole] if n % 8 == 0 else [])
+        targets = [busy, closed] + ([blackhole] if n % 4 == 0 else [])
         for port in targets:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
@@ -278,7 +278,7 @@ def _dial(addr: str, busy: int, closed: int, blackhole: int) -> None:
             s.close()
         held = [h for h in held if h[0] > now]
         n += 1
-        time.sleep(0.25)
+        time.sleep(1.0)
 
 
 def _send(addr: str, port: int, rate_bps: int) -> None:
