@@ -30,6 +30,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from tcptop.frontends.exporter.failures import FailureSeries, fold
 from tcptop.frontends.exporter.groups import OVERFLOW_KEY, GroupKey, endpoint, group_key
 from tcptop.model import TCP_STATES, Flow, Snapshot
 
@@ -37,6 +38,7 @@ from tcptop.model import TCP_STATES, Flow, Snapshot
 COUNTER_FIELDS: tuple[str, ...] = (
     "retrans_packets", "fast_retrans", "timeouts",
     "bytes_sent", "bytes_received", "read_bytes", "write_bytes",
+    "drops_total", "resets_sent", "resets_received",
 )
 _counter_values = operator.attrgetter(*COUNTER_FIELDS, "rtt_sum_us")
 N_COUNTERS = len(COUNTER_FIELDS)
@@ -136,6 +138,7 @@ class Frame:
     series_limit: int = 0
     overflowed: int = 0              # connections ever counted in the overflow group
     evicted: int = 0                 # idle groups removed to make room
+    failures: FailureSeries = FailureSeries()  # listeners, failed connects, unmatched (exporter/failures.py)
 
 
 class _Tracked:
@@ -201,11 +204,13 @@ class Aggregator:
         self.evicted = 0
         self._overflow_used = False  # the overflow group is shown once something was counted in it
         self._idle: list[GroupKey] | None = None
+        self._failures = FailureSeries()
 
     # -- budget --------------------------------------------------------------
 
     def fixed_series(self, snap: Snapshot) -> int:
-        return FIXED_SERIES + len(snap.run.hooks) + STAGE_SERIES * len(self._stage_keys(snap))
+        return (FIXED_SERIES + len(snap.run.hooks) + STAGE_SERIES * len(self._stage_keys(snap))
+                + self._failures.series)
 
     def _group_room(self, snap: Snapshot) -> int:
         """Series left for ordinary groups (the overflow group and top-K flows come first)."""
@@ -242,6 +247,7 @@ class Aggregator:
         t0 = time.perf_counter()
         self._seq += 1
         self._idle = None
+        self._failures = fold(snap, self.keep)
         tracks = self._tracks
         room = self._group_room(snap)
         flow_stages = self.stages_from_flows
@@ -388,7 +394,8 @@ class Aggregator:
             seq=self._seq, ts=snap.ts, groups=groups, connections=connections, stages=stages,
             stage_source="flows" if self.stages_from_flows else "host", flows=flows, run=snap.run,
             host=snap.host, kernel=snap.kernel, polls=self._seq, series=series, series_limit=self.max_series,
-            overflowed=self.overflowed, evicted=self.evicted, poll_s=time.perf_counter() - started)
+            overflowed=self.overflowed, evicted=self.evicted, poll_s=time.perf_counter() - started,
+            failures=self._failures)
 
     def _top_flows(self) -> tuple[FlowRow, ...]:
         """The K worst live connections: most retransmissions since the last poll, then the

@@ -17,6 +17,7 @@ from prometheus_client.utils import floatToGoString
 
 from tcptop import __version__
 from tcptop.frontends.exporter.aggregate import COUNTER_FIELDS, RTT_BOUNDS_US, STAGE_BOUNDS_NS, Frame
+from tcptop.frontends.exporter.failures import failure_metrics
 from tcptop.frontends.exporter.groups import GROUP_LABELS
 
 # Group counters, in aggregate.COUNTER_FIELDS order: (name without _total, unit, HELP).
@@ -40,6 +41,11 @@ GROUP_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("tcptop_written_bytes", "bytes",
      "Bytes accepted from the application by write/send calls on the group's connections, counted from "
      "tcptop's start."),
+    ("tcptop_dropped_packets", "",
+     "Packets of the group's connections the kernel dropped with a reason (kfree_skb; reasons other than "
+     "NOT_SPECIFIED and QUEUE_PURGE), counted from tcptop's start."),
+    ("tcptop_resets_sent", "", "Resets the group's connections sent, counted from tcptop's start."),
+    ("tcptop_resets_received", "", "Resets the group's connections received, counted from tcptop's start."),
 )
 assert len(GROUP_COUNTERS) == len(COUNTER_FIELDS)
 
@@ -80,6 +86,7 @@ class FrameCollector:
         yield from group_metrics(frame)
         yield from stage_metrics(frame)
         yield from flow_metrics(frame)
+        yield from failure_metrics(frame.failures)
         yield from health_metrics(frame)
 
 
