@@ -328,6 +328,7 @@ int BPF_PROG(fail_reset_sent, const struct sock *sk, const struct sk_buff *skb, 
 	}
 	if (!skb) {
 		stat_inc(FS_RESETS_SENT);
+		stat_inc(FS_TUPLE_FULL);
 		overflow_inc(TK_RESET_SENT, reason);
 		return 0;
 	}

@@ -24,7 +24,8 @@ enum reset_dir {
 /* Run-level counters, one slot each in the per-CPU `stats` array (its key type). */
 enum fail_stat {
 	FS_SOCK_FULL = 0,   /* a socket's drop or reset could not be counted: sock_drops/sock_events full */
-	FS_TUPLE_FULL,      /* a packet-keyed event could not be kept: tuple map full (counted unmatched) */
+	FS_TUPLE_FULL,      /* a packet-keyed event was counted host-wide only (tuple_overflow): the tuple map
+	                     * was full, or a reset had neither a full socket nor a packet */
 	FS_CONNECT_FULL,    /* a failed connect could not be kept: connect_fails map full */
 	FS_DROPS,           /* TCP drops with a reason, all of them */
 	FS_RESETS_SENT,     /* resets sent, all of them */

@@ -229,6 +229,7 @@ class FailureEngine:
         self._fail_counts: dict[tuple, int] = {}   # (pid, comm, netns, raddr, rport, reason) -> count
         self._fail_waiting: dict[int, tuple[ConnectFail, int]] = {}  # cookie -> (failure, polls waited)
         self._failures: tuple[Failure, ...] = ()
+        self._overflow: tuple[int, list[int]] = (0, [0] * OVERFLOW_SLOTS)  # (FS_TUPLE_FULL when read, slots)
         btf = KernelBtf()
         try:
             self.drop_reasons = _names(btf.enum("skb_drop_reason"), "SKB_DROP_REASON_")
@@ -355,9 +356,12 @@ class FailureEngine:
             if index.is_flow(cookie):
                 per_flow[cookie] = self._flow_failures(cookie, events.get(cookie), sock_drops.get(cookie))
         listeners = tuple(self._listener(r, events.get(c), sock_drops.get(c)) for c, r in records.items())
+        if len(self._listener_cache) > len(records):
+            self._listener_cache = {c: v for c, v in self._listener_cache.items() if c in records}
         stats = self.stats()
         lost = stats[FailStat.FS_SOCK_FULL] + stats[FailStat.FS_CONNECT_FULL]
-        return FailureReport(per_flow, listeners, self._failures, self._unmatched_now(), lost)
+        return FailureReport(per_flow, listeners, self._failures, self._unmatched_now(stats[FailStat.FS_TUPLE_FULL]),
+                             lost)
 
     # listeners
 
@@ -540,9 +544,13 @@ class FailureEngine:
                 tally.resets_sent += n
                 tally.last_reset = (now, k.reason)
 
-    def _unmatched_now(self) -> Mapping[str, Mapping[str, int]]:
+    def _unmatched_now(self, overflowed: int) -> Mapping[str, Mapping[str, int]]:
+        """Host-wide counts by reason; the per-CPU overflow slots are read only when the kernel
+        says something went there since they were last read (512 lookups otherwise each poll)."""
         assert self._obj is not None
-        slots = self._obj.maps["tuple_overflow"].percpu_sums(OVERFLOW_SLOTS)
+        if overflowed != self._overflow[0]:
+            self._overflow = (overflowed, self._obj.maps["tuple_overflow"].percpu_sums(OVERFLOW_SLOTS))
+        slots = self._overflow[1]
         drops = {self.drop_name(r): n for r, n in self._unmatched["drops"].items()}
         resets = {self.reset_name(r): n for r, n in self._unmatched["resets_sent"].items()}
         for slot, n in enumerate(slots):
