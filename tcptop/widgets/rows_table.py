@@ -22,6 +22,7 @@ from textual.strip import Strip
 
 from tcptop.frontends.screen.columns import Column, fit_columns
 from tcptop.frontends.screen.keys import GROUP_BINDINGS, TABLE_BINDINGS
+from tcptop.frontends.screen.units import printable
 from tcptop.frontends.screen.views import Views
 
 _parse_style = lru_cache(maxsize=64)(Style.parse)
@@ -203,7 +204,7 @@ class RowsTable(ScrollView, can_focus=True):
         now = self.views.rowset.now
         segs, used = [], 0
         for col in self.columns():
-            text = col.text(row, now)
+            text = printable(col.text(row, now))  # names and reasons come from data (a replay file)
             if len(text) > col.width:
                 text = text[: col.width - 1] + "…"
             text = text.rjust(col.width) if col.right else text.ljust(col.width)

@@ -11,7 +11,7 @@ from rich.text import Text
 from tcptop.frontends.screen.failure_rows import FailureRow
 from tcptop.frontends.screen.groups import GroupRow
 from tcptop.frontends.screen.listener_rows import ListenerRow
-from tcptop.frontends.screen.units import fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate
+from tcptop.frontends.screen.units import fmt_count_rate, fmt_endpoint, fmt_int, fmt_rate, printable_text
 
 
 def reasons_line(title: str, counts: Mapping[str, int], style: str = "yellow") -> Text:
@@ -50,7 +50,7 @@ def render_listener(r: ListenerRow) -> Group:
         _pair("SYN-ACK retrans", fmt_int(x.synack_retrans), fmt_count_rate(r.synack_ps)),
         reasons_line("Dropped packets", x.drop_reasons),
     ]
-    return Group(*lines)
+    return Group(*map(printable_text, lines))  # names and reasons come from data (a replay file)
 
 
 def render_failure(r: FailureRow) -> Group:
@@ -67,7 +67,7 @@ def render_failure(r: FailureRow) -> Group:
         Text("Connects the application gave up on itself (its own timeout) are not here: the kernel reports no "
              "error for them.", style="dim"),
     ]
-    return Group(*lines)
+    return Group(*map(printable_text, lines))  # names and reasons come from data (a replay file)
 
 
 def render_group(g: GroupRow) -> Group:
@@ -87,4 +87,4 @@ def render_group(g: GroupRow) -> Group:
         _pair("Opened / closed", f"{fmt_count_rate(g.opens_ps)}", f"/ {fmt_count_rate(g.closes_ps)}"),
         Text("e or → lists its flows; sums and rates are of the flows the filter lets through.", style="dim"),
     ]
-    return Group(*lines)
+    return Group(*map(printable_text, lines))  # names and reasons come from data (a replay file)

@@ -56,9 +56,11 @@ def test_failure_fields_round_trip_and_the_encoder_writes_what_to_json_writes():
     (lambda d: d["flows"][0].update(drops=[1]), "flow field drops is not an object of counts"),
     (lambda d: d.update(listeners={}), "snapshot field listeners is not a list"),
     (lambda d: d["listeners"][0].pop("accept_queue"), "listener lacks accept_queue"),
-    (lambda d: d["listeners"][0].update(drops="many"), "listener field drops is not a non-negative integer"),
+    (lambda d: d["listeners"][0].update(drops="many"), "listener field drops is not an integer"),
+    (lambda d: d["listeners"][0].update(lport=70000), r"listener field lport is out of range \(0 to 65535\)"),
+    (lambda d: d["failures"][0].update(count=-1), r"failure field count is out of range"),
     (lambda d: d["failures"][0].update(reason=5), "failure field reason is not a string"),
-    (lambda d: d.update(unmatched={"drops": {"A": "b"}}), "unmatched drops is not an object of counts"),
+    (lambda d: d.update(unmatched={"drops": {"A": "b"}}), "unmatched field drops is not an object of counts"),
 ])
 def test_bad_failure_fields_are_one_clear_error(change, message):
     d = make_snapshot([make_flow(1)], listeners=(listener(),), failures=(FAILURE,)).to_dict()
