@@ -53,7 +53,7 @@ async def shoot(app: TcptopApp, out: Path, live: bool) -> list[Path]:
         app.table.select_index(0)
         await pilot.pause(1.5 if live else 0.2)
         save("detail_waterfall.svg")
-        await pilot.press("slash", *"port 5002 and")
+        await pilot.press("slash", "ctrl+u", *"port 5002 and")  # the bar opens holding the current filter
         await pilot.pause(0.2)
         save("filter.svg")
         await pilot.press("escape", "question_mark")
