@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", choices=("full", "light", "off"), default="full",
                    help="packet-level stage timings of 1 packet in 8: full (every stage), light (per-socket stages only), off")
     p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
-                   help="kernel engine: core (CO-RE, needs BTF), or auto (the first that can run here)")
+                   help="kernel engine: core (CO-RE, needs BTF), bcc (BCC, compiles at start-up; for hosts "
+                        "without BTF), or auto (the first that can run here: core, then bcc)")
     p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
                    help="room for final records of connections closed within one interval (default 16384)")
     p.add_argument("--serve", type=_listen_address, metavar="[ADDR:]PORT",

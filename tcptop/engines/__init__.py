@@ -26,7 +26,8 @@ class EngineOptions:
 
 # name -> module that exports `preflight()` and `Engine`; "auto" tries them in this order.
 ENGINES: dict[str, str] = {
-    "core": "tcptop.engines.core",
+    "core": "tcptop.engines.core",  # CO-RE: needs the kernel's BTF
+    "bcc": "tcptop.engines.bcc",    # BCC: compiles at start-up; for hosts without BTF
 }
 ENGINE_NAMES = ("auto", *ENGINES)
 
