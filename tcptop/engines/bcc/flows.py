@@ -239,11 +239,11 @@ class FlowEngine:
 
     def stats(self) -> list[int]:
         """Run-level counters summed over CPUs (STAT_* in flows.c)."""
-        table = self._module["stats"]
+        table = self._module[b"stats"]
         return [int(sum(table[table.Key(i)])) for i in range(STAT_MAX)]
 
     def _drain(self, name: str) -> dict[int, object]:
-        table = self._module[name]
+        table = self._module[name.encode()]
         out = {}
         for k, v in table.items():
             out[k.value] = v
@@ -317,7 +317,7 @@ class FlowEngine:
         the 4-tuple the tracepoint recorded when it names exactly one socket."""
         if TP_CONG not in self.hooks or not self._module:
             return {}
-        entries = {k.value: v for k, v in self._module["addr_flows"].items()}
+        entries = {k.value: v for k, v in self._module[b"addr_flows"].items()}
         if not entries:
             return {}
         by_addr = {c.sk_addr: rec for (_, rec), c in zip(records, counters) if c is not None and c.sk_addr}

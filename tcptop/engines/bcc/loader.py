@@ -151,12 +151,24 @@ def compile_module(text: str, cflags: list[str], kernel_dir: str | None):
     failure = None
     with captured_stderr() as err:
         try:
-            return Module(text=text, cflags=cflags)
+            return Module(text=text.encode(), cflags=cflags)
         except Exception as e:  # BCC raises plain Exception for compile errors
             failure = e
     errors = [ln for ln in err if "error" in ln]
     raise EngineError(f"BCC could not compile the engine's programs ({failure}): "
                       f"{errors[0].strip() if errors else (err[-1].strip() if err else 'no compiler output')}")
+
+
+def why_cannot_compile() -> str | None:
+    """None if BCC compiles a trivial program here, else the reason (what tests skip on: any
+    failure beyond it is the engine's own and must fail, not skip)."""
+    try:
+        kernel_dir, _ = kernel_source()
+        ensure_tracefs()
+        compile_module("int probe(void *ctx) { return 0; }", [], kernel_dir).cleanup()
+    except EngineError as e:
+        return str(e)
+    return None
 
 
 class Refused(Exception):
