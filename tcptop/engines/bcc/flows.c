@@ -147,7 +147,7 @@ static __always_inline void want_callbacks(struct bpf_sock_ops *skops)
 				  BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-int tcptop_sockops(struct bpf_sock_ops *skops)
+int tt_bcc_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
 	struct flow_counters *c;

@@ -135,7 +135,7 @@ class FlowEngine:
         lost = ("rtt_samples and rtt_sum_us, duration_s from establishment (first seen instead), role, "
                 "final values of closed flows (last polled instead)")
         try:
-            fn = loader.load(self._module, "tcptop_sockops", loader.PROG_SOCK_OPS)
+            fn = loader.load(self._module, "tt_bcc_sockops", loader.PROG_SOCK_OPS)
             self._attached.append(self._cgroup.attach(fn, loader.ATTACH_CGROUP_SOCK_OPS))
         except loader.Refused as e:
             self._degrade(SOCKOPS, f"the verifier refused it ({e})", lost)
