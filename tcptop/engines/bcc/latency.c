@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: GPL-2.0
+/* BCC packet-level engine, kernel side: the device-layer stages, timed by skb address.
+ *
+ *   rx driver: the driver hands an skb over (netif_rx, napi_gro_*_entry, netif_receive_skb*_entry)
+ *              -> core receive takes it (netif_receive_skb), where IP starts
+ *   tx qdisc:  handed to the device layer (net_dev_queue) -> the driver starts sending (net_dev_start_xmit)
+ *   tx driver: net_dev_start_xmit -> net_dev_xmit (same CPU: the driver runs with bottom halves off)
+ *
+ * Only tracepoint arguments are read (their layout comes from the running kernel's tracefs):
+ * the skb address, used as an opaque key. These tracepoints name no socket and no transport
+ * protocol, so the stages cover every packet of the host, not only TCP, and belong to no
+ * flow. Every packet is timed; histograms stay in the kernel, as in the CO-RE engine
+ * (log2 buckets of nanoseconds: bucket 0 is [0, 512 ns), bucket b is [2^(b+8), 2^(b+9))).
+ *
+ * Options as -D flags: HAVE_TP_<event> for each tracepoint this kernel has, MAX_SKB_AGE_NS.
+ */
+#include <uapi/linux/bpf.h>
+
+#define BUCKETS 32
+#define BUCKET0_SHIFT 9
+
+#define RX_DRIVER 0
+#define TX_QDISC 1
+#define TX_DRIVER 2
+#define STAGES 3
+
+struct hist {
+	u64 slots[BUCKETS];
+	u64 sum_ns;
+	u64 max_ns;
+};
+BPF_PERCPU_ARRAY(host, struct hist, STAGES);
+
+/* skbs between two boundaries, by address: a driver queue's worth and more; LRU drops the
+ * oldest, which are those that never reached the next boundary (GRO-merged, dropped). */
+BPF_TABLE("lru_hash", u64, u64, rx_skbs, 16384);
+BPF_TABLE("lru_hash", u64, u64, tx_skbs, 16384);
+
+struct drv_slot {
+	u64 skb;
+	u64 ts;
+};
+BPF_PERCPU_ARRAY(drv, struct drv_slot, 1);
+
+#define LS_RX_STARTED 0   /* skbs a driver handed over */
+#define LS_RX_MATCHED 1   /* of those, taken by core receive */
+#define LS_TX_QUEUED 2    /* skbs handed to the device layer */
+#define LS_TX_MATCHED 3   /* of those, started by a driver */
+#define LS_STALE 4        /* older than MAX_SKB_AGE_NS at the end: not recorded */
+#define LS_DRV_UNMATCHED 5 /* a driver finished an skb it did not start on this CPU */
+#define LS_MAX 6
+BPF_PERCPU_ARRAY(stats, u64, LS_MAX);
+
+static __always_inline void stat_inc(int idx)
+{
+	u64 *v = stats.lookup(&idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* Index of the log2 bucket of a duration: the position of its highest bit, by halving. */
+static __always_inline u32 bucket_of(u64 ns)
+{
+	u32 bit = 0;
+
+	if (ns >> 32) { bit += 32; ns >>= 32; }
+	if (ns >> 16) { bit += 16; ns >>= 16; }
+	if (ns >> 8) { bit += 8; ns >>= 8; }
+	if (ns >> 4) { bit += 4; ns >>= 4; }
+	if (ns >> 2) { bit += 2; ns >>= 2; }
+	if (ns >> 1) { bit += 1; }
+	if (bit < BUCKET0_SHIFT)
+		return 0;
+	bit -= BUCKET0_SHIFT - 1;
+	return bit < BUCKETS ? bit : BUCKETS - 1;
+}
+
+static __always_inline void record(int stage, u64 ns)
+{
+	struct hist *h = host.lookup(&stage);
+	u32 b = bucket_of(ns);
+
+	if (!h)
+		return;
+	h->slots[b & (BUCKETS - 1)] += 1;
+	h->sum_ns += ns;
+	if (ns > h->max_ns)
+		h->max_ns = ns;
+}
+
+static __always_inline void rx_start(u64 skb)
+{
+	u64 now = bpf_ktime_get_ns();
+
+	rx_skbs.update(&skb, &now);
+	stat_inc(LS_RX_STARTED);
+}
+
+#define RX_ENTRY(event)                            \
+	TRACEPOINT_PROBE(net, event)               \
+	{                                          \
+		rx_start((u64)args->skbaddr);      \
+		return 0;                          \
+	}
+
+#ifdef HAVE_TP_netif_rx
+RX_ENTRY(netif_rx)
+#endif
+#ifdef HAVE_TP_napi_gro_receive_entry
+RX_ENTRY(napi_gro_receive_entry)
+#endif
+#ifdef HAVE_TP_napi_gro_frags_entry
+RX_ENTRY(napi_gro_frags_entry)
+#endif
+#ifdef HAVE_TP_netif_receive_skb_entry
+RX_ENTRY(netif_receive_skb_entry)
+#endif
+#ifdef HAVE_TP_netif_receive_skb_list_entry
+RX_ENTRY(netif_receive_skb_list_entry)
+#endif
+
+#ifdef HAVE_TP_netif_receive_skb
+TRACEPOINT_PROBE(net, netif_receive_skb)
+{
+	u64 skb = (u64)args->skbaddr, now;
+	u64 *ts = rx_skbs.lookup(&skb);
+
+	if (!ts)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - *ts <= MAX_SKB_AGE_NS) {
+		record(RX_DRIVER, now - *ts);
+		stat_inc(LS_RX_MATCHED);
+	} else {
+		stat_inc(LS_STALE);
+	}
+	rx_skbs.delete(&skb);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_TP_net_dev_queue
+TRACEPOINT_PROBE(net, net_dev_queue)
+{
+	u64 skb = (u64)args->skbaddr, now = bpf_ktime_get_ns();
+
+	tx_skbs.update(&skb, &now);
+	stat_inc(LS_TX_QUEUED);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_TP_net_dev_start_xmit
+TRACEPOINT_PROBE(net, net_dev_start_xmit)
+{
+	u64 skb = (u64)args->skbaddr, now = bpf_ktime_get_ns();
+	u64 *ts = tx_skbs.lookup(&skb);
+	struct drv_slot *slot;
+	int zero = 0;
+
+	if (ts) {
+		if (now - *ts <= MAX_SKB_AGE_NS) {
+			record(TX_QDISC, now - *ts);
+			stat_inc(LS_TX_MATCHED);
+		} else {
+			stat_inc(LS_STALE);
+		}
+		tx_skbs.delete(&skb);
+	}
+	slot = drv.lookup(&zero);
+	if (slot) {
+		slot->skb = skb;
+		slot->ts = now;
+	}
+	return 0;
+}
+#endif
+
+#ifdef HAVE_TP_net_dev_xmit
+TRACEPOINT_PROBE(net, net_dev_xmit)
+{
+	struct drv_slot *slot;
+	int zero = 0;
+
+	slot = drv.lookup(&zero);
+	if (!slot || !slot->skb)
+		return 0;
+	if (slot->skb == (u64)args->skbaddr)
+		record(TX_DRIVER, bpf_ktime_get_ns() - slot->ts);
+	else
+		stat_inc(LS_DRV_UNMATCHED);
+	slot->skb = 0;
+	return 0;
+}
+#endif
