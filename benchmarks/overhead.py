@@ -7,7 +7,8 @@
 - tcptop's CPU % and RSS with 10,000 open connections at a 1 s interval.
 - time from start to the first snapshot.
 
-Usage: benchmarks/overhead.py [--pairs N] [--seconds S] [--quick]. Prints a Markdown table.
+Usage: benchmarks/overhead.py [--pairs N] [--seconds S] [--quick] [--engine core|bcc].
+Prints a Markdown table.
 These machines are noisy: read medians and ratios, not single runs.
 """
 
@@ -30,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TCPTOP = [sys.executable, "-m", "tcptop"]
 LATENCY = "full"  # --latency mode passed to tcptop (set from the command line)
+ENGINE = "core"   # --engine passed to tcptop (set from the command line)
 
 
 def our_names() -> set[str]:
@@ -53,7 +55,8 @@ def free_port() -> int:
 @contextmanager
 def tcptop_attached(*extra: str):
     """Run `tcptop --json` (output discarded) until the block ends; yields the process."""
-    p = subprocess.Popen(TCPTOP + ["--json", "--interval", "1", "--latency", LATENCY, *extra], cwd=ROOT,
+    p = subprocess.Popen(TCPTOP + ["--json", "--interval", "1", "--latency", LATENCY, "--engine", ENGINE, *extra],
+                         cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdout.readline()  # attached once the first snapshot is out
     drain = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
@@ -78,14 +81,30 @@ def bpf_stats():
             f.write(old)
 
 
-def our_prog_stats() -> dict[str, tuple[int, int]]:
+def our_prog_stats(ids: set[int] | None = None) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) of tcptop's programs: by name, or, given the ids a tcptop process
+    holds (BCC names programs by a truncated function name, so names repeat), by name and id."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     res = {}
     ours = OUR_NAMES
     for p in json.loads(out or "[]"):
-        if p.get("name", "") in ours:
+        if ids is not None and p["id"] in ids:
+            res[f"{p.get('name', '')} (id {p['id']})"] = (p.get("run_time_ns", 0), p.get("run_cnt", 0))
+        elif ids is None and p.get("name", "") in ours:
             res[p["name"]] = (p.get("run_time_ns", 0), p.get("run_cnt", 0))
     return res
+
+
+def held_prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds, from /proc/PID/fdinfo."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids |= {int(line.split()[1]) for line in f if line.startswith("prog_id:")}
+        except OSError:
+            pass
+    return ids
 
 
 def iperf3_gbps(port: int, seconds: float) -> float:
@@ -121,10 +140,11 @@ def paired(measure, pairs: int) -> tuple[list[float], list[float]]:
 
 def program_costs(measure) -> dict[str, tuple[int, int]]:
     """One extra attached run with kernel.bpf_stats_enabled: (run_time_ns, run_cnt) per program."""
-    with tcptop_attached(), bpf_stats():
-        before = our_prog_stats()
+    with tcptop_attached() as p, bpf_stats():
+        ids = held_prog_ids(p.pid) if ENGINE == "bcc" else None
+        before = our_prog_stats(ids)
         measure()
-        after = our_prog_stats()
+        after = our_prog_stats(ids)
     return {n: (ns - before.get(n, (0, 0))[0], cnt - before.get(n, (0, 0))[1]) for n, (ns, cnt) in after.items()}
 
 
@@ -167,7 +187,8 @@ def first_snapshot_s(runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         t0 = time.monotonic()
-        subprocess.run(TCPTOP + ["--json", "--count", "1"], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(TCPTOP + ["--json", "--count", "1", "--engine", ENGINE], cwd=ROOT, capture_output=True,
+                       check=True)
         out.append(time.monotonic() - t0)
     return out
 
@@ -181,9 +202,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script works")
     ap.add_argument("--latency", choices=("full", "light", "off"), default="full",
                     help="tcptop's packet-level engine mode during the 'with' runs")
+    ap.add_argument("--engine", choices=("core", "bcc"), default="core", help="tcptop's engine during the 'with' runs")
     a = ap.parse_args()
-    global LATENCY, OUR_NAMES
-    LATENCY = a.latency
+    global LATENCY, OUR_NAMES, ENGINE
+    LATENCY, ENGINE = a.latency, a.engine
     OUR_NAMES = our_names()
     if a.quick:
         a.pairs, a.seconds, a.requests, a.connections = 1, 1, 5000, 200
@@ -214,7 +236,7 @@ def main() -> int:
         redis.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"tcptop --latency {LATENCY}, {a.pairs} off/on pairs\n")
+    print(f"tcptop --engine {ENGINE} --latency {LATENCY}, {a.pairs} off/on pairs\n")
     print("| workload | without tcptop (median) | with tcptop (median) | ratio | runs without | runs with |")
     print("|---|---:|---:|---:|---|---|")
     for name, off, on in rows:

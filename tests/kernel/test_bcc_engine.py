@@ -87,9 +87,9 @@ def test_default_hooks_and_the_kprobe_checked_by_the_verifier():
         for hook in ("cgroup sock_ops", "tracepoint tcp_cong_state_set", "tracepoint tcp_destroy_sock",
                      "sock_diag (INET_DIAG) with tcp_info", "socket storage through sock_diag"):
             assert run.hooks[hook] == "ok", (hook, run.hooks[hook])
-        assert run.hooks["kprobe tcp_enter_recovery"].startswith("loaded (passed the verifier), not attached")
+        assert run.hooks["kprobe tcp_enter_recovery"].startswith("ok: loaded (passed the verifier), not attached")
         assert run.hooks["tracefs"] == "ok" or run.hooks["tracefs"].startswith("mounted by tcptop")
-        assert run.hooks["kernel headers"]
+        assert run.hooks["kernel headers"].startswith("ok: ")
         ids = set(e.program_ids())
         assert len(ids) == 4 and ids <= loaded_progs().keys()
     finally:

@@ -102,6 +102,7 @@ class FlowEngine:
         self._storage_fd = -1
         self._counters_type = None
         self._listeners: dict[int, set[tuple[int, bytes, int]]] = {}
+        self._info_checked = False
         try:
             self._start(kernel_dir, max_addr_flows, tracepoint_fields)
         except BaseException:
@@ -144,8 +145,8 @@ class FlowEngine:
             self._degrade(SOCKOPS, e.strerror or str(e), lost)
             return
         self.hooks[SOCKOPS] = "ok"
-        self.degraded.append("rtt_samples and rtt_sum_us of connections older than tcptop: BCC cannot switch on "
-                             "sock_ops RTT callbacks for sockets it did not see open (no TCP iterator)")
+        self.degraded.append("rtt_samples and rtt_sum_us of connections older than tcptop: not counted (BCC "
+                             "cannot switch sock_ops RTT callbacks on for sockets it did not see open)")
 
     def _attach_recovery(self, have_cong: bool, cong_fields) -> None:
         """fast_retrans: the tracepoint, else a kprobe on tcp_enter_recovery. The kprobe program is
@@ -162,7 +163,7 @@ class FlowEngine:
                 fn = loader.load(self._module, "tracepoint__tcp__tcp_cong_state_set", loader.PROG_TRACEPOINT)
                 self._attached.append(loader.attach_tracepoint(fn, "tcp", "tcp_cong_state_set"))
                 self.hooks[TP_CONG] = "ok"
-                self.hooks[KP_RECOVERY] = f"{kp_state}, not attached: {TP_CONG} is used"
+                self.hooks[KP_RECOVERY] = f"ok: {kp_state}, not attached: {TP_CONG} is used"
                 return
             except loader.Refused as e:
                 tp_why = f"the verifier refused it ({e})"
@@ -279,10 +280,31 @@ class FlowEngine:
                     sock.close()
         return out
 
+    def _check_info_length(self, records) -> None:
+        """tcp_info only grows: fields past the end of this kernel's are reported missing once,
+        not shown as zeros that look measured."""
+        info = next((r.info for _, r in records if r.info), None)
+        if info is None:
+            return
+        self._info_checked = True
+        missing = {
+            "bytes_sent": "bytes_sent",
+            "snd_wnd": "rwnd",
+            "rcv_wnd": "rcv_wnd (extra field)",
+        }
+        for field, metric in missing.items():
+            if len(info) < diag.TCPI_END[field]:
+                self.degraded.append(f"{metric}: this kernel's tcp_info has no tcpi_{field} (0 is shown)")
+        if len(info) < diag.TCPI_END["total_rto"]:
+            self.degraded.append("timeouts: this kernel's tcp_info has no tcpi_total_rto (before 6.7); counted by "
+                                 "sock_ops RTO callbacks for connections seen opening, 0 for older ones")
+
     def poll(self) -> tuple[Flow, ...]:
         """Every connection now, plus recently closed ones (closed=True) for a few polls."""
         self._alive_pids = {}
         records = self._dump_all()
+        if not self._info_checked:
+            self._check_info_length(records)
         closed = self._drain("closed") if self.hooks.get(SOCKOPS) == "ok" else {}
         closed_addr = self._drain("closed_addr") if self.hooks.get(TP_DESTROY) == "ok" else {}
         counters = [self._counters(r.storage) for _, r in records]

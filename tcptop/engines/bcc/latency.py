@@ -22,9 +22,8 @@ RX_ENTRIES = ("netif_rx", "napi_gro_receive_entry", "napi_gro_frags_entry", "net
 ENDS = {"netif_receive_skb": "rx driver stage", "net_dev_queue": "tx qdisc stage",
         "net_dev_start_xmit": "tx qdisc and driver stages", "net_dev_xmit": "tx driver stage"}
 ALL_PACKETS = "every packet of the host, any protocol: the device tracepoints name no socket"
-NOT_HERE = ("latency: rx ip, tcp and app and tx tcp+ip stages, and every per-flow stage, are not measured "
-            "by the BCC engine: they need a packet's socket or sequence number, which only kernel "
-            "structs (not stable interfaces) give below TCP")
+NOT_HERE = ("latency per flow and the rx ip/tcp/app and tx tcp+ip stages: not measured by the BCC engine "
+            "(they need a packet's socket or sequence number, which below TCP only kernel structs give)")
 
 
 def source() -> str:

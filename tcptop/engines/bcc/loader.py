@@ -70,16 +70,16 @@ def kernel_source() -> tuple[str | None, str]:
     if env:
         if not headers_ok(env):
             raise EngineError(f"BCC_KERNEL_SOURCE={env} holds no kernel headers (no include/linux/kconfig.h)")
-        return env, f"BCC_KERNEL_SOURCE={env}"
+        return env, f"ok: BCC_KERNEL_SOURCE={env}"
     own = f"/lib/modules/{release}/build"
     if headers_ok(own):
-        return None, f"this kernel's ({own})"
+        return None, f"ok: this kernel's ({own})"
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):
-        return None, "this kernel's (CONFIG_IKHEADERS)"
+        return None, "ok: this kernel's (CONFIG_IKHEADERS)"
     tree = prepared_headers()
     if headers_ok(tree):
         version = _headers_version(tree)
-        return tree, (f"{version or tree}, not this kernel's ({release}): used only for BCC's helper "
+        return tree, (f"ok: {version or tree}, not this kernel's ({release}): used only for BCC's helper "
                       "declarations; no kernel struct is read through them")
     raise EngineError(f"BCC needs kernel headers and none were found: install linux-headers-{release} "
                       "(or your distribution's kernel headers package, then make setup)")
