@@ -75,6 +75,9 @@ class _Track:
     fast: int = 0          # fast-recovery entries
     server: bool | None = None  # this end was accepted (None: not known yet)
     role_exact: bool = False    # `server` is known, not inferred from listeners
+    sk_addr: int = 0            # the socket's kernel address, from its counters (0: not known)
+    final: bool = False         # closed, with the sock_ops final record applied
+    tuple: tuple = ()           # (family, src, dst, sport, dport), to tie older sockets' events to it
     closed_polls: int = 0
     inode: int = 0         # socket inode, to find the owning process in /proc
 
@@ -103,6 +106,7 @@ class FlowEngine:
         self._counters_type = None
         self._listeners: dict[int, set[tuple[int, bytes, int]]] = {}
         self._info_checked = False
+        self._pending_closed: dict[int, object] = {}
         try:
             self._start(kernel_dir, max_addr_flows, tracepoint_fields)
         except BaseException:
@@ -244,10 +248,16 @@ class FlowEngine:
         return [int(sum(table[table.Key(i)])) for i in range(STAT_MAX)]
 
     def _drain(self, name: str) -> dict[int, object]:
+        """Take every entry out of a cookie-keyed map: one batch syscall where the kernel has it
+        (5.6+), else key by key."""
         table = self._module[name.encode()]
-        out = {}
-        for k, v in table.items():
-            out[k.value] = v
+        try:
+            items = list(table.items_lookup_and_delete_batch())
+        except Exception:  # BCC raises plain Exception (before deleting anything) without batch ops
+            items = None
+        if items is not None:
+            return {getattr(k, "value", k): v for k, v in items}
+        out = {k.value: v for k, v in table.items()}
         for k in out:
             try:
                 del table[table.Key(k)]
@@ -300,32 +310,42 @@ class FlowEngine:
                                  "sock_ops RTO callbacks for connections seen opening, 0 for older ones")
 
     def poll(self) -> tuple[Flow, ...]:
-        """Every connection now, plus recently closed ones (closed=True) for a few polls."""
+        """Every connection now, plus recently closed ones (closed=True) for a few polls.
+
+        A connection whose record is byte for byte the same as at the last poll (but for the
+        clocks that move while it idles) keeps its Flow object: only changes are decoded."""
         self._alive_pids = {}
         records = self._dump_all()
         if not self._info_checked:
             self._check_info_length(records)
-        closed = self._drain("closed") if self.hooks.get(SOCKOPS) == "ok" else {}
+        # A final record can arrive for a connection this very dump still showed (it closed
+        # meanwhile): it waits in _pending_closed for the poll where the connection is gone.
+        closed = self._pending_closed
+        if self.hooks.get(SOCKOPS) == "ok":
+            closed.update(self._drain("closed"))
         closed_addr = self._drain("closed_addr") if self.hooks.get(TP_DESTROY) == "ok" else {}
-        counters = [self._counters(r.storage) for _, r in records]
-        fast = self._recoveries(records, counters)
-        tracks, seen = self._tracks, set()
-        self._roles(records, counters)
-        for (ino, rec), c in zip(records, counters):
-            cookie = int.from_bytes(rec.msg[44:52], "little")
+        tracks, seen, changed = self._tracks, set(), []
+        lo, hi = diag.IDLE_CLOCKS
+        for ino, rec in records:
+            msg, info = rec.msg, rec.info
+            cookie = int.from_bytes(msg[44:52], "little")
             seen.add(cookie)
-            key = rec.msg[:2] + rec.msg[4:52] + rec.msg[56:] + rec.info[:diag.IDLE_CLOCKS[0]] + \
-                rec.info[diag.IDLE_CLOCKS[1]:] + rec.storage + bytes((rec.shutdown,))
+            key = msg[:2] + msg[4:52] + msg[56:] + info[:lo] + info[hi:] + rec.storage + bytes((rec.shutdown,))
             tr = tracks.get(cookie)
-            f = fast.get(cookie, tr.fast if tr else 0)
-            if tr is not None and tr.key == key and tr.fast == f and not tr.flow.closed:
+            if tr is not None and tr.key == key and not tr.flow.closed:
                 continue
             if tr is None:
                 tr = tracks[cookie] = _Track(key, None, time.monotonic_ns())  # type: ignore[arg-type]
-            tr.key, tr.fast, tr.inode = key, f, int.from_bytes(rec.msg[68:72], "little")
+            tr.key, tr.inode = key, int.from_bytes(msg[68:72], "little")
+            changed.append((ino, rec, tr, self._counters(rec.storage)))
+        self._listeners = {ino: self._listening(ino) for ino in self._roles_to_infer(changed)}
+        for ino, rec, tr, c in changed:
             tr.flow = self._decode(tr, ino, rec, c)
-            self._note_owner(cookie, tr)
+            self._note_owner(tr.flow.id, tr)
+        self._apply_recoveries(seen)
         self._close_gone(seen, closed, closed_addr)
+        self._pending_closed = {c: r for c, r in closed.items() if c in seen or
+                                (c in self._tracks and not self._tracks[c].final)}
         return self._collect()
 
     def _counters(self, storage: bytes):
@@ -333,47 +353,44 @@ class FlowEngine:
             return None
         return self._counters_type.from_buffer_copy(storage.ljust(ctypes.sizeof(self._counters_type), b"\0"))
 
-    def _recoveries(self, records, counters) -> dict[int, int]:
-        """cookie -> fast-recovery entries, from the address-keyed map: an address is tied to its
-        socket through the socket's counters (sk_addr), or, for sockets older than tcptop, through
-        the 4-tuple the tracepoint recorded when it names exactly one socket."""
+    def _apply_recoveries(self, live: set[int]) -> None:
+        """fast_retrans from the address-keyed map: an address is tied to its socket through the
+        socket's counters (sk_addr), or, for sockets older than tcptop, through the 4-tuple the
+        tracepoint recorded, when exactly one live connection in any namespace has it."""
         if TP_CONG not in self.hooks or not self._module:
-            return {}
+            return
         entries = {k.value: v for k, v in self._module[b"addr_flows"].items()}
         if not entries:
-            return {}
-        by_addr = {c.sk_addr: rec for (_, rec), c in zip(records, counters) if c is not None and c.sk_addr}
-        out: dict[int, int] = {}
-        by_tuple = None
+            return
+        tracks = self._tracks
+        by_addr = {tr.sk_addr: cookie for cookie, tr in tracks.items() if tr.sk_addr and cookie in live}
+        by_tuple: dict | None = None
         for addr, e in entries.items():
-            rec = by_addr.get(addr)
-            if rec is None and e.family:
+            cookie = by_addr.get(addr)
+            if cookie is None and e.family:
                 if by_tuple is None:
                     by_tuple = {}
-                    for _, r in records:
-                        by_tuple.setdefault(_tuple_of(r.msg), []).append(r)
+                    for ck, tr in tracks.items():
+                        if ck in live:
+                            by_tuple.setdefault(tr.tuple, []).append(ck)
                 match = by_tuple.get((e.family, bytes(e.saddr), bytes(e.daddr), e.sport, e.dport), [])
-                rec = match[0] if len(match) == 1 else None
-            if rec is not None:
-                out[int.from_bytes(rec.msg[44:52], "little")] = e.recoveries
-        return out
+                cookie = match[0] if len(match) == 1 else None
+            tr = tracks.get(cookie) if cookie is not None else None
+            if tr is not None and tr.fast != e.recoveries:
+                tr.fast = e.recoveries
+                tr.flow = _replace(tr.flow, fast_retrans=tr.fast)
 
-    def _roles(self, records, counters) -> None:
-        """Whether each new connection was accepted (the passive side's bytes_acked never counts
-        its SYN-ACK, the active side's counts its SYN): from sock_ops for connections seen opening,
-        else from the listening sockets of its namespace when first seen."""
-        missing: dict[int, list[tuple[_Track | None, diag.Record]]] = {}
-        for (ino, rec), c in zip(records, counters):
-            cookie = int.from_bytes(rec.msg[44:52], "little")
-            tr = self._tracks.get(cookie)
-            if tr is not None and tr.server is not None:
+    def _roles_to_infer(self, changed) -> set[int]:
+        """Namespaces whose listening sockets are needed: where a connection of unknown role
+        (older than tcptop) is not idle enough to read its role off tcp_info (see _decide_role)."""
+        out = set()
+        for ino, rec, tr, c in changed:
+            if tr.server is not None or (c is not None and c.flags & (FLOW_CLIENT | FLOW_SERVER)):
                 continue
             if rec.msg[60:64] == bytes(4) and rec.info[100:104] == bytes(4):
-                continue  # nothing queued, never retransmitted: _decide_role reads it off tcp_info
-            if c is not None and c.flags & (FLOW_CLIENT | FLOW_SERVER):
-                continue  # decided in _decode
-            missing.setdefault(ino, []).append((tr, rec))
-        self._listeners = {ino: self._listening(ino) for ino in missing}
+                continue  # nothing queued, never retransmitted
+            out.add(ino)
+        return out
 
     def _listening(self, ino: int) -> set[tuple[int, bytes, int]]:
         paths = netns.namespace_paths() if ino != self._home else {}
@@ -404,6 +421,9 @@ class FlowEngine:
         ti = diag.tcp_info(rec.info)
         sport, dport = socket.ntohs(sport), socket.ntohs(dport)
         flags = c.flags if c is not None else 0
+        if c is not None:
+            tr.sk_addr = c.sk_addr
+        tr.tuple = (family, src, dst, sport, dport)
         self._decide_role(tr, flags, netns_ino, family, src, sport, state, wqueue, ti, len(rec.info))
         app_wqueue = 0 if state in (ST_SYN_SENT, ST_SYN_RECV) else wqueue
         tr.wqueue_max = max(tr.wqueue_max, app_wqueue)
@@ -480,23 +500,29 @@ class FlowEngine:
 
     def _close_gone(self, seen: set[int], closed: dict, closed_addr: dict) -> None:
         """Flows no longer in sock_diag are closed: with the final numbers the sock_ops state
-        callback took where it ran, else with their last polled values."""
+        callback took where it ran, else with their last polled values. A connection leaves
+        the hash table an instant before that callback runs (TIME_WAIT takes its place first),
+        so a poll in between closes it with its last values, and the final record, when it
+        comes, replaces them while the closed flow is still listed."""
         for cookie, tr in self._tracks.items():
-            if cookie in seen or tr.flow.closed:
-                if tr.flow.closed and cookie in closed_addr:
-                    tr.fast = closed_addr[cookie].recoveries
-                    tr.flow = _replace(tr.flow, fast_retrans=tr.fast)
+            if cookie in seen:
                 continue
             if cookie in closed_addr:
                 tr.fast = closed_addr[cookie].recoveries
             r = closed.get(cookie)
-            tr.flow = self._final(tr, r)
-            tr.closed_polls = self.closed_keep_polls
+            if not tr.flow.closed:
+                tr.flow = self._final(tr, r)
+                tr.closed_polls = self.closed_keep_polls
+                tr.final = r is not None
+            elif (r is not None and not tr.final) or cookie in closed_addr:
+                tr.flow = self._final(tr, r, closed_ts=tr.flow.closed_ts)
+                tr.final = tr.final or r is not None
 
-    def _final(self, tr: _Track, r) -> Flow:
+    def _final(self, tr: _Track, r, closed_ts: float = 0.0) -> Flow:
         f = tr.flow
         if r is None:
-            return _replace(f, closed=True, state="CLOSE", closed_ts=round(time.time(), 6), fast_retrans=tr.fast)
+            return _replace(f, closed=True, state="CLOSE", closed_ts=closed_ts or round(time.time(), 6),
+                            fast_retrans=tr.fast)
         c = r.c
         return _replace(
             f, closed=True, state="CLOSE", closed_ts=round(self._boot_offset + r.now_ns / 1e9, 6),
@@ -542,11 +568,6 @@ def _replace(f: Flow, **kw) -> Flow:
 
 def _inode(tr: _Track) -> int:
     return tr.inode
-
-
-def _tuple_of(msg: bytes) -> tuple[int, bytes, bytes, int, int]:
-    family, _, _, _, sport, dport, src, dst, *_ = diag.MSG.unpack(msg)
-    return family, src, dst, socket.ntohs(sport), socket.ntohs(dport)
 
 
 def _addr(family: int, raw: bytes) -> str:

@@ -9,10 +9,15 @@
  * Only tracepoint arguments are read (their layout comes from the running kernel's tracefs):
  * the skb address, used as an opaque key. These tracepoints name no socket and no transport
  * protocol, so the stages cover every packet of the host, not only TCP, and belong to no
- * flow. Every packet is timed; histograms stay in the kernel, as in the CO-RE engine
- * (log2 buckets of nanoseconds: bucket 0 is [0, 512 ns), bucket b is [2^(b+8), 2^(b+9))).
+ * flow. Histograms stay in the kernel, as in the CO-RE engine (log2 buckets of nanoseconds:
+ * bucket 0 is [0, 512 ns), bucket b is [2^(b+8), 2^(b+9))).
  *
- * Options as -D flags: HAVE_TP_<event> for each tracepoint this kernel has, MAX_SKB_AGE_NS.
+ * 1 packet in SAMPLE is timed: every SAMPLE-th on each CPU at a stage's first hook, which
+ * alone writes the map; the end hooks find only those (a miss is a cheap lookup). A counter,
+ * not a hash of the address: the slab hands the same addresses back in a rhythm.
+ *
+ * Options as -D flags: HAVE_TP_<event> for each tracepoint this kernel has, MAX_SKB_AGE_NS,
+ * SAMPLE (a power of two).
  */
 #include <uapi/linux/bpf.h>
 
@@ -36,15 +41,32 @@ BPF_PERCPU_ARRAY(host, struct hist, STAGES);
 BPF_TABLE("lru_hash", u64, u64, rx_skbs, 16384);
 BPF_TABLE("lru_hash", u64, u64, tx_skbs, 16384);
 
+/* One counter per first hook (a loopback packet passes both, and would always land on
+ * the same parity of a shared one). */
+#define TICK_RX 0
+#define TICK_TX 1
+BPF_PERCPU_ARRAY(ticks, u32, 2);
+
+/* Whether this CPU's next packet at a first hook is one of the 1 in SAMPLE timed. */
+static __always_inline bool sampled(int which)
+{
+	u32 *t = ticks.lookup(&which);
+
+	if (!t)
+		return false;
+	*t += 1;
+	return (*t & (SAMPLE - 1)) == 0;
+}
+
 struct drv_slot {
 	u64 skb;
 	u64 ts;
 };
 BPF_PERCPU_ARRAY(drv, struct drv_slot, 1);
 
-#define LS_RX_STARTED 0   /* skbs a driver handed over */
+#define LS_RX_STARTED 0   /* sampled skbs a driver handed over */
 #define LS_RX_MATCHED 1   /* of those, taken by core receive */
-#define LS_TX_QUEUED 2    /* skbs handed to the device layer */
+#define LS_TX_QUEUED 2    /* sampled skbs handed to the device layer */
 #define LS_TX_MATCHED 3   /* of those, started by a driver */
 #define LS_STALE 4        /* older than MAX_SKB_AGE_NS at the end: not recorded */
 #define LS_DRV_UNMATCHED 5 /* a driver finished an skb it did not start on this CPU */
@@ -91,7 +113,11 @@ static __always_inline void record(int stage, u64 ns)
 
 static __always_inline void rx_start(u64 skb)
 {
-	u64 now = bpf_ktime_get_ns();
+	u64 now;
+
+	if (!sampled(TICK_RX))
+		return;
+	now = bpf_ktime_get_ns();
 
 	rx_skbs.update(&skb, &now);
 	stat_inc(LS_RX_STARTED);
@@ -143,8 +169,11 @@ TRACEPOINT_PROBE(net, netif_receive_skb)
 #ifdef HAVE_TP_net_dev_queue
 TRACEPOINT_PROBE(net, net_dev_queue)
 {
-	u64 skb = (u64)args->skbaddr, now = bpf_ktime_get_ns();
+	u64 skb = (u64)args->skbaddr, now;
 
+	if (!sampled(TICK_TX))
+		return 0;
+	now = bpf_ktime_get_ns();
 	tx_skbs.update(&skb, &now);
 	stat_inc(LS_TX_QUEUED);
 	return 0;
@@ -154,20 +183,22 @@ TRACEPOINT_PROBE(net, net_dev_queue)
 #ifdef HAVE_TP_net_dev_start_xmit
 TRACEPOINT_PROBE(net, net_dev_start_xmit)
 {
-	u64 skb = (u64)args->skbaddr, now = bpf_ktime_get_ns();
+	u64 skb = (u64)args->skbaddr, now;
 	u64 *ts = tx_skbs.lookup(&skb);
 	struct drv_slot *slot;
 	int zero = 0;
 
-	if (ts) {
-		if (now - *ts <= MAX_SKB_AGE_NS) {
-			record(TX_QDISC, now - *ts);
-			stat_inc(LS_TX_MATCHED);
-		} else {
-			stat_inc(LS_STALE);
-		}
-		tx_skbs.delete(&skb);
+	if (!ts) /* not one of the sampled packets */
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - *ts <= MAX_SKB_AGE_NS) {
+		record(TX_QDISC, now - *ts);
+		stat_inc(LS_TX_MATCHED);
+	} else {
+		stat_inc(LS_STALE);
 	}
+	tx_skbs.delete(&skb);
+	/* The driver stage times the same packets. */
 	slot = drv.lookup(&zero);
 	if (slot) {
 		slot->skb = skb;
