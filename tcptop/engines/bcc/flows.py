@@ -488,7 +488,16 @@ class FlowEngine:
     # -- owners ---------------------------------------------------------------
 
     def _owner(self, inode: int) -> int:
-        return self.owners.pid_of_inode(inode)
+        """The process holding the socket, found in /proc file tables (0: not found yet, or the
+        process found earlier has exited)."""
+        pid = self.owners.pid_of_inode(inode)
+        if pid:
+            alive = self._alive_pids.get(pid)
+            if alive is None:
+                alive = self._alive_pids[pid] = os.path.exists(f"/proc/{pid}")
+            if not alive:
+                return 0
+        return pid
 
     def _note_owner(self, cookie: int, tr: _Track) -> None:
         if tr.flow.pid or tr.flow.closed:

@@ -149,11 +149,18 @@ def compile_module(text: str, cflags: list[str], kernel_dir: str | None):
     if kernel_dir:
         os.environ["BCC_KERNEL_SOURCE"] = kernel_dir
     failure = None
+    # BCC switches libbpf's messages off for the whole process (libbpf_set_print(NULL)) at each
+    # compile; libbpf is shared with the CO-RE engine's binding, which reads the verifier's
+    # reasons from those messages: give them back to whoever had them.
+    set_print = _bpf_lib().libbpf_set_print
+    previous = set_print(None)
     with captured_stderr() as err:
         try:
             return Module(text=text.encode(), cflags=cflags)
         except Exception as e:  # BCC raises plain Exception for compile errors
             failure = e
+        finally:
+            set_print(previous)
     errors = [ln for ln in err if "error" in ln]
     raise EngineError(f"BCC could not compile the engine's programs ({failure}): "
                       f"{errors[0].strip() if errors else (err[-1].strip() if err else 'no compiler output')}")
@@ -251,6 +258,8 @@ def _bpf_lib() -> ctypes.CDLL:
         _libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
         _libbpf.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         _libbpf.bpf_link_create.restype = ctypes.c_int
+        _libbpf.libbpf_set_print.argtypes = [ctypes.c_void_p]
+        _libbpf.libbpf_set_print.restype = ctypes.c_void_p
     return _libbpf
 
 
