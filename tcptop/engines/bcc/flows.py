@@ -43,8 +43,8 @@ OUR_FIN_QUEUED = frozenset((ST_FIN_WAIT1, ST_FIN_WAIT2, ST_CLOSING, ST_LAST_ACK)
 PEER_FIN_RECEIVED = frozenset((ST_CLOSE_WAIT, ST_LAST_ACK, ST_CLOSING))
 
 T = diag.TCPI
-I_STATE, I_CA, I_MSS, I_UNACKED, I_SACKED, I_LOST, I_RETRANS = (
-    T["state"], T["ca_state"], T["snd_mss"], T["unacked"], T["sacked"], T["lost"], T["retrans"])
+I_CA, I_MSS, I_UNACKED, I_SACKED, I_LOST, I_RETRANS = (
+    T["ca_state"], T["snd_mss"], T["unacked"], T["sacked"], T["lost"], T["retrans"])
 I_RTT, I_SSTHRESH, I_CWND, I_TOTAL_RETRANS = T["rtt"], T["snd_ssthresh"], T["snd_cwnd"], T["total_retrans"]
 I_ACKED, I_RECEIVED, I_MIN_RTT, I_SENT = T["bytes_acked"], T["bytes_received"], T["min_rtt"], T["bytes_sent"]
 I_SND_WND, I_RCV_WND, I_TOTAL_RTO = T["snd_wnd"], T["rcv_wnd"], T["total_rto"]
@@ -92,7 +92,6 @@ class FlowEngine:
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
         self.owners = Owners()
-        self.flows_without_counters = 0
         self._tracks: dict[int, _Track] = {}
         self._ownerless: set[int] = set()
         self._alive_pids: dict[int, bool] = {}
