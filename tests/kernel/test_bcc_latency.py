@@ -14,13 +14,18 @@ from kit import sh
 SO_COOKIE = 57
 
 
+@pytest.fixture(scope="module", autouse=True)
+def bcc_compiles():
+    from tcptop.engines.bcc import loader
+    why = loader.why_cannot_compile()
+    if why:
+        pytest.skip(f"BCC cannot compile on this machine, BCC engine tests skipped: {why}")
+
+
 @pytest.fixture(scope="module")
 def bcc_lat():
     from tcptop.engines.bcc import loader
     from tcptop.engines.bcc.latency import LatencyEngine
-    why = loader.why_cannot_compile()
-    if why:
-        pytest.skip(f"BCC cannot compile on this machine, BCC engine tests skipped: {why}")
     e = LatencyEngine(loader.kernel_source()[0], sample=1)  # every packet, as the CO-RE engine beside it
     yield e
     e.close()
