@@ -84,7 +84,8 @@ def test_default_hooks_and_the_kprobe_checked_by_the_verifier():
     try:
         run = e.poll().run
         assert run.engine == "bcc"
-        for hook in ("cgroup sock_ops", "tracepoint tcp_cong_state_set", "tracepoint tcp_destroy_sock",
+        for hook in ("cgroup sock_ops", "socket addresses from sock_ops", "tracepoint tcp_cong_state_set",
+                     "tracepoint tcp_destroy_sock",
                      "sock_diag (INET_DIAG) with tcp_info", "socket storage through sock_diag"):
             assert run.hooks[hook] == "ok", (hook, run.hooks[hook])
         assert run.hooks["kprobe tcp_enter_recovery"].startswith("ok: loaded (passed the verifier), not attached")
@@ -208,3 +209,42 @@ def test_nothing_stays_attached_after_any_exit(how):
 def _cgroup_root():
     from tcptop.engines.core.libbpf import cgroup2_root
     return cgroup2_root()
+
+
+def test_refused_socket_addresses_cost_only_their_tie(nspair):
+    """A verifier that refuses storing socket addresses (forced here on every kernel): the sock_ops
+    program loads again without them, with the verifier's reason reported; RTT samples still
+    count, and fast-recovery entries still reach their connection through its 4-tuple."""
+    from tcptop.engines.bcc import loader
+    from tcptop.engines.bcc.flows import FlowEngine
+    refuse = "-DSK_ADDR(sk)=(*(volatile u64 *)(long)0)"  # a load from address 0: always refused
+    e = FlowEngine(loader.kernel_source()[0], extra_cflags=(refuse,))
+    try:
+        assert e.hooks["socket addresses from sock_ops"].startswith("unavailable: the verifier refused storing them (")
+        assert e.hooks["cgroup sock_ops"] == "ok"
+        assert [d for d in e.degraded if d.startswith("fast_retrans of connections whose 4-tuple")]
+        c, s = nspair.connected()
+        before = netstat(nspair.a)
+        sh("iptables", "-A", "INPUT", "-p", "tcp", "-m", "statistic", "--mode", "nth",
+           "--every", "20", "--packet", "0", "-j", "DROP", ns=nspair.b)
+        n = 2 << 20
+        assert bulk(c, s, n) == n
+        sh("iptables", "-F", "INPUT", ns=nspair.b)
+        wait_idle(c, timeout=30)
+        after = netstat(nspair.a)
+        recoveries = sum(after[k] - before[k] for k in ("TcpExt.TCPSackRecovery", "TcpExt.TCPRenoRecovery"))
+        assert recoveries > 0, "no fast recovery happened; the test proves nothing"
+
+        def flow():
+            return next((f for f in e.poll() if f.lport == c.getsockname()[1] and not f.closed), None)
+
+        deadline = time.monotonic() + 5
+        while (f := flow()) is None or f.write_bytes != n:
+            assert time.monotonic() < deadline, f
+            time.sleep(0.05)
+        assert f.fast_retrans == recoveries
+        assert f.rtt_samples >= 1 and not f.since_start
+        c.close()
+        s.close()
+    finally:
+        e.close()

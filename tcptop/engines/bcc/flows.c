@@ -23,6 +23,14 @@
 #define AF_INET6 10
 #define TCP_CA_RECOVERY 3 /* enum tcp_ca_state; also UAPI as tcpi_ca_state's values */
 
+/* The socket's address, stored so user space can tie address-keyed tracepoint events to the
+ * socket. Storing a pointer as a number needs the privilege to leak kernel addresses, which
+ * a verifier may refuse: the loader then compiles again with NO_SK_ADDR. Tests redefine
+ * SK_ADDR to something every verifier refuses, to run that path on every kernel. */
+#ifndef SK_ADDR
+#define SK_ADDR(sk) ((u64)(sk))
+#endif
+
 /* flow_counters.flags */
 #define FLOW_SEEN_BIRTH 1  /* established while we watched: counters cover its life */
 #define FLOW_CLIENT 2      /* this end connected */
@@ -108,7 +116,9 @@ static __always_inline struct flow_counters *open_counters(struct bpf_sock *sk, 
 		stat_inc(STAT_NO_STORAGE);
 		return 0;
 	}
-	c->sk_addr = (u64)sk;
+#ifndef NO_SK_ADDR
+	c->sk_addr = SK_ADDR(sk);
+#endif
 	c->flags |= role;
 	return c;
 }

@@ -56,6 +56,7 @@ KP_RECOVERY = "kprobe tcp_enter_recovery"
 TP_DESTROY = "tracepoint tcp_destroy_sock"
 DIAG = "sock_diag (INET_DIAG) with tcp_info"
 DIAG_STORAGE = "socket storage through sock_diag"
+SK_ADDR = "socket addresses from sock_ops"
 CONG_FIELDS = {"skaddr", "cong_state", "family", "sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6"}
 DESTROY_FIELDS = {"skaddr", "sock_cookie"}
 
@@ -86,7 +87,8 @@ class FlowEngine:
     """Owns the compiled flows.c module and its attachments. `poll()` returns the flows now."""
 
     def __init__(self, kernel_dir: str | None, max_closed: int = 16384, closed_keep_polls: int = 3,
-                 max_addr_flows: int = DEFAULT_MAX_ADDR_FLOWS, tracepoint_fields=loader.tracepoint_fields):
+                 max_addr_flows: int = DEFAULT_MAX_ADDR_FLOWS, tracepoint_fields=loader.tracepoint_fields,
+                 extra_cflags: tuple[str, ...] = ()):
         self.max_closed = max_closed
         self.closed_keep_polls = closed_keep_polls
         self.hooks: dict[str, str] = {}
@@ -106,15 +108,16 @@ class FlowEngine:
         self._listeners: dict[int, set[tuple[int, bytes, int]]] = {}
         self._info_checked = False
         self._pending_closed: dict[int, object] = {}
+        self._kernel_dir = kernel_dir
         try:
-            self._start(kernel_dir, max_addr_flows, tracepoint_fields)
+            self._start(kernel_dir, max_addr_flows, tracepoint_fields, extra_cflags)
         except BaseException:
             self.close()
             raise
 
     # -- set-up -------------------------------------------------------------
 
-    def _start(self, kernel_dir: str | None, max_addr_flows: int, tracepoint_fields) -> None:
+    def _start(self, kernel_dir: str | None, max_addr_flows: int, tracepoint_fields, extra_cflags) -> None:
         cong = tracepoint_fields("tcp", "tcp_cong_state_set")
         destroy = tracepoint_fields("tcp", "tcp_destroy_sock")
         have_cong = cong is not None and CONG_FIELDS <= cong
@@ -124,7 +127,8 @@ class FlowEngine:
             cflags.append("-DHAVE_TP_CONG_STATE_SET=1")
         if have_destroy:
             cflags.append("-DHAVE_TP_DESTROY_SOCK=1")
-        self._module = loader.compile_module(source(), cflags, kernel_dir)
+        self._cflags = cflags + list(extra_cflags)
+        self._module = loader.compile_module(source(), self._cflags, kernel_dir)
         self._diag = diag.DiagSocket()
         self._attach_sockops()
         self._attach_recovery(have_cong, cong)
@@ -139,7 +143,7 @@ class FlowEngine:
         lost = ("rtt_samples and rtt_sum_us, duration_s from establishment (first seen instead), role, "
                 "final values of closed flows (last polled instead)")
         try:
-            fn = loader.load(self._module, "tt_bcc_sockops", loader.PROG_SOCK_OPS)
+            fn = self._load_sockops()
             self._attached.append(self._cgroup.attach(fn, loader.ATTACH_CGROUP_SOCK_OPS))
         except loader.Refused as e:
             self._degrade(SOCKOPS, f"the verifier refused it ({e})", lost)
@@ -150,6 +154,25 @@ class FlowEngine:
         self.hooks[SOCKOPS] = "ok"
         self.degraded.append("rtt_samples and rtt_sum_us of connections older than tcptop: not counted (BCC "
                              "cannot switch sock_ops RTT callbacks on for sockets it did not see open)")
+
+    def _load_sockops(self):
+        """The sock_ops program; if the verifier refuses it, once more without storing socket
+        addresses (the one thing in it a kernel may not allow), which costs only the tie of
+        fast-recovery entries to sockets by address (the 4-tuple remains)."""
+        try:
+            fn = loader.load(self._module, "tt_bcc_sockops", loader.PROG_SOCK_OPS)
+            self.hooks[SK_ADDR] = "ok"
+            return fn
+        except loader.Refused as e:
+            why = str(e)
+        self._module.cleanup()
+        self._cflags.append("-DNO_SK_ADDR=1")
+        self._module = loader.compile_module(source(), self._cflags, self._kernel_dir)
+        fn = loader.load(self._module, "tt_bcc_sockops", loader.PROG_SOCK_OPS)
+        self.hooks[SK_ADDR] = f"unavailable: the verifier refused storing them ({why})"
+        self.degraded.append(f"fast_retrans of connections whose 4-tuple another namespace also has: not "
+                             f"attributed ({SK_ADDR} unavailable: the verifier refused storing them ({why}))")
+        return fn
 
     def _attach_recovery(self, have_cong: bool, cong_fields) -> None:
         """fast_retrans: the tracepoint, else a kprobe on tcp_enter_recovery. The kprobe program is
