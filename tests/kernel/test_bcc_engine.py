@@ -248,3 +248,32 @@ def test_refused_socket_addresses_cost_only_their_tie(nspair):
         s.close()
     finally:
         e.close()
+
+
+def run_without_btf(hide: str, *args: str) -> subprocess.CompletedProcess:
+    """tcptop in a private mount namespace where the kernel's BTF (and `hide`) are covered."""
+    script = f"mount -t tmpfs none /sys/kernel/btf && {hide} && exec {sys.executable} -m tcptop {' '.join(args)}"
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_without_btf_auto_runs_the_bcc_engine():
+    r = run_without_btf("true", "--json", "--count", "1", "--latency", "off")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["run"]
+    assert run["engine"] == "bcc"
+    assert run["hooks"]["cgroup sock_ops"] == "ok"
+
+
+def test_without_btf_nor_bcc_one_line_names_both():
+    bcc_dir = os.path.realpath(os.path.join(os.path.dirname(loaded_bcc_file()), ""))
+    r = run_without_btf(f"mount -t tmpfs none {bcc_dir}", "--json", "--count", "1")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1
+    assert "no engine can run on this machine (core: this kernel has no BTF" in r.stderr
+    assert "bcc: BCC's Python bindings are missing" in r.stderr
+
+
+def loaded_bcc_file() -> str:
+    import bcc
+    return bcc.__file__

@@ -39,8 +39,9 @@ _libbpf: ctypes.CDLL | None = None
 def import_bcc():
     """BCC's Python module, or one actionable line saying how to get it."""
     try:
-        import bcc  # noqa: F401  (Debian's python3-bpfcc, linked into .venv by make setup)
-    except ImportError as e:
+        import bcc  # Debian's python3-bpfcc, linked into .venv by make setup
+        from bcc import BPF  # noqa: F401  (an empty or stale bcc directory imports as a namespace)
+    except (ImportError, OSError) as e:  # OSError: libbcc.so.0 itself is missing
         raise EngineError("BCC's Python bindings are missing (Debian: apt install python3-bpfcc, "
                           f"then make setup links them into .venv): {e}") from None
     return bcc
