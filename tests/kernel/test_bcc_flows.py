@@ -242,6 +242,7 @@ def test_closed_flow_final_values(core, bcc):
     wait_idle(c)
     port = c.getsockname()[1]
     both(core, bcc, c)
+    lost_before = bcc.poll().run.events_lost
     c.sendall(b"y" * 7000)  # after the last poll: only the final record can know
     recv_exactly(s, 7000)
     wait_idle(c)
@@ -253,12 +254,19 @@ def test_closed_flow_final_values(core, bcc):
 
     fc = poll_until(core, closed)
     # A poll can fall between the socket leaving the hash table and its final callback: the
-    # final record then replaces the last polled values a poll later.
-    fb = poll_until(bcc, closed, lambda f: f.bytes_received == fc.bytes_received, timeout=1.0)
-    assert fb.state == "CLOSE"
-    assert_same(fc, fb, ("bytes_received", "retrans_packets", "cwnd", "mss", "rtt_samples", "rtt_sum_us",
-                         "flight_size", "fast_retrans"))
-    assert fb.closed_ts >= fb.established_ts
-    for _ in range(bcc.flows.closed_keep_polls + 1):
-        bcc.poll()
-    assert closed(bcc.poll()) is None
+    # final record then replaces the last polled values a poll later, while it is listed.
+    # The engine records every connection closing on the host: if tests running beside this
+    # one closed more than --max-closed meanwhile, the record may be dropped, and counted.
+    listed = []
+    for _ in range(bcc.flows.closed_keep_polls + 2):
+        snap = bcc.poll()
+        if (f := closed(snap)) is not None:
+            listed.append(f)
+    assert 1 <= len(listed) <= bcc.flows.closed_keep_polls
+    fb = listed[-1]
+    assert fb.state == "CLOSE" and fb.closed_ts >= fb.established_ts
+    if snap.run.events_lost == lost_before:
+        assert_same(fc, fb, ("bytes_received", "retrans_packets", "cwnd", "mss", "rtt_samples", "rtt_sum_us",
+                             "flight_size", "fast_retrans"))
+    else:  # the record was dropped for lack of room, and said so: the last polled values stay
+        assert fb.bytes_sent == 5000
