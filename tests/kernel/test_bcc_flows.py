@@ -270,3 +270,39 @@ def test_closed_flow_final_values(core, bcc):
                              "flight_size", "fast_retrans"))
     else:  # the record was dropped for lack of room, and said so: the last polled values stay
         assert fb.bytes_sent == 5000
+
+
+def test_listener_queues_and_drops_same_as_core(core, bcc):
+    """A listener with a backlog of 2 and six connects: its accept queue, backlog and drop counter
+    (sock_diag, as ss -tlm shows them) equal the CO-RE engine's (read from the socket)."""
+    lsn = socket.socket()
+    lsn.bind(("127.0.0.1", 0))
+    lsn.listen(2)
+    port = lsn.getsockname()[1]
+    conns = []
+    for _ in range(6):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        conns.append(c)
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # dropped SYNs are retried: compare once both read the same counters
+            lc = next(x for x in core.poll().listeners if x.lport == port)
+            lb = next(x for x in bcc.poll().listeners if x.lport == port)
+            same = [(x.accept_queue, x.accept_queue_max, x.drops, x.laddr, x.netns, x.id) for x in (lc, lb)]
+            if same[0] == same[1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert same[0] == same[1]
+        assert lb.accept_queue_max == 2 and lb.accept_queue == 3 and lb.drops > 0
+        lb = poll_until(bcc, lambda snap: next((x for x in snap.listeners if x.lport == port), None),
+                        lambda x: x.pid != 0)
+        assert lb.pid == os.getpid()
+    finally:
+        for c in conns:
+            c.close()
+        lsn.close()

@@ -25,6 +25,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 INET_DIAG_INFO = 2
+INET_DIAG_SKMEMINFO = 7
 INET_DIAG_SHUTDOWN = 8
 INET_DIAG_SK_BPF_STORAGES = 20
 INET_DIAG_REQ_SK_BPF_STORAGES = 2
@@ -35,6 +36,7 @@ SK_DIAG_BPF_STORAGE_MAP_VALUE = 3
 
 # TCP states (include/net/tcp_states.h; ABI through /proc/net/tcp and INET_DIAG).
 TCP_TIME_WAIT, TCP_LISTEN, TCP_NEW_SYN_RECV = 6, 10, 12
+SK_MEMINFO_DROPS = 8  # index in INET_DIAG_SKMEMINFO's u32 array: the socket's drop counter (sk_drops)
 # Sockets with a tcp_sock: not listeners, time-wait or request sockets.
 CONNECTION_STATES = sum(1 << s for s in range(1, 13) if s not in (TCP_TIME_WAIT, TCP_LISTEN, TCP_NEW_SYN_RECV))
 
@@ -57,6 +59,7 @@ class Record:
     info: bytes     # struct tcp_info, as long as this kernel's (b"" if absent)
     storage: bytes  # the value of the one socket-storage map asked for (b"" if the socket has none)
     shutdown: int   # sk_shutdown: 1 receive side shut (e.g. FIN received), 2 send side (FIN queued)
+    skmem: bytes = b""  # u32 SK_MEMINFO_* values, when asked for (listeners: SK_MEMINFO_DROPS)
 
 
 class DiagError(OSError):
@@ -74,11 +77,14 @@ class DiagSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def dump(self, family: int, states: int = CONNECTION_STATES, storage_fd: int = -1) -> list[Record]:
+    def dump(self, family: int, states: int = CONNECTION_STATES, storage_fd: int = -1,
+             skmem: bool = False) -> list[Record]:
         """Every TCP socket of `family` in one of `states`, with tcp_info (and the value of the
-        socket-storage map `storage_fd`, if given)."""
+        socket-storage map `storage_fd`, if given; the socket's memory counters with `skmem`)."""
         self._seq += 1
         ext = 1 << (INET_DIAG_INFO - 1)
+        if skmem:
+            ext |= 1 << (INET_DIAG_SKMEMINFO - 1)
         body = _REQ.pack(family, socket.IPPROTO_TCP, ext, 0, states, b"")
         if storage_fd >= 0:
             fd_attr = _NLA.pack(8, SK_DIAG_BPF_STORAGE_REQ_MAP_FD) + struct.pack("=I", storage_fd)
@@ -108,7 +114,7 @@ def _parse(buf: bytes, out: list[Record]) -> bool:
             err = -struct.unpack_from("=i", buf, off + 16)[0]
             raise DiagError(err, f"sock_diag: {os.strerror(err)}")
         body, stop = off + 16, off + mlen
-        info = storage = b""
+        info = storage = skmem = b""
         shutdown = 0
         a = body + MSG_SIZE
         while a + 4 <= stop:
@@ -122,8 +128,10 @@ def _parse(buf: bytes, out: list[Record]) -> bool:
                 shutdown = buf[a + 4]
             elif atype == INET_DIAG_SK_BPF_STORAGES:
                 storage = _storage_value(buf[a + 4:a + alen])
+            elif atype == INET_DIAG_SKMEMINFO:
+                skmem = buf[a + 4:a + alen]
             a += (alen + 3) & ~3
-        out.append(Record(buf[body:body + MSG_SIZE], info, storage, shutdown))
+        out.append(Record(buf[body:body + MSG_SIZE], info, storage, shutdown, skmem))
         off += (mlen + 3) & ~3
     return False
 

@@ -92,7 +92,8 @@ class BccEngine:
             degraded=tuple(self.flows.degraded) + self._lat_degraded,
         )
         return Snapshot(ts=time.time(), interval_s=round(interval, 6), flows=flows, seq=self._seq,
-                        host=self.host, kernel=self.kernel, run=run, latency=host_latency)
+                        host=self.host, kernel=self.kernel, run=run, latency=host_latency,
+                        listeners=self.flows.listeners())
 
     def program_ids(self) -> list[int]:
         ids = self.flows.program_ids() if self.flows else []

@@ -29,7 +29,7 @@ from tcptop.engines import EngineError
 from tcptop.engines.bcc import diag, loader
 from tcptop.host import netns
 from tcptop.host.procs import Owners
-from tcptop.model import CA_STATES, TCP_STATES, Flow
+from tcptop.model import CA_STATES, TCP_STATES, Flow, Listener
 
 # flows.c constants
 FLOW_SEEN_BIRTH, FLOW_CLIENT, FLOW_SERVER = 1, 2, 4
@@ -59,6 +59,9 @@ DIAG_STORAGE = "socket storage through sock_diag"
 SK_ADDR = "socket addresses from sock_ops"
 CONG_FIELDS = {"skaddr", "cong_state", "family", "sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6"}
 DESTROY_FIELDS = {"skaddr", "sock_cookie"}
+# What the CO-RE engine's failure engine reads from kernel structs, which this engine does not.
+NOT_MEASURED = ("drops by reason, resets, failed connects, and listeners' SYN queues and SYN-ACK retransmits: "
+                "not measured by the BCC engine (listeners' accept queues and drop counters are, from sock_diag)")
 
 
 def source() -> str:
@@ -108,6 +111,8 @@ class FlowEngine:
         self._listeners: dict[int, set[tuple[int, bytes, int]]] = {}
         self._info_checked = False
         self._pending_closed: dict[int, object] = {}
+        self._listening_now: list[tuple[int, diag.Record]] = []
+        self._listener_cache: dict[int, tuple] = {}
         self._kernel_dir = kernel_dir
         try:
             self._start(kernel_dir, max_addr_flows, tracepoint_fields, extra_cflags)
@@ -232,6 +237,7 @@ class FlowEngine:
             raise EngineError(f"sock_diag (INET_DIAG) does not answer: {e}; "
                               "the BCC engine reads every connection through it (modprobe tcp_diag?)") from None
         self.hooks[DIAG] = "ok"
+        self.degraded.append(NOT_MEASURED)
         if self.hooks.get(SOCKOPS) != "ok":
             return
         fd = loader.table_fd(self._module, "counters")
@@ -290,8 +296,10 @@ class FlowEngine:
     # -- polling --------------------------------------------------------------
 
     def _dump_all(self) -> list[tuple[int, diag.Record]]:
-        """(namespace inode, record) of every connection in every namespace."""
+        """(namespace inode, record) of every connection in every namespace; the listening
+        sockets, with their drop counters, land in self._listening_now."""
         out: list[tuple[int, diag.Record]] = []
+        listening: list[tuple[int, diag.Record]] = []
         for ino, path in netns.namespace_paths().items():
             if ino == self._home:
                 sock = self._diag
@@ -304,13 +312,39 @@ class FlowEngine:
             try:
                 for family in (socket.AF_INET, socket.AF_INET6):
                     out.extend((ino, r) for r in sock.dump(family, storage_fd=self._storage_fd))
+                    listening.extend((ino, r) for r in sock.dump(family, states=1 << diag.TCP_LISTEN, skmem=True))
             except OSError:
                 if sock is self._diag:
                     raise
             finally:
                 if sock is not self._diag:
                     sock.close()
+        self._listening_now = listening
         return out
+
+    def listeners(self) -> tuple[Listener, ...]:
+        """Every listening socket at the last poll: its accept queue, backlog and drop counter
+        (sk_drops), as sock_diag reports them (what ss -tlm shows). The SYN queue and SYN-ACK
+        retransmits are not measured here (README: Engines)."""
+        out, cache = [], {}
+        unknown = {int.from_bytes(r.msg[68:72], "little") for _, r in self._listening_now}
+        self.owners.resolve({i for i in unknown if not self.owners.pid_of_inode(i)})
+        for ino, r in self._listening_now:
+            (family, _, _, _, sport, _, src, _, _, cookie, _, rqueue, wqueue, _, inode) = diag.MSG.unpack(r.msg)
+            drops = int.from_bytes(r.skmem[4 * diag.SK_MEMINFO_DROPS:4 * diag.SK_MEMINFO_DROPS + 4], "little")
+            key = (r.msg[:2] + r.msg[4:52] + r.msg[56:], drops)
+            hit = self._listener_cache.get(cookie)
+            if hit is None or hit[0] != key or not hit[1].pid:
+                pid = self._owner(inode)
+                comm, _, container = self.owners.info(pid)
+                hit = (key, Listener(id=cookie, family="ipv4" if family == socket.AF_INET else "ipv6",
+                                     laddr=_addr(family, src), lport=socket.ntohs(sport), pid=pid, comm=comm,
+                                     netns=ino, container=container, accept_queue=rqueue, accept_queue_max=wqueue,
+                                     syn_queue=0, drops=drops, synack_retrans=0))
+            cache[cookie] = hit
+            out.append(hit[1])
+        self._listener_cache = cache
+        return tuple(out)
 
     def _check_info_length(self, records) -> None:
         """tcp_info only grows: fields past the end of this kernel's are reported missing once,
