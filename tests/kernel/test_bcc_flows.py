@@ -256,7 +256,9 @@ def test_closed_flow_final_values(core, bcc):
     # A poll can fall between the socket leaving the hash table and its final callback: the
     # final record then replaces the last polled values a poll later, while it is listed.
     # The engine records every connection closing on the host: if tests running beside this
-    # one closed more than --max-closed meanwhile, the record may be dropped, and counted.
+    # one closed more than --max-closed meanwhile, the record may be dropped, and counted; and
+    # a tcptop started meanwhile (another test run) may switch this socket's sock_ops callbacks
+    # off, so that no final record comes, which is counted too once the flow leaves the list.
     listed = []
     for _ in range(bcc.flows.closed_keep_polls + 2):
         snap = bcc.poll()

@@ -87,7 +87,7 @@ class BccEngine:
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=stats[STAT_NO_STORAGE],
-            events_lost=stats[STAT_CLOSED_FULL] + stats[STAT_ADDR_FULL],
+            events_lost=stats[STAT_CLOSED_FULL] + stats[STAT_ADDR_FULL] + self.flows.finals_missing,
             hooks={**self.hooks, **self.flows.hooks, **self._lat_hooks},
             degraded=tuple(self.flows.degraded) + self._lat_degraded,
         )

@@ -151,10 +151,19 @@ static __always_inline void closing(struct bpf_sock_ops *skops, struct bpf_sock 
 		stat_inc(STAT_CLOSED_FULL);
 }
 
+#define WANTED_CB (BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG)
+
 static __always_inline void want_callbacks(struct bpf_sock_ops *skops)
 {
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG |
-				  BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | WANTED_CB);
+}
+
+/* Another program may set a socket's callback flags outright (bpf_setsockopt
+ * TCP_BPF_SOCK_OPS_CB_FLAGS), switching ours off: ask again at the next callback we get. */
+static __always_inline void keep_callbacks(struct bpf_sock_ops *skops)
+{
+	if ((skops->bpf_sock_ops_cb_flags & WANTED_CB) != WANTED_CB)
+		want_callbacks(skops);
 }
 
 int tt_bcc_sockops(struct bpf_sock_ops *skops)
@@ -183,6 +192,7 @@ int tt_bcc_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	case BPF_SOCK_OPS_RTT_CB:
 		c = counters.sk_storage_get(sk, 0, 0);
+		keep_callbacks(skops);
 		if (c) {
 			/* args[0]: the sample (mrtt, us) the estimator just took. */
 			__sync_fetch_and_add(&c->rtt_samples, 1);
@@ -191,6 +201,7 @@ int tt_bcc_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	case BPF_SOCK_OPS_RTO_CB:
 		c = counters.sk_storage_get(sk, 0, 0);
+		keep_callbacks(skops);
 		if (c)
 			__sync_fetch_and_add(&c->rto_events, 1);
 		return 1;

@@ -110,6 +110,9 @@ class FlowEngine:
         self._counters_type = None
         self._listeners: dict[int, set[tuple[int, bytes, int]]] = {}
         self._info_checked = False
+        # Closed flows that had counters but whose final record never came: another program
+        # switched their sock_ops callbacks off (see keep_callbacks in flows.c). Counted as lost.
+        self.finals_missing = 0
         self._pending_closed: dict[int, object] = {}
         self._listening_now: list[tuple[int, diag.Record]] = []
         self._listener_cache: dict[int, tuple] = {}
@@ -327,8 +330,6 @@ class FlowEngine:
         (sk_drops), as sock_diag reports them (what ss -tlm shows). The SYN queue and SYN-ACK
         retransmits are not measured here (README: Engines)."""
         out, cache = [], {}
-        unknown = {int.from_bytes(r.msg[68:72], "little") for _, r in self._listening_now}
-        self.owners.resolve({i for i in unknown if not self.owners.pid_of_inode(i)})
         for ino, r in self._listening_now:
             (family, _, _, _, sport, _, src, _, _, cookie, _, rqueue, wqueue, _, inode) = diag.MSG.unpack(r.msg)
             drops = int.from_bytes(r.skmem[4 * diag.SK_MEMINFO_DROPS:4 * diag.SK_MEMINFO_DROPS + 4], "little")
@@ -601,8 +602,12 @@ class FlowEngine:
 
     def _collect(self) -> tuple[Flow, ...]:
         tracks = self._tracks
-        if self._ownerless:
-            self.owners.resolve({_inode(tracks[c]) for c in self._ownerless if c in tracks})
+        # One look in /proc for every unknown owner, listeners' too: scans are rate-limited, so
+        # separate requests would starve each other.
+        listening = {int.from_bytes(r.msg[68:72], "little") for _, r in self._listening_now}
+        wanted = {i for i in listening if not self.owners.pid_of_inode(i)}
+        if self._ownerless or wanted:
+            self.owners.resolve(wanted | {_inode(tracks[c]) for c in self._ownerless if c in tracks})
             for cookie in list(self._ownerless):
                 tr = tracks.get(cookie)
                 if tr is None:
@@ -613,11 +618,13 @@ class FlowEngine:
                     comm, cgroup, container = self.owners.info(pid)
                     tr.flow = _replace(tr.flow, pid=pid, comm=comm, cgroup=cgroup, container=container)
                     self._ownerless.discard(cookie)
-        flows, no_counters = [], 0
+        flows = []
         for cookie, tr in list(tracks.items()):
             if tr.flow.closed:
                 self._ownerless.discard(cookie)
                 if tr.closed_polls <= 0:
+                    if tr.sk_addr and not tr.final:
+                        self.finals_missing += 1
                     del tracks[cookie]
                     continue
                 tr.closed_polls -= 1
