@@ -164,7 +164,9 @@ def health_metrics(frame: Frame) -> Iterator[Metric]:
                               "1 when the engine's hook is attached and working, 0 when it is unavailable on this "
                               "kernel (the metric it feeds is degraded).", labels=("hook",))
     for hook, status in sorted(run.hooks.items()):
-        hooks.add_metric((hook,), 1 if status == "ok" else 0)
+        if status.startswith("off"):
+            continue  # left out by the user's choice (--latency off), not a fault of this kernel
+        hooks.add_metric((hook,), 1 if status == "ok" or status.startswith("ok:") else 0)
     yield hooks
     yield GaugeMetricFamily("tcptop_engine_degraded_metrics",
                             "Metrics this kernel cannot provide fully (see tcptop --json run.degraded for why).",
