@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packet-level stage timings of 1 packet in 8: full (every stage), light (per-socket stages only), off")
     p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
                    help="kernel engine: core (CO-RE, needs BTF), or auto (the first that can run here)")
-    p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
-                   help="room for final records of connections closed within one interval (default 16384)")
+    p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=65536, metavar="N",
+                   help="room for final records of connections closed within one interval (default 65536)")
     return p
 
 

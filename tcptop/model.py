@@ -128,6 +128,9 @@ class Flow:
     # RTT samples by bucket: (upper bound in µs, samples) of each non-empty bucket, ascending;
     # the bounds are the engine's (tcptop/engines/histogram.py). Empty when not measured.
     rtt_hist: tuple[tuple[int, int], ...] = ()
+    # A closed connection's end the kernel still keeps (state TIME_WAIT, or FIN_WAIT2 after
+    # the application closed): unix time at which its timer drops it; 0 for other flows.
+    tw_expires_ts: float = 0.0
 
     def age_s(self, now_ts: float) -> float:
         """Seconds since establishment as of `now_ts` (a snapshot's ts); fixed once closed."""
@@ -171,6 +174,9 @@ class RunInfo:
     events_lost: int = 0        # kernel updates dropped (map full, closed-flow overflow)
     hooks: Mapping[str, str] = field(default_factory=dict)  # hook -> "ok" or why not
     degraded: tuple[str, ...] = ()  # human sentences: metric and reason
+    # Milliseconds each part of the poll took (e.g. "kernel_read", "decode"); empty in replays
+    # of files written before it existed.
+    timing: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,6 +185,7 @@ class RunInfo:
             "events_lost": self.events_lost,
             "hooks": dict(self.hooks),
             "degraded": list(self.degraded),
+            "timing": dict(self.timing),
         }
 
 
@@ -309,6 +316,7 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
             events_lost=int(run.get("events_lost", 0)),
             hooks=dict(run.get("hooks", {})),
             degraded=tuple(str(x) for x in run.get("degraded", ())),
+            timing={str(k): float(v) for k, v in dict(run.get("timing", {})).items()},
         )
     except (TypeError, ValueError) as e:
         raise SnapshotFormatError(f"snapshot field run is malformed: {e}") from None

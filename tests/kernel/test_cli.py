@@ -23,7 +23,7 @@ def run(*args, **kw):
 def our_prog_count():
     """BPF programs named like ours that are loaded right now (others on the machine are ignored)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
-    ours = {"tcptop_send", "tcptop_recv", "tcptop_cong", "tcptop_state", "tcptop_iter", "tcptop_destroy", "tcptop_sockops"}
+    ours = {"tcptop_probe", "tcptop_cong", "tcptop_state", "tcptop_iter", "tcptop_destroy", "tcptop_sockops"}
     return sum(1 for p in json.loads(out or "[]") if p.get("name") in ours)
 
 
@@ -61,7 +61,8 @@ def test_json_lines_follow_the_contract():
     recv_exactly(s, 4321)
     wait_idle(c)
     port = s.getsockname()[1]
-    r = run("--json", "--count", "2", "--interval", "0.2", "--port", str(port))
+    # earlier connections may have left TIME_WAIT ends on the same port number
+    r = run("--json", "--count", "2", "--interval", "0.2", "--port", str(port), "--filter", "state ESTABLISHED")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 2
@@ -78,6 +79,11 @@ def test_json_lines_follow_the_contract():
             for name in METRICS[:-1]:
                 assert type(fr[name]) is int
             assert isinstance(fr["duration_s"], float)
+            assert fr["since_start"] and fr["role"] == ""  # opened before tcptop: who connected is unknown
+            assert fr["tw_expires_ts"] == 0.0
+            assert sum(n for _, n in fr["rtt_hist"]) == fr["rtt_samples"]
+        # what each part of the poll took, in ms
+        assert {"drain_ms", "lookup_ms", "walk_ms", "decode_ms"} <= raw["run"]["timing"].keys()
     sent = {f.lport: f.bytes_sent for f in snap.flows}
     assert sent[c.getsockname()[1]] == 4321
     assert json.loads(lines[1])["interval_s"] == pytest.approx(0.2, abs=0.1)
@@ -155,7 +161,7 @@ def test_ipv6_addresses_are_printed_canonically():
     lsn.bind(("::1", 0))
     lsn.listen()
     c = socket.create_connection(("::1", lsn.getsockname()[1]))
-    r = run("--json", "--count", "1", "--port", str(lsn.getsockname()[1]))
+    r = run("--json", "--count", "1", "--port", str(lsn.getsockname()[1]), "--filter", "state ESTABLISHED")
     flows = json.loads(r.stdout)["flows"]
     assert {(f["family"], f["laddr"], f["raddr"]) for f in flows} == {("ipv6", "::1", "::1")}
     c.close()

@@ -20,6 +20,11 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def live(port):
+    """The live flow whose local port is `port` (earlier runs may have left TIME_WAIT ends on it)."""
+    return lambda snap: next((f for f in snap.flows if f.lport == port and f.state == "ESTABLISHED"), None)
+
+
 def run_child(mode):
     p = subprocess.Popen([sys.executable, "-c", CHILD % mode, mode], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
@@ -30,9 +35,9 @@ def run_child(mode):
 def test_owner_of_busy_socket_is_the_sending_process(engine):
     p, port = run_child("busy")
     try:
-        f = poll_until(engine, lambda snap: next((f for f in snap.flows if f.lport == port), None))
+        f = poll_until(engine, live(port))
         assert f.pid == p.pid
-        assert f.comm == "tt-owner-busy"
+        assert f.comm == "tt-owner-busy", f
         assert f.write_bytes == 1000
     finally:
         p.stdin.close()
@@ -45,7 +50,7 @@ def test_owner_of_idle_socket_found_from_its_file_table():
     p, port = run_child("idle")
     e = CoreEngine(EngineOptions(interval_s=0.2))
     try:
-        f = poll_until(e, lambda snap: next((f for f in snap.flows if f.lport == port), None))
+        f = poll_until(e, live(port))
         assert f.since_start
         assert f.pid == p.pid
         assert f.comm == "tt-owner-idle"
@@ -70,8 +75,7 @@ def test_container_identity_from_the_owners_cgroup(engine):
         p, port = run_child("busy")
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(p.pid))
-        f = poll_until(engine, lambda snap: next((f for f in snap.flows if f.lport == port), None),
-                       lambda f: f.container != "")
+        f = poll_until(engine, live(port), lambda f: f.container != "")
         assert f.pid == p.pid
         assert f.container == cid[:12]
         assert f.cgroup == f"/tcptop-test-{os.getpid()}/docker-{cid}.scope"
