@@ -829,6 +829,27 @@ int BPF_PROG(tcptop_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	return 0;
 }
 
+/* A new process shares its parent's sockets: one of the two may let go of them. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(tcptop_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct flow_notice *n;
+
+	if (child->pid != child->tgid)
+		return 0; /* a thread: same files, same process */
+	n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
+	if (!n) {
+		stat_inc(STAT_NOTICES_LOST);
+		return 0;
+	}
+	__builtin_memset(n, 0, sizeof(*n));
+	n->kind = NOTE_FORK;
+	n->pid = parent->tgid;
+	n->cookie = child->tgid;
+	bpf_ringbuf_submit(n, 0);
+	return 0;
+}
+
 /* A process is gone: its sockets are closed, or held by another process now. */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(tcptop_exit, struct task_struct *task, bool group_dead)

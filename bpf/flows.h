@@ -124,6 +124,7 @@ enum notice_kind {
 	NOTE_OWNER = 2, /* accept() returned this socket to a process */
 	NOTE_EXEC = 3,  /* a process exec()ed: its comm changed */
 	NOTE_EXIT = 4,  /* a process (thread group) exited */
+	NOTE_FORK = 5,  /* a process forked: pid the parent, cookie the child (its sockets may move) */
 };
 
 struct flow_notice {

@@ -56,6 +56,7 @@ class Owners:
         self.scans = 0
         self._info: dict[int, tuple[str, str, str, float]] = {}
         self._alive: dict[int, bool] = {}
+        self._exited: set[int] = set()
         self._alive_at = 0.0
         self._by_inode: dict[int, int] = {}
         self._last_scan = -1e9
@@ -72,15 +73,26 @@ class Owners:
             return False
         cg = read_cgroup(pid)
         self._info[pid] = (comm or read_comm(pid), cg, container_of(cg), time.monotonic())
-        self._alive[pid] = True
+        self._exited.discard(pid)
         return got is None or got[0] != self._info[pid][0]
 
     def exited(self, pid: int) -> None:
+        """The kernel said this process exited (a zombie still has /proc/PID)."""
         self._info.pop(pid, None)
-        self._alive[pid] = False
+        self._exited.add(pid)
+        if len(self._exited) > 65536:
+            self._exited.clear()
+
+    def born(self, pid: int) -> None:
+        """The kernel said this pid belongs to a new process."""
+        self._exited.discard(pid)
+        self._info.pop(pid, None)
 
     def alive(self, pid: int) -> bool:
-        """Whether a process exists, asked once per pid per second at most."""
+        """Whether a process exists: not reported exited, and in /proc (asked once per pid per
+        second at most)."""
+        if pid in self._exited:
+            return False
         now = time.monotonic()
         if now - self._alive_at > 1.0:
             self._alive.clear()
@@ -93,7 +105,8 @@ class Owners:
     def lookup(self, pid: int) -> tuple[str, str, str] | None:
         """(comm, cgroup, container) of a live process, None if it is gone (cached)."""
         got = self._info.get(pid)
-        if got is not None and self._alive.get(pid) and time.monotonic() - got[3] <= self.info_ttl_s:
+        if got is not None and self._alive.get(pid) and pid not in self._exited and \
+                time.monotonic() - got[3] <= self.info_ttl_s:
             return got[:3]
         if not self.alive(pid):
             return None

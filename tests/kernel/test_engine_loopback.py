@@ -284,3 +284,93 @@ def test_snapshot_carries_packet_latency_for_the_flow_and_the_host(engine):
     assert set(f.latency["rx"]) >= {"app", "tcp"}
     c.close()
     s.close()
+
+
+def test_read_and_write_bytes_count_every_kind_of_call(engine, tmp_path):
+    """Bytes the application wrote or consumed, by any call: send, sendmsg with several
+    buffers, sendfile; recv, recv_into, splice into a pipe, recvmsg. A peek consumes nothing,
+    and the FIN is no byte (written by shutdown, read as EOF)."""
+    import os as _os
+
+    c, s = loopback_pair()
+    data = tmp_path / "f"
+    data.write_bytes(b"F" * 7000)
+    c.sendall(b"a" * 1000)
+    c.sendmsg([b"b" * 300, b"c" * 200])
+    with open(data, "rb") as fh:
+        sent = 0
+        while sent < 7000:
+            sent += _os.sendfile(c.fileno(), fh.fileno(), sent, 7000 - sent)
+    wrote = 1000 + 500 + 7000
+    assert s.recv(100, socket.MSG_PEEK) == b"a" * 100  # consumes nothing
+    buf = bytearray(1000)
+    got = 0
+    while got < 1000:
+        got += s.recv_into(memoryview(buf)[got:], 1000 - got)
+    recv_exactly(s, 500)
+    r, w = _os.pipe()
+    try:
+        spliced = 0
+        while spliced < 3000:
+            n = _os.splice(s.fileno(), w, 3000 - spliced)
+            spliced += n
+            _os.read(r, n)
+    finally:
+        _os.close(r)
+        _os.close(w)
+    got_msg = 0
+    while got_msg < 4000:
+        got_msg += len(s.recvmsg(4000 - got_msg)[0])
+    c.shutdown(socket.SHUT_WR)
+    assert s.recv(10) == b""  # the FIN
+    wait_idle(c)
+    fc = poll_until(engine, lambda snap: find_flow(snap, c), lambda f: f.state == "FIN_WAIT2")
+    fs = poll_until(engine, lambda snap: find_flow(snap, s), lambda f: f.state == "CLOSE_WAIT")
+    assert fc.write_bytes == wrote and fc.bytes_sent == tcp_info(c)["bytes_sent"] == wrote
+    assert fs.read_bytes == wrote and fs.bytes_received == wrote + 1  # the FIN counts in bytes_received
+    assert fs.app_wqueue == 0 and fc.app_wqueue == siocoutq(c) == 0
+    c.close()
+    s.close()
+
+
+def test_busy_flow_is_read_through_its_notices_alone(engine):
+    """With the table walk given no time, a busy socket is still read at every poll (its
+    segments send notices and it is looked up by its 4-tuple); once quiescent it is not read
+    again until something happens to it."""
+    walk = engine.flows.walk_ms
+    engine.flows.walk_ms = 0.0
+    try:
+        c, s = loopback_pair()
+        engine.poll()
+        for i in range(1, 6):
+            c.sendall(b"n" * 2000)
+            recv_exactly(s, 2000)
+            s.sendall(b"m" * 10)
+            recv_exactly(c, 10)
+            wait_idle(c)
+            wait_idle(s)
+            f = find_flow(engine.poll(), c)
+            ti = tcp_info(c)
+            assert f.write_bytes == 2000 * i and f.read_bytes == 10 * i
+            assert f.bytes_sent == ti["bytes_sent"] and f.srtt_us == ti["rtt"] and f.cwnd == ti["snd_cwnd"]
+            assert f.rtt_samples == i + 1
+        engine.poll()
+        before = engine.poll()
+        assert find_flow(before, c) is find_flow(engine.poll(), c)  # not read: the same object
+        c.close()
+        s.close()
+    finally:
+        engine.flows.walk_ms = walk
+
+
+def test_snapshot_time_is_when_the_kernel_was_read(engine):
+    """ts lies between the poll's start and the end of the kernel reads, before decoding and
+    before the packet-level engine is read."""
+    t0 = time.time()
+    snap = engine.poll()
+    t1 = time.time()
+    reads_ms = snap.run.timing["drain_ms"] + snap.run.timing["lookup_ms"] + snap.run.timing["walk_ms"]
+    assert t0 <= snap.ts <= t1
+    assert snap.ts - t0 <= reads_ms / 1e3 + 0.05
+    if "latency_ms" in snap.run.timing:
+        assert snap.ts <= t1 - snap.run.timing["latency_ms"] / 1e3 + 0.005

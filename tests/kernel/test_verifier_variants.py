@@ -45,9 +45,10 @@ def owner_checks(e, pair):
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(p.stdout.readline())
-        f = poll_until(e, lambda snap: next((f for f in snap.flows if f.lport == port and f.state == "ESTABLISHED"),
-                                            None), lambda f: f.pid == p.pid, timeout=8)
-        assert f.comm == "tt-idle-holder" and f.netns == pair.inode(pair.a)
+        ns = pair.inode(pair.a)
+        f = poll_until(e, lambda snap: next((f for f in snap.flows if f.lport == port and f.netns == ns
+                                             and f.state == "ESTABLISHED"), None), lambda f: f.pid == p.pid, timeout=8)
+        assert f.comm == "tt-idle-holder"
     finally:
         p.stdin.close()
         p.wait(5)

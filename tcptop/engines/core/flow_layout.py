@@ -55,6 +55,7 @@ class NoticeKind(enum.IntEnum):
     NOTE_OWNER = 2
     NOTE_EXEC = 3
     NOTE_EXIT = 4
+    NOTE_FORK = 5
 
 
 class Stat(enum.IntEnum):

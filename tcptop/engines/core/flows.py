@@ -40,7 +40,7 @@ REC_CLIENT, REC_SERVER, REC_NO_COUNTERS = int(RecordFlag.REC_CLIENT), int(Record
     RecordFlag.REC_NO_COUNTERS)
 REC_RESET_RCVD, REC_TIMED_OUT, REC_LOOKUP_V4 = int(RecordFlag.REC_RESET_RCVD), int(RecordFlag.REC_TIMED_OUT), int(
     RecordFlag.REC_LOOKUP_V4)
-NOTE_DIRTY, NOTE_OWNER, NOTE_EXEC, NOTE_EXIT = map(int, NoticeKind)
+NOTE_DIRTY, NOTE_OWNER, NOTE_EXEC, NOTE_EXIT, NOTE_FORK = map(int, NoticeKind)
 ST_FIN_WAIT1, ST_FIN_WAIT2, ST_TIME_WAIT, ST_CLOSING = 4, 5, 6, 11  # kernel TCP states (model.TCP_STATES)
 GOT_MAX = 8192  # GOT_MAX in bpf/flows.bpf.c: lookups per test run
 DUMMY_PACKET = bytes(64)  # the lookup program ignores its packet; test runs need one
@@ -70,6 +70,8 @@ HOOKS = {
                     "when a flow changes instead)"),
     "tcptop_exit": ("tracepoint sched_process_exit", "sched_process_exit",
                     "owner changes when a process exits (checked when a flow changes instead)"),
+    "tcptop_fork": ("tracepoint sched_process_fork", "sched_process_fork",
+                    "owner changes between a process and its children (checked when the socket moves data instead)"),
 }
 # Programs the engine can run without; only the TCP iterator is indispensable.
 OPTIONAL = frozenset(HOOKS) | {"tcptop_files", "tcptop_lookup"}
@@ -129,6 +131,7 @@ class FlowEngine:
         self._verify: set[int] = set()  # cookies whose holders the file tables should name
         self._redecode: set[int] = set()  # flows whose owner or comm changed without a new record
         self._first_holders: dict[int, int] | None = None  # cookie -> holder, during the first poll
+        self._forks: list[tuple[int, int]] = []  # (parent, child) since the last poll, parent owning flows
         self._by_pid: dict[int, set[int]] = {}  # owner pid -> its flows
         self._no_counters: set[int] = set()
         self._listing: tuple | None = None  # the last tuple of flows, reused while nothing changed
@@ -410,6 +413,9 @@ class FlowEngine:
                 # the name now, not the one at exec (a later prctl or exec may have changed it)
                 self.owners.note(pid, read_comm(pid) or _comm(v[N["comm"]]), exec_=True)
                 self._redecode.update(self._by_pid.get(pid, ()))
+            elif kind == NOTE_FORK:
+                self.owners.born(cookie)  # the child's pid (a pid that exited may be given again)
+                self._forks.append((pid, cookie))  # looked at once this poll's records are in
             elif kind == NOTE_EXIT:
                 self.owners.exited(pid)
                 for cookie in self._by_pid.get(pid, ()):
@@ -661,8 +667,11 @@ class FlowEngine:
                 pid = self.owners.pid_of_inode(v[fd.I_INO])
                 info = self.owners.lookup(pid) if pid else ("", "", "")
         refs = v[fd.I_REFS]
-        if kind == KIND_LIVE and (tr.refs == -2 or (tr.refs != refs and (not pid or tr.refs >= 0))):
-            self._verify.add(cookie)  # unknown, gone, or its file was shared or unshared since it was known
+        if kind == KIND_LIVE:
+            if tr.refs == -1 and pid:
+                tr.refs = refs  # the process that connected holds it: moves show as changed references
+            elif tr.refs == -2 or (tr.refs != refs and (not pid or tr.refs >= 0)):
+                self._verify.add(cookie)  # unknown, gone, or its file was shared or unshared since it was known
         comm = info[0] or (fd.comm_of(v[fd.I_COMM]) if pid and pid == v[fd.I_PID] else "")
         closed = kind == KIND_CLOSED
         f = tr.flow = fd.flow_of(v, pid, comm, info[1], info[2], tr.born_ns, self._boot_offset, since_start,
@@ -753,6 +762,8 @@ class FlowEngine:
     def _resolve_owners(self) -> None:
         """Ask the file tables who holds the sockets whose owner is unknown, gone, or may have
         moved (their file was shared or unshared); a recorded owner stays while it holds it."""
+        if self._forks:
+            self._check_forks()
         verify = {c for c in self._verify if c in self._tracks and self._tracks[c].kind == KIND_LIVE}
         if not verify or not self.owners.may_scan():
             self._verify = verify
@@ -771,7 +782,31 @@ class FlowEngine:
             if pids or tr.refs >= 0:
                 self._verify.discard(cookie)
 
-    def _holders(self, cookies: set[int]) -> dict[int, set[int]]:
+    def _check_forks(self) -> None:
+        """A process that owns sockets forked: which of the two holds each now (the walk is
+        limited to the two processes' file tables)."""
+        forks, self._forks = self._forks, []
+        for parent, child in forks:
+            if parent not in self._by_pid:
+                continue
+            cookies = {c for c in self._by_pid.get(parent, ()) if self._tracks[c].kind == KIND_LIVE}
+            if not cookies or self._files is None:
+                self._verify |= cookies
+                continue
+            holders: dict[int, set[int]] = {}
+            for pid in (parent, child):
+                for cookie, pids in self._holders(cookies, pid).items():
+                    holders.setdefault(cookie, set()).update(pids)
+            for cookie in cookies:
+                tr = self._tracks[cookie]
+                pids = holders.get(cookie)
+                if pids and (tr.owner or tr.flow.pid) not in pids:
+                    tr.owner = min(pids)
+                if tr.vals is not None:
+                    tr.refs = tr.vals[fd.I_REFS]
+                self._decode(cookie, tr)
+
+    def _holders(self, cookies: set[int], pid: int = 0) -> dict[int, set[int]]:
         out: dict[int, set[int]] = {}
         if self._files is None:  # no task_file iterator here: /proc/PID/fd, as ss -p does
             inodes = {self._tracks[c].vals[fd.I_INO]: c for c in cookies if self._tracks[c].vals is not None}
@@ -783,10 +818,20 @@ class FlowEngine:
         keys = list(cookies)[:65536]
         wanted.update_keys(keys, ctypes.c_uint64, ctypes.c_uint8)
         try:
-            buf = iter_read(self._files)
+            if pid:
+                try:
+                    link = self._obj.programs["tcptop_files"].attach_iter(pid=pid)
+                except BpfError:
+                    return out  # the process is gone already
+                try:
+                    buf = iter_read(link)
+                finally:
+                    link.destroy()
+            else:
+                buf = iter_read(self._files)
+                self.owners.scans += 1
         finally:
             wanted.delete_keys(keys, ctypes.c_uint64)
-        self.owners.scans += 1
         for i in range(0, len(buf) - HOLDER_SIZE + 1, HOLDER_SIZE):
             cookie, pid, _fd, comm = HOLDER.unpack_from(buf, i)
             out.setdefault(cookie, set()).add(pid)

@@ -252,6 +252,11 @@ class _TestRunOpts(ctypes.Structure):
                 ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
 
 
+class _IterAttachOpts(ctypes.Structure):
+    """struct bpf_iter_attach_opts (libbpf)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p), ("link_info_len", ctypes.c_uint32)]
+
+
 class Link:
     """An attachment; destroying it detaches the program."""
 
@@ -311,8 +316,14 @@ class Program:
             raise BpfError(f"test run of {self.name}", _err())
         return opts.retval
 
-    def attach_iter(self) -> Link:
-        p = lib().bpf_program__attach_iter(self._ptr, None)
+    def attach_iter(self, pid: int = 0) -> Link:
+        """Attach an iterator; for task iterators, `pid` limits it to that process."""
+        opts = None
+        if pid:
+            info = (ctypes.c_uint32 * 4)(0, pid, 0, 0)  # union bpf_iter_link_info: task.tid, task.pid, task.pid_fd
+            opts = ctypes.byref(_IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info),
+                                                ctypes.sizeof(info)))
+        p = lib().bpf_program__attach_iter(self._ptr, opts)
         if not p:
             raise BpfError(f"attach iterator {self.name}", _err(), _take_log())
         return Link(p, self.name)
