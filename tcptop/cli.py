@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time between snapshots (default 1)")
     p.add_argument("-n", "--count", type=_int_in(1, 2**31, "--count"), metavar="N",
                    help="with --json: stop after N snapshots")
+    p.add_argument("--changes", action="store_true",
+                   help="with --json: after a first full snapshot, only the flows that changed and the ids of "
+                        "flows gone")
     p.add_argument("-p", "--port", type=_int_in(1, 65535, "--port"), metavar="P",
                    help="only flows with local or remote port P")
     p.add_argument("--pid", type=_int_in(1, 2**22, "--pid"), metavar="PID", help="only flows owned by PID")
@@ -99,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--filter: {e}")
     if args.json and args.replay:
         parser.error("--json reads the live kernel; --replay is for the screen")
+    if args.changes and not args.json:
+        parser.error("--changes goes with --json")
     from tcptop.source import SourceError, open_source
     demo = None
     if args.demo:

@@ -300,6 +300,8 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
     for k in ("ts", "interval_s", "flows"):
         if k not in d:
             raise SnapshotFormatError(f"snapshot lacks {k}")
+    if d.get("delta"):
+        raise SnapshotFormatError("a --changes line (only what changed): replay needs full snapshots")
     ts, interval = d["ts"], d["interval_s"]
     for name, v in (("ts", ts), ("interval_s", interval)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):

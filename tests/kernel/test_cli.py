@@ -166,3 +166,51 @@ def test_ipv6_addresses_are_printed_canonically():
     assert {(f["family"], f["laddr"], f["raddr"]) for f in flows} == {("ipv6", "::1", "::1")}
     c.close()
     lsn.close()
+
+
+def test_json_changes_carry_only_what_changed():
+    """--changes: a full first line, then lines with the flows that changed and the ids gone;
+    applying them in order gives the connections as they are."""
+    c, s = loopback_pair()
+    port = s.getsockname()[1]
+    p = subprocess.Popen(TCPTOP + ["--json", "--changes", "--interval", "0.3", "--latency", "off", "--port", str(port),
+                                   "--filter", "not state TIME-WAIT"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        first = json.loads(p.stdout.readline())
+        assert "delta" not in first and len(first["flows"]) == 2
+        table = {f["id"]: f for f in first["flows"]}
+        c.sendall(b"c" * 1000)
+        recv_exactly(s, 1000)
+        wait_idle(c)
+        changed_ids = set()
+        for _ in range(5):
+            line = json.loads(p.stdout.readline())
+            assert line["delta"] is True and isinstance(line["gone"], list)
+            for f in line["flows"]:
+                table[f["id"]] = f
+                changed_ids.add(f["id"])
+            for i in line["gone"]:
+                table.pop(i, None)
+        assert len(changed_ids) == 2  # both ends moved bytes; nothing else was repeated
+        by_port = {f["lport"]: f for f in table.values()}
+        assert by_port[c.getsockname()[1]]["write_bytes"] == 1000
+        assert by_port[port]["read_bytes"] == 1000
+        c.close()
+        s.close()
+        gone = set()
+        for _ in range(8):
+            line = json.loads(p.stdout.readline())
+            gone.update(line["gone"])
+        assert gone == set(table)  # closed, shown closed for a while, then gone
+    finally:
+        p.send_signal(2)
+        p.wait(10)
+
+
+def test_replay_refuses_a_changes_line_with_one_clear_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"ts": 1, "interval_s": 1, "flows": [], "delta": true, "gone": []}\n')
+    from tcptop.model import SnapshotFormatError, snapshot_from_json
+    with pytest.raises(SnapshotFormatError, match="replay needs full snapshots"):
+        snapshot_from_json(f.read_text())
