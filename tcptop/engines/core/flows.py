@@ -107,16 +107,17 @@ class _Track:
 class FlowEngine:
     """Owns the loaded flows.bpf.o. `poll()` returns the flows now; `close()` detaches all.
 
-    `walk_ms` bounds the table walk per poll (the safety net); the walk's cost per socket is
-    measured at the first poll. After a poll, `read_ts` is the unix time the kernel was
+    The table walk (the safety net) passes every socket once per `walk_period_s`, spending at
+    most `walk_ms` per poll (then a pass takes longer); its cost per socket is measured as it goes. After a poll, `read_ts` is the unix time the kernel was
     read and `timing` the milliseconds each part of the poll took.
     """
 
     def __init__(self, max_closed: int = 65536, closed_keep_polls: int = 3, object_path: str | None = None,
-                 walk_ms: float = 10.0):
+                 walk_ms: float = 10.0, walk_period_s: float = 10.0):
         self.max_closed = max_closed
         self.closed_keep_polls = closed_keep_polls
         self.walk_ms = walk_ms
+        self.walk_period_s = walk_period_s
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
         self.owners = Owners()
@@ -143,7 +144,10 @@ class FlowEngine:
         self._files: Link | None = None
         self._walk: tuple[int, IterReader] | None = None  # the rolling walk: (namespace, reader)
         self._walk_queue: list[int] = []  # namespaces left in this pass of the walk
-        self._walk_cost_ns = 700.0  # per socket, measured at the first poll
+        self._walk_cost_ns = 700.0  # per socket, measured as the walk goes
+        self._table_size = 0        # sockets the last complete pass saw
+        self._pass_seen = 0         # sockets the current pass has seen
+        self._last_walk = time.monotonic()
         self._obj: BpfObject | None = None
         self._rings: list[RingBuffer] = []
         self._ctl_map = None
@@ -345,6 +349,7 @@ class FlowEngine:
         finally:
             self._ctl.emit_all = 0
         seen = self._ctl.walk_seen - seen0
+        self._table_size = max(seen, 256)
         if seen > 1000:
             self._walk_cost_ns = max(100.0, (time.perf_counter() - t0) * 1e9 / seen)
         return chunks
@@ -505,6 +510,9 @@ class FlowEngine:
         ctl, out = self._ctl, []
         deadline = time.perf_counter() + self.walk_ms / 1e3
         unbounded = not self._lookups_ok()
+        now = time.monotonic()
+        share = max(256, int(self._table_size * (now - self._last_walk) / self.walk_period_s))
+        self._last_walk = now
         new_cycle = False
         while True:
             if self._walk is None:
@@ -512,6 +520,7 @@ class FlowEngine:
                     if new_cycle:
                         break  # at most one pass over the namespaces per poll
                     new_cycle = True
+                    self._table_size, self._pass_seen = max(self._pass_seen, 256), 0
                     self._walk_queue = [self._host_netns] + sorted(
                         ns for ns, n in self._ns_count.items() if n > 0 and ns != self._host_netns)
                 ns = self._walk_queue.pop(0)
@@ -523,17 +532,20 @@ class FlowEngine:
             if left_ns <= 0 and not unbounded:
                 break
             ctl.walk_seen = 0
-            ctl.walk_budget = 0xFFFFFFFF if unbounded else max(64, int(left_ns / self._walk_cost_ns))
+            ctl.walk_budget = 0xFFFFFFFF if unbounded else max(64, min(share, int(left_ns / self._walk_cost_ns)))
             reader = self._walk[1]
             t0 = time.perf_counter()
             out.append(reader.read())
+            self._pass_seen += ctl.walk_seen
+            share -= ctl.walk_seen
             if ctl.walk_seen >= 1000:  # what a socket costs to pass over now (most are unchanged)
                 cost = (time.perf_counter() - t0) * 1e9 / ctl.walk_seen
                 self._walk_cost_ns = min(max(0.7 * self._walk_cost_ns + 0.3 * cost, 100.0), 20000.0)
-            if not reader.done:
+            if reader.done:
+                reader.close()
+                self._walk = None
+            if not reader.done or (share <= 0 and not unbounded):
                 break  # the budget stopped it
-            reader.close()
-            self._walk = None
         return out
 
     def _new_reader(self, ns: int) -> IterReader | None:
@@ -699,11 +711,13 @@ class FlowEngine:
     def _to_tw(self, cookie: int, tr: _Track, v: tuple) -> None:
         """A TIME_WAIT or FIN_WAIT2 end: the final values (if we had them) with the kernel's
         state and timer; looked up again when the timer is due."""
-        expires = round(time.time() + v[fd.I_TW_LEFT] / 1000, 3)
+        now = time.time()
+        expires = round(now + v[fd.I_TW_LEFT] / 1000, 3)
+        # A FIN_WAIT2 end becomes TIME_WAIT when the peer's FIN comes: looked at every poll.
+        heapq.heappush(self._tw_due, (now if v[fd.I_STATE] == ST_FIN_WAIT2 else expires + 0.05, cookie))
         if tr.kind == KIND_TW and tr.vals[fd.I_STATE] == v[fd.I_STATE] and abs(expires - tr.tw_expires_ts) < 1.0:
-            return  # as it was: the walk passes every kernel-held end again and again
+            return  # as it was
         tr.tw_expires_ts = expires
-        heapq.heappush(self._tw_due, (expires + 0.05, cookie))
         self._watch.discard(cookie)
         self._verify.discard(cookie)
         base = tr.vals
