@@ -29,26 +29,28 @@ enum flow_flag {
 	FLOW_READ_AFTER = 2048, /* closed with unread data in a socket the application still holds */
 };
 
-/* Per-socket state that only events can produce, in socket-local storage. */
+/* Per-socket state that only events can produce, in socket-local storage. What tcp_probe
+ * touches at every segment comes first: the storage's data starts 8 bytes into a cache line
+ * the lookup reads anyway, so these share it. */
 struct flow_counters {
+	__u32 last_srtt;         /* srtt_us and mdev_us after the last settled segment */
+	__u32 last_mdev;
+	enum flow_flag flags;    /* FLOW_* bits */
+	__u32 dirty_gen;         /* the poll generation in which a notice was last sent */
+	__u32 app_wqueue_max;    /* largest write_seq - snd_una seen before an ACK was processed */
+	__u32 rtt_samples;       /* samples the estimator took (settled at the next segment or read) */
 	__u64 rtt_sum_us;        /* sum of the estimator's samples */
+	__u32 fast_retrans;      /* entries into TCP_CA_Recovery */
+	__u32 rto_events;        /* sock_ops RTO_CB count: fallback when tcp_sock.total_rto is absent */
+	__u32 rtt_hist[RTT_BUCKETS];
 	__u64 established_ns;    /* bpf_ktime_get_ns() when the socket became ESTABLISHED, 0 unknown */
 	__u64 digest;            /* hash of the last record sent to user space (0: none) */
 	__u64 activity;          /* segments in and out, write_seq, copied_seq, state when that record was read */
-	__u32 rtt_samples;       /* samples the estimator took (settled at the next segment or read) */
-	__u32 fast_retrans;      /* entries into TCP_CA_Recovery */
-	__u32 rto_events;        /* sock_ops RTO_CB count: fallback when tcp_sock.total_rto is absent */
-	__u32 app_wqueue_max;    /* largest write_seq - snd_una seen before an ACK was processed */
 	__u32 write_base;        /* sequence number of the first byte write_bytes counts */
 	__u32 read_base;         /* sequence number of the first byte read_bytes counts */
-	__u32 last_srtt;         /* srtt_us and mdev_us after the last settled segment */
-	__u32 last_mdev;
-	__u32 dirty_gen;         /* the poll generation in which a notice was last sent */
 	__u32 saved_packets_out; /* packets_out before a purge (FLOW_PURGED) */
 	__u32 closed_copied_seq; /* copied_seq when the final record was sent (FLOW_READ_AFTER) */
 	__u32 pid;               /* tgid of the process that connected */
-	enum flow_flag flags;    /* FLOW_* bits */
-	__u32 rtt_hist[RTT_BUCKETS];
 	char comm[TASK_COMM_LEN];
 };
 

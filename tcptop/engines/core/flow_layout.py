@@ -70,24 +70,24 @@ class Stat(enum.IntEnum):
 
 class FlowCounters(ctypes.Structure):
     _fields_ = [
+        ("last_srtt", ctypes.c_uint32),
+        ("last_mdev", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("dirty_gen", ctypes.c_uint32),
+        ("app_wqueue_max", ctypes.c_uint32),
+        ("rtt_samples", ctypes.c_uint32),
         ("rtt_sum_us", ctypes.c_uint64),
+        ("fast_retrans", ctypes.c_uint32),
+        ("rto_events", ctypes.c_uint32),
+        ("rtt_hist", ctypes.c_uint32 * RTT_BUCKETS),
         ("established_ns", ctypes.c_uint64),
         ("digest", ctypes.c_uint64),
         ("activity", ctypes.c_uint64),
-        ("rtt_samples", ctypes.c_uint32),
-        ("fast_retrans", ctypes.c_uint32),
-        ("rto_events", ctypes.c_uint32),
-        ("app_wqueue_max", ctypes.c_uint32),
         ("write_base", ctypes.c_uint32),
         ("read_base", ctypes.c_uint32),
-        ("last_srtt", ctypes.c_uint32),
-        ("last_mdev", ctypes.c_uint32),
-        ("dirty_gen", ctypes.c_uint32),
         ("saved_packets_out", ctypes.c_uint32),
         ("closed_copied_seq", ctypes.c_uint32),
         ("pid", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("rtt_hist", ctypes.c_uint32 * RTT_BUCKETS),
         ("comm", ctypes.c_char * TASK_COMM_LEN),
     ]
 
