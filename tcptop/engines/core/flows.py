@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import gc
 import heapq
 import os
 import time
@@ -133,6 +134,7 @@ class FlowEngine:
         self._redecode: set[int] = set()  # flows whose owner or comm changed without a new record
         self._first_holders: dict[int, int] | None = None  # cookie -> holder, during the first poll
         self._forks: list[tuple[int, int]] = []  # (parent, child) since the last poll, parent owning flows
+        self._pinfo: dict[int, tuple | None] = {}  # pid -> owners.lookup(pid), this poll
         self._by_pid: dict[int, set[int]] = {}  # owner pid -> its flows
         self._no_counters: set[int] = set()
         self._listing: tuple | None = None  # the last tuple of flows, reused while nothing changed
@@ -306,6 +308,7 @@ class FlowEngine:
         (closed=True) for a few polls."""
         t0 = time.perf_counter()
         self._polls += 1
+        self._pinfo = {}
         if self._polls == 1:
             records = self._first_walk()
             self._first_owners()
@@ -324,7 +327,14 @@ class FlowEngine:
         finals += self._closed_ring.drain()
         self.read_ts = time.time()
         t4 = time.perf_counter()
-        self._apply(records, finals)
+        big = sum(len(b) for b in records) > 2000 * REC_SIZE
+        if big:  # tens of thousands of new objects: the cyclic collector would walk them again and again
+            gc.disable()
+        try:
+            self._apply(records, finals)
+        finally:
+            if big:
+                gc.enable()
         t5 = time.perf_counter()
         self._resolve_owners()
         self._redecode_now()
@@ -611,6 +621,7 @@ class FlowEngine:
         self._decode(cookie, tr)
 
     def _redecode_now(self) -> None:
+        self._pinfo.clear()
         tracks = self._tracks
         for cookie in self._redecode:
             tr = tracks.get(cookie)
@@ -674,10 +685,10 @@ class FlowEngine:
             pid, info = old.pid, (old.comm, old.cgroup, old.container)  # who had it when it ended
         else:
             pid = tr.owner or v[fd.I_PID]
-            info = self.owners.lookup(pid) if pid else None
+            info = self._pid_info(pid) if pid else None
             if info is None:
                 pid = self.owners.pid_of_inode(v[fd.I_INO])
-                info = self.owners.lookup(pid) if pid else ("", "", "")
+                info = self._pid_info(pid) if pid else ("", "", "")
         refs = v[fd.I_REFS]
         if kind == KIND_LIVE:
             if tr.refs == -1 and pid:
@@ -697,6 +708,14 @@ class FlowEngine:
             self._no_counters.add(cookie)
         elif self._no_counters:
             self._no_counters.discard(cookie)
+
+    def _pid_info(self, pid: int) -> tuple[str, str, str] | None:
+        """owners.lookup, remembered for the rest of this poll (a process owns many flows)."""
+        try:
+            return self._pinfo[pid]
+        except KeyError:
+            info = self._pinfo[pid] = self.owners.lookup(pid)
+            return info
 
     def _repoint(self, cookie: int, old_pid: int, pid: int) -> None:
         if old_pid:
@@ -776,6 +795,7 @@ class FlowEngine:
     def _resolve_owners(self) -> None:
         """Ask the file tables who holds the sockets whose owner is unknown, gone, or may have
         moved (their file was shared or unshared); a recorded owner stays while it holds it."""
+        self._pinfo.clear()  # the file tables may name processes anew
         if self._forks:
             self._check_forks()
         verify = {c for c in self._verify if c in self._tracks and self._tracks[c].kind == KIND_LIVE}
