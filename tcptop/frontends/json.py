@@ -71,6 +71,8 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
         if args.count and n >= args.count:
             break
         next_at += args.interval
+        if next_at < time.monotonic():  # ran over: the next snapshot an interval from now, not at once
+            next_at = time.monotonic() + args.interval
         while not stop:
             left = next_at - time.monotonic()
             if left <= 0:

@@ -42,6 +42,7 @@ REC_CLIENT, REC_SERVER, REC_NO_COUNTERS = int(RecordFlag.REC_CLIENT), int(Record
 REC_RESET_RCVD, REC_TIMED_OUT, REC_LOOKUP_V4 = int(RecordFlag.REC_RESET_RCVD), int(RecordFlag.REC_TIMED_OUT), int(
     RecordFlag.REC_LOOKUP_V4)
 NOTE_DIRTY, NOTE_OWNER, NOTE_EXEC, NOTE_EXIT, NOTE_FORK = map(int, NoticeKind)
+_NK, _NPID, _NNS = N["kind"], N["pid"], N["netns"]
 ST_FIN_WAIT1, ST_FIN_WAIT2, ST_TIME_WAIT, ST_CLOSING = 4, 5, 6, 11  # kernel TCP states (model.TCP_STATES)
 GOT_MAX = 8192  # GOT_MAX in bpf/flows.bpf.c: lookups per test run
 DUMMY_PACKET = bytes(64)  # the lookup program ignores its packet; test runs need one
@@ -316,7 +317,7 @@ class FlowEngine:
             records = []
         notices, finals = self._drain()
         t1 = time.perf_counter()
-        self._take_notices(notices)
+        self._take_notices(notices, finals)
         lookups = self._lookup_set(finals)
         t2 = time.perf_counter()
         records += self._lookup(lookups)
@@ -324,7 +325,7 @@ class FlowEngine:
         if self._polls > 1:
             records += self._walk_slice()
         # final records that came in meanwhile: a kept end the walk saw needs its connection's
-        finals += self._closed_ring.drain()
+        finals += self._closed_ring.drain_unpacked(fd.RECORD)
         self.read_ts = time.time()
         t4 = time.perf_counter()
         big = sum(len(b) for b in records) > 2000 * REC_SIZE
@@ -384,13 +385,13 @@ class FlowEngine:
 
     # Rings.
 
-    def _drain(self) -> tuple[list[bytes], list[bytes]]:
+    def _drain(self) -> tuple[list[tuple], list[tuple]]:
         """Notices, then a new generation, then notices again (an event between the first
         drain and the new generation sent its notice under the old one), then final records."""
-        notices = self._notice_ring.drain()
+        notices = self._notice_ring.drain_unpacked(NOTICE)
         self._ctl.gen += 1
-        notices += self._notice_ring.drain()
-        finals = self._closed_ring.drain()
+        notices += self._notice_ring.drain_unpacked(NOTICE)
+        finals = self._closed_ring.drain_unpacked(fd.RECORD)
         return notices, finals
 
     def _track(self, cookie: int, born_ns: int) -> _Track:
@@ -409,19 +410,22 @@ class FlowEngine:
             self._ns_count[ns] += 1
             tr.netns = ns
 
-    def _take_notices(self, notices: list[bytes]) -> None:
-        for raw in notices:
-            v = NOTICE.unpack(raw[:NOTICE_SIZE])
-            kind, cookie, pid = v[N["kind"]], v[N["cookie"]], v[N["pid"]]
+    def _take_notices(self, notices: list[tuple], finals: list[tuple]) -> None:
+        ended = {v[0] for v in finals}  # its final record is in: no need to look it up
+        now_ns = time.monotonic_ns()
+        for v in notices:
+            kind, cookie, pid = v[_NK], v[0], v[_NPID]
             if kind == NOTE_DIRTY:
-                tr = self._track(cookie, time.monotonic_ns())
+                if cookie in ended:
+                    continue
+                tr = self._track(cookie, now_ns)
                 if tr.kind != KIND_CLOSED:
-                    self._set_place(tr, _want_of_notice(v), v[N["netns"]])
+                    self._set_place(tr, _want_of_notice(v), v[_NNS])
                     self._watch.add(cookie)
             elif kind == NOTE_OWNER:
                 if self.owners.note(pid, _comm(v[N["comm"]])):
                     self._redecode.update(self._by_pid.get(pid, ()))
-                tr = self._track(cookie, time.monotonic_ns())
+                tr = self._track(cookie, now_ns)
                 tr.owner = pid
                 self._redecode.add(cookie)
             elif kind == NOTE_EXEC:
@@ -440,13 +444,13 @@ class FlowEngine:
                         tr.refs = -2  # verify again, whatever its file references say
                         self._redecode.add(cookie)
 
-    def _lookup_set(self, finals: list[bytes]) -> set[int]:
+    def _lookup_set(self, finals: list[tuple]) -> set[int]:
         """Sockets to look up now: noticed or not quiescent, minus those whose final record came
         in; plus kernel-held ends whose timer is due."""
         want = self._watch
         self._watch = set()
-        for raw in finals:
-            want.discard(int.from_bytes(raw[:8], "little"))
+        for v in finals:
+            want.discard(v[0])
         if self._tw_due and self._tw_due[0][0] <= time.time():
             now = time.time()
             while self._tw_due and self._tw_due[0][0] <= now:
@@ -573,7 +577,7 @@ class FlowEngine:
 
     # Records to flows.
 
-    def _apply(self, bufs: list[bytes], finals: list[bytes]) -> None:
+    def _apply(self, bufs: list[bytes], finals: list[tuple]) -> None:
         """Records the readers sent (each a change, a kernel-held end, or a socket gone)."""
         self._apply_finals(finals)  # before the walk's records: a kept end it saw comes after its final record
         tracks, get, watch = self._tracks, self._tracks.get, self._watch
@@ -622,19 +626,18 @@ class FlowEngine:
 
     def _redecode_now(self) -> None:
         self._pinfo.clear()
-        tracks = self._tracks
-        for cookie in self._redecode:
+        tracks, pending = self._tracks, self._redecode
+        self._redecode = set()
+        for cookie in pending:
             tr = tracks.get(cookie)
             if tr is not None:
                 self._decode(cookie, tr)
-        self._redecode.clear()
 
-    def _apply_finals(self, finals: list[bytes]) -> None:
+    def _apply_finals(self, finals: list[tuple]) -> None:
         """Final records close their flows, except where the kernel may keep a TIME_WAIT or
         FIN_WAIT2 end: those are looked up at once, and listed with its state and timer."""
         tracks, tw_checks = self._tracks, []
-        for raw in finals:
-            v = fd.unpack_record(raw)
+        for v in finals:
             cookie = v[fd.I_COOKIE]
             tr = self._track(cookie, v[fd.I_NOW])
             if v[fd.I_KIND] == KIND_LATE:  # the application read more after the end
@@ -702,6 +705,8 @@ class FlowEngine:
                                  closed, 7 if closed else v[fd.I_STATE], tr.tw_expires_ts)
         self._flows[cookie] = f
         self._changed = True
+        if self._redecode:
+            self._redecode.discard(cookie)  # decoded now: whatever asked for it is in
         if old is None or old.pid != pid:
             self._repoint(cookie, old.pid if old is not None else 0, pid)
         if flags & REC_NO_COUNTERS and not closed:
