@@ -37,11 +37,14 @@ import time
 from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "--tree" in sys.argv:  # measure another checkout (e.g. an older commit, for before/after)
+    ROOT = os.path.abspath(sys.argv[sys.argv.index("--tree") + 1])
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads  # noqa: E402
 
 TCPTOP = [sys.executable, "-m", "tcptop"]
+CHANGES = True  # the checkout has --json --changes
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -272,7 +275,7 @@ def measure_poll(busy: int, latency: str, polls: int) -> dict:
                 c0 = time.process_time()
                 snap = e.poll()
                 cpu.append((time.process_time() - c0) * 1e3)
-                parts.append(snap.run.timing)
+                parts.append(getattr(snap.run, "timing", {}))
                 time.sleep(1)
             n = sum(1 for f in snap.flows if f.state == "ESTABLISHED")
         finally:
@@ -299,7 +302,7 @@ def measure_scale(n: int, latency: str, polls: int) -> dict:
             snap = e.poll()
             out["first_s"] = time.monotonic() - t0
             out["first_cpu_s"] = time.process_time() - c0
-            out["first_parts"] = snap.run.timing
+            out["first_parts"] = getattr(snap.run, "timing", {})
             out["listed"] = sum(1 for f in snap.flows if f.state == "ESTABLISHED")
             cpu, parts = [], []
             for _ in range(polls):
@@ -307,13 +310,14 @@ def measure_scale(n: int, latency: str, polls: int) -> dict:
                 c0 = time.process_time()
                 snap = e.poll()
                 cpu.append((time.process_time() - c0) * 1e3)
-                parts.append(snap.run.timing)
+                parts.append(getattr(snap.run, "timing", {}))
             out["cpu"] = cpu
             out["parts"] = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in parts[-1]}
-            out["walk_cycle_s"] = out["listed"] * e.flows._walk_cost_ns / (e.flows.walk_ms * 1e6)
+            out["walk_cycle_s"] = max(getattr(e.flows, "walk_period_s", 0),
+                                      out["listed"] * getattr(e.flows, "_walk_cost_ns", 0) / (getattr(e.flows, "walk_ms", 1) * 1e6))
         finally:
             e.close()
-        for changes in (False, True):
+        for changes in (False, True) if CHANGES else (False,):
             key = "changes" if changes else "full"
             args = ["--interval", "1", "--latency", latency] + (["--changes"] if changes else [])
             with Tcptop(*args) as t:
@@ -337,8 +341,9 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
     ports = set(churn.ports)
     expr = " or ".join(f"port {p}" for p in ports)
     try:
-        args = ["--interval", "1", "--changes", "--filter", expr] + (["--latency", latency] if latency != "default"
-                                                                     else [])
+        args = ["--interval", "1", "--filter", expr] + (["--latency", latency] if latency != "default" else [])
+        if CHANGES:
+            args.append("--changes")
         with Tcptop(*args) as t:
             t.keep = True
             time.sleep(1.5)
@@ -381,6 +386,7 @@ def main() -> int:
     ap.add_argument("--churn-rate", type=float, default=10000)
     ap.add_argument("--churn-seconds", type=float, default=10)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script works")
+    ap.add_argument("--tree", metavar="DIR", help="the tcptop checkout to measure (default: this one; build/ built)")
     a = ap.parse_args()
     if a.quick:
         a.pairs, a.requests, a.seconds, a.busy, a.connections, a.churn_rate, a.churn_seconds = 1, 20000, 1, 50, 2000, 500, 2
@@ -390,6 +396,8 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"overhead.py: {tool} missing; run `make setup`")
     only = set(a.only.split(","))
+    global CHANGES
+    CHANGES = "--changes" in subprocess.run(TCPTOP + ["--help"], cwd=ROOT, capture_output=True, text=True).stdout
     modes = a.latency.split(",")
     workloads._raise_nofile()
     print(f"# tcptop overhead ({os.uname().release}, {os.cpu_count()} CPUs)")
