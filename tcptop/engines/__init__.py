@@ -20,7 +20,7 @@ class EngineError(Exception):
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     interval_s: float = 1.0
-    max_closed: int = 16384   # room for final records of flows closed within one interval
+    max_closed: int = 65536   # room for final records of flows closed within one interval
     latency: str = "full"     # packet-level stages: "full", "light" or "off"
 
 

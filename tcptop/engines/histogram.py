@@ -57,3 +57,23 @@ def stage_summary(slots: list[int], sum_ns: int, max_ns: int = 0) -> dict[str, A
     last = len(slots) - 1
     d["buckets"] = [[None if b == last else int(bucket_bounds(b)[1]), c] for b, c in enumerate(slots) if c]
     return d
+
+
+# RTT samples per connection (Flow.rtt_hist), as the flow engine keeps them in the kernel
+# (RTT_BUCKETS in bpf/flows.h): log2 buckets of microseconds. Bucket 0 holds [0, 2) us,
+# bucket b >= 1 holds [2^b, 2^(b+1)) us; a bucket is named by its exclusive upper bound
+# 2^(b+1). The last bucket, [2^27, 2^28) us (134-268 s), also takes anything longer, which
+# TCP does not measure: an unacknowledged segment is retransmitted within TCP_RTO_MAX
+# (120 s), and Karn's rule keeps retransmitted segments out of the estimator.
+RTT_BUCKETS = 28
+RTT_UPPER_US: tuple[int, ...] = tuple(2 << b for b in range(RTT_BUCKETS))
+
+
+def rtt_bucket(us: int) -> int:
+    """The bucket an RTT sample of `us` microseconds is counted in."""
+    return min(max(us, 1).bit_length() - 1, RTT_BUCKETS - 1)
+
+
+def rtt_hist(counts) -> tuple[tuple[int, int], ...]:
+    """(upper bound in us, samples) of each non-empty bucket, ascending, from per-bucket counts."""
+    return tuple((RTT_UPPER_US[b], n) for b, n in enumerate(counts) if n)
