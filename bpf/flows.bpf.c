@@ -464,11 +464,17 @@ static __always_inline bool read_live(struct flow_record *r, struct tcp_sock *tp
 		return false;
 	if (may_hook && hook_existing_rto && c && !(c->flags & FLOW_RTO_HOOKED)) {
 		/* Sockets older than us never passed an ESTABLISHED callback; ask the kernel
-		 * for their RTO callbacks now (kernels >= 6.13). */
-		int cb = 1 /* BPF_SOCK_OPS_RTO_CB_FLAG */;
+		 * for their RTO callbacks now (kernels >= 6.13). The option replaces the
+		 * socket's whole flag set: keep what other sock_ops programs asked for. */
+		int cb = tp->bpf_sock_ops_cb_flags;
 
-		if (!bpf_setsockopt(SETSOCKOPT_SOCK(tp), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+		if (cb & BPF_SOCK_OPS_RTO_CB_FLAG) {
 			c->flags |= FLOW_RTO_HOOKED;
+		} else {
+			cb |= BPF_SOCK_OPS_RTO_CB_FLAG;
+			if (!bpf_setsockopt(SETSOCKOPT_SOCK(tp), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+				c->flags |= FLOW_RTO_HOOKED;
+		}
 	}
 	fill_record(r, tp, cookie, c, sk->__sk_common.skc_state, KIND_LIVE);
 	if (quiescent(tp))

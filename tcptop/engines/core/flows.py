@@ -356,7 +356,10 @@ class FlowEngine:
         self._ctl.walk_budget = 0xFFFFFFFF
         t0, seen0 = time.perf_counter(), self._ctl.walk_seen
         try:
-            chunks = [chunk for _, chunk in netns.in_each(lambda: iter_read(it))]
+            denied: set[int] = set()
+            chunks = [chunk for _, chunk in netns.in_each(lambda: iter_read(it), denied)]
+            if denied:
+                self.degraded.append(netns.denied_sentence(denied, "connections"))
         finally:
             self._ctl.emit_all = 0
         seen = self._ctl.walk_seen - seen0
