@@ -196,7 +196,9 @@ class FlowEngine:
                     obj.check_enum_mirror(cname, py_enum)
                 for prog in set(missing) | set(refused):
                     obj.programs[prog].set_autoload(False)
-                obj.maps["closed"].set_max_entries(_ring_size(self.max_closed * (REC_SIZE + 8)))
+                ring = _ring_size(self.max_closed * _RING_REC)
+                obj.maps["closed"].set_max_entries(ring)
+                self.closed_room = ring // _RING_REC  # at least max_closed: the ring is a power of two
                 obj.set_rodata("hook_existing_rto", int(hook_existing))
                 obj.load()
             except BpfError as e:
@@ -907,6 +909,9 @@ def _lookup_addr(family: int, mapped: int, raw: bytes) -> bytes:
     if mapped:
         return raw[12:16] + bytes(12)
     return raw
+
+
+_RING_REC = (REC_SIZE + 8 + 7) // 8 * 8  # a record in a ring buffer: 8-byte header, 8-byte aligned
 
 
 def _ring_size(nbytes: int) -> int:
