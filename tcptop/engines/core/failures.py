@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-from tcptop.engines.core.libbpf import BpfError, BpfObject, KernelBtf, Link, iter_read, object_path, refused_program
+from tcptop.engines.core.libbpf import (BpfError, BpfObject, IterReader, KernelBtf, Link, iter_read, object_path,
+                                        refused_program)
 from tcptop.host import netns
 from tcptop.host.procs import Owners
 from tcptop.model import NO_COUNTS, Failure, Flow, Listener
@@ -374,12 +375,12 @@ class FailureEngine:
         it = self._iter
         if self._files is None:
             denied: set[int] = set()
-            buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it), denied))
+            buf = b"".join(chunk for _, chunk in netns.in_each(lambda: _listeners_here(it), denied))
             if denied and not self._denied_said:
                 self._denied_said = True
                 self.degraded.append(netns.denied_sentence(denied, "listeners"))
         else:
-            buf = iter_read(it) + iter_read(self._files)
+            buf = _listeners_here(it) + iter_read(self._files)
         out: dict[int, ListenerRecord] = {}
         for off in range(0, len(buf) - LISTENER_SIZE + 1, LISTENER_SIZE):
             r = ListenerRecord.from_buffer_copy(buf, off)
@@ -655,3 +656,12 @@ def _names(values: dict[str, int], prefix: str) -> dict[int, str]:
 
 
 __all__ = ["FailureEngine", "FailureReport", "FlowFailures"]
+
+
+def _listeners_here(it: Link) -> bytes:
+    """This namespace's listeners: the program stops the walk at the first connection."""
+    reader = IterReader(it)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
