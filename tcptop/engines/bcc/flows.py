@@ -392,7 +392,8 @@ class FlowEngine:
         if self.hooks.get(SOCKOPS) == "ok":
             closed.update(self._drain("closed"))
         closed_addr = self._drain("closed_addr") if self.hooks.get(TP_DESTROY) == "ok" else {}
-        closed_rtt = self.rtt.drain_closed() if self.rtt else {}
+        closed_rtt = ({k: rtt.counts_of(v) for k, v in self._drain("closed_rtt").items()}
+                      if self.rtt is not None and self.rtt.keyed else {})
         tracks, seen, changed = self._tracks, set(), []
         lo, hi = diag.IDLE_CLOCKS
         for ino, rec in records:

@@ -143,21 +143,10 @@ class RttSamples:
 
     # -- polling --------------------------------------------------------------
 
-    def drain_closed(self) -> dict[int, tuple]:
-        """Counts of sockets destroyed since the last poll, by cookie."""
-        if self._live is None:
-            return {}
-        table = self._module[b"closed_rtt"]
-        try:
-            items = list(table.items_lookup_and_delete_batch())
-        except Exception:  # BCC raises plain Exception without batch ops (before 5.6)
-            items = list(table.items())
-            for k, _ in items:
-                try:
-                    del table[k]
-                except KeyError:
-                    pass
-        return {getattr(k, "value", k): counts_of(v) for k, v in items}
+    @property
+    def keyed(self) -> bool:
+        """Counts are in rtt_flows (and closed_rtt), not in the sockets' storage."""
+        return self._live is not None
 
     def live(self, cookie: int, sk_addr: int, storage) -> tuple[tuple | None, bool]:
         """((samples, sum_us, hist counts) of a live connection, or None if not known yet;
