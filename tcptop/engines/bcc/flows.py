@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from tcptop.engines import EngineError
-from tcptop.engines.histogram import rtt_hist
 from tcptop.engines.bcc import diag, loader, rtt
+from tcptop.engines.histogram import rtt_hist
 from tcptop.host import netns
 from tcptop.host.procs import Owners
 from tcptop.model import CA_STATES, TCP_STATES, Flow, Listener
@@ -157,7 +157,7 @@ class FlowEngine:
         """sock_ops, with the RTT sample hook chosen between its load and its attach: the
         program reads which one it is (and a refused load compiles the module again)."""
         lost = ("duration_s from establishment (first seen instead), role, final values of closed flows (last "
-                "polled instead), rtt_samples of the handshake")
+                "polled instead), the handshake's RTT sample (with tcp_probe)")
         fn = None
         try:
             fn = self._load_sockops()
