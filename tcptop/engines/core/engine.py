@@ -13,9 +13,8 @@ import platform
 import socket
 import time
 
-from dataclasses import replace
-
 from tcptop.engines import EngineError, EngineOptions, check_privileges
+from tcptop.engines.core.flow_decode import with_fields
 from tcptop.engines.core.flow_layout import Stat
 from tcptop.engines.core.flows import FlowEngine
 from tcptop.engines.core.libbpf import BpfError
@@ -138,7 +137,7 @@ class CoreEngine:
                 out.append(f)
                 continue
             if prev is None or prev[0] is not f or prev[1] != lat:
-                prev = (f, lat, replace(f, latency=lat))
+                prev = (f, lat, with_fields(f, latency=lat))
             merged[f.id] = prev
             out.append(prev[2])
         self._merged = merged
@@ -157,8 +156,8 @@ class CoreEngine:
                 continue
             prev = self._failed.get(f.id)
             if prev is None or prev[0] is not f or prev[1] is not ff:
-                prev = (f, ff, replace(f, drops=ff.drops, resets_sent=ff.resets_sent,
-                                       resets_received=ff.resets_received, last_reset_reason=ff.last_reset_reason))
+                prev = (f, ff, with_fields(f, drops=ff.drops, resets_sent=ff.resets_sent,
+                                           resets_received=ff.resets_received, last_reset_reason=ff.last_reset_reason))
             joined[f.id] = prev
             out.append(prev[2])
         self._failed = joined
