@@ -2,7 +2,7 @@
 # Installs the Debian packages tcptop needs that are not there yet (idempotent).
 set -euo pipefail
 need=(clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip iproute2 iptables
-      iperf3 redis-server redis-tools tmux procps prometheus)
+      iperf3 redis-server redis-tools tmux procps prometheus bpftrace)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -73,9 +73,9 @@ def test_a_nested_member_and_an_enum_value_are_checked_too():
             lat.check_mirror(cname, mirror)
         for cname, py_enum in latency.ENUM_MIRRORS.items():
             lat.check_enum_mirror(cname, py_enum)
-        lat.set_rodata("sample_shift", 3)
+        lat.set_rodata("track_skbs", 1)
         with pytest.raises(ValueError):
-            lat.set_rodata("sample_shift", 256)  # one byte wide
+            lat.set_rodata("track_skbs", 256)  # one byte wide
     finally:
         lat.close()
 

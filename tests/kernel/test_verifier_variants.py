@@ -116,7 +116,7 @@ def test_refused_latency_program_loses_only_its_stages():
     bounds (rx tcp, rx app) are reported lost with the reason; the others still measure."""
     from tcptop.engines.core.latency import LatencyEngine
 
-    lat = LatencyEngine(object_path=variant("latency_refused_data_ready"), sample=1)
+    lat = LatencyEngine(mode="continuous", object_path=variant("latency_refused_data_ready"))
     try:
         assert "the verifier refused on_data_ready (R2 type=untrusted_ptr_" in lat.hooks["rx_queued"]
         assert [d for d in lat.degraded if "on_data_ready" in d and "data is queued on the socket" in d]
