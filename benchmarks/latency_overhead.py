@@ -4,7 +4,7 @@
 Run as root from the repository, alone on the machine (`flock -x /tmp/tcptop-machine.lock ...`):
 
     .venv/bin/python benchmarks/latency_overhead.py [--workload redis|iperf3] [--pairs 5]
-        [--modes engine:full,engine:light] [--requests 200000] [--seconds 3]
+        [--modes engine:budget,engine:full,tcptop:budget] [--requests 200000] [--seconds 3]
 
 A mode is `engine:<name>` (the packet-level engine alone, in this process; names in ENGINE_MODES)
 or `tcptop:<latency option>` (`tcptop --json` in a child process, flow engine included: what a
@@ -43,9 +43,9 @@ from tcptop.engines.core.latency import LatencyEngine  # noqa: E402
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 # The packet-level engine's configurations, as LatencyEngine keyword arguments.
 ENGINE_MODES: dict[str, dict] = {
-    "full": {},
-    "light": {"skb_stages": False},
-    "every": {"sample": 1},
+    "budget": {"mode": "budget"},                       # the default: windows within 0.5 % of busy CPU
+    "full": {"mode": "continuous"},                     # every packet, every stage, all the time
+    "light": {"mode": "continuous", "skb_stages": False},  # every packet, per-socket stages only
 }
 
 
@@ -190,7 +190,7 @@ def bpf_stats() -> Iterator[None]:
 def bpf_cost(wl: Workload, mode: str) -> tuple[dict[str, tuple[float, float]], float]:
     """One run with bpf stats on: {program: (runs per unit, ns per unit)}, and units done."""
     with attached(mode) as ids, bpf_stats():
-        time.sleep(1.0)  # a windowed engine settles its duty cycle
+        time.sleep(3.0)  # a windowed engine settles its duty cycle (windows at most double per cycle)
         # Programs may come and go (windows): read ids at the end too, and diff per id.
         before = prog_stats(ids())
         _, units = wl.run()
@@ -208,7 +208,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=("redis", "iperf3"), default="redis")
     ap.add_argument("--pairs", type=int, default=5)
-    ap.add_argument("--modes", default="engine:full,engine:light")
+    ap.add_argument("--modes", default="engine:budget,engine:full,engine:light")
     ap.add_argument("--requests", type=int, default=200_000, help="redis-benchmark GET requests per run")
     ap.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length")
     ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats runs")

@@ -887,7 +887,7 @@ static __always_inline void tx_seq_done(void *sk, __u64 cookie, __u32 stage, con
 static __always_inline void tx_leave_tcp(struct sock *sk, const struct sk_buff *skb, bool storage)
 {
 	__u64 addr = (__u64)skb, cookie = cookie_of(RO(struct sock, sk));
-	struct tx_skb n = {};
+	struct tx_skb *e, n = {};
 	struct win w;
 	struct hdr h;
 
@@ -897,6 +897,14 @@ static __always_inline void tx_leave_tcp(struct sock *sk, const struct sk_buff *
 	tx_seq_done(sk, cookie, TX_TCP, &h, &w, storage);
 	if (!w.open)
 		return;
+	e = bpf_map_lookup_elem(&tx_skbs, &addr);
+	if (e) {
+		e->cookie = cookie;
+		e->ip_ts = bpf_ktime_get_ns();
+		e->queue_ts = 0;
+		e->gen = w.gen;
+		return;
+	}
 	n.cookie = cookie;
 	n.ip_ts = bpf_ktime_get_ns();
 	n.gen = w.gen;
@@ -978,12 +986,24 @@ int BPF_PROG(on_dev_queue, struct sk_buff *skb)
 		return 0;
 	}
 	now = bpf_ktime_get_ns();
-	n.cookie = cookie;
-	n.queue_ts = now;
-	n.gen = w.gen;
-	n.gso_segs = gso_segs_of(skb);
-	bpf_map_update_elem(&tx_skbs, &addr, &n, BPF_ANY);
+	if (e) {
+		/* skb addresses come back within a few packets: reuse the entry in place (an
+		 * update would allocate from the LRU lists every packet) */
+		e->cookie = cookie;
+		e->ip_ts = 0;
+		e->queue_ts = now;
+		e->gen = w.gen;
+		e->gso_segs = gso_segs_of(skb);
+	} else {
+		n.cookie = cookie;
+		n.queue_ts = now;
+		n.gen = w.gen;
+		n.gso_segs = gso_segs_of(skb);
+		bpf_map_update_elem(&tx_skbs, &addr, &n, BPF_ANY);
+	}
 	stat_inc(LS_TX_QUEUED);
+	if (gso_segs_of(skb) > 1)
+		stat_inc(LS_GSO_QUEUED);
 	pend_add(PEND_QDISC, 1);
 	if (tx_split_ip && ip_ts && now - ip_ts <= max_skb_age_ns)
 		record(cookie, TX_IP, now - ip_ts);
@@ -1018,6 +1038,8 @@ int BPF_PROG(on_start_xmit, const struct sk_buff *skb, const struct net_device *
 		if (e->gen == w.gen) {
 			qdisc_ns = now - e->queue_ts;
 			stat_inc(LS_TX_MATCHED);
+			if (e->gso_segs > 1)
+				stat_inc(LS_GSO_MATCHED);
 			pend_add(PEND_QDISC, -1);
 		} else {
 			stat_inc(LS_EXPIRED);

@@ -138,6 +138,8 @@ enum lat_stat {
 	LS_PROBE_MERGED,   /* ... that found their socket's slots full and were merged into the newest */
 	LS_EXPIRED,        /* starts found from a window that had closed before they finished */
 	LS_FLOWS_FULL,     /* a flow's stage got no histogram: the flows map was full */
+	LS_GSO_QUEUED,     /* timed skbs of more than one segment handed to the device layer */
+	LS_GSO_MATCHED,    /* ... that the driver started to send under the same address */
 	LS_MAX,
 };
 

@@ -374,32 +374,33 @@ class Bpftrace:
         return [ln.split() for ln in self._out if ln[:2] in ("A ", "R ", "Q ")]
 
 
+def _after(a: int, b: int) -> bool:
+    """Sequence number a is at or after b (32-bit wrap)."""
+    return (a - b) % (1 << 32) < 1 << 31
+
+
 def _oracle_app_delays(lines: list[list[str]]) -> list[tuple[int, int]]:
     """(arrival ns, wait ns) of every packet that brought new data, until the read call that
     returned its last byte. Arrivals come from tcp:tcp_probe with the segment's sequence number
-    (and rcv_nxt before the first one, where the byte count starts); a retransmitted duplicate
-    brings nothing new and is left out. Reads come from sock:sock_recv_length: a packet is read
-    by the first call after which the bytes read reach its end."""
-    base = None
-    last_end = 0
-    packets: list[tuple[int, int]] = []  # (arrival ns, end of its data, in bytes from base)
-    reads: list[tuple[int, int]] = []    # (ns, bytes read so far)
-    got = 0
+    (a retransmitted duplicate, ending where data already arrived, brings nothing and is left
+    out); reads from sock:sock_recv_length with the socket's copied_seq after the call. A
+    packet is read by the first call whose copied_seq reaches its end. Sequence numbers, not
+    byte counts, so an event the tracer dropped loses that event only."""
+    packets: list[tuple[int, int]] = []  # (arrival ns, sequence number its data ends at)
+    reads: list[tuple[int, int]] = []    # (ns, copied_seq)
+    last_end = None
     for p in lines:
         if p[0] == "R":
-            got += int(p[2])
-            reads.append((int(p[1]), got))
+            reads.append((int(p[1]), int(p[2])))
             continue
         seq = int.from_bytes(int(p[3]).to_bytes(4, "little"), "big")  # network order
-        if base is None:
-            base = int(p[4])
-        end = (seq + int(p[2]) - base) % (1 << 32)
-        if end > last_end:
+        end = (seq + int(p[2])) % (1 << 32)
+        if last_end is None or (_after(end, last_end) and end != last_end):
             packets.append((int(p[1]), end))
             last_end = end
     out, r = [], 0
     for ts, end in packets:
-        while r < len(reads) and reads[r][1] < end:
+        while r < len(reads) and not _after(reads[r][1], end):
             r += 1
         if r < len(reads):
             out.append((ts, reads[r][0] - ts))
@@ -439,7 +440,9 @@ tracepoint:tcp:tcp_probe /args->sock_cookie == {cookie(s)} && args->data_len > 0
     $th = (struct tcphdr *)((struct sk_buff *)args->skbaddr)->data;
     printf("A %lu %u %u %u\\n", nsecs, args->data_len, $th->seq, ((struct tcp_sock *)args->skaddr)->rcv_nxt);
 }}
-tracepoint:sock:sock_recv_length /(uint64)args->sk == @sk && args->ret > 0/ {{ printf("R %lu %d\\n", nsecs, args->ret); }}
+tracepoint:sock:sock_recv_length /(uint64)args->sk == @sk && args->ret > 0/ {{
+    printf("R %lu %u\\n", nsecs, ((struct tcp_sock *)args->sk)->copied_seq);
+}}
 """)
 
 

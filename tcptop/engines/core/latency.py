@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
+import struct
 import threading
 import time
 from collections import deque
@@ -69,7 +70,9 @@ class LatStat(enum.IntEnum):
     LS_PROBE_MERGED = 13
     LS_EXPIRED = 14
     LS_FLOWS_FULL = 15
-    LS_MAX = 16
+    LS_GSO_QUEUED = 16
+    LS_GSO_MATCHED = 17
+    LS_MAX = 18
 
 
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
@@ -121,6 +124,7 @@ ENUM_MIRRORS = {"lat_stage": Stage, "lat_stat": LatStat, "lat_pending": LatPendi
 _GROUPS_OFF = LatFlowHist.groups.offset
 _SLOTS_OFF = LatFlowHist.slots.offset
 _FLOW_HIST_SIZE = ctypes.sizeof(LatFlowHist)
+_TX_SKB = struct.Struct("<QQQIHH")  # struct tx_skb, for reading a whole batch at C speed
 
 # Stage boundaries that have more than one candidate hook, best first. A rung
 # is (kind, its programs, the kernel tracepoints/functions all of them need).
@@ -303,6 +307,7 @@ class LatencyEngine:
         # (id, opened, closed) of recent windows, CLOCK_MONOTONIC ns (bpf_ktime_get_ns's clock).
         self.recent_windows: deque[tuple[int, int, int]] = deque(maxlen=256)
         self._carried_runs = 0          # runs of a drain not yet charged to a cycle
+        self._gso_unmatched_seen = 0    # GSO skbs queued but not matched, as of the last tx_skbs scan
         self._windows = 0
         try:
             self._start()
@@ -785,21 +790,26 @@ class LatencyEngine:
         sample at all, the stage was not observable for that flow)."""
         if not any(k == "qdisc" for k, _ in keys["tx"]):
             return
+        stats = self.stats()
+        unmatched_gso = stats["gso_queued"] - stats["gso_matched"]
+        if unmatched_gso <= self._gso_unmatched_seen:
+            return  # every GSO skb queued since the last look reached the driver whole: nothing to scan
+        self._gso_unmatched_seen = unmatched_gso
         assert self._obj is not None
         m = self._obj.maps["tx_skbs"]
         now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         left: dict[int, list[int]] = {}
         stuck: list[int] = []
         for ks, values, n in m.batches(ctypes.c_uint64, TxSkb, batch=4096):
-            for i in range(n):
-                e = values[i]
-                if not e.queue_ts or not e.cookie:
+            raw = ctypes.string_at(ctypes.addressof(values), n * ctypes.sizeof(TxSkb))
+            for i, (c, _ip, queue_ts, gen, segs, _pad) in enumerate(_TX_SKB.iter_unpack(raw)):
+                if not queue_ts or not c or gen != self._gen or segs <= 1:
                     continue
-                if e.gen != self._gen or (self.mode == "continuous" and now_ns - e.queue_ts < 1_000_000_000):
-                    continue
-                acc = left.setdefault(e.cookie, [0, 0])
-                acc[0] += 1 if e.gso_segs > 1 else 0
-                acc[1] += max(1, e.gso_segs)
+                if self.mode == "continuous" and now_ns - queue_ts < 1_000_000_000:
+                    continue  # may still be in a queue
+                acc = left.setdefault(c, [0, 0])
+                acc[0] += 1
+                acc[1] += segs
                 stuck.append(ks[i])
         for key in stuck:
             m.delete(ctypes.c_uint64(key))
@@ -807,9 +817,8 @@ class LatencyEngine:
             lat = flows.get(cookie)
             if lat is None:
                 lat = flows[cookie] = self._empty_flow(keys, window)
-            if gso:
-                lat["tx"]["qdisc"] = dict(lat["tx"]["qdisc"], unobserved={
-                    "skbs": gso, "segments": segs, "why": QDISC_SPLIT_WHY, "short": QDISC_SPLIT_SHORT})
+            lat["tx"]["qdisc"] = dict(lat["tx"]["qdisc"], unobserved={
+                "skbs": gso, "segments": segs, "why": QDISC_SPLIT_WHY, "short": QDISC_SPLIT_SHORT})
 
     # -- polling ------------------------------------------------------------
 
