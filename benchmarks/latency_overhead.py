@@ -19,6 +19,10 @@ user runs).
    stats add a few tens of ns to each run, so this figure is conservative): run_cnt and
    run_time_ns of our own programs only (the ids this process, or the tcptop child, holds),
    per request, per program, and as a share of the busy CPU per request from 1.
+
+--poll-flows N instead: N loopback connections kept busy (a byte each way, round robin),
+the CoreEngine polled every second in each latency mode: how long poll() takes (the
+snapshot's work), and how long the window thread takes to summarise a window (off the poll).
 """
 
 from __future__ import annotations
@@ -204,6 +208,74 @@ def bpf_cost(wl: Workload, mode: str) -> tuple[dict[str, tuple[float, float]], f
     return {n: (c, ns) for n, (c, ns) in per.items()}, units
 
 
+BUSY_FLOWS = """
+import resource, socket, sys
+n = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (2 * n + 1000, 2 * n + 1000))
+lsn = socket.socket()
+lsn.bind(("127.0.0.1", 0))
+lsn.listen(4096)
+pairs = []
+for _ in range(n):
+    c = socket.create_connection(lsn.getsockname())
+    s, _ = lsn.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pairs.append((c, s))
+print("connected", flush=True)
+while True:
+    for c, s in pairs:
+        c.send(b"q")
+        s.recv(16)
+"""
+
+
+def poll_times(n_pairs: int, seconds: float) -> None:
+    """poll() of the whole CoreEngine, and the latency engine's window summaries, with n busy flows."""
+    from tcptop.engines import EngineOptions
+    from tcptop.engines.core import latency as latmod
+    from tcptop.engines.core.engine import CoreEngine
+
+    # The traffic comes from another process: in this one it would compete with poll() for the GIL.
+    child = subprocess.Popen([sys.executable, "-c", BUSY_FLOWS, str(n_pairs)], stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()  # connected
+    takes: list[float] = []
+    real_take = latmod.LatencyEngine._take_window
+
+    def timed_take(self, open_s):
+        t = time.perf_counter()
+        real_take(self, open_s)
+        takes.append(time.perf_counter() - t)
+
+    latmod.LatencyEngine._take_window = timed_take
+    try:
+        for mode in ("budget", "full", "off"):
+            takes.clear()
+            eng = CoreEngine(EngineOptions(interval_s=1.0, latency=mode))
+            try:
+                polls, lat_polls, with_lat = [], [], 0
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    time.sleep(1.0)
+                    t0 = time.perf_counter()
+                    snap = eng.poll()
+                    polls.append(time.perf_counter() - t0)
+                    with_lat = sum(1 for f in snap.flows if f.latency)
+                    if eng.latency is not None:
+                        t1 = time.perf_counter()
+                        eng.latency.poll()
+                        lat_polls.append(time.perf_counter() - t1)
+            finally:
+                eng.close()
+            ms = lambda xs: f"median {1000 * statistics.median(xs):.1f} ms, max {1000 * max(xs):.1f} ms" if xs else "-"
+            print(f"--latency {mode}: {n_pairs} busy connections, {len(polls)} polls; CoreEngine.poll() {ms(polls)}; "
+                  f"latency engine's poll() alone {ms(lat_polls)}; window summaries (window thread / continuous "
+                  f"poll) {ms(takes)}; flows with latency figures {with_lat}", flush=True)
+    finally:
+        latmod.LatencyEngine._take_window = real_take
+        child.terminate()
+        child.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=("redis", "iperf3"), default="redis")
@@ -213,9 +285,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length")
     ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats runs")
     ap.add_argument("--no-throughput", action="store_true", help="skip the paired throughput runs")
+    ap.add_argument("--poll-flows", type=int, metavar="N", help="measure poll times with N busy connections instead")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("latency_overhead: run as root (it loads BPF programs)")
+    if a.poll_flows:
+        poll_times(a.poll_flows // 2 if a.poll_flows > 1 else 1, 10.0)
+        return 0
     modes = [m for m in a.modes.split(",") if m]
     for m in modes:
         kind, _, name = m.partition(":")

@@ -11,6 +11,8 @@ nanoseconds). Engine-agnostic: any engine that keeps these buckets reports stage
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
 from typing import Any, Iterable, Sequence
 
 BUCKETS = 256
@@ -82,16 +84,33 @@ def percentile_ns(slots: Sequence[int], q: float) -> float | None:
     return percentiles_ns([(b, c) for b, c in enumerate(slots) if c], [q])[0]
 
 
+_LO = tuple(float(x) for x in LOWER_NS)
+_RATIO = tuple(UPPER_NS[b] / LOWER_NS[b] if b and UPPER_NS[b] else 0.0 for b in range(BUCKETS))
+
+
 def summary_of_pairs(pairs: Sequence[tuple[int, int]], sum_ns: int) -> dict[str, Any]:
     """{"count", "p50_us", "p90_us", "p99_us", "mean_us", "buckets"}; nulls when there is no
     sample. "buckets" are the kernel's own: [upper bound in ns, samples] of each non-empty
     bucket, ascending (the last bucket's bound is null: it takes everything longer), so a
-    consumer (the exporter) can re-bucket exactly instead of trusting percentiles."""
-    count = sum(c for _, c in pairs)
-    d: dict[str, Any] = {"count": count}
-    for (name, _), v in zip(PERCENTILES, percentiles_ns(pairs, (q for _, q in PERCENTILES))):
-        d[name] = None if v is None else round(v / 1000, 3)
-    d["mean_us"] = round(sum_ns / count / 1000, 3) if count else None
+    consumer (the exporter) can re-bucket exactly instead of trusting percentiles.
+
+    The same figures as percentiles_ns(), written for speed: a window can hold thousands of
+    flow stages, and each is summarised once."""
+    if not pairs:
+        return {"count": 0, "p50_us": None, "p90_us": None, "p99_us": None, "mean_us": None, "buckets": []}
+    counts = [c for _, c in pairs]
+    cum = list(accumulate(counts))
+    total = cum[-1]
+    d: dict[str, Any] = {"count": total}
+    for name, q in PERCENTILES:
+        rank = max(q * total, 1e-9)
+        i = bisect_left(cum, rank)
+        b = pairs[i][0]
+        frac = (rank - (cum[i - 1] if i else 0)) / counts[i]
+        r = _RATIO[b]
+        v = _LO[b] * r ** frac if r else (UPPER_NS[0] * frac if b == 0 else _LO[b])
+        d[name] = round(v / 1000, 3)
+    d["mean_us"] = round(sum_ns / total / 1000, 3)
     d["buckets"] = [[UPPER_NS[b], c] for b, c in pairs]
     return d
 

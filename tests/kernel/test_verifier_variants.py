@@ -4,6 +4,7 @@ tests/kernel/bpf/), and check that only that part is lost, that the loss names i
 cause, and that what remains still agrees with the kernel's own accounting."""
 
 import os
+import time
 
 import pytest
 
@@ -116,7 +117,7 @@ def test_refused_latency_program_loses_only_its_stages():
     bounds (rx tcp, rx app) are reported lost with the reason; the others still measure."""
     from tcptop.engines.core.latency import LatencyEngine
 
-    lat = LatencyEngine(mode="continuous", object_path=variant("latency_refused_data_ready"))
+    lat = LatencyEngine(mode="continuous", period_s=0.2, object_path=variant("latency_refused_data_ready"))
     try:
         assert "the verifier refused on_data_ready (R2 type=untrusted_ptr_" in lat.hooks["rx_queued"]
         assert [d for d in lat.degraded if "on_data_ready" in d and "data is queued on the socket" in d]
@@ -128,8 +129,13 @@ def test_refused_latency_program_loses_only_its_stages():
             c.sendall(b"t" * 1000)
             recv_exactly(s, 1000)
         wait_idle(c)
-        host, _ = lat.poll()
         tx_first = keys["tx"][0][0]
+        deadline = time.monotonic() + 5
+        while True:  # the engine takes a window's figures after a poll
+            host, _ = lat.poll()
+            if host and host["tx"][tx_first]["count"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert host["tx"][tx_first]["count"] >= 1  # the write side still times packets
         assert "tcp" not in host["rx"] and "app" not in host["rx"]
         c.close()

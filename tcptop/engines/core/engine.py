@@ -132,7 +132,7 @@ class CoreEngine:
             if lat is None:
                 out.append(f)
                 continue
-            if prev is None or prev[0] is not f or prev[1] != lat:
+            if prev is None or prev[0] is not f or prev[1] is not lat:  # the engine reuses unchanged figures
                 prev = (f, lat, replace(f, latency=lat))
             merged[f.id] = prev
             out.append(prev[2])

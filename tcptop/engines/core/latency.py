@@ -7,9 +7,12 @@ into percentiles). Two ways to run:
 
 - "budget" (the default): the programs are attached only for windows, whose length and
   spacing tcptop/engines/core/latency_budget.py chooses so their cost stays within a share of
-  the machine's busy CPU. A window's figures are taken when it has drained (its started
-  packets finished), by a thread of this engine; poll() hands out the latest.
-- "continuous": attached all the time; each poll() takes the figures since the last one.
+  the machine's busy CPU (when that allows, they stay attached: a continuous stretch).
+- "continuous": attached all the time; a window is the time between two takes.
+
+A thread of this engine runs the windows and takes each one's figures (when it has drained:
+its started packets finished), just after a poll, so the summaries are made between polls;
+poll() hands out the latest.
 
 Either way a flow's figures are those of the last window in which it had packets, with that
 window's id, end time and length, so a reader can tell their age.
@@ -121,10 +124,11 @@ class TxSkb(ctypes.Structure):
 MIRRORS = {"lat_hist": LatHist, "lat_key": LatKey, "lat_flow_hist": LatFlowHist, "lat_control": LatControl,
            "lat_pend": LatPend, "lat_probes": LatProbes, "rx_skb": RxSkb, "tx_skb": TxSkb}
 ENUM_MIRRORS = {"lat_stage": Stage, "lat_stat": LatStat, "lat_pending": LatPending}
-_GROUPS_OFF = LatFlowHist.groups.offset
 _SLOTS_OFF = LatFlowHist.slots.offset
 _FLOW_HIST_SIZE = ctypes.sizeof(LatFlowHist)
 _TX_SKB = struct.Struct("<QQQIHH")  # struct tx_skb, for reading a whole batch at C speed
+_FLOW_HEAD = struct.Struct(f"<Q{GROUPS}s")  # lat_flow_hist: sum_ns, groups
+_GROUP = struct.Struct("<8I")  # the slots of one group of 8 buckets
 
 # Stage boundaries that have more than one candidate hook, best first. A rung
 # is (kind, its programs, the kernel tracepoints/functions all of them need).
@@ -293,8 +297,9 @@ class LatencyEngine:
         self._rung_why: dict[tuple[str, str], str] = {}
         self._verifier_refused: dict[str, str] = {}
         self._allow = {"fentry": allow_fentry, "kprobe": allow_kprobe, "tracepoint": True}
-        self._lock = threading.Lock()   # what a window publishes, and continuous polls
+        self._lock = threading.Lock()   # what a window publishes
         self._stop = threading.Event()
+        self._polled = threading.Event()  # set by poll(): the window thread starts a cycle after it
         self._thread: threading.Thread | None = None
         self._gen = 0
         self._window_id = 0
@@ -306,7 +311,6 @@ class LatencyEngine:
         self._truncated = 0             # packets still unfinished when a window's drain gave up
         # (id, opened, closed) of recent windows, CLOCK_MONOTONIC ns (bpf_ktime_get_ns's clock).
         self.recent_windows: deque[tuple[int, int, int]] = deque(maxlen=256)
-        self._carried_runs = 0          # runs of a drain not yet charged to a cycle
         self._gso_unmatched_seen = 0    # GSO skbs queued but not matched, as of the last tx_skbs scan
         self._windows = 0
         try:
@@ -340,10 +344,12 @@ class LatencyEngine:
         finally:
             btf.close()
         self._prev_host = self._read_host_raw()
+        self._mark = (time.monotonic(), busy_cpu_ns(), self._runs())  # where the next cycle's costs start
+        self._cycle_start = time.monotonic() - self.period_s
         if self.mode == "continuous":
             self._open_window(attach=False)
-            return
-        self._detach_links(list(self._links))  # attached once to learn what attaches; windows reattach
+        else:
+            self._detach_links(list(self._links))  # attached once to learn what attaches; windows reattach
         self._thread = threading.Thread(target=self._run_windows, name="tcptop-latency-windows", daemon=True)
         self._thread.start()
 
@@ -512,6 +518,7 @@ class LatencyEngine:
 
     def close(self) -> None:
         self._stop.set()
+        self._polled.set()
         if self._thread is not None:
             self._thread.join(timeout=5 + self.drain_max_s)
             self._thread = None
@@ -661,32 +668,48 @@ class LatencyEngine:
 
     def _one_cycle(self) -> None:
         """Open a window (or keep timing, if the last cycle was continuous), take its figures when
-        it has drained, and let the budget plan the next from what the whole cycle cost."""
+        it has drained, and let the budget plan the next from what the cycle cost: everything
+        since the last one (the programs count their runs; detached, they cost nothing)."""
         plan = self._next_plan()
-        t0, busy0, segs0 = time.monotonic(), busy_cpu_ns(), tcp_segments()
-        runs0 = self._runs()
+        if not self._open_since or plan.continuous:
+            self._wait_for_start(plan.period_s)
+        mark_t, mark_busy, mark_runs = self._mark
+        segs0 = tcp_segments()
+        opened_at = self._open_since or mark_t
         if not self._open_since:
             self._open_window()
-        self._stop.wait(plan.period_s if plan.continuous else plan.window_s)
-        runs1 = self._runs()
-        open_s = time.monotonic() - t0
-        segs = tcp_segments() - segs0
-        drain_runs, self._carried_runs = self._carried_runs, 0
-        if not plan.continuous or self._stop.is_set():
-            runs1, drain = self._close_window()
-            drain_runs += drain
-        self._take_window(open_s)
+            opened_at = self._open_since
         if not plan.continuous:
-            self._stop.wait(max(0.0, plan.period_s - (time.monotonic() - t0)))
-        nxt = self.budget.observe(Cycle(open_s=open_s, open_runs=runs1 - runs0, drain_runs=drain_runs,
-                                        elapsed_s=time.monotonic() - t0, busy_ns=busy_cpu_ns() - busy0,
-                                        segs_open=segs))
-        upcoming = Plan(self.fixed_window_s, self.period_s) if self.fixed_window_s is not None else nxt
+            self._stop.wait(plan.window_s)
+        open_s = time.monotonic() - opened_at
+        segs = tcp_segments() - segs0
+        drain_runs = 0
+        if not plan.continuous or self._stop.is_set():
+            drain_runs = self._close_window()[1]
+        self._take_window(open_s)
+        now, busy, runs = time.monotonic(), busy_cpu_ns(), self._runs()
+        self._mark = (now, busy, runs)
+        nxt = self.budget.observe(Cycle(open_s=open_s, open_runs=runs - mark_runs - drain_runs, drain_runs=drain_runs,
+                                        elapsed_s=now - mark_t, busy_ns=busy - mark_busy, segs_open=segs))
+        upcoming = nxt if self.mode == "budget" and self.fixed_window_s is None else self._next_plan()
         if self._open_since and not upcoming.continuous:
-            # A continuous stretch ends: its drain is paid by the next cycle.
-            _, self._carried_runs = self._close_window()
+            self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
+
+    def _wait_for_start(self, period_s: float) -> None:
+        """A cycle starts at the first poll once a period has (nearly) passed since the last one
+        began: packets are timed only while someone looks, the figures are taken and
+        summarised between polls rather than during one, and every window's figures are
+        there for at least one poll (the next window waits for a poll after they were)."""
+        if self._stop.wait(max(0.0, self._cycle_start + 0.8 * period_s - time.monotonic())):
+            return
+        self._polled.clear()
+        while not self._polled.wait(1.0) and not self._stop.is_set():
+            pass
+        self._cycle_start = time.monotonic()
 
     def _next_plan(self) -> Plan:
+        if self.mode == "continuous":
+            return Plan(self.period_s, self.period_s)
         if self.fixed_window_s is not None:
             return Plan(self.fixed_window_s, self.period_s)
         return self.budget.adjust_for_load(self._segs_rate())
@@ -757,16 +780,14 @@ class LatencyEngine:
             raw = ctypes.string_at(ctypes.addressof(values), n * _FLOW_HIST_SIZE)
             for i in range(n):
                 base = i * _FLOW_HIST_SIZE
+                sum_ns, groups = _FLOW_HEAD.unpack_from(raw, base)
                 pairs = []
-                groups = raw[base + _GROUPS_OFF:base + _GROUPS_OFF + GROUPS]
                 g = groups.find(1)
-                while g >= 0:
-                    off = base + _SLOTS_OFF + 32 * g
-                    for j, c in enumerate(memoryview(raw[off:off + 32]).cast("I")):
+                while g >= 0:  # only the groups of 8 buckets the kernel marked non-empty
+                    for j, c in enumerate(_GROUP.unpack_from(raw, base + _SLOTS_OFF + 32 * g)):
                         if c:
                             pairs.append((8 * g + j, c))
                     g = groups.find(1, g + 1)
-                sum_ns = int.from_bytes(raw[base:base + 8], "little")
                 per.setdefault(ks[i].cookie, {})[ks[i].stage] = summary_of_pairs(pairs, sum_ns)
         out = {}
         for cookie, stages in per.items():
@@ -823,10 +844,8 @@ class LatencyEngine:
     # -- polling ------------------------------------------------------------
 
     def poll(self) -> tuple[dict | None, dict[int, dict]]:
-        """(host-wide latency, {cookie: flow latency}) of the latest windows; continuous mode
-        takes the figures since the previous poll first."""
-        if self.mode == "continuous" and self._obj is not None:
-            self._take_continuous()
+        """(host-wide latency, {cookie: flow latency}) of the latest windows."""
+        self._polled.set()
         with self._lock:
             host, flows = self._host_lat, self._flow_lat
         if host is None:
@@ -836,16 +855,6 @@ class LatencyEngine:
         host["coverage"] = self.coverage()
         host["matching"] = dict(self.stats() if self._obj else {}, truncated=self._truncated, windows=self._windows)
         return host, flows
-
-    def _take_continuous(self) -> None:
-        """Continuous mode: the figures since the last poll are one window; its cost is accounted."""
-        now, runs, busy = time.monotonic(), self._runs(), busy_cpu_ns()
-        last = getattr(self, "_cont_mark", None)
-        self._cont_mark = (now, runs, busy)
-        if last is not None:
-            self.budget.observe(Cycle(open_s=now - last[0], open_runs=runs - last[1], drain_runs=0,
-                                      elapsed_s=now - last[0], busy_ns=busy - last[2]))
-        self._take_window(now - (last[0] if last else self._open_since))
 
     def retain(self, cookies: set[int]) -> None:
         """Forget the last figures of flows that are gone (the engine lists the live ones)."""
