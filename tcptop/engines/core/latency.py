@@ -191,7 +191,7 @@ DRAIN_POLL_S = 0.001
 QDISC_SPLIT_WHY = ("they reached the qdisc as GSO skbs but never the driver under their own address: the qdisc "
                    "split them into new skbs (tbf does, with TSO/GSO on, for a packet larger than its burst), so "
                    "the packets that left cannot be matched with the ones queued")
-QDISC_SPLIT_SHORT = "skbs split by the qdisc (TSO/GSO + tbf)"
+QDISC_SPLIT_SHORT = "skbs split by the qdisc (TSO/GSO)"
 
 
 def _role(prog: str, boundary: str | None, split_tx: bool) -> str | frozenset[int]:
