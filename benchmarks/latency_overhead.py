@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -133,10 +134,16 @@ def attached(mode: str) -> Iterator[Callable[[], list[int]]]:
     """Start a mode; yields a function that lists the program ids it holds."""
     kind, _, name = mode.partition(":")
     if kind == "engine":
+        # Polled every second, as a front end would: windows open only while someone looks.
         eng = LatencyEngine(**ENGINE_MODES[name])
+        stop = threading.Event()
+        poller = threading.Thread(target=lambda: [eng.poll() for _ in iter(lambda: stop.wait(1.0), True)])
+        poller.start()
         try:
             yield eng.program_ids
         finally:
+            stop.set()
+            poller.join()
             eng.close()
         return
     p = subprocess.Popen([sys.executable, "-m", "tcptop", "--json", "--interval", "1", "--latency", name],

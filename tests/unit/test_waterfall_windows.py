@@ -10,7 +10,7 @@ def stage(count, p50=None, p99=None, **extra):
 
 
 SPLIT = {"skbs": 205, "segments": 9000, "why": "they reached the qdisc as GSO skbs ...",
-         "short": "skbs split by the qdisc (TSO/GSO)"}
+         "short": "GSO skbs split before the driver"}
 HOST = {"rx": {"app": stage(500, 30.0, 900.0)}, "tx": {"qdisc": stage(40, 1.0, 3.0)},
         "window": {"id": 9, "end_ts": 1002.0, "s": 0.1, "age_s": 0.4},
         "coverage": {"mode": "budget", "budget_pct": 0.5, "timed_fraction": 0.042}}
@@ -31,13 +31,13 @@ def flow(qdisc):
 def test_a_split_qdisc_stage_is_not_observable_rather_than_an_empty_bar():
     out = text(flow(stage(0, unobserved=SPLIT)))
     qdisc = next(line for line in out.splitlines() if line.startswith("qdisc"))
-    assert "not observable: skbs split by the qdisc (TSO/GSO)" in qdisc
+    assert "not observable: GSO skbs split before the driver" in qdisc
     assert "no samples" not in qdisc
 
 
 def test_a_partly_timed_stage_says_how_many_it_could_not_time():
     out = text(flow(stage(13, 2.0, 5.0, unobserved=SPLIT)))
-    assert "only part timed: 205 more not (skbs split by the qdisc (TSO/GSO))" in out
+    assert "only part timed: 205 more not (GSO skbs split before the driver)" in out
 
 
 def test_the_figures_window_and_age_and_the_coverage_are_shown():

@@ -188,10 +188,11 @@ START, SHORT = "start", "short"
 MIN_DRAIN_S = 0.002
 DRAIN_POLL_S = 0.001
 # A flow's skbs that entered the qdisc stage and could not be timed through it, and why.
-QDISC_SPLIT_WHY = ("they reached the qdisc as GSO skbs but never the driver under their own address: the qdisc "
-                   "split them into new skbs (tbf does, with TSO/GSO on, for a packet larger than its burst), so "
-                   "the packets that left cannot be matched with the ones queued")
-QDISC_SPLIT_SHORT = "skbs split by the qdisc (TSO/GSO)"
+QDISC_SPLIT_WHY = ("they reached the device layer as GSO skbs but never the driver under their own address: "
+                   "they were split into new skbs on the way (by the qdisc: tbf does, with TSO/GSO on, for a "
+                   "packet larger than its burst; or by software segmentation for a device without that "
+                   "offload), so the packets that left cannot be matched with the ones queued")
+QDISC_SPLIT_SHORT = "GSO skbs split before the driver"
 
 
 def _role(prog: str, boundary: str | None, split_tx: bool) -> str | frozenset[int]:
@@ -253,6 +254,30 @@ def _map_update(m, key: ctypes._CData, value: ctypes._CData) -> None:
         raise BpfError(f"update map {m.name}", ctypes.get_errno() or 22)
 
 
+class _SplitWatch:
+    """While a window drains: are the qdisc stage's unfinished skbs only GSO skbs that were
+    split into new skbs (so will never finish)? Yes when no more GSO skbs are pending than
+    went unmatched since the window opened, and no queued skb has reached the driver for a
+    while (a tbf queue that still drains makes progress every few ms)."""
+
+    STALL_S = 0.02
+
+    def __init__(self, eng: "LatencyEngine"):
+        self.eng = eng
+        self.matched = -1
+        self.since = time.monotonic()
+
+    def only_split_left(self, pending: int) -> bool:
+        eng = self.eng
+        matched = eng._stat(LatStat.LS_TX_MATCHED)
+        now = time.monotonic()
+        if matched != self.matched:
+            self.matched, self.since = matched, now
+            return False
+        unmatched_gso = eng._stat(LatStat.LS_GSO_QUEUED) - eng._stat(LatStat.LS_GSO_MATCHED) - eng._gso_at_open
+        return now - self.since >= self.STALL_S and pending <= unmatched_gso
+
+
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
@@ -312,6 +337,7 @@ class LatencyEngine:
         # (id, opened, closed) of recent windows, CLOCK_MONOTONIC ns (bpf_ktime_get_ns's clock).
         self.recent_windows: deque[tuple[int, int, int]] = deque(maxlen=256)
         self._gso_unmatched_seen = 0    # GSO skbs queued but not matched, as of the last tx_skbs scan
+        self._gso_at_open = 0           # ... as of the window's opening
         self._windows = 0
         try:
             self._start()
@@ -622,6 +648,7 @@ class LatencyEngine:
             for name, fn in self._attachable.items():
                 if name not in self._links:
                     self._links[name] = fn()
+        self._gso_at_open = self._stat(LatStat.LS_GSO_QUEUED) - self._stat(LatStat.LS_GSO_MATCHED)
         self._control(self._gen, True)
         self._open_since = time.monotonic()
         self._opened_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -636,11 +663,14 @@ class LatencyEngine:
         runs_closed = self._runs()
         self._detach_links([n for n in self._links if self._roles[n] == START])
         pending = self._pending()
+        split = _SplitWatch(self)
         while self._links:
             waited = time.monotonic() - closed_at
             if waited >= self.drain_max_s:
                 self._truncated += sum(max(0, p) for p in pending)
                 break
+            if pending[PEND_QDISC] > 0 and split.only_split_left(pending[PEND_QDISC]):
+                pending[PEND_QDISC] = 0
             self._detach_links([n for n in self._links if self._drained(self._roles[n], pending, waited)])
             if self._links:
                 time.sleep(DRAIN_POLL_S)
@@ -648,6 +678,10 @@ class LatencyEngine:
         self._detach_links(list(self._links))
         self._open_since = 0.0
         return runs_closed, self._runs() - runs_closed
+
+    def _stat(self, idx: int) -> int:
+        assert self._obj is not None
+        return self._obj.maps["stats"].percpu_sums(idx + 1)[idx]
 
     @staticmethod
     def _drained(role: str | frozenset[int], pending: list[int], waited: float) -> bool:
@@ -671,16 +705,18 @@ class LatencyEngine:
         it has drained, and let the budget plan the next from what the cycle cost: everything
         since the last one (the programs count their runs; detached, they cost nothing)."""
         plan = self._next_plan()
-        if not self._open_since or plan.continuous:
-            self._wait_for_start(plan.period_s)
         mark_t, mark_busy, mark_runs = self._mark
+        if not self._open_since:
+            self._wait_for_poll(plan.period_s)
         segs0 = tcp_segments()
         opened_at = self._open_since or mark_t
         if not self._open_since:
             self._open_window()
             opened_at = self._open_since
-        if not plan.continuous:
-            self._stop.wait(plan.window_s)
+            if not plan.continuous:
+                self._stop.wait(plan.window_s)
+        if plan.continuous and self._wait_for_poll(plan.period_s, watch=(mark_busy, mark_runs)):
+            plan = Plan(time.monotonic() - opened_at, plan.period_s)  # the traffic grew: close now
         open_s = time.monotonic() - opened_at
         segs = tcp_segments() - segs0
         drain_runs = 0
@@ -695,17 +731,33 @@ class LatencyEngine:
         if self._open_since and not upcoming.continuous:
             self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
 
-    def _wait_for_start(self, period_s: float) -> None:
-        """A cycle starts at the first poll once a period has (nearly) passed since the last one
-        began: packets are timed only while someone looks, the figures are taken and
-        summarised between polls rather than during one, and every window's figures are
-        there for at least one poll (the next window waits for a poll after they were)."""
-        if self._stop.wait(max(0.0, self._cycle_start + 0.8 * period_s - time.monotonic())):
-            return
-        self._polled.clear()
-        while not self._polled.wait(1.0) and not self._stop.is_set():
-            pass
+    def _wait_for_poll(self, period_s: float, watch: tuple[int, int] | None = None) -> bool:
+        """Wait for the first poll once a period has (nearly) passed since the last cycle began:
+        packets are timed only while someone looks, the figures are taken and summarised between
+        polls rather than during one, and every window's figures are there for at least one poll
+        (the next cycle waits for a poll after they were). `watch` (busy CPU and runs when the
+        cycle's costs began): while timing continuously, look every 0.1 s whether the traffic
+        grew past what the budget allows, and return True at once if so."""
+        earliest = self._cycle_start + 0.8 * period_s
+        armed = False  # polls count from `earliest` on
+        while not self._stop.is_set():
+            if watch is not None and self.mode == "budget" and self.fixed_window_s is None:
+                spent = (self._runs() - watch[1]) * self.budget.ns_per_run
+                busy = busy_cpu_ns() - watch[0]
+                if busy > 0 and spent > 2 * self.budget.budget * busy:
+                    self._cycle_start = time.monotonic()
+                    return True
+            now = time.monotonic()
+            if not armed and now >= earliest:
+                self._polled.clear()
+                armed = True
+            if armed:
+                if self._polled.wait(0.1):
+                    break
+            else:
+                self._stop.wait(min(0.1, earliest - now))
         self._cycle_start = time.monotonic()
+        return False
 
     def _next_plan(self) -> Plan:
         if self.mode == "continuous":
