@@ -151,7 +151,9 @@ def attached(mode: str) -> Iterator[Callable[[], list[int]]]:
     try:
         p.stdout.readline()  # attached once the first snapshot is out
         drain = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
-        yield lambda: fdinfo_prog_ids(p.pid)
+        ids = lambda: fdinfo_prog_ids(p.pid)  # noqa: E731
+        ids.pid = p.pid  # type: ignore[attr-defined]
+        yield ids
     finally:
         p.send_signal(2)
         p.wait(10)
@@ -198,13 +200,24 @@ def bpf_stats() -> Iterator[None]:
             f.write(old)
 
 
+def process_cpu_ns(pid: int) -> int:
+    """utime + stime of a process so far, ns."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def bpf_cost(wl: Workload, mode: str) -> tuple[dict[str, tuple[float, float]], float]:
-    """One run with bpf stats on: {program: (runs per unit, ns per unit)}, and units done."""
+    """One run with bpf stats on: {program: (runs per unit, ns per unit)}, and units done.
+    For a tcptop child, also its own CPU per unit (under the key "(tcptop process)")."""
     with attached(mode) as ids, bpf_stats():
         time.sleep(3.0)  # a windowed engine settles its duty cycle (windows at most double per cycle)
         # Programs may come and go (windows): read ids at the end too, and diff per id.
         before = prog_stats(ids())
+        pid = getattr(ids, "pid", None)
+        cpu0 = process_cpu_ns(pid) if pid else 0
         _, units = wl.run()
+        cpu1 = process_cpu_ns(pid) if pid else 0
         after = prog_stats(sorted(set(ids()) | set(before)))
     per: dict[str, list[float]] = {}
     for pid, (name, ns, cnt) in after.items():
@@ -212,7 +225,10 @@ def bpf_cost(wl: Workload, mode: str) -> tuple[dict[str, tuple[float, float]], f
         acc = per.setdefault(name, [0.0, 0.0])
         acc[0] += (cnt - cnt0) / units
         acc[1] += (ns - ns0) / units
-    return {n: (c, ns) for n, (c, ns) in per.items()}, units
+    out = {n: (c, ns) for n, (c, ns) in per.items()}
+    if pid:
+        out["(tcptop process)"] = (0.0, (cpu1 - cpu0) / units)
+    return out, units
 
 
 BUSY_FLOWS = """
@@ -339,10 +355,16 @@ def main() -> int:
         if not a.no_stats:
             for m in modes:
                 per, _ = bpf_cost(wl, m)
+                proc = per.pop("(tcptop process)", None)
                 tot_runs = sum(c for c, _ in per.values())
                 tot_ns = sum(ns for _, ns in per.values())
+                stage_ns = sum(ns for n, (_, ns) in per.items() if n.startswith("on_"))
                 print(f"\n[{m}] BPF per {wl.unit} (bpf_stats on): {tot_runs:.2f} runs, {tot_ns:,.0f} ns = "
-                      f"{100 * tot_ns / busy_per_unit:.2f} % of busy CPU per {wl.unit}")
+                      f"{100 * tot_ns / busy_per_unit:.2f} % of busy CPU per {wl.unit}; the packet stages' "
+                      f"programs {stage_ns:,.1f} ns = {100 * stage_ns / busy_per_unit:.2f} %")
+                if proc:
+                    print(f"  tcptop process: {proc[1]:,.0f} ns of CPU per {wl.unit} = "
+                          f"{100 * proc[1] / busy_per_unit:.2f} % of busy CPU per {wl.unit}")
                 for name, (c, ns) in sorted(per.items(), key=lambda kv: -kv[1][1]):
                     if c:
                         print(f"  {name:24s} {c:7.3f} runs  {ns:8.1f} ns  ({ns / c:6.1f} ns/run)")

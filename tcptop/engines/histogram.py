@@ -98,21 +98,40 @@ def summary_of_pairs(pairs: Sequence[tuple[int, int]], sum_ns: int) -> dict[str,
     flow stages, and each is summarised once."""
     if not pairs:
         return {"count": 0, "p50_us": None, "p90_us": None, "p99_us": None, "mean_us": None, "buckets": []}
+    key = tuple(pairs)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = _SHAPES[key] = _shape(pairs)
+        if len(_SHAPES) > 8192:  # windows of few packets repeat a few shapes; keep the newest
+            del _SHAPES[next(iter(_SHAPES))]
+    total = shape[0]
+    d = dict(zip(_SHAPE_KEYS, shape))
+    d["mean_us"] = round(sum_ns / total / 1000, 3)
+    d["buckets"] = shape[4]
+    return d
+
+
+_SHAPE_KEYS = ("count", *(name for name, _ in PERCENTILES))
+_SHAPES: dict[tuple, tuple] = {}
+
+
+def _shape(pairs: Sequence[tuple[int, int]]) -> tuple:
+    """(count, p50_us, p90_us, p99_us, buckets) of a histogram: all but the mean depend only on
+    the counts, and short windows bring the same few histograms again and again."""
     counts = [c for _, c in pairs]
     cum = list(accumulate(counts))
     total = cum[-1]
-    d: dict[str, Any] = {"count": total}
-    for name, q in PERCENTILES:
+    out: list[Any] = [total]
+    for _, q in PERCENTILES:
         rank = max(q * total, 1e-9)
         i = bisect_left(cum, rank)
         b = pairs[i][0]
         frac = (rank - (cum[i - 1] if i else 0)) / counts[i]
         r = _RATIO[b]
         v = _LO[b] * r ** frac if r else (UPPER_NS[0] * frac if b == 0 else _LO[b])
-        d[name] = round(v / 1000, 3)
-    d["mean_us"] = round(sum_ns / total / 1000, 3)
-    d["buckets"] = [[UPPER_NS[b], c] for b, c in pairs]
-    return d
+        out.append(round(v / 1000, 3))
+    out.append([[UPPER_NS[b], c] for b, c in pairs])  # shared by summaries of the same shape: read-only
+    return tuple(out)
 
 
 def stage_summary(slots: Sequence[int], sum_ns: int) -> dict[str, Any]:

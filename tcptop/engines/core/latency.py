@@ -186,7 +186,7 @@ SEQ_BOUNDARIES = {"rx_queued", "rx_read", "tx_accept", "tx_leave_tcp"}  # touch 
 # detached after MIN_DRAIN_S; otherwise the pending groups it ends (detached when they are 0).
 START, SHORT = "start", "short"
 MIN_DRAIN_S = 0.002
-DRAIN_POLL_S = 0.001
+DRAIN_POLL_S = 0.002
 # A flow's skbs that entered the qdisc stage and could not be timed through it, and why.
 QDISC_SPLIT_WHY = ("they reached the device layer as GSO skbs but never the driver under their own address: "
                    "they were split into new skbs on the way (by the qdisc: tbf does, with TSO/GSO on, for a "
@@ -628,7 +628,7 @@ class LatencyEngine:
         return self._obj.maps[name].percpu_sums(count)
 
     def _runs(self) -> int:
-        return self._sum("stats", 1)[0]
+        return self._stat(LatStat.LS_RUNS)
 
     def _pending(self) -> list[int]:
         return [_signed(v % (1 << 64)) for v in self._sum("pending", PEND_MAX)]
@@ -680,8 +680,10 @@ class LatencyEngine:
         return runs_closed, self._runs() - runs_closed
 
     def _stat(self, idx: int) -> int:
+        """One run-level counter, summed over CPUs."""
         assert self._obj is not None
-        return self._obj.maps["stats"].percpu_sums(idx + 1)[idx]
+        vals = (ctypes.c_uint64 * possible_cpus())()
+        return sum(vals) if self._obj.maps["stats"].lookup(ctypes.c_uint32(idx), vals) else 0
 
     @staticmethod
     def _drained(role: str | frozenset[int], pending: list[int], waited: float) -> bool:
@@ -706,6 +708,7 @@ class LatencyEngine:
         since the last one (the programs count their runs; detached, they cost nothing)."""
         plan = self._next_plan()
         mark_t, mark_busy, mark_runs = self._mark
+        own0 = time.thread_time_ns()
         if not self._open_since:
             self._wait_for_poll(plan.period_s)
         segs0 = tcp_segments()
@@ -726,7 +729,8 @@ class LatencyEngine:
         now, busy, runs = time.monotonic(), busy_cpu_ns(), self._runs()
         self._mark = (now, busy, runs)
         nxt = self.budget.observe(Cycle(open_s=open_s, open_runs=runs - mark_runs - drain_runs, drain_runs=drain_runs,
-                                        elapsed_s=now - mark_t, busy_ns=busy - mark_busy, segs_open=segs))
+                                        elapsed_s=now - mark_t, busy_ns=busy - mark_busy, segs_open=segs,
+                                        own_ns=time.thread_time_ns() - own0))
         upcoming = nxt if self.mode == "budget" and self.fixed_window_s is None else self._next_plan()
         if self._open_since and not upcoming.continuous:
             self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
@@ -918,6 +922,7 @@ class LatencyEngine:
         """How packets are being timed, what share of the time, and at what cost (the model's)."""
         frac = self.budget.timed_fraction()
         cost = self.budget.cost_pct()
+        own = self.budget.own_pct()
         plan = self.budget.plan
         d: dict[str, Any] = {
             "mode": self.mode,
@@ -926,6 +931,7 @@ class LatencyEngine:
             "window_s": round(plan.window_s, 4) if self.mode == "budget" else None,
             "period_s": round(plan.period_s, 3) if self.mode == "budget" else None,
             "cost_pct": None if cost is None else round(cost, 3),
+            "own_cpu_pct": None if own is None else round(own, 3),
             "ns_per_run": NS_PER_RUN,
         }
         return d

@@ -13,6 +13,10 @@ The runs are counted by the programs themselves (one per-CPU counter, a few ns a
 kernel.bpf_stats is not needed and not touched), busy CPU comes from /proc/stat, and the
 segment counters of /proc/net/snmp say whether the traffic grew since the last window (then
 the next one shrinks in proportion before it opens, rather than after it overspent).
+
+The engine's own thread (attaching, draining, summarising a window's flows) is held to the
+same share: when its CPU per window would exceed it, windows come less often and are longer,
+so the share of packets timed stays what the BPF budget allows.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ MIN_WINDOW_S = 0.005    # shorter windows time too few packets to be worth the a
 MAX_PERIOD_S = 60.0     # at most this long without a window, however busy the machine
 RECENT_S = 60.0         # coverage and cost are reported over about this much of the past
 GROWTH = 2.0            # a window at most doubles from one cycle to the next
+# The engine's own thread may always spend this much (0.5 % of one CPU): on a quiet host the
+# budget's share of its little busy CPU would leave no room for the fixed cost of a window.
+OWN_FLOOR_NS_PER_S = 5_000_000
 
 
 def busy_cpu_ns() -> int:
@@ -77,6 +84,7 @@ class Cycle:
     elapsed_s: float    # the whole cycle, open + drain + detached
     busy_ns: int        # the machine's busy CPU over the cycle
     segs_open: int = 0  # TCP segments (this namespace) while open
+    own_ns: int = 0     # CPU the engine's own thread spent on the cycle (attach, drain, summaries)
 
 
 class Budget:
@@ -104,8 +112,13 @@ class Budget:
         busy_rate = sum(x.busy_ns for x, _ in self._recent) / elapsed if elapsed > 0 else 0.0
         open_rate = c.open_runs * self.ns_per_run / c.open_s if c.open_s > 0 else 0.0  # BPF ns per open s
         drain = c.drain_runs * self.ns_per_run
-        period = self.base_period_s
-        allowed = AIM * self.budget * busy_rate * period
+        # Summarising a window costs CPU in proportion to the flows it saw, not to its length:
+        # when that would take more than the budget's share, windows come less often (and,
+        # with the same BPF share, each is longer).
+        per_s = AIM * self.budget * busy_rate
+        own_per_s = max(per_s, OWN_FLOOR_NS_PER_S)
+        period = max(self.base_period_s, min(MAX_PERIOD_S, c.own_ns / own_per_s))
+        allowed = per_s * period
         if open_rate <= 0:
             window = period  # nothing ran: nothing to pay for
         else:
@@ -119,9 +132,8 @@ class Budget:
         else:
             # Even the shortest window costs more than one period allows: space them out.
             need = open_rate * MIN_WINDOW_S + drain
-            per_s = AIM * self.budget * busy_rate
-            period = min(MAX_PERIOD_S, need / per_s) if per_s > 0 else MAX_PERIOD_S
-            self.plan = Plan(MIN_WINDOW_S, max(period, self.base_period_s))
+            longer = min(MAX_PERIOD_S, need / per_s) if per_s > 0 else MAX_PERIOD_S
+            self.plan = Plan(MIN_WINDOW_S, max(longer, period))
         return self.plan
 
     def adjust_for_load(self, segs_per_s_now: float) -> Plan:
@@ -145,3 +157,8 @@ class Budget:
         """The model's BPF time as a percentage of busy CPU, over the last minute or so."""
         busy = sum(c.busy_ns for c, _ in self._recent)
         return 100 * sum(ns for _, ns in self._recent) / busy if busy > 0 else None
+
+    def own_pct(self) -> float | None:
+        """The engine thread's own CPU as a percentage of busy CPU, over the last minute or so."""
+        busy = sum(c.busy_ns for c, _ in self._recent)
+        return 100 * sum(c.own_ns for c, _ in self._recent) / busy if busy > 0 else None
