@@ -14,9 +14,15 @@ TEST_BPF_OBJS := $(patsubst tests/kernel/bpf/%.bpf.c,$(BUILD)/test/%.bpf.o,$(TES
 ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 CLANG     ?= clang
 
-.PHONY: setup run test test-bpf test-kernel test-ui bench screenshots clean
+.PHONY: setup run test test-bpf test-kernel test-ui bench screenshots clean bcc
 
-setup: $(VENV)/.installed bpf
+setup: $(VENV)/.installed bpf bcc
+
+# The BCC engine: BCC's Python package linked into .venv, and kernel headers merged where
+# BCC_KERNEL_SOURCE can point (scripts/bcc-setup.sh says why). Quick; runs every setup so
+# a headers upgrade never leaves dangling links.
+bcc: $(VENV)/.installed
+	@bash scripts/bcc-setup.sh $(VENV) $(BUILD)/kernel-headers
 
 # System packages: compiler and libbpf for the BPF objects, venv for Python,
 # and the real workloads the tests and benchmarks drive.

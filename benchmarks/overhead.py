@@ -1,14 +1,24 @@
 #!/usr/bin/env python3
-"""What tcptop costs the machine it watches, measured paired in one run (root, loopback only).
+"""What tcptop costs the machine it watches, and what a poll costs at scale (root, loopback only).
 
-- iperf3 loopback throughput and redis-benchmark requests/s, alternating runs
-  without and with `tcptop --json` attached; medians and the on/off ratio.
-- mean ns per BPF program run (kernel.bpf_stats_enabled) for tcptop's own programs.
-- tcptop's CPU % and RSS with 10,000 open connections at a 1 s interval.
-- time from start to the first snapshot.
+Sections (--only, comma-separated; all by default):
+  requests  redis-benchmark GET (-c 20) and iperf3 over loopback. Per request (per MB for
+            iperf3): the machine's busy CPU without tcptop (/proc/stat), the BPF time of
+            tcptop's own programs (kernel.bpf_stats_enabled, in a run of its own: the stats add
+            to every program run), the flow engine's share apart, runs per request of each
+            program, the tcptop process's own CPU, and throughput without/with tcptop (median
+            of --pairs runs each, alternating).
+  poll      --busy busy flows, the packet-level engine as configured: CPU per poll and per part.
+  scale     --connections idle connections: time to the first snapshot, CPU per poll, every
+            socket listed (against ss), ss -tin as the floor; --json full lines and --changes
+            lines: size and CPU.
+  churn     --churn-rate connections/s for --churn-seconds (half FIN, half RST) under
+            `tcptop --json --changes`: gaps between lines, closed connections reported against
+            those made, final records lost, CPU.
 
-Usage: benchmarks/overhead.py [--pairs N] [--seconds S] [--quick]. Prints a Markdown table.
-These machines are noisy: read medians and ratios, not single runs.
+Usage: benchmarks/overhead.py [--only S,...] [--latency MODE,...] [--engine core|bcc] [--quick].
+Prints Markdown.
+Run it under `flock -x /tmp/tcptop-machine.lock`; read medians and ratios, not single runs.
 """
 
 from __future__ import annotations
@@ -16,32 +26,125 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "--tree" in sys.argv:  # measure another checkout (e.g. an older commit, for before/after)
+    ROOT = os.path.abspath(sys.argv[sys.argv.index("--tree") + 1])
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads  # noqa: E402
+
 TCPTOP = [sys.executable, "-m", "tcptop"]
-LATENCY = "full"  # --latency mode passed to tcptop (set from the command line)
+ENGINE: list[str] = []  # ["--engine", NAME] when asked for; tcptop's own default otherwise
+CHANGES = True  # the checkout has --json --changes
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def our_names() -> set[str]:
-    """Names of tcptop's programs (as the kernel truncates them), from the built objects."""
-    from tcptop.engines.core.libbpf import BpfObject
-    names = set()
-    for obj in ("flows.bpf.o", "latency.bpf.o", "failures.bpf.o"):
-        o = BpfObject(os.path.join(ROOT, "build", obj))
-        # the kernel keeps 15 characters of a name; bpftool shows the full one from BTF
-        names |= {n[:15] for n in o.programs} | set(o.programs)
-        o.close()
-    return names
+# -- measuring ---------------------------------------------------------------------------
+
+def busy_cpu_s() -> float:
+    """Busy CPU time of the whole machine so far (every CPU; /proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = list(map(int, f.readline().split()[1:9]))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def prog_stats(pid: int) -> dict[int, tuple[int, int]]:
+    """prog id -> (run_time_ns, run_cnt) of the BPF programs a process holds (/proc/PID/fdinfo)."""
+    out = {}
+    d = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(d):
+        try:
+            with open(f"{d}/{fd}") as f:
+                text = f.read()
+        except OSError:
+            continue
+        m = re.search(r"^prog_id:\s+(\d+)", text, re.M)
+        ns = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
+        cnt = re.search(r"^run_cnt:\s+(\d+)", text, re.M)
+        if m and ns and cnt:  # a program's own fd (a link's names the program, without its stats)
+            out[int(m.group(1))] = (int(ns.group(1)), int(cnt.group(1)))
+    return out
+
+
+def prog_names(ids) -> dict[int, str]:
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout or "[]")
+    return {p["id"]: p.get("name", "?") for p in progs if p["id"] in ids}
+
+
+@contextmanager
+def bpf_stats():
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write("1")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+
+
+class Tcptop:
+    """`tcptop --json ARGS` running, its output read (and counted) by a thread."""
+
+    def __init__(self, *args: str):
+        self.p = subprocess.Popen(TCPTOP + ["--json", *ENGINE, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, bufsize=1 << 20)
+        self.started = time.monotonic()
+        first = self.p.stdout.readline()
+        if not first:
+            raise SystemExit(f"tcptop did not start: {self.p.stderr.read()}")
+        self.first_line_s = time.monotonic() - self.started
+        self.lines = [(time.monotonic(), len(first), first)]
+        self.keep = False
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            self.lines.append((time.monotonic(), len(line), line if self.keep else ""))
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def stop(self) -> None:
+        self.p.send_signal(2)
+        self.p.wait(30)
+        self._t.join(10)
+
+    def __enter__(self) -> "Tcptop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def free_port() -> int:
@@ -50,205 +153,301 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def tcptop_attached(*extra: str):
-    """Run `tcptop --json` (output discarded) until the block ends; yields the process."""
-    p = subprocess.Popen(TCPTOP + ["--json", "--interval", "1", "--latency", LATENCY, *extra], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    p.stdout.readline()  # attached once the first snapshot is out
-    drain = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
-    try:
-        yield p
-    finally:
-        p.send_signal(2)
-        p.wait(10)
-        drain.wait(5)
+def fmt_runs(vals, unit_scale=1.0, digits=1) -> str:
+    return " ".join(f"{v * unit_scale:.{digits}f}" for v in vals)
 
 
-@contextmanager
-def bpf_stats():
-    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
-        old = f.read().strip()
-    with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-        f.write("1")
-    try:
-        yield
-    finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
-            f.write(old)
+def spread(vals) -> str:
+    """The runs' spread around their median, as a percentage (max - min) / median."""
+    m = statistics.median(vals)
+    return f"±{50 * (max(vals) - min(vals)) / m:.1f} %" if m else "-"
 
 
-def our_prog_stats() -> dict[str, tuple[int, int]]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
-    res = {}
-    ours = OUR_NAMES
-    for p in json.loads(out or "[]"):
-        if p.get("name", "") in ours:
-            res[p["name"]] = (p.get("run_time_ns", 0), p.get("run_cnt", 0))
-    return res
+# -- section: requests ---------------------------------------------------------------------
 
+class Workload:
+    """One loopback workload: run() -> (units done, wall seconds); `unit` names what a unit is."""
 
-def iperf3_gbps(port: int, seconds: float) -> float:
-    r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"],
-                       capture_output=True, text=True, timeout=seconds + 30)
-    return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    def __init__(self, kind: str, size: float):
+        self.kind, self.size = kind, size
+        self.unit = "request" if kind == "redis" else "MB"
+        self._srv = None
+        self._tmp = None
+        self.port = free_port()
+        if kind == "redis":
+            self._tmp = tempfile.mkdtemp(prefix="tcptop-bench-")
+            self._srv = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--dir", self._tmp], stdout=subprocess.DEVNULL)
+        else:
+            self._srv = subprocess.Popen(["iperf3", "-s", "-p", str(self.port)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
 
-
-def redis_rps(port: int, requests: int) -> float:
-    r = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(requests), "-c", "50", "-t", "set,get",
-                        "-q", "--csv"], capture_output=True, text=True, timeout=300)
-    rates = []
-    for line in r.stdout.splitlines():
-        parts = [x.strip('"') for x in line.split(",")]
-        if len(parts) > 1 and parts[0] in ("SET", "GET"):
-            rates.append(float(parts[1]))
-    return statistics.mean(rates)
-
-
-def paired(measure, pairs: int) -> tuple[list[float], list[float]]:
-    """Alternate off/on runs so drift hits both sides alike (BPF run-time stats stay off:
-    they add two clock reads to every program run and would inflate the 'on' side)."""
-    off, on = [], []
-    for i in range(pairs):
-        for attached in ((False, True) if i % 2 == 0 else (True, False)):
-            if attached:
-                with tcptop_attached():
-                    on.append(measure())
-            else:
-                off.append(measure())
-    return off, on
-
-
-def program_costs(measure) -> dict[str, tuple[int, int]]:
-    """One extra attached run with kernel.bpf_stats_enabled: (run_time_ns, run_cnt) per program."""
-    with tcptop_attached(), bpf_stats():
-        before = our_prog_stats()
-        measure()
-        after = our_prog_stats()
-    return {n: (ns - before.get(n, (0, 0))[0], cnt - before.get(n, (0, 0))[1]) for n, (ns, cnt) in after.items()}
-
-
-def proc_cpu_rss(pid: int) -> tuple[float, int]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return ticks / os.sysconf("SC_CLK_TCK"), rss
-
-
-def many_connections(n_pairs: int):
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n_pairs * 2 + 1000, n_pairs * 2 + 1000))
-    lsn = socket.socket()
-    lsn.bind(("127.0.0.1", 0))
-    lsn.listen(4096)
-    socks = []
-    for _ in range(n_pairs):
-        c = socket.create_connection(lsn.getsockname())
-        s, _ = lsn.accept()
-        socks += [c, s]
-    lsn.close()
-    return socks
-
-
-def cpu_with_connections(n_pairs: int, seconds: float, extra: tuple[str, ...]) -> tuple[float, int]:
-    with tcptop_attached(*extra) as p:
-        time.sleep(2)  # let the owner scan and first polls settle
-        cpu0, _ = proc_cpu_rss(p.pid)
-        time.sleep(seconds)
-        cpu1, rss = proc_cpu_rss(p.pid)
-    return 100 * (cpu1 - cpu0) / seconds, rss
-
-
-def first_snapshot_s(runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
+    def run(self) -> tuple[float, float]:
         t0 = time.monotonic()
-        subprocess.run(TCPTOP + ["--json", "--count", "1"], cwd=ROOT, capture_output=True, check=True)
-        out.append(time.monotonic() - t0)
+        if self.kind == "redis":
+            n = int(self.size)
+            subprocess.run(["redis-benchmark", "-p", str(self.port), "-t", "get", "-n", str(n), "-c", "20", "-q"],
+                           capture_output=True, check=True, timeout=600)
+            return n, time.monotonic() - t0
+        out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(self.port), "-t", str(self.size), "-J"],
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+        return json.loads(out)["end"]["sum_received"]["bytes"] / 1e6, time.monotonic() - t0
+
+    def close(self) -> None:
+        self._srv.terminate()
+        self._srv.wait(10)
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def measure_requests(w: Workload, modes: list[str], pairs: int) -> list[dict]:
+    """Per mode: paired throughput without/with, busy CPU per unit, tcptop's CPU per unit, then a
+    bpf_stats run for BPF time per unit by program."""
+    rows = []
+    for mode in modes:
+        args = [] if mode == "default" else ["--latency", mode]
+        off, on, busy_off, proc_on = [], [], [], []
+        for i in range(pairs):
+            for attached in ((False, True) if i % 2 == 0 else (True, False)):
+                if attached:
+                    with Tcptop("--interval", "1", *args) as t:
+                        c0 = proc_cpu_s(t.pid)
+                        units, secs = w.run()
+                        proc_on.append((proc_cpu_s(t.pid) - c0) / units)
+                    on.append(units / secs)
+                else:
+                    b0 = busy_cpu_s()
+                    units, secs = w.run()
+                    busy_off.append((busy_cpu_s() - b0) / units)
+                    off.append(units / secs)
+        with Tcptop("--interval", "1", *args) as t, bpf_stats():
+            before = prog_stats(t.pid)
+            units, _ = w.run()
+            after = prog_stats(t.pid)
+            names = prog_names(after.keys())
+        per_prog = {}
+        for pid_, (ns, cnt) in after.items():
+            ns0, cnt0 = before.get(pid_, (0, 0))
+            name = names.get(pid_, str(pid_))
+            a, b = per_prog.get(name, (0, 0))
+            per_prog[name] = (a + ns - ns0, b + cnt - cnt0)
+        rows.append({"mode": mode, "unit": w.unit, "off": off, "on": on, "busy": statistics.median(busy_off),
+                     "busy_runs": busy_off, "proc": statistics.median(proc_on), "units": units, "progs": per_prog})
+    return rows
+
+
+def print_requests(name: str, rows: list[dict]) -> None:
+    print(f"\n### {name}\n")
+    print("| tcptop mode | busy CPU per unit without | BPF per unit: flow engine / all (share of busy) | "
+          "tcptop process per unit (share) | throughput with/without (median) | runs without | runs with |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        flow_ns = sum(ns for n, (ns, _) in r["progs"].items() if n.startswith("tcptop_"))
+        all_ns = sum(ns for ns, _ in r["progs"].values())
+        busy_ns = r["busy"] * 1e9
+        u = r["units"]
+        off_m, on_m = statistics.median(r["off"]), statistics.median(r["on"])
+        scale = 1 / 1000 if r["unit"] == "request" else 1.0
+        print(f"| {r['mode']} | {busy_ns / 1000:.2f} us/{r['unit']} | {flow_ns / u:.0f} ns ({100 * flow_ns / u / busy_ns:.2f} %)"
+              f" / {all_ns / u:.0f} ns ({100 * all_ns / u / busy_ns:.2f} %) | {r['proc'] * 1e9:.0f} ns "
+              f"({100 * r['proc'] / r['busy']:.2f} %) | {on_m / off_m:.3f} | {fmt_runs(r['off'], scale)} ({spread(r['off'])}) | "
+              f"{fmt_runs(r['on'], scale)} ({spread(r['on'])}) |")
+    for r in rows:
+        print(f"\nBPF programs, tcptop {r['mode']} ({r['units']:.0f} {r['unit']}s, bpf_stats on):\n")
+        print(f"| program | runs per {r['unit']} | ns per run | ns per {r['unit']} |")
+        print("|---|---:|---:|---:|")
+        for n, (ns, cnt) in sorted(r["progs"].items(), key=lambda kv: -kv[1][0]):
+            if cnt:
+                print(f"| {n} | {cnt / r['units']:.2f} | {ns / cnt:.0f} | {ns / r['units']:.0f} |")
+
+
+# -- section: poll -------------------------------------------------------------------------
+
+def measure_poll(busy: int, latency: str, polls: int) -> dict:
+    from tcptop.engines import EngineOptions
+    from tcptop.engines.core.engine import CoreEngine
+    with workloads.busy_flows(busy):
+        e = CoreEngine(EngineOptions(interval_s=1, latency=latency))
+        try:
+            e.poll()
+            time.sleep(1)
+            cpu, parts = [], []
+            for _ in range(polls):
+                c0 = time.process_time()
+                snap = e.poll()
+                cpu.append((time.process_time() - c0) * 1e3)
+                parts.append(getattr(snap.run, "timing", {}))
+                time.sleep(1)
+            n = sum(1 for f in snap.flows if f.state == "ESTABLISHED")
+        finally:
+            e.close()
+    med = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in parts[-1]}
+    return {"cpu": cpu, "parts": med, "flows": n}
+
+
+# -- section: scale ------------------------------------------------------------------------
+
+def measure_scale(n: int, latency: str, polls: int) -> dict:
+    from tcptop.engines import EngineOptions
+    from tcptop.engines.core.engine import CoreEngine
+    out = {}
+    with workloads.held_connections(n):
+        ss_t0 = os.times()
+        listed = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True, text=True).stdout
+        ss_t1 = os.times()
+        out["ss_cpu_s"] = (ss_t1.children_user + ss_t1.children_system) - (ss_t0.children_user + ss_t0.children_system)
+        out["ss_sockets"] = sum(1 for line in listed.splitlines() if line and not line[0].isspace())
+        c0, t0 = time.process_time(), time.monotonic()
+        e = CoreEngine(EngineOptions(interval_s=1, latency=latency))
+        try:
+            snap = e.poll()
+            out["first_s"] = time.monotonic() - t0
+            out["first_cpu_s"] = time.process_time() - c0
+            out["first_parts"] = getattr(snap.run, "timing", {})
+            out["listed"] = sum(1 for f in snap.flows if f.state == "ESTABLISHED")
+            cpu, parts = [], []
+            for _ in range(polls):
+                time.sleep(1)
+                c0 = time.process_time()
+                snap = e.poll()
+                cpu.append((time.process_time() - c0) * 1e3)
+                parts.append(getattr(snap.run, "timing", {}))
+            out["cpu"] = cpu
+            out["parts"] = {k: statistics.median(p.get(k, 0.0) for p in parts) for k in parts[-1]}
+            out["walk_cycle_s"] = max(getattr(e.flows, "walk_period_s", 0),
+                                      out["listed"] * getattr(e.flows, "_walk_cost_ns", 0) / (getattr(e.flows, "walk_ms", 1) * 1e6))
+        finally:
+            e.close()
+        for changes in (False, True) if CHANGES else (False,):
+            key = "changes" if changes else "full"
+            args = ["--interval", "1", "--latency", latency] + (["--changes"] if changes else [])
+            with Tcptop(*args) as t:
+                first, first_bytes = t.first_line_s, t.lines[0][1]
+                c0 = proc_cpu_s(t.pid)
+                l0 = len(t.lines)
+                time.sleep(8)
+                lines = t.lines[l0:]
+                cpu = proc_cpu_s(t.pid) - c0
+                rss = proc_rss_mib(t.pid)
+            out[key] = {"first_s": first, "first_bytes": first_bytes, "lines": len(lines),
+                        "bytes": statistics.median(b for _, b, _ in lines) if lines else 0,
+                        "cpu_pct": 100 * cpu / 8, "rss": rss}
     return out
 
 
+# -- section: churn ------------------------------------------------------------------------
+
+def measure_churn(rate: float, seconds: float, latency: str) -> dict:
+    churn = workloads.Churn(rate, seconds)
+    ports = set(churn.ports)
+    expr = " or ".join(f"port {p}" for p in ports)
+    try:
+        args = ["--interval", "1", "--filter", expr] + (["--latency", latency] if latency != "default" else [])
+        if CHANGES:
+            args.append("--changes")
+        with Tcptop(*args) as t:
+            t.keep = True
+            time.sleep(1.5)
+            c0, w0 = proc_cpu_s(t.pid), time.monotonic()
+            churn.start()
+            made = churn.wait()
+            time.sleep(2.5)  # the last closes reach a snapshot
+            cpu, wall = proc_cpu_s(t.pid) - c0, time.monotonic() - w0
+        stamps = [ts for ts, _, _ in t.lines]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        ends, lost, last = set(), 0, None
+        for _, _, line in t.lines:
+            if not line:
+                continue
+            d = json.loads(line)
+            last = d
+            for f in d["flows"]:
+                if f["closed"] or f["state"] == "TIME_WAIT":
+                    ends.add((f["lport"], f["rport"]))
+        lost = last["run"]["events_lost"] if last else -1
+        client_ends = {e for e in ends if e[1] in ports}
+        return {"made": made, "rate": made / seconds, "client_ends": len(client_ends), "all_ends": len(ends),
+                "max_gap": max(gaps), "gaps_over": sum(1 for g in gaps if g > 1.5), "cpu_pct": 100 * cpu / wall,
+                "lost": lost}
+    finally:
+        churn.close()
+
+
+# -- main ------------------------------------------------------------------------------------
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=5, help="off/on pairs per workload")
+    ap.add_argument("--only", default="requests,poll,scale,churn")
+    ap.add_argument("--latency", default="default,off", help="tcptop modes for 'requests' (default = no --latency)")
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=200000, help="redis GET requests per run")
     ap.add_argument("--seconds", type=float, default=4, help="iperf3 run length")
-    ap.add_argument("--requests", type=int, default=100000, help="redis-benchmark requests per run")
-    ap.add_argument("--connections", type=int, default=10000)
+    ap.add_argument("--busy", type=int, default=1000)
+    ap.add_argument("--connections", type=int, default=100000)
+    ap.add_argument("--churn-rate", type=float, default=10000)
+    ap.add_argument("--churn-seconds", type=float, default=10)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script works")
-    ap.add_argument("--latency", choices=("full", "light", "off"), default="full",
-                    help="tcptop's packet-level engine mode during the 'with' runs")
+    ap.add_argument("--engine", choices=("core", "bcc"), help="tcptop's engine (default: tcptop's own choice)")
+    ap.add_argument("--tree", metavar="DIR", help="the tcptop checkout to measure (default: this one; build/ built)")
     a = ap.parse_args()
-    global LATENCY, OUR_NAMES
-    LATENCY = a.latency
-    OUR_NAMES = our_names()
     if a.quick:
-        a.pairs, a.seconds, a.requests, a.connections = 1, 1, 5000, 200
+        a.pairs, a.requests, a.seconds, a.busy, a.connections, a.churn_rate, a.churn_seconds = 1, 20000, 1, 50, 2000, 500, 2
     if os.geteuid() != 0:
         sys.exit("overhead.py: run as root (it loads tcptop's BPF programs)")
-    for tool in ("iperf3", "redis-server", "redis-benchmark", "bpftool"):
+    for tool in ("iperf3", "redis-server", "redis-benchmark", "bpftool", "ss"):
         if not shutil.which(tool):
             sys.exit(f"overhead.py: {tool} missing; run `make setup`")
+    only = set(a.only.split(","))
+    global CHANGES, ENGINE
+    ENGINE = ["--engine", a.engine] if a.engine else []
+    CHANGES = "--changes" in subprocess.run(TCPTOP + ["--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    modes = a.latency.split(",")
+    workloads._raise_nofile()
+    print(f"# tcptop overhead ({os.uname().release}, {os.cpu_count()} CPUs)")
 
-    rows = []
-    iport, rport = free_port(), free_port()
-    tmp = tempfile.mkdtemp(prefix="tcptop-bench-")
-    iperf = subprocess.Popen(["iperf3", "-s", "-p", str(iport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    try:
-        off, on = paired(lambda: iperf3_gbps(iport, a.seconds), a.pairs)
-        rows.append(("iperf3 loopback Gbit/s", off, on))
-        off, on = paired(lambda: redis_rps(rport, a.requests), a.pairs)
-        rows.append(("redis-benchmark SET/GET req/s", off, on))
-        prog1 = program_costs(lambda: iperf3_gbps(iport, a.seconds))
-        prog2 = program_costs(lambda: redis_rps(rport, a.requests))
-    finally:
-        iperf.terminate()
-        redis.terminate()
-        iperf.wait()
-        redis.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    if "requests" in only:
+        for kind, size in (("redis", a.requests), ("iperf3", a.seconds)):
+            w = Workload(kind, size)
+            try:
+                rows = measure_requests(w, modes, a.pairs)
+            finally:
+                w.close()
+            title = ("redis-benchmark GET -c 20, per request" if kind == "redis" else
+                     f"iperf3 loopback {a.seconds:g} s, per MB received")
+            print_requests(title, rows)
 
-    print(f"tcptop --latency {LATENCY}, {a.pairs} off/on pairs\n")
-    print("| workload | without tcptop (median) | with tcptop (median) | ratio | runs without | runs with |")
-    print("|---|---:|---:|---:|---|---|")
-    for name, off, on in rows:
-        off_m, on_m = statistics.median(off), statistics.median(on)
-        fmt = (lambda v: f"{v:.1f}") if off_m < 1000 else (lambda v: f"{v / 1000:.0f}k")
-        print(f"| {name} | {off_m:,.2f} | {on_m:,.2f} | {on_m / off_m:.3f} | "
-              f"{' '.join(fmt(v) for v in off)} | {' '.join(fmt(v) for v in on)} |")
+    if "poll" in only:
+        r = measure_poll(a.busy, "full", 8)
+        print(f"\n### poll of {r['flows']} busy connections' ends (--latency full)\n")
+        print(f"CPU per poll: median {statistics.median(r['cpu']):.1f} ms (runs {fmt_runs(r['cpu'])}); parts "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()))
 
-    print("\n| BPF program | runs | mean ns/run |")
-    print("|---|---:|---:|")
-    total_ns = total_cnt = 0
-    for name in sorted(set(prog1) | set(prog2)):
-        ns = prog1.get(name, (0, 0))[0] + prog2.get(name, (0, 0))[0]
-        cnt = prog1.get(name, (0, 0))[1] + prog2.get(name, (0, 0))[1]
-        total_ns += ns
-        total_cnt += cnt
-        print(f"| {name} | {cnt:,} | {ns / cnt if cnt else 0:,.0f} |")
-    print(f"| all event programs | {total_cnt:,} | {total_ns / total_cnt if total_cnt else 0:,.0f} |")
+    if "scale" in only:
+        for lat in ("off", "full"):
+            r = measure_scale(a.connections, lat, 8)
+            print(f"\n### {a.connections:,} idle connections, --latency {lat}\n")
+            print(f"- listed {r['listed']:,} established sockets (ss: {r['ss_sockets']:,}); `ss -tin` takes "
+                  f"{r['ss_cpu_s']:.2f} s of CPU for them")
+            print(f"- first snapshot (engine): {r['first_s']:.2f} s after start ({r['first_cpu_s']:.2f} s CPU); parts "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in r["first_parts"].items()))
+            print(f"- CPU per poll after: median {statistics.median(r['cpu']):.1f} ms (runs {fmt_runs(r['cpu'])}); parts "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()))
+            print(f"- the table walk passes every socket every {r['walk_cycle_s']:.0f} s")
+            for key in ("full", "changes"):
+                j = r[key]
+                print(f"- `tcptop --json{' --changes' if key == 'changes' else ''}`: first line after {j['first_s']:.2f} s "
+                      f"({j['first_bytes'] / 1e6:.1f} MB), then {j['lines']} lines in 8 s of median {j['bytes'] / 1e6:.3f} MB, "
+                      f"{j['cpu_pct']:.1f} % of a core, RSS {j['rss']:.0f} MiB")
 
-    socks = many_connections(a.connections // 2)
-    try:
-        cpu_all, rss_all = cpu_with_connections(a.connections // 2, 10 if not a.quick else 2, ())
-        cpu_eng, rss_eng = cpu_with_connections(a.connections // 2, 10 if not a.quick else 2, ("--port", "1"))
-    finally:
-        for s in socks:
-            s.close()
-    print(f"\n| tcptop --json, {a.connections:,} connections, 1 s interval | CPU % of one core | RSS MiB |")
-    print("|---|---:|---:|")
-    print(f"| engine + JSON of every flow | {cpu_all:.1f} | {rss_all / 2**20:.0f} |")
-    print(f"| engine only (filter matches nothing) | {cpu_eng:.1f} | {rss_eng / 2**20:.0f} |")
-
-    firsts = first_snapshot_s(3 if not a.quick else 1)
-    print(f"\nfirst snapshot after start (process start to output, median of {len(firsts)}): "
-          f"{statistics.median(firsts):.2f} s")
+    if "churn" in only:
+        r = measure_churn(a.churn_rate, a.churn_seconds, "default")
+        print(f"\n### churn: {r['made']:,} connections in {a.churn_seconds:g} s ({r['rate']:,.0f}/s), "
+              "half FIN half RST, `tcptop --json --changes --interval 1`\n")
+        print(f"- client ends reported closed (or kept in TIME_WAIT): {r['client_ends']:,} of {r['made']:,}; "
+              f"final records lost (events_lost): {r['lost']}")
+        print(f"- longest gap between lines {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
+              f"tcptop used {r['cpu_pct']:.1f} % of a core")
     return 0
 
 

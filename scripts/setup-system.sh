@@ -3,6 +3,17 @@
 set -euo pipefail
 need=(clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip iproute2 iptables
       iperf3 redis-server redis-tools tmux procps prometheus bpftrace)
+# The BCC engine (--engine bcc): BCC's Python bindings, and kernel headers for BCC to compile
+# with: this kernel's if the distribution has them, else its default ones (another kernel's
+# headers do: the engine reads no kernel struct through them; scripts/bcc-setup.sh merges them).
+need+=(python3-bpfcc)
+if [ ! -e "/lib/modules/$(uname -r)/build" ]; then
+    if apt-cache show "linux-headers-$(uname -r)" >/dev/null 2>&1; then
+        need+=("linux-headers-$(uname -r)")
+    else
+        need+=("linux-headers-$(dpkg --print-architecture)")
+    fi
+fi
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"time between snapshots, {INTERVAL_MIN_S:g} to {INTERVAL_MAX_S:g} (default 1)")
     p.add_argument("-n", "--count", type=_int_in(1, 2**31, "--count"), metavar="N",
                    help="with --json: stop after N snapshots")
+    p.add_argument("--changes", action="store_true",
+                   help="with --json: after a first full snapshot, only the flows that changed and the ids of "
+                        "flows gone")
     p.add_argument("-p", "--port", type=_int_in(1, 65535, "--port"), metavar="P",
                    help="only flows with local or remote port P")
     p.add_argument("--pid", type=_int_in(1, 2**22, "--pid"), metavar="PID", help="only flows owned by PID")
@@ -151,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --latency budget: the packet-level engine's BPF time, in %% of the machine's "
                         "busy CPU (default 0.5)")
     p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
-                   help="kernel engine: core (CO-RE, needs BTF), or auto (the first that can run here)")
-    p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=16384, metavar="N",
-                   help="room for final records of connections closed within one interval (default 16384)")
+                   help="kernel engine: core (CO-RE, needs BTF), bcc (BCC, compiles at start-up; for hosts "
+                        "without BTF), or auto (the first that can run here: core, then bcc)")
+    p.add_argument("--max-closed", type=_int_in(64, 1 << 22, "--max-closed"), default=65536, metavar="N",
+                   help="room for final records of connections closed within one interval (default 65536)")
     p.add_argument("--serve", type=_listen_address, metavar="[ADDR:]PORT",
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics instead of the screen "
                         "(ADDR: every address when left out; PORT 0: any free port, printed at start)")
@@ -254,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except exporter.ListenError as e:
             sys.stderr.write(f"tcptop: {e}\n")
             return 1
+    if args.changes and not args.json:
+        parser.error("--changes goes with --json")
     from tcptop.source import SourceError, open_source
     demo = None
     if args.demo:

@@ -8,6 +8,7 @@ field's name, unit and meaning are fixed. It imports nothing from the engine.
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import MISSING as dataclasses_MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -132,6 +133,9 @@ class Flow:
     # RTT samples by bucket: (upper bound in µs, samples) of each non-empty bucket, ascending;
     # the bounds are the engine's (tcptop/engines/histogram.py). Empty when not measured.
     rtt_hist: tuple[tuple[int, int], ...] = ()
+    # A closed connection's end the kernel still keeps (state TIME_WAIT, or FIN_WAIT2 after
+    # the application closed): unix time at which its timer drops it; 0 for other flows.
+    tw_expires_ts: float = 0.0
     # Why it fails (the failure engine), whole life as far as tcptop saw it. `drops`: packets of
     # this connection the kernel dropped, by the kernel's reason (enum skb_drop_reason names
     # without SKB_DROP_REASON_; drops without a reason are not counted). Resets each way, and
@@ -164,14 +168,17 @@ class Flow:
         return float(self.srtt_us)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f: getattr(self, f) for f in _FLOW_FIELDS}
+        d = dict(zip(_FLOW_FIELDS, _flow_values(self)))  # all in C: --json encodes every flow
         if d["latency"] is None:
             del d["latency"]
         d["drops"] = dict(d["drops"])
         return d
 
 
+# json.dumps(d, separators=(",", ":")) builds a new encoder at every call; one will do.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 _FLOW_FIELDS = tuple(f.name for f in fields(Flow))
+_flow_values = operator.attrgetter(*_FLOW_FIELDS)
 _STR_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "str")
 _BOOL_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "bool")
 _FLOAT_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "float")
@@ -253,6 +260,9 @@ class RunInfo:
     events_lost: int = 0        # kernel updates dropped (map full, closed-flow overflow)
     hooks: Mapping[str, str] = field(default_factory=dict)  # hook -> "ok" or why not
     degraded: tuple[str, ...] = ()  # human sentences: metric and reason
+    # Milliseconds each part of the poll took (e.g. "kernel_read", "decode"); empty in replays
+    # of files written before it existed.
+    timing: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -261,6 +271,7 @@ class RunInfo:
             "events_lost": self.events_lost,
             "hooks": dict(self.hooks),
             "degraded": list(self.degraded),
+            "timing": dict(self.timing),
         }
 
 
@@ -316,7 +327,7 @@ class JsonEncoder:
     def _pieces(self, f: Flow) -> tuple[Flow, str, str]:
         d = f.to_dict()
         d["duration_s"] = 0  # placeholder in the key's own position
-        text = json.dumps(d, separators=(",", ":"))
+        text = _compact(d)
         i = text.index(self._AGE) + len(self._AGE) - 1
         return f, text[:i], text[i + 1:]
 
@@ -506,7 +517,15 @@ def _run_from_dict(run: Any) -> RunInfo:
         events_lost=_check_int("run", "events_lost", run.get("events_lost", 0)),
         hooks=dict(hooks),
         degraded=tuple(degraded),
+        timing=_timing(run.get("timing", {})),
     )
+
+
+def _timing(timing: Any) -> dict[str, float]:
+    if not isinstance(timing, Mapping) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in timing.values()):
+        raise _bad("run", "timing", "not an object of numbers")
+    return {str(k): float(v) for k, v in timing.items()}
 
 
 def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
@@ -516,6 +535,8 @@ def snapshot_from_dict(d: Mapping[str, Any]) -> Snapshot:
     for k in ("ts", "interval_s", "flows"):
         if k not in d:
             raise SnapshotFormatError(f"snapshot lacks {k}")
+    if d.get("delta"):
+        raise SnapshotFormatError("a --changes line (only what changed): replay needs full snapshots")
     if not isinstance(d["flows"], list):
         raise _bad("snapshot", "flows", "not a list")
     return Snapshot(

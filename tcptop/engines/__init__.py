@@ -20,14 +20,15 @@ class EngineError(Exception):
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     interval_s: float = 1.0
-    max_closed: int = 16384   # room for final records of flows closed within one interval
+    max_closed: int = 65536   # room for final records of flows closed within one interval
     latency: str = "budget"   # packet-level stages: "budget", "full", "light" or "off"
     latency_budget_pct: float = 0.5  # with "budget": the engine's BPF time, % of busy CPU
 
 
 # name -> module that exports `preflight()` and `Engine`; "auto" tries them in this order.
 ENGINES: dict[str, str] = {
-    "core": "tcptop.engines.core",
+    "core": "tcptop.engines.core",  # CO-RE: needs the kernel's BTF
+    "bcc": "tcptop.engines.bcc",    # BCC: compiles at start-up; for hosts without BTF
 }
 ENGINE_NAMES = ("auto", *ENGINES)
 

@@ -7,6 +7,9 @@ bucket also takes everything longer. A percentile's rank is located in its bucke
 interpolated geometrically inside it (linearly in bucket 0): the estimate lies in the same
 bucket as the true value, so it is within 9.7 % of it. Means are exact (the kernel sums
 nanoseconds). Engine-agnostic: any engine that keeps these buckets reports stages the same way.
+
+RTT samples per connection (Flow.rtt_hist) are kept apart, in log2 buckets of microseconds
+(RTT_BUCKETS, at the end).
 """
 
 from __future__ import annotations
@@ -134,6 +137,31 @@ def _shape(pairs: Sequence[tuple[int, int]]) -> tuple:
     return tuple(out)
 
 
-def stage_summary(slots: Sequence[int], sum_ns: int) -> dict[str, Any]:
-    """summary_of_pairs() of a histogram given as one count per bucket."""
-    return summary_of_pairs([(b, c) for b, c in enumerate(slots) if c], sum_ns)
+def stage_summary(slots: Sequence[int], sum_ns: int, max_ns: int = 0) -> dict[str, Any]:
+    """summary_of_pairs() of a histogram given as one count per bucket. With a known maximum
+    (an engine that keeps one), no percentile exceeds it and "max_us" says it."""
+    d = summary_of_pairs([(b, c) for b, c in enumerate(slots) if c], sum_ns)
+    if max_ns and d["count"]:
+        cap = round(max_ns / 1000, 3)
+        d = dict(d, **{name: min(d[name], cap) for name, _ in PERCENTILES}, max_us=cap)
+    return d
+
+
+# RTT samples per connection (Flow.rtt_hist), as the flow engine keeps them in the kernel
+# (RTT_BUCKETS in bpf/flows.h): log2 buckets of microseconds. Bucket 0 holds [0, 2) us,
+# bucket b >= 1 holds [2^b, 2^(b+1)) us; a bucket is named by its exclusive upper bound
+# 2^(b+1). The last bucket, [2^27, 2^28) us (134-268 s), also takes anything longer, which
+# TCP does not measure: an unacknowledged segment is retransmitted within TCP_RTO_MAX
+# (120 s), and Karn's rule keeps retransmitted segments out of the estimator.
+RTT_BUCKETS = 28
+RTT_UPPER_US: tuple[int, ...] = tuple(2 << b for b in range(RTT_BUCKETS))
+
+
+def rtt_bucket(us: int) -> int:
+    """The bucket an RTT sample of `us` microseconds is counted in."""
+    return min(max(us, 1).bit_length() - 1, RTT_BUCKETS - 1)
+
+
+def rtt_hist(counts) -> tuple[tuple[int, int], ...]:
+    """(upper bound in us, samples) of each non-empty bucket, ascending, from per-bucket counts."""
+    return tuple((RTT_UPPER_US[b], n) for b, n in enumerate(counts) if n)

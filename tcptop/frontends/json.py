@@ -1,17 +1,46 @@
-"""`--json`: one snapshot per interval as a JSON line on stdout, until --count or a signal."""
+"""`--json`: one snapshot per interval as a JSON line on stdout, until --count or a signal.
+
+With --changes, the first line is a full snapshot and every later one carries `"delta":
+true`, the flows that changed since the line before (new, updated, closed) and `"gone"`,
+the ids of flows no longer listed: a consumer keeps a table by id, replaces what comes
+and drops what is gone. An unchanged flow's age is not repeated: it is its
+established_ts subtracted from the line's ts. At 100,000 idle connections a full line is
+about 90 MB, a delta line a few hundred bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
 import time
 from typing import Callable
 
-from tcptop.model import Flow, JsonEncoder
+from tcptop.model import Flow, JsonEncoder, Snapshot
 from tcptop.source import SnapshotSource
+
+
+class DeltaEncoder(JsonEncoder):
+    """Lines with only what changed since the previous one (the engine hands back the same Flow
+    object for an unchanged connection, so a change is a different object)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: dict[int, Flow] | None = None
+
+    def encode(self, snap: Snapshot) -> str:
+        shown = self._shown
+        now = {f.id: f for f in snap.flows}
+        self._shown = now
+        if shown is None:
+            return super().encode(snap)
+        changed = tuple(f for f in snap.flows if shown.get(f.id) is not f)
+        gone = [i for i in shown if i not in now]
+        line = super().encode(dataclasses.replace(snap, flows=changed))
+        return line[:-1] + f',"delta":true,"gone":{json.dumps(gone)}' + "}"
 
 
 def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None = None) -> int:
@@ -36,7 +65,7 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
 
 def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None,
                          stopped: Callable[[], bool]) -> int:
-    encoder = JsonEncoder()
+    encoder = DeltaEncoder() if getattr(args, "changes", False) else JsonEncoder()
     out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
     next_at = time.monotonic()

@@ -1,10 +1,11 @@
-"""Who owns a socket: process id, command name, cgroup and container.
+"""Who owns a socket: what /proc says about a process, and who holds a socket when the
+kernel side could not tell.
 
-The kernel side names the last process that sent, received or connected on a
-socket. Idle sockets (and those older than tcptop) have no such event, so
-their owner is found the way `ss -p` does it: the process whose file table
-holds the socket's inode. That scan is costly, so it runs only when unknown
-inodes appear, and at most once per `min_scan_interval_s`.
+The flow engine learns owners from the kernel (the process that connected, accept()'s
+caller, the holders its file-table walk finds); this module keeps what it needs per
+process: comm (refreshed by exec), cgroup and container, whether the process still
+exists. Where the kernel cannot walk file tables, `scan_inodes` finds holders the way
+`ss -p` does, from /proc/PID/fd, at most once per `min_scan_interval_s`.
 """
 
 from __future__ import annotations
@@ -43,56 +44,109 @@ def container_of(cgroup: str) -> str:
 
 
 class Owners:
-    """Caches socket inode -> pid and pid -> (comm, cgroup, container)."""
+    """pid -> (comm, cgroup, container), pid liveness, and the /proc holder scan.
 
-    def __init__(self, min_scan_interval_s: float = 2.0):
+    Process facts are cached for `info_ttl_s` (a process can move to another cgroup);
+    comm is replaced whenever the kernel reports it (accept, exec, a file-table walk).
+    """
+
+    def __init__(self, min_scan_interval_s: float = 2.0, info_ttl_s: float = 30.0):
         self.min_scan_interval_s = min_scan_interval_s
-        self._by_inode: dict[int, int] = {}
-        self._proc_info: dict[int, tuple[str, str, str]] = {}
-        self._last_scan = -1e9
+        self.info_ttl_s = info_ttl_s
         self.scans = 0
+        self._info: dict[int, tuple[str, str, str, float]] = {}
+        self._alive: dict[int, bool] = {}
+        self._exited: set[int] = set()
+        self._alive_at = 0.0
+        self._by_inode: dict[int, int] = {}
+        self._last_scan = -1e9
 
-    def pid_of_inode(self, ino: int) -> int:
-        return self._by_inode.get(ino, 0)
+    def note(self, pid: int, comm: str, exec_: bool = False) -> bool:
+        """The kernel named this process (exec_: it just exec()ed). True if its comm changed."""
+        if not pid:
+            return False
+        got = self._info.get(pid)
+        if got is not None and not exec_:
+            if comm and got[0] != comm:
+                self._info[pid] = (comm,) + got[1:]
+                return True
+            return False
+        cg = read_cgroup(pid)
+        self._info[pid] = (comm or read_comm(pid), cg, container_of(cg), time.monotonic())
+        self._exited.discard(pid)
+        return got is None or got[0] != self._info[pid][0]
 
-    def resolve(self, inodes: set[int]) -> None:
-        """Make sure these socket inodes are looked up (scans /proc if some are new)."""
-        missing = {i for i in inodes if i and i not in self._by_inode}
-        if not missing:
-            return
+    def exited(self, pid: int) -> None:
+        """The kernel said this process exited (a zombie still has /proc/PID)."""
+        self._info.pop(pid, None)
+        self._exited.add(pid)
+        if len(self._exited) > 65536:
+            self._exited.clear()
+
+    def born(self, pid: int) -> None:
+        """The kernel said this pid belongs to a new process."""
+        self._exited.discard(pid)
+        self._info.pop(pid, None)
+
+    def alive(self, pid: int) -> bool:
+        """Whether a process exists: not reported exited, and in /proc (asked once per pid per
+        second at most)."""
+        if pid in self._exited:
+            return False
         now = time.monotonic()
-        if now - self._last_scan < self.min_scan_interval_s:
-            return
-        self._last_scan = now
-        self.scans += 1
-        found = self._scan(missing)
-        self._by_inode.update(found)
-        for i in missing - found.keys():
-            self._by_inode[i] = 0  # nobody holds it (e.g. closed fd, kernel socket)
+        if now - self._alive_at > 1.0:
+            self._alive.clear()
+            self._alive_at = now
+        alive = self._alive.get(pid)
+        if alive is None:
+            alive = self._alive[pid] = os.path.exists(f"/proc/{pid}")
+        return alive
 
-    def trim(self, live_flows: int) -> None:
-        """Keep the caches bounded: start afresh when they hold far more than the live flows."""
-        if len(self._by_inode) > 2 * live_flows + 1024:
-            self._by_inode.clear()
-        if len(self._proc_info) > 4096:
-            self._proc_info.clear()
+    def lookup(self, pid: int) -> tuple[str, str, str] | None:
+        """(comm, cgroup, container) of a live process, None if it is gone (cached)."""
+        got = self._info.get(pid)
+        if got is not None and self._alive.get(pid) and pid not in self._exited and \
+                time.monotonic() - got[3] <= self.info_ttl_s:
+            return got[:3]
+        if not self.alive(pid):
+            return None
+        return self.info(pid)
 
     def info(self, pid: int) -> tuple[str, str, str]:
         """(comm, cgroup, container) of a pid, cached."""
         if not pid:
             return ("", "", "")
-        got = self._proc_info.get(pid)
-        if got is None:
+        got = self._info.get(pid)
+        now = time.monotonic()
+        if got is None or now - got[3] > self.info_ttl_s:
             cg = read_cgroup(pid)
-            got = (read_comm(pid), cg, container_of(cg))
-            if got[0]:
-                self._proc_info[pid] = got
-        return got
+            comm = read_comm(pid) or (got[0] if got else "")
+            got = (comm, cg, container_of(cg), now)
+            if comm:
+                self._info[pid] = got
+            if len(self._info) > 65536:
+                self._info.clear()
+        return got[:3]
 
-    @staticmethod
-    def _scan(wanted: set[int]) -> dict[int, int]:
-        found: dict[int, int] = {}
-        targets = {f"socket:[{i}]": i for i in wanted}
+    def may_scan(self) -> bool:
+        """Whether a walk of every file table may run now (they cost O(all descriptors))."""
+        now = time.monotonic()
+        if now - self._last_scan < self.min_scan_interval_s:
+            return False
+        self._last_scan = now
+        return True
+
+    def pid_of_inode(self, ino: int) -> int:
+        return self._by_inode.get(ino, 0)
+
+    def scan_inodes(self, inodes: set[int]) -> dict[int, set[int]]:
+        """socket inode -> pids whose /proc/PID/fd hold it (the fallback for kernels that
+        refuse the file-table iterator)."""
+        self.scans += 1
+        found: dict[int, set[int]] = {}
+        targets = {f"socket:[{i}]": i for i in inodes if i}
+        if not targets:
+            return found
         with os.scandir("/proc") as procs:
             for p in procs:
                 if not p.name.isdigit():
@@ -105,12 +159,13 @@ class Owners:
                 pid = int(p.name)
                 for fd in fds:
                     try:
-                        link = os.readlink(f"{fd_dir}/{fd}")
+                        ino = targets.get(os.readlink(f"{fd_dir}/{fd}"))
                     except OSError:
                         continue
-                    ino = targets.get(link)
-                    if ino is not None and ino not in found:
-                        found[ino] = pid
-                if len(found) == len(wanted):
-                    return found
+                    if ino is not None:
+                        found.setdefault(ino, set()).add(pid)
+        for ino, pids in found.items():
+            self._by_inode[ino] = min(pids)
+        if len(self._by_inode) > 262144:
+            self._by_inode.clear()
         return found

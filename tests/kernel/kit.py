@@ -176,3 +176,51 @@ def recv_exactly(s: socket.socket, n: int) -> int:
             break
         got += len(b)
     return got
+
+
+def ss_ends(port: int) -> dict[tuple[str, int, str, int], tuple[str, float]]:
+    """TIME-WAIT and FIN-WAIT-2 ends `ss` lists with `port` at either end:
+    (laddr, lport, raddr, rport) -> (ss state name, seconds left on its timer)."""
+    out = sh("ss", "-tan", "-o", "state", "time-wait", "state", "fin-wait-2")
+    ends = {}
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 5 or parts[0] not in ("TIME-WAIT", "FIN-WAIT-2"):
+            continue
+        state, local, remote = parts[0], parts[3], parts[4]
+        la, lp = local.rsplit(":", 1)
+        ra, rp = remote.rsplit(":", 1)
+        if port not in (int(lp), int(rp)):
+            continue
+        left = 0.0
+        if "timer:(" in line:
+            t = line.split("timer:(", 1)[1].split(",")[1]
+            left = _ss_seconds(t)
+        ends[(la.strip("[]"), int(lp), ra.strip("[]"), int(rp))] = (state, left)
+    return ends
+
+
+def _ss_seconds(t: str) -> float:
+    """ss's timer text ('59sec', '1min3sec', '120ms') in seconds."""
+    total, num = 0.0, ""
+    i = 0
+    while i < len(t):
+        if t[i].isdigit() or t[i] == ".":
+            num += t[i]
+            i += 1
+            continue
+        for unit, scale in (("min", 60.0), ("sec", 1.0), ("ms", 0.001)):
+            if t.startswith(unit, i):
+                total += float(num or 0) * scale
+                num = ""
+                i += len(unit)
+                break
+        else:
+            i += 1
+    return total
+
+
+def ss_owners(port: int) -> set[int]:
+    """pids `ss -tnp` names for the connection whose local port is `port`."""
+    out = sh("ss", "-tnpH", "sport", f"= :{port}")
+    return {int(p.split("=")[1]) for p in out.replace(",", " ").replace(")", " ").split() if p.startswith("pid=")}

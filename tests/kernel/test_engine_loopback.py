@@ -52,6 +52,9 @@ def test_idle_flow_equals_tcp_info(engine, family):
         assert f.comm == open("/proc/self/comm").read().strip()
         assert f.netns == netns.current_inode()
         assert not f.since_start
+        assert f.role == ("client" if sock is c else "server")
+        assert f.rtt_samples == rounds + 1  # the handshake, and each message the other end acknowledged
+        assert sum(n for _, n in f.rtt_hist) == f.rtt_samples
         # established between our connect() call and its return; the record was taken just now
         age_hi = time.monotonic() - t0 + 0.001  # duration_s is rounded to the millisecond
         age_lo = time.monotonic() - t_connected - 0.5  # the poll happened up to ~0.5 s ago
@@ -62,7 +65,8 @@ def test_idle_flow_equals_tcp_info(engine, family):
 
 
 def test_rtt_samples_from_ping_pong(engine):
-    """N request/response rounds give at least N samples whose mean is a plausible RTT."""
+    """N request/response rounds: the client's estimator takes the SYN-ACK's sample and one per
+    reply that acknowledged a request, and their mean is a plausible RTT."""
     c, s = loopback_pair()
     for sock in (c, s):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -71,7 +75,7 @@ def test_rtt_samples_from_ping_pong(engine):
     wait_idle(c)
     f = poll_until(engine, lambda snap: find_flow(snap, c), lambda f: f.rtt_samples >= rounds)
     ti = tcp_info(c)
-    assert f.rtt_samples >= rounds
+    assert f.rtt_samples == rounds + 1
     mean = f.rtt_sum_us / f.rtt_samples
     # Every sample is at least the minimum the kernel kept; the smoothed RTT
     # follows the samples, so the mean cannot be far above a few srtt.
@@ -128,29 +132,34 @@ def test_zero_window_when_receiver_stalls(engine):
 
 
 def test_closed_flow_keeps_final_values_then_goes(engine):
+    """The end that closed first is kept by the kernel in TIME_WAIT (listed, with its final values);
+    the other end is listed closed with its final values for closed_keep_polls snapshots."""
     c, s = loopback_pair()
     c.sendall(b"x" * 12345)
     recv_exactly(s, 12345)
-    port = c.getsockname()[1]
     wait_idle(c)
+    cport, sport = c.getsockname()[1], s.getsockname()[1]
     poll_until(engine, lambda snap: find_flow(snap, c))
     c.close()
     s.close()
 
-    def closed_flow(snap):
-        return next((f for f in snap.flows if f.lport == port and f.closed), None)
+    def end_of(port, closed):
+        return lambda snap: next((f for f in snap.flows if f.lport == port and f.rport in (cport, sport)
+                                  and f.closed == closed), None)
 
-    f = poll_until(engine, closed_flow)
+    fc = poll_until(engine, end_of(cport, False), lambda f: f.state == "TIME_WAIT")
+    assert fc.bytes_sent == 12345 and fc.write_bytes == 12345 and fc.pid == os.getpid()
+    f = poll_until(engine, end_of(sport, True))
     assert f.state == "CLOSE"
-    assert f.bytes_sent == 12345 and f.write_bytes == 12345
+    assert f.bytes_received == 12345 + 1 and f.read_bytes == 12345  # the FIN counts in bytes_received only
     assert f.pid == os.getpid()
     seen = 1
     for _ in range(10):
-        if closed_flow(engine.poll()) is None:
+        if end_of(sport, True)(engine.poll()) is None:
             break
         seen += 1
     assert seen <= engine.flows.closed_keep_polls
-    assert closed_flow(engine.poll()) is None
+    assert end_of(sport, True)(engine.poll()) is None
 
 
 def test_flow_opened_before_tcptop(tmp_path):
@@ -166,18 +175,16 @@ def test_flow_opened_before_tcptop(tmp_path):
         ti = tcp_info(c)
         assert f.since_start
         assert f.bytes_sent == ti["bytes_sent"] == 5000  # the kernel's whole-life count
-        assert f.write_bytes == 0  # written before we were watching
-        assert f.pid == os.getpid()  # found through /proc, the socket was idle
+        assert f.write_bytes == 0 and f.read_bytes == 0  # counted from when tcptop first saw it
+        assert f.rtt_samples == 0 and f.role == ""  # no sample seen yet; who connected is not known
+        assert f.pid == os.getpid()  # found in the file tables, the socket was idle
         c.sendall(b"b" * 700)
         recv_exactly(s, 700)
         wait_idle(c)
         f = poll_until(e, lambda snap: find_flow(snap, c), lambda f: f.write_bytes == 700)
         assert f.bytes_sent == 5700
-        if e.poll().run.hooks["sock_ops callbacks for older sockets"] == "ok":
-            # RTT callbacks were switched on for this older socket by the iterator
-            assert f.rtt_samples >= 1
-        else:  # this kernel's verifier refused that: said so, and nothing is made up
-            assert f.rtt_samples == 0 and f.rtt_sum_us == 0
+        assert f.rtt_samples == 1  # the ACK of those 700 bytes
+        assert f.rtt_sum_us == f.srtt_us or f.rtt_sum_us > 0
     finally:
         e.close()
         c.close()
@@ -222,38 +229,43 @@ def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
 
 
 def test_closed_record_overflow_is_counted_not_silent():
-    """Room for 64 final records and 300 connections closed within one interval: the overflow
-    is counted, and every closed flow is still reported closed (with its last polled values)."""
+    """Room for about 64 final records and 300 connections closed within one interval: the
+    overflow is counted, and every closed flow is still reported closed (with its last values)."""
+    from tcptop.engines.core.flow_layout import REC_SIZE
 
     e = CoreEngine(EngineOptions(interval_s=0.2, max_closed=64))
+    room = e.flows._closed_ring.size // (REC_SIZE + 8)
     pairs = [loopback_pair() for _ in range(150)]
     try:
         for c, s in pairs:
             c.send(b"e")
-        mine = {c.getsockname()[1] for c, _ in pairs} | {s.getsockname()[1] for _, s in pairs}
+        mine = {(x.getsockname()[1], x.getpeername()[1]) for pair in pairs for x in pair}
         snap = e.poll()
-        assert sum(1 for f in snap.flows if f.lport in mine) == 300
+        assert sum(1 for f in snap.flows if (f.lport, f.rport) in mine) == 300
         lost_before = snap.run.events_lost
         for c, s in pairs:
-            s.close()
+            s.close()  # the server end closes first: no TIME_WAIT on the client's ports
             c.close()
         time.sleep(0.2)
         snap = e.poll()
-        closed = [f for f in snap.flows if f.lport in mine]
-        assert len(closed) == 300 and all(f.closed for f in closed)
-        assert snap.run.events_lost - lost_before >= 300 - 64
-        assert sum(f.bytes_sent for f in closed) == 150
+        ends = [f for f in snap.flows if (f.lport, f.rport) in mine]
+        assert len(ends) == 300 and all(f.closed or f.state == "TIME_WAIT" for f in ends)
+        assert snap.run.events_lost - lost_before >= 300 - room
+        assert sum(f.bytes_sent for f in ends) == 150
     finally:
         e.close()
 
 
 def test_handshake_gives_one_rtt_sample_equal_to_srtt(engine):
-    """An active open's first RTT sample is the SYN-ACK; with one sample, srtt equals it exactly."""
+    """Each end's first RTT sample is the handshake's (the SYN-ACK, and the ACK that completes
+    the handshake); with one sample, srtt equals it exactly."""
     c, s = loopback_pair()
-    f = poll_until(engine, lambda snap: find_flow(snap, c))
-    ti = tcp_info(c)
-    assert f.rtt_samples == 1
-    assert f.rtt_sum_us == ti["rtt"] == f.srtt_us
+    for sock in (c, s):
+        f = poll_until(engine, lambda snap: find_flow(snap, sock))
+        ti = tcp_info(sock)
+        assert f.rtt_samples == 1
+        assert f.rtt_sum_us == ti["rtt"] == f.srtt_us
+        assert f.rtt_hist == ((1 << f.srtt_us.bit_length(), 1),) if f.srtt_us > 1 else True
     c.close()
     s.close()
 
@@ -279,3 +291,93 @@ def test_snapshot_carries_packet_latency_for_the_flow_and_the_host(engine):
     assert snap.run.hooks["packet-level engine"].startswith("ok: every packet timed in windows within 0.5 %")
     c.close()
     s.close()
+
+
+def test_read_and_write_bytes_count_every_kind_of_call(engine, tmp_path):
+    """Bytes the application wrote or consumed, by any call: send, sendmsg with several
+    buffers, sendfile; recv, recv_into, splice into a pipe, recvmsg. A peek consumes nothing,
+    and the FIN is no byte (written by shutdown, read as EOF)."""
+    import os as _os
+
+    c, s = loopback_pair()
+    data = tmp_path / "f"
+    data.write_bytes(b"F" * 7000)
+    c.sendall(b"a" * 1000)
+    c.sendmsg([b"b" * 300, b"c" * 200])
+    with open(data, "rb") as fh:
+        sent = 0
+        while sent < 7000:
+            sent += _os.sendfile(c.fileno(), fh.fileno(), sent, 7000 - sent)
+    wrote = 1000 + 500 + 7000
+    assert s.recv(100, socket.MSG_PEEK) == b"a" * 100  # consumes nothing
+    buf = bytearray(1000)
+    got = 0
+    while got < 1000:
+        got += s.recv_into(memoryview(buf)[got:], 1000 - got)
+    recv_exactly(s, 500)
+    r, w = _os.pipe()
+    try:
+        spliced = 0
+        while spliced < 3000:
+            n = _os.splice(s.fileno(), w, 3000 - spliced)
+            spliced += n
+            _os.read(r, n)
+    finally:
+        _os.close(r)
+        _os.close(w)
+    got_msg = 0
+    while got_msg < 4000:
+        got_msg += len(s.recvmsg(4000 - got_msg)[0])
+    c.shutdown(socket.SHUT_WR)
+    assert s.recv(10) == b""  # the FIN
+    wait_idle(c)
+    fc = poll_until(engine, lambda snap: find_flow(snap, c), lambda f: f.state == "FIN_WAIT2")
+    fs = poll_until(engine, lambda snap: find_flow(snap, s), lambda f: f.state == "CLOSE_WAIT")
+    assert fc.write_bytes == wrote and fc.bytes_sent == tcp_info(c)["bytes_sent"] == wrote
+    assert fs.read_bytes == wrote and fs.bytes_received == wrote + 1  # the FIN counts in bytes_received
+    assert fs.app_wqueue == 0 and fc.app_wqueue == siocoutq(c) == 0
+    c.close()
+    s.close()
+
+
+def test_busy_flow_is_read_through_its_notices_alone(engine):
+    """With the table walk given no time, a busy socket is still read at every poll (its
+    segments send notices and it is looked up by its 4-tuple); once quiescent it is not read
+    again until something happens to it."""
+    walk = engine.flows.walk_ms
+    engine.flows.walk_ms = 0.0
+    try:
+        c, s = loopback_pair()
+        engine.poll()
+        for i in range(1, 6):
+            c.sendall(b"n" * 2000)
+            recv_exactly(s, 2000)
+            s.sendall(b"m" * 10)
+            recv_exactly(c, 10)
+            wait_idle(c)
+            wait_idle(s)
+            f = find_flow(engine.poll(), c)
+            ti = tcp_info(c)
+            assert f.write_bytes == 2000 * i and f.read_bytes == 10 * i
+            assert f.bytes_sent == ti["bytes_sent"] and f.srtt_us == ti["rtt"] and f.cwnd == ti["snd_cwnd"]
+            assert f.rtt_samples == i + 1
+        engine.poll()
+        before = engine.poll()
+        assert find_flow(before, c) is find_flow(engine.poll(), c)  # not read: the same object
+        c.close()
+        s.close()
+    finally:
+        engine.flows.walk_ms = walk
+
+
+def test_snapshot_time_is_when_the_kernel_was_read(engine):
+    """ts lies between the poll's start and the end of the kernel reads, before decoding and
+    before the packet-level engine is read."""
+    t0 = time.time()
+    snap = engine.poll()
+    t1 = time.time()
+    reads_ms = snap.run.timing["drain_ms"] + snap.run.timing["lookup_ms"] + snap.run.timing["walk_ms"]
+    assert t0 <= snap.ts <= t1
+    assert snap.ts - t0 <= reads_ms / 1e3 + 0.05
+    if "latency_ms" in snap.run.timing:
+        assert snap.ts <= t1 - snap.run.timing["latency_ms"] / 1e3 + 0.005

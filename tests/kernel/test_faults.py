@@ -445,7 +445,8 @@ def test_without_tracefs_every_hook_still_attaches():
 
 
 def test_without_btf_one_line_and_nothing_loaded():
-    r = run_unshared("mount -t tmpfs none /sys/kernel/btf", "--json", "--count", "1")
+    # --engine core: with BCC installed, "auto" runs the BCC engine there (test_bcc_engine.py)
+    r = run_unshared("mount -t tmpfs none /sys/kernel/btf", "--json", "--count", "1", "--engine", "core")
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("tcptop: ") and "BTF" in r.stderr
 

@@ -19,12 +19,12 @@ def test_layouts_and_globals_come_from_the_objects_btf():
     obj = BpfObject(object_path("flows.bpf.o"))
     try:
         assert obj.struct_size("flow_record") == REC_SIZE == ctypes.sizeof(FlowRecord)
-        obj.set_rodata("host_netns", 1234)
+        obj.set_rodata("hook_existing_rto", 1)
         with pytest.raises(KeyError):
             obj.set_rodata("no_such_global", b"\0")
         with pytest.raises(ValueError):
-            obj.set_rodata("host_netns", 1 << 32)  # 4 bytes wide
-        assert {"tcptop_iter", "tcptop_files", "tcptop_send"} <= obj.programs.keys()
+            obj.set_rodata("hook_existing_rto", 256)  # one byte wide
+        assert {"tcptop_iter", "tcptop_files", "tcptop_probe", "tcptop_lookup"} <= obj.programs.keys()
     finally:
         obj.close()
 
@@ -45,30 +45,35 @@ def test_a_mirror_with_two_members_swapped_is_refused_by_name(monkeypatch):
 
     bad = swapped(FlowRecord, "snd_cwnd", "snd_ssthresh")
     assert ctypes.sizeof(bad) == ctypes.sizeof(FlowRecord)
-    monkeypatch.setitem(flows.MIRRORS, "flow_record", bad)
+    monkeypatch.setattr(flows, "MIRRORS", {**flows.MIRRORS, "flow_record": bad})
     with pytest.raises(BpfError) as e:
         flows.FlowEngine()
     assert "struct flow_record: member" in str(e.value) and "is snd_cwnd in C, snd_ssthresh in the mirror" in str(e.value)
 
 
-def test_a_nested_member_and_an_enum_value_are_checked_too():
-    from tcptop.engines.core import flows, latency
+def test_a_nested_member_an_array_and_an_enum_value_are_checked_too():
+    from tcptop.engines.core import flow_layout, latency
 
     obj = BpfObject(object_path("flows.bpf.o"))
     try:
-        counters = swapped(flows.FlowCounters, "rtt_samples", "fast_retrans")
-        record = type("FlowRecord", (ctypes.Structure,), {"_fields_": [
-            (n, counters if n == "c" else t) for n, t in FlowRecord._fields_]})
-        with pytest.raises(BpfError, match=r"struct flow_record\.c: member 4 is rtt_samples in C, fast_retrans"):
-            obj.check_mirror("flow_record", record)
+        short = type("FlowRecord", (ctypes.Structure,), {"_fields_": [
+            (n, ctypes.c_uint32 * 27 if n == "rtt_hist" else t) for n, t in FlowRecord._fields_]})
+        with pytest.raises(BpfError, match=r"struct flow_record\.rtt_hist: offset \d+ size 112 in C, offset \d+ size 108"):
+            obj.check_mirror("flow_record", short)
         import enum
-        stale = enum.IntEnum("RecordFlag", {"REC_CLOSED": 1, "REC_HAS_TOTAL_RTO": 4, "REC_NO_COUNTERS": 2})
-        with pytest.raises(BpfError, match=r"enum record_flag\.REC_HAS_TOTAL_RTO is 2 in C, 4 in the mirror"):
-            obj.check_enum_mirror("record_flag", stale)
+        stale = enum.IntEnum("RecordKind", {m.name: (4 if m.name == "KIND_GONE" else m.value)
+                                            for m in flow_layout.RecordKind if m.name != "KIND_TW"})
+        with pytest.raises(BpfError, match=r"enum record_kind\.KIND_GONE is 5 in C, 4 in the mirror"):
+            obj.check_enum_mirror("record_kind", stale)
     finally:
         obj.close()
     lat = BpfObject(object_path("latency.bpf.o"))
     try:
+        # a struct inside a struct: two u32 members of lat_probe swapped inside lat_probes
+        probe = swapped(latency.LatProbe, "seq", "n")
+        nested = type("LatProbes", (ctypes.Structure,), {"_fields_": [(n, probe) for n, _ in latency.LatProbes._fields_]})
+        with pytest.raises(BpfError, match=r"struct lat_probes\.rx_tcp: member 1 is seq in C, n in the mirror"):
+            lat.check_mirror("lat_probes", nested)
         for cname, mirror in latency.MIRRORS.items():
             lat.check_mirror(cname, mirror)
         for cname, py_enum in latency.ENUM_MIRRORS.items():
@@ -92,7 +97,8 @@ def test_kernel_btf_knows_which_tracepoints_exist():
 
 def test_batch_read_of_a_loaded_map_returns_what_the_kernel_wrote():
     """After load, the per-CPU stats array has STAT_MAX keys, each with a value per possible CPU."""
-    from tcptop.engines.core.flows import STAT_MAX
+    from tcptop.engines.core.flow_layout import Stat
+    STAT_MAX = int(Stat.STAT_MAX)
 
     obj = BpfObject(object_path("flows.bpf.o"))
     try:

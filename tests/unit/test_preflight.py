@@ -1,6 +1,7 @@
 """Machines that cannot run the engine are refused with one actionable line, before any BPF call."""
 
 import os
+import sys
 
 import pytest
 
@@ -32,9 +33,11 @@ def test_auto_says_why_no_engine_can_run(monkeypatch):
 
     monkeypatch.setattr(tcptop.engines, "check_privileges", lambda: None)
     monkeypatch.setattr(core.os.path, "exists", lambda p: False)
+    monkeypatch.setitem(sys.modules, "bcc", None)  # BCC's Python bindings not installed
     with pytest.raises(EngineError) as e:
         open_engine("auto", EngineOptions())
     assert str(e.value).startswith("no engine can run on this machine (core: this kernel has no BTF")
+    assert "; bcc: BCC's Python bindings are missing (Debian: apt install python3-bpfcc" in str(e.value)
     assert "\n" not in str(e.value)
 
 

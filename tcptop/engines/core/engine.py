@@ -16,7 +16,8 @@ import time
 from dataclasses import replace
 
 from tcptop.engines import EngineError, EngineOptions, check_privileges
-from tcptop.engines.core.flows import STAT_CLOSED_FULL, STAT_COUNTERS_FULL, FlowEngine
+from tcptop.engines.core.flow_layout import Stat
+from tcptop.engines.core.flows import FlowEngine
 from tcptop.engines.core.libbpf import BpfError
 from tcptop.model import Flow, RunInfo, Snapshot
 
@@ -94,17 +95,24 @@ class CoreEngine:
         self._fail_degraded = tuple(self.failures.degraded)
 
     def poll(self) -> Snapshot:
+        """A snapshot whose ts is when the flow engine read the kernel (before any decoding)."""
         flows = self.flows.poll()
+        ts = self.flows.read_ts
+        timing = dict(self.flows.timing)
         host_latency = None
         if self.latency is not None:
+            t0 = time.perf_counter()
             host_latency, per_flow = self.latency.poll()
             flows = self._with_latency(flows, per_flow)
             self.latency.retain({f.id for f in flows})
             self._lat_hooks["packet-level engine"] = self.latency.describe()
+            timing["latency_ms"] = (time.perf_counter() - t0) * 1e3
         report = None
         if self.failures is not None:
+            t0 = time.perf_counter()
             report = self.failures.poll(flows)
             flows = self._with_failures(flows, report.per_flow)
+            timing["failures_ms"] = (time.perf_counter() - t0) * 1e3
         stats = self.flows.stats()
         now = time.monotonic()
         interval, self._last = now - self._last, now
@@ -112,14 +120,17 @@ class CoreEngine:
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=self.flows.flows_without_counters,
-            events_lost=stats[STAT_COUNTERS_FULL] + stats[STAT_CLOSED_FULL] + (report.lost if report else 0),
+            events_lost=sum(stats[i] for i in (Stat.STAT_COUNTERS_FULL, Stat.STAT_CLOSED_LOST,
+                                               Stat.STAT_NOTICES_LOST, Stat.STAT_GOT_FULL))
+            + (report.lost if report else 0),
             hooks={**self.flows.hooks, **self._lat_hooks, **self._fail_hooks},
             degraded=tuple(self.flows.degraded) + self._lat_degraded + self._fail_degraded,
+            timing={k: round(v, 3) for k, v in timing.items()},
         )
         extra = {}
         if report is not None:
             extra = dict(listeners=report.listeners, failures=report.failures, unmatched=report.unmatched)
-        return Snapshot(ts=time.time(), interval_s=round(interval, 6), flows=flows, seq=self._seq,
+        return Snapshot(ts=round(ts, 6), interval_s=round(interval, 6), flows=flows, seq=self._seq,
                         host=self.host, kernel=self.kernel, run=run, latency=host_latency, **extra)
 
     def _with_latency(self, flows: tuple[Flow, ...], per_flow: dict[int, dict]) -> tuple[Flow, ...]:

@@ -14,7 +14,9 @@ import enum
 import errno
 import functools
 import os
+import mmap
 import re
+import struct
 import threading
 from typing import Iterator
 
@@ -108,6 +110,10 @@ def lib() -> ctypes.CDLL:
         "bpf_map_get_next_key": (I, [I, P, P]),
         "bpf_map_lookup_batch": (I, [I, P, P, P, P, ctypes.POINTER(U32), P]),
         "bpf_map_lookup_and_delete_batch": (I, [I, P, P, P, P, ctypes.POINTER(U32), P]),
+        "bpf_map_update_batch": (I, [I, P, P, ctypes.POINTER(U32), P]),
+        "bpf_map_delete_batch": (I, [I, P, ctypes.POINTER(U32), P]),
+        "bpf_map__map_flags": (U32, [P]),
+        "bpf_prog_test_run_opts": (I, [I, P]),
         "bpf_obj_get_info_by_fd": (I, [I, P, ctypes.POINTER(U32)]),
         "btf__load_vmlinux_btf": (P, []),
         "btf__free": (None, [P]),
@@ -245,6 +251,20 @@ class _Btf:
         return out
 
 
+class _TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+class _IterAttachOpts(ctypes.Structure):
+    """struct bpf_iter_attach_opts (libbpf)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p), ("link_info_len", ctypes.c_uint32)]
+
+
 class Link:
     """An attachment; destroying it detaches the program."""
 
@@ -294,8 +314,24 @@ class Program:
             raise BpfError(f"attach {self.name} to cgroup", _err(), _take_log())
         return Link(p, self.name)
 
-    def attach_iter(self) -> Link:
-        p = lib().bpf_program__attach_iter(self._ptr, None)
+    def test_run(self, packet: bytes) -> int:
+        """Run the program once on `packet` (BPF_PROG_TEST_RUN), in the calling thread's
+        network namespace; returns its return value."""
+        buf = ctypes.create_string_buffer(packet, len(packet))
+        opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(buf), data_size_in=len(packet),
+                            repeat=1)
+        if lib().bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)):
+            raise BpfError(f"test run of {self.name}", _err())
+        return opts.retval
+
+    def attach_iter(self, pid: int = 0) -> Link:
+        """Attach an iterator; for task iterators, `pid` limits it to that process."""
+        opts = None
+        if pid:
+            info = (ctypes.c_uint32 * 4)(0, pid, 0, 0)  # union bpf_iter_link_info: task.tid, task.pid, task.pid_fd
+            opts = ctypes.byref(_IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info),
+                                                ctypes.sizeof(info)))
+        p = lib().bpf_program__attach_iter(self._ptr, opts)
         if not p:
             raise BpfError(f"attach iterator {self.name}", _err(), _take_log())
         return Link(p, self.name)
@@ -333,6 +369,67 @@ class Map:
             vals = (ctypes.c_uint64 * possible_cpus())()
             out.append(sum(vals) if self.lookup(ctypes.c_uint32(i), vals) else 0)
         return out
+
+    def mmap(self) -> mmap.mmap:
+        """The live memory of an array map created with BPF_F_MMAPABLE (a global-data map such
+        as .bss), shared with the programs; read and write it after load."""
+        size = -(-lib().bpf_map__value_size(self._ptr) // mmap.PAGESIZE) * mmap.PAGESIZE
+        return mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def update_array(self, first: int, values: ctypes.Array) -> None:
+        """Write consecutive entries of an array map from `first` on, in one system call."""
+        n = len(values)
+        if not n:
+            return
+        keys = (ctypes.c_uint32 * n)(*range(first, first + n))
+        count = ctypes.c_uint32(n)
+        if lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None):
+            raise BpfError(f"batch update of map {self.name}", _err())
+
+    def update_keys(self, keys: list[int], key_type, value_type) -> None:
+        """Insert keys (values zeroed) into a hash map, in one system call."""
+        if not keys:
+            return
+        karr = (key_type * len(keys))(*keys)
+        varr = (value_type * len(keys))()
+        count = ctypes.c_uint32(len(keys))
+        if lib().bpf_map_update_batch(self.fd, karr, varr, ctypes.byref(count), None):
+            raise BpfError(f"batch update of map {self.name}", _err())
+
+    def delete_keys(self, keys: list[int], key_type) -> None:
+        """Remove keys from a hash map, in one system call (absent keys are not an error)."""
+        if not keys:
+            return
+        karr = (key_type * len(keys))(*keys)
+        count = ctypes.c_uint32(len(keys))
+        if lib().bpf_map_delete_batch(self.fd, karr, ctypes.byref(count), None):
+            err = _err()
+            if err != errno.ENOENT:
+                raise BpfError(f"batch delete from map {self.name}", err)
+            for k in keys[count.value:]:  # stopped at an absent key: the rest one by one
+                lib().bpf_map_delete_elem(self.fd, ctypes.byref(key_type(k)))
+
+    def read_array(self, value_type, n: int) -> bytes:
+        """The first n entries of an array map, as one bytes object, in as few system calls as
+        the kernel allows."""
+        out = []
+        got = 0
+        keys = (ctypes.c_uint32 * n)()
+        values = (value_type * n)()
+        in_batch, out_batch = ctypes.c_uint32(), ctypes.c_uint32()
+        while got < n:
+            count = ctypes.c_uint32(n - got)
+            rc = lib().bpf_map_lookup_batch(self.fd, ctypes.byref(in_batch) if got else None, ctypes.byref(out_batch),
+                                            keys, values, ctypes.byref(count), None)
+            err = ctypes.get_errno() if rc else 0
+            if rc and err != errno.ENOENT:
+                raise BpfError(f"batch read of map {self.name}", err)
+            out.append(ctypes.string_at(values, count.value * ctypes.sizeof(value_type)))
+            got += count.value
+            if rc or not count.value:
+                break
+            in_batch.value = out_batch.value
+        return b"".join(out)[:n * ctypes.sizeof(value_type)]
 
     def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
         return lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0
@@ -510,6 +607,115 @@ def refused_program(log: list[str]) -> tuple[str, str] | None:
         if text and not text.startswith(("libbpf:", ";")) and not re.match(r"^\d+: ", text):
             why = text
     return prog, why or "refused by the verifier"
+
+
+_RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
+
+
+@functools.lru_cache(maxsize=None)
+def _skip_header(record: struct.Struct, stride: int) -> struct.Struct:
+    """`record` preceded by a ring record's 8-byte header and followed by its padding."""
+    fmt = record.format
+    order = fmt[0] if fmt[0] in "<>=!@" else ""
+    return struct.Struct(f"{order or '<'}8x{fmt[len(order):]}{stride - 8 - record.size}x")
+
+
+class RingBuffer:
+    """Consumer side of a BPF_MAP_TYPE_RINGBUF, read through its memory mapping: no
+    callback per record, one pass over what the producers have committed.
+
+    Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (ours to write),
+    page 1 the producer position, then the data area mapped twice in a row so a record
+    that wraps around can be read in one piece. Each record has an 8-byte header whose
+    first word is its length with a busy and a discard bit.
+    """
+
+    def __init__(self, ring: Map):
+        self.size = ring.max_entries
+        page = mmap.PAGESIZE
+        self._cons = mmap.mmap(ring.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._prod = mmap.mmap(ring.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data = memoryview(self._prod)[page:]
+        self._page = page
+
+    def drain(self) -> list[bytes]:
+        """Every committed record, oldest first; their room is given back to the producers."""
+        cons = struct.unpack_from("<Q", self._cons, 0)[0]
+        prod = struct.unpack_from("<Q", self._prod, 0)[0]
+        mask, data, out = self.size - 1, self._data, []
+        while cons < prod:
+            off = cons & mask
+            head = struct.unpack_from("<I", data, off)[0]
+            if head & _RB_BUSY:
+                break
+            length = head & ~(_RB_BUSY | _RB_DISCARD)
+            if not head & _RB_DISCARD:
+                out.append(bytes(data[off + 8:off + 8 + length]))
+            cons += (length + 8 + 7) & ~7
+        struct.pack_into("<Q", self._cons, 0, cons)
+        return out
+
+    def drain_unpacked(self, record: struct.Struct) -> list[tuple]:
+        """Every committed record, unpacked with `record`, for a ring whose records all have
+        that size: one pass in C over the committed bytes (the data area is mapped twice, so
+        they are contiguous even across the wrap)."""
+        stride = (record.size + 8 + 7) & ~7
+        cons = struct.unpack_from("<Q", self._cons, 0)[0]
+        prod = struct.unpack_from("<Q", self._prod, 0)[0]
+        n = (prod - cons) // stride
+        if n <= 0:
+            return []
+        off = cons & (self.size - 1)
+        region = self._data[off:off + n * stride]
+        heads = region.cast("I")[::stride // 4]
+        want = record.size
+        for i, h in enumerate(heads):  # stop at one still being written (or of another size)
+            if h != want:
+                if (h & ~(_RB_BUSY | _RB_DISCARD)) != want or h & _RB_BUSY:
+                    n = i
+                    break
+        region = region[:n * stride]
+        fmt = _skip_header(record, stride)
+        out = [v for v in fmt.iter_unpack(region)] if n else []
+        heads.release()
+        region.release()
+        struct.pack_into("<Q", self._cons, 0, cons + n * stride)
+        return out
+
+    def close(self) -> None:
+        self._data.release()
+        self._prod.close()
+        self._cons.close()
+
+
+class IterReader:
+    """An iterator run that can stop after a budget (its program returns 1) and resume at
+    the same object at the next read: a walk spread over several polls."""
+
+    def __init__(self, link: Link, bufsize: int = 1 << 20):
+        fd = lib().bpf_iter_create(link.fd)
+        if fd < 0:
+            raise BpfError(f"create iterator {link.what}", _err())
+        self.fd, self.bufsize, self.done = fd, bufsize, False
+
+    def read(self) -> bytes:
+        """Everything the program writes until its budget stops it (or the walk ends)."""
+        chunks = []
+        while not self.done:
+            try:
+                b = os.read(self.fd, self.bufsize)
+            except BlockingIOError:  # EAGAIN: the program asked to stop here for now
+                break
+            if not b:
+                self.done = True
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def iter_read(link: Link, bufsize: int = 1 << 20) -> bytes:

@@ -177,6 +177,14 @@ class _Group:
         self.idle_since = 0   # the poll at which the last one left
 
 
+def hook_up(status: str) -> int | None:
+    """tcptop_engine_hook_up of a hook's run-info status: 1 attached ("ok", "ok: how"), 0 unavailable
+    on this kernel, None (no series) when the user switched it off (--latency off)."""
+    if status.startswith("off"):
+        return None
+    return 1 if status == "ok" or status.startswith("ok:") else 0
+
+
 class Aggregator:
     """Folds snapshots into monotonic group counters, gauges and histograms (one thread).
 
@@ -212,7 +220,7 @@ class Aggregator:
     # -- budget --------------------------------------------------------------
 
     def fixed_series(self, snap: Snapshot) -> int:
-        return (FIXED_SERIES + len(snap.run.hooks) + STAGE_SERIES * len(self._stage_keys(snap))
+        return (FIXED_SERIES + sum(hook_up(v) is not None for v in snap.run.hooks.values()) + STAGE_SERIES * len(self._stage_keys(snap))
                 + self._failures.series)
 
     def _group_room(self, snap: Snapshot) -> int:

@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.utils import floatToGoString
 
 from tcptop import __version__
-from tcptop.frontends.exporter.aggregate import COUNTER_FIELDS, RTT_BOUNDS_US, STAGE_BOUNDS_NS, Frame
+from tcptop.frontends.exporter.aggregate import COUNTER_FIELDS, RTT_BOUNDS_US, STAGE_BOUNDS_NS, Frame, hook_up
 from tcptop.frontends.exporter.failures import failure_metrics
 from tcptop.frontends.exporter.groups import GROUP_LABELS
 
@@ -164,7 +164,9 @@ def health_metrics(frame: Frame) -> Iterator[Metric]:
                               "1 when the engine's hook is attached and working, 0 when it is unavailable on this "
                               "kernel (the metric it feeds is degraded).", labels=("hook",))
     for hook, status in sorted(run.hooks.items()):
-        hooks.add_metric((hook,), 1 if status == "ok" else 0)
+        up = hook_up(status)
+        if up is not None:
+            hooks.add_metric((hook,), up)
     yield hooks
     yield GaugeMetricFamily("tcptop_engine_degraded_metrics",
                             "Metrics this kernel cannot provide fully (see tcptop --json run.degraded for why).",

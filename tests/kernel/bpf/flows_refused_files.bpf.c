@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
-/* flows.bpf.c as a stricter kernel build sees it: the socket reached from a file is an
- * untrusted pointer, so the verifier refuses the task_file iterator (as 6.18.44-fc-v1045
- * does). Lets the loader's fallback run on every kernel. */
+/* flows.bpf.c with a task_file program that hands the file's socket to a helper that wants
+ * a trusted pointer, read through an untrusted one (as sock->sk is on 6.18.44-fc-v1045):
+ * refused on every kernel, so the loader's fallback (owners from /proc) runs everywhere. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-#define FILE_SOCK(sock) ((struct sock *)bpf_rdonly_cast((sock)->sk, bpf_core_type_id_kernel(struct sock)))
+#define FILES_EXTRA_CHECK(sock) \
+	(bpf_skc_to_tcp_sock(bpf_rdonly_cast((sock)->sk, bpf_core_type_id_kernel(struct sock))) == 0)
 
 #include "flows.bpf.c"
