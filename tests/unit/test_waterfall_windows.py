@@ -2,6 +2,8 @@
 
 from rich.console import Console
 
+from factories import make_snapshot
+from tcptop.widgets.header import packet_timing_note
 from tcptop.widgets.waterfall import render_waterfall
 
 
@@ -52,3 +54,11 @@ def test_continuous_timing_and_old_replays_without_windows():
     old = {k: v for k, v in flow(stage(40, 1.0, 3.0)).items() if k != "window"}
     out = text(old, {k: v for k, v in HOST.items() if k not in ("window", "coverage")})
     assert "window" not in out and "timed" not in out
+
+
+def test_the_header_says_continuous_timing_was_asked_for_and_what_it_costs():
+    cont = dict(HOST, coverage={"mode": "continuous", "budget_pct": None, "timed_fraction": 1.0, "cost_pct": 3.214})
+    assert packet_timing_note(make_snapshot([], latency=cont)) == \
+        "every packet timed continuously (asked for): about 3.21 % of busy CPU, yours to pay"
+    assert packet_timing_note(make_snapshot([], latency=HOST)) == ""  # the budget's windows: nothing to say
+    assert packet_timing_note(make_snapshot([])) == ""
