@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from kit import find_flow, flight_size, loopback_pair, poll_until, recv_exactly, siocoutq, tcp_info, wait_idle
+from kit import (find_flow, flight_size, loopback_pair, poll_until, recv_exactly, siocoutq, sock_cookie, tcp_info,
+                 wait_idle)
 from tcptop.host import netns
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
@@ -239,16 +240,18 @@ def test_closed_record_overflow_is_counted_not_silent():
     try:
         for c, s in pairs:
             c.send(b"e")
-        mine = {(x.getsockname()[1], x.getpeername()[1]) for pair in pairs for x in pair}
+        # By cookie, not by ports: a closed or time-wait end of another test's connection may
+        # hold the same 4-tuple (loopback ports are reused at once, tcp_tw_reuse=2).
+        mine = {sock_cookie(x) for pair in pairs for x in pair}
         snap = e.poll()
-        assert sum(1 for f in snap.flows if (f.lport, f.rport) in mine) == 300
+        assert sum(1 for f in snap.flows if f.id in mine) == 300
         lost_before = snap.run.events_lost
         for c, s in pairs:
             s.close()  # the server end closes first: no TIME_WAIT on the client's ports
             c.close()
         time.sleep(0.2)
         snap = e.poll()
-        ends = [f for f in snap.flows if (f.lport, f.rport) in mine]
+        ends = [f for f in snap.flows if f.id in mine]
         assert len(ends) == 300 and all(f.closed or f.state == "TIME_WAIT" for f in ends)
         assert snap.run.events_lost - lost_before >= 300 - room
         assert sum(f.bytes_sent for f in ends) == 150

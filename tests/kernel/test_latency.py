@@ -65,9 +65,21 @@ class Windows:
 
     def stage(self, s: socket.socket | int, direction: str, name: str) -> dict:
         """All windows' samples of one stage of one flow, summarised as the engine would."""
+        measured_or_refused(self.lat, direction, name)
         self.settle()
         c = s if isinstance(s, int) else cookie(s)
         return merged(self.seen.get((c, direction, name), {}).values())
+
+
+def measured_or_refused(lat: LatencyEngine, direction: str, name: str) -> None:
+    """Kernel builds of one version differ in what their verifier accepts: a stage this
+    kernel's verifier took from us must be reported lost, with the verifier's reason (then
+    the test of that stage has nothing to measure here); any other absence is a failure."""
+    if name in {k for k, _ in lat.stage_keys()[direction]}:
+        return
+    refused = sorted(v for v in lat.hooks.values() if "verifier refused" in v)
+    assert refused and [d for d in lat.degraded if "verifier refused" in d], (direction, name, lat.hooks)
+    pytest.skip(f"{direction} {name} not measured on this kernel: {refused}")
 
 
 def merged(stages) -> dict:
@@ -103,6 +115,8 @@ def timed(lat):
 
 
 def test_stages_on_this_kernel_are_split_where_a_hook_separates_them(lat):
+    for name in ("driver", "ip", "tcp", "app"):
+        measured_or_refused(lat, "rx", name)
     keys = lat.stage_keys()
     assert [k for k, _ in keys["rx"]] == ["driver", "ip", "tcp", "app"]
     # No tracepoint between TCP handing a segment to IP and the device layer:
@@ -270,12 +284,14 @@ def test_matching_counters_stay_bounded_under_many_short_connections(lat, nspair
     addr = lsn.getsockname()
     before = lat.stats()
     per_window = []
+    ours: set[int] = set()
     try:
         for i in range(SHORT_CONNECTIONS):
             c = nspair.socket_in(nspair.a)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # no TIME_WAIT pile-up
             c.connect(addr)
             s, _ = lsn.accept()
+            ours |= {cookie(c), cookie(s)}
             c.sendall(b"q")
             s.recv(1)
             s.sendall(b"r")
@@ -285,20 +301,26 @@ def test_matching_counters_stay_bounded_under_many_short_connections(lat, nspair
             if i % POLL_EVERY == POLL_EVERY - 1:
                 host, flows = Windows(lat).settle()  # a window's flows are read and deleted from the kernel map
                 wid = host["window"]["id"]
-                per_window.append(sum(1 for f in flows.values() if f["window"]["id"] == wid))
+                per_window.append(sum(1 for k, f in flows.items() if f["window"]["id"] == wid and k in ours))
                 lat.retain(set())  # the connections are gone: what the engine (CoreEngine) does with live ids
     finally:
         lsn.close()
     after = lat.stats()
     d = {k: after[k] - before[k] for k in after}
     # Every window's entries were freed: the map did not fill, and a window holds only the two
-    # sockets of each connection since the last poll (plus the machine's other flows).
+    # sockets of each of this test's connections since the last poll (other tests' flows, which
+    # the host-wide programs see too, are not counted).
     assert d["flows_full"] == 0
-    assert max(per_window) < 2 * POLL_EVERY + 500, per_window
-    # Per-skb entries that never finish are counted, and stay a small fraction.
+    assert max(per_window) <= 2 * POLL_EVERY, per_window
+    # Per-skb entries that never finish are counted, and stay a small fraction. The counters
+    # are host-wide: bulk traffic of tests running beside this one has GSO skbs split before
+    # the driver (software segmentation on loopback and veth), each of which can leave at most
+    # one entry that never finishes (its address reused: tx_reused, or aged: tx_stale). The
+    # programs count those skbs (gso_queued - gso_matched): they are not this test's.
     assert d["rx_started"] >= 6 * SHORT_CONNECTIONS
+    split_gso = max(0, d["gso_queued"] - d["gso_matched"])
     never_finished = d["rx_reused"] + d["rx_unmatched"] + d["rx_stale"] + d["tx_reused"] + d["tx_stale"]
-    assert never_finished < 0.01 * d["rx_started"], d
+    assert never_finished - split_gso < 0.01 * d["rx_started"], d
     assert d["probe_missed"] < 0.01 * d["probe_done"], d
 
 
@@ -344,18 +366,15 @@ def test_kprobe_variants_pass_the_verifier_here():
 
 @pytest.fixture(scope="module")
 def tracefs():
-    """bpftrace attaches tracepoints through tracefs; mount it if this boot has not (and undo)."""
+    """bpftrace attaches tracepoints through tracefs; mount it if this boot has not. It stays
+    mounted (as the BCC engine leaves it): tests of other suites may be running beside this one,
+    and an unmount under them would change what their engines can attach."""
     if not shutil.which("bpftrace"):
         pytest.skip("bpftrace is not installed (scripts/setup-system.sh installs it): no oracle")
-    mounted = False
     if not os.path.exists("/sys/kernel/tracing/events/tcp"):
         r = subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True, text=True)
-        if r.returncode:
+        if r.returncode and not os.path.exists("/sys/kernel/tracing/events/tcp"):  # (or another test just did)
             pytest.skip(f"tracefs cannot be mounted ({r.stderr.strip()}): bpftrace cannot attach tracepoints")
-        mounted = True
-    yield
-    if mounted:
-        subprocess.run(["umount", "/sys/kernel/tracing"], capture_output=True)
 
 
 class Bpftrace:
@@ -461,6 +480,18 @@ def _within(ours: float, oracle: float, tolerance: float = 0.10) -> bool:
     return abs(ours - oracle) <= tolerance * oracle
 
 
+def _residuals(what: str, ours: dict, oracle_ns: list[int]) -> None:
+    """Print the engine's figures against the oracle's (pytest -s or -rP shows them; the figures
+    quoted in docs/latency.md come from these lines)."""
+    if not oracle_ns or not ours["count"]:
+        print(f"oracle {what}: count {ours['count']} vs {len(oracle_ns)}")
+        return
+    p50, mean = statistics.median(oracle_ns) / 1000, statistics.mean(oracle_ns) / 1000
+    print(f"oracle {what}: count {ours['count']} vs {len(oracle_ns)}; p50 {ours['p50_us']} vs {p50:.1f} us "
+          f"({100 * (ours['p50_us'] / p50 - 1):+.1f} %); mean {ours['mean_us']} vs {mean:.1f} us "
+          f"({100 * (ours['mean_us'] / mean - 1):+.1f} %)")
+
+
 def test_bursty_reader_app_stage_matches_an_every_packet_oracle(timed, tracefs):
     """Timing one byte per socket at a time took the first packet after each read, which
     waits the longest: p50 and mean 17-20 % high. Every packet is timed now."""
@@ -474,6 +505,7 @@ def test_bursty_reader_app_stage_matches_an_every_packet_oracle(timed, tracefs):
     finally:
         c.close()
         s.close()
+    _residuals("bursty reader, rx app", app, delays)
     assert len(delays) > 500
     assert abs(app["count"] - len(delays)) <= 3, (app, len(delays))
     assert _within(app["p50_us"], statistics.median(delays) / 1000), (app, statistics.median(delays))
@@ -503,6 +535,7 @@ def test_windows_time_every_packet_that_starts_in_them(tracefs):
         s.close()
         lat.close()
     in_windows = [d for ts, d in delays if any(o <= ts < c for o, c in windows)]
+    _residuals("bursty reader in 100 ms windows, rx app", app, in_windows)
     assert len(windows) >= 10 and len(in_windows) > 100
     assert 0.1 < host["coverage"]["timed_fraction"] < 0.4, host["coverage"]
     assert abs(app["count"] - len(in_windows)) <= 3, (app, len(in_windows))
@@ -553,6 +586,7 @@ def test_tbf_queue_qdisc_stage_matches_an_every_packet_oracle(timed, tracefs):
                 s.close()
     finally:
         pair.close()
+    _residuals("tbf queue, tx qdisc", qdisc, queued)
     assert len(queued) > 200
     assert abs(qdisc["count"] - len(queued)) <= 0.05 * len(queued), (qdisc["count"], len(queued))
     assert _within(qdisc["p50_us"], statistics.median(queued) / 1000), (qdisc, statistics.median(queued))
@@ -582,10 +616,15 @@ def test_qdisc_stage_says_why_it_is_not_observable_when_tbf_splits_gso_skbs(time
     finally:
         pair.close()
     u = qdisc.get("unobserved")
+    print(f"split GSO: unobserved {u and {k: u[k] for k in ('skbs', 'segments')}}, timed {qdisc['count']}, "
+          f"oracle matched {matched}, driver {driver['count']}")
     assert u and "split into new skbs on the way (by the qdisc: tbf does" in u["why"], qdisc
-    # Most of what the flow queued could not be timed (what was passed whole: skbs of one
-    # segment, the handshake's), and the oracle could not time it either.
-    assert u["segments"] > u["skbs"] > qdisc["count"], qdisc
+    # What passed whole and was timed are skbs of one segment (anything larger than the
+    # 1,600-byte burst is split): most of the flow's segments went in skbs that could not be
+    # timed (how many single-segment skbs TCP sends depends on the machine's load, so the
+    # comparison is by segments, not skbs), and the oracle could not time them either.
+    assert u["segments"] >= 2 * u["skbs"] > 0, u  # each split skb held 2 segments or more
+    assert u["segments"] > qdisc["count"], (u, qdisc)
     assert qdisc["count"] <= matched + 5, (qdisc["count"], matched)
     assert driver["count"] > u["segments"] / 2, driver  # the segments tbf made are timed in the driver
 

@@ -159,7 +159,8 @@ def test_refused_latency_program_loses_only_its_stages():
 
     lat = LatencyEngine(mode="continuous", period_s=0.2, object_path=variant("latency_refused_data_ready"))
     try:
-        assert "the verifier refused on_data_ready (R2 type=untrusted_ptr_" in lat.hooks["rx_queued"]
+        # The variant is refused on every kernel; the verifier's wording is its own.
+        assert "the verifier refused on_data_ready (" in lat.hooks["rx_queued"]
         assert [d for d in lat.degraded if "on_data_ready" in d and "data is queued on the socket" in d]
         keys = lat.stage_keys()
         assert not {k for k, _ in keys["rx"]} & {"tcp", "app"}
