@@ -243,21 +243,33 @@ static __always_inline __u32 fin_consumed(struct tcp_sock *tp)
 	return (sk->__sk_common.skc_flags & (1UL << SOCK_DONE)) && tp->copied_seq == tp->rcv_nxt;
 }
 
-/* Where write_bytes and read_bytes start. Seen from its birth, a connection's first data
- * byte follows the ISN: snd_una - bytes_acked is the ISN for the end that connected
- * (bytes_acked counts its SYN) and ISN + 1 for the accepted end; rcv_nxt -
- * bytes_received is the peer's ISN + 1 (bytes_received counts the peer's FIN, not its
- * SYN). A connection older than us counts from when we first see it. */
+/* Sequence space the application has used, in 64 bits (the sequence numbers wrap every
+ * 4 GiB): bytes_acked plus what is queued and unacknowledged, which counts the SYN of the
+ * end that connected and our FIN once queued; and bytes_received less what is queued
+ * unread, which counts the peer's FIN (not its SYN) from when it arrived. */
+static __always_inline __u64 write_total(struct tcp_sock *tp)
+{
+	return tp->bytes_acked + (__u32)(tp->write_seq - tp->snd_una);
+}
+
+static __always_inline __u64 read_total(struct tcp_sock *tp)
+{
+	return tp->bytes_received - (__u32)(tp->rcv_nxt - tp->copied_seq);
+}
+
+/* Where write_bytes and read_bytes start: seen from its birth, at the first data byte
+ * (after the SYN of the end that connected); a connection older than us, from when we
+ * first see it. */
 static __always_inline void set_bases(struct flow_counters *c, struct tcp_sock *tp, bool birth, bool client)
 {
 	__u8 state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
 
 	if (birth) {
-		c->write_base = tp->snd_una - (__u32)tp->bytes_acked + (client ? 1 : 0);
-		c->read_base = tp->rcv_nxt - (__u32)tp->bytes_received;
+		c->write_base = client ? 1 : 0;
+		c->read_base = 0;
 	} else {
-		c->write_base = tp->write_seq - fin_sent(state);
-		c->read_base = tp->copied_seq - fin_consumed(tp);
+		c->write_base = write_total(tp) - fin_sent(state);
+		c->read_base = read_total(tp) - fin_consumed(tp);
 	}
 	c->flags |= FLOW_BASES;
 }
@@ -374,8 +386,8 @@ static __always_inline void fill_record(struct flow_record *r, struct tcp_sock *
 			r->comm[i] = 0;
 		return;
 	}
-	r->write_bytes = (__u32)(write_seq - c->write_base - fin_sent(state));
-	r->read_bytes = (__u32)(tp->copied_seq - c->read_base - fin_consumed(tp));
+	r->write_bytes = write_total(tp) - c->write_base - fin_sent(state);
+	r->read_bytes = read_total(tp) - c->read_base - fin_consumed(tp);
 	r->app_wqueue_max = c->app_wqueue_max > r->app_wqueue ? c->app_wqueue_max : r->app_wqueue;
 	r->fast_retrans = c->fast_retrans;
 	r->established_ns = c->established_ns;
@@ -464,11 +476,17 @@ static __always_inline bool read_live(struct flow_record *r, struct tcp_sock *tp
 		return false;
 	if (may_hook && hook_existing_rto && c && !(c->flags & FLOW_RTO_HOOKED)) {
 		/* Sockets older than us never passed an ESTABLISHED callback; ask the kernel
-		 * for their RTO callbacks now (kernels >= 6.13). */
-		int cb = 1 /* BPF_SOCK_OPS_RTO_CB_FLAG */;
+		 * for their RTO callbacks now (kernels >= 6.13). The option replaces the
+		 * socket's whole flag set: keep what other sock_ops programs asked for. */
+		int cb = tp->bpf_sock_ops_cb_flags;
 
-		if (!bpf_setsockopt(SETSOCKOPT_SOCK(tp), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+		if (cb & BPF_SOCK_OPS_RTO_CB_FLAG) {
 			c->flags |= FLOW_RTO_HOOKED;
+		} else {
+			cb |= BPF_SOCK_OPS_RTO_CB_FLAG;
+			if (!bpf_setsockopt(SETSOCKOPT_SOCK(tp), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS_OPT, &cb, sizeof(cb)))
+				c->flags |= FLOW_RTO_HOOKED;
+		}
 	}
 	fill_record(r, tp, cookie, c, sk->__sk_common.skc_state, KIND_LIVE);
 	if (quiescent(tp))
@@ -703,6 +721,8 @@ int BPF_PROG(tcptop_state, const struct sock *csk, const int oldstate, const int
 			return 0;
 		final_record(sk, oldstate);
 		return 0;
+	case TCP_LISTEN:
+		return 0; /* a listener is not a connection (the failure engine reads listeners) */
 	default:
 		/* FIN_WAIT1, CLOSE_WAIT, LAST_ACK, FIN_WAIT2, CLOSING: read it this poll */
 		c = counters_of(sk, true);
@@ -987,7 +1007,9 @@ static long lookup_one(__u32 i, struct lookup_ctx *lc)
 		if (tp) {
 			cookie = tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter;
 			if (cookie == w->cookie) {
-				if (read_live(r, tp, cookie, true, false))
+				/* a listener (a notice from before it listened) is not a connection */
+				if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_state != TCP_LISTEN &&
+				    read_live(r, tp, cookie, true, false))
 					ctl.n_got = slot + 1;
 				bpf_sk_release(skc);
 				return 0;

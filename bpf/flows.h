@@ -46,8 +46,8 @@ struct flow_counters {
 	__u64 established_ns;    /* bpf_ktime_get_ns() when the socket became ESTABLISHED, 0 unknown */
 	__u64 digest;            /* hash of the last record sent to user space (0: none) */
 	__u64 activity;          /* segments in and out, write_seq, copied_seq, state when that record was read */
-	__u32 write_base;        /* sequence number of the first byte write_bytes counts */
-	__u32 read_base;         /* sequence number of the first byte read_bytes counts */
+	__u64 write_base;        /* write_total() where write_bytes starts counting */
+	__u64 read_base;         /* read_total() where read_bytes starts counting */
 	__u32 saved_packets_out; /* packets_out before a purge (FLOW_PURGED) */
 	__u32 closed_copied_seq; /* copied_seq when the final record was sent (FLOW_READ_AFTER) */
 	__u32 pid;               /* tgid of the process that connected */

@@ -150,6 +150,12 @@ class Flow:
     def drops_total(self) -> int:
         return sum(self.drops.values()) if self.drops else 0
 
+    @property
+    def ended(self) -> bool:
+        """Over for its application: closed, or only the kernel's end is left (TIME_WAIT, an
+        orphaned FIN_WAIT2) until its timer drops it."""
+        return self.closed or self.tw_expires_ts > 0
+
     def age_s(self, now_ts: float) -> float:
         """Seconds since establishment as of `now_ts` (a snapshot's ts); fixed once closed."""
         if not self.established_ts:

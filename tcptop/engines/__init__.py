@@ -36,8 +36,8 @@ ENGINE_NAMES = ("auto", *ENGINES)
 def check_privileges() -> None:
     """Refuse early, with a clear reason, what would otherwise fail deep in a BPF loader."""
     if os.geteuid() != 0 and not _has_bpf_caps():
-        raise EngineError("tcptop needs root (or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN) to load BPF programs; "
-                          "try sudo")
+        raise EngineError("tcptop needs root (or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN) to load BPF programs "
+                          "(and CAP_SYS_ADMIN to see other network namespaces); try sudo")
 
 
 def _has_bpf_caps() -> bool:

@@ -76,8 +76,10 @@ def entered(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def in_each(fn: Callable[[], T]) -> Iterator[tuple[int, T]]:
-    """Call fn once inside every reachable namespace; namespaces that vanish are skipped."""
+def in_each(fn: Callable[[], T], denied: set[int] | None = None) -> Iterator[tuple[int, T]]:
+    """Call fn once inside every reachable namespace; namespaces that vanish are skipped, and
+    so are those this process may not enter (setns needs CAP_SYS_ADMIN): their inodes go
+    into `denied`, for the caller to report."""
     home = current_inode()
     for ino, path in namespace_paths().items():
         if ino == home:
@@ -91,5 +93,15 @@ def in_each(fn: Callable[[], T]) -> Iterator[tuple[int, T]]:
         except OSError as e:
             if e.errno in (2, 3, 22):  # ENOENT, ESRCH, EINVAL: it went away meanwhile
                 continue
+            if e.errno in (1, 13):  # EPERM, EACCES
+                if denied is not None:
+                    denied.add(ino)
+                continue
             raise
         yield ino, result
+
+
+def denied_sentence(denied: set[int], what: str) -> str:
+    """The degradation line for namespaces that could not be entered."""
+    return (f"{what} in {len(denied)} other network namespace{'s' if len(denied) != 1 else ''}: not seen "
+            f"(entering a namespace needs CAP_SYS_ADMIN; setns was refused)")

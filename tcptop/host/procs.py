@@ -139,6 +139,21 @@ class Owners:
     def pid_of_inode(self, ino: int) -> int:
         return self._by_inode.get(ino, 0)
 
+    def resolve(self, inodes: set[int]) -> None:
+        """Look these socket inodes up in /proc if some are new and a scan may run now; an inode
+        nobody holds is remembered as pid 0 (closed fd, kernel socket), so it is not scanned again."""
+        missing = {i for i in inodes if i and i not in self._by_inode}
+        if not missing or not self.may_scan():
+            return
+        found = self.scan_inodes(missing)
+        for i in missing - found.keys():
+            self._by_inode[i] = 0
+
+    def trim(self, live_sockets: int) -> None:
+        """Keep the inode cache bounded: start afresh when it holds far more than what is live."""
+        if len(self._by_inode) > 2 * live_sockets + 1024:
+            self._by_inode.clear()
+
     def scan_inodes(self, inodes: set[int]) -> dict[int, set[int]]:
         """socket inode -> pids whose /proc/PID/fd hold it (the fallback for kernels that
         refuse the file-table iterator)."""

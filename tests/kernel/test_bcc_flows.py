@@ -246,8 +246,8 @@ def test_closed_flow_final_values(core, bcc):
     c.sendall(b"y" * 7000)  # after the last poll: only the final record can know
     recv_exactly(s, 7000)
     wait_idle(c)
+    s.close()  # the peer first: c's end closes (LAST_ACK, CLOSE), s's stays the kernel's in TIME_WAIT
     c.close()
-    s.close()
 
     def closed(snap):
         return next((f for f in snap.flows if f.lport == port and f.closed), None)

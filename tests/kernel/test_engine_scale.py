@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 
-from kit import sh
+from kit import recv_exactly, sh, tcp_info, wait_idle
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
 
@@ -104,3 +104,39 @@ def select_line(p):
     if select.select([p.stdout], [], [], 0)[0]:
         return p.stdout.readline()
     return ""
+
+
+def test_lost_notices_make_the_next_poll_walk_every_socket():
+    """A notice ring too small for what changed between two polls: the loss is counted, and
+    that poll walks the whole table, so every socket that moved data is current."""
+    from tcptop.engines.core.flow_layout import Stat
+    from tcptop.engines.core.flows import FlowEngine
+
+    eng = FlowEngine(notice_ring_bytes=4096, walk_ms=0.01)  # room for ~50 notices; no walk to speak of
+    pairs = []
+    try:
+        lsn = socket.socket()
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(256)
+        for _ in range(150):
+            c = socket.create_connection(lsn.getsockname())
+            pairs.append((c, lsn.accept()[0]))
+        lsn.close()
+        eng.poll()
+        eng.poll()
+        lost_before = eng.stats()[Stat.STAT_NOTICES_LOST]
+        for i, (c, s) in enumerate(pairs):
+            c.sendall(b"n" * (100 + i))
+            recv_exactly(s, 100 + i)
+        for c, _ in pairs:
+            wait_idle(c)
+        flows = {f.lport: f for f in eng.poll()}
+        assert eng.stats()[Stat.STAT_NOTICES_LOST] > lost_before
+        for i, (c, s) in enumerate(pairs):
+            assert flows[c.getsockname()[1]].write_bytes == 100 + i
+            assert flows[c.getsockname()[1]].bytes_sent == tcp_info(c)["bytes_sent"]
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
+        eng.close()

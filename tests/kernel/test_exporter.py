@@ -369,7 +369,8 @@ def test_prometheus_stores_what_the_engine_reported_for_each_group(nspair, prome
     gone_seq = max(tee.snaps) + 5  # closed flows are listed for three more polls
     at, _ = prom.wait_for('tcptop_exporter_polls_total{job="tcptop"}', lambda v: v >= gone_seq)
     after = prom.query('{job="tcptop",__name__=~"tcptop_.+"}', at)
-    finals = {f.id: f for seq_ in sorted(tee.snaps) for f in tee.snaps[seq_].flows if f.closed}
+    # the end that closed first stays the kernel's in TIME_WAIT: its values are final too
+    finals = {f.id: f for seq_ in sorted(tee.snaps) for f in tee.snaps[seq_].flows if f.ended}
     assert set(lossy_keys.values()) <= set(finals)
     for name, field in COUNTERS.items():
         now = by_labels(after, name)
@@ -379,7 +380,8 @@ def test_prometheus_stores_what_the_engine_reported_for_each_group(nspair, prome
                 assert now[key] == getattr(finals[lossy_keys[key]], field), (name, key)
     closed = by_labels(after, "tcptop_closed_connections_total")
     assert {k: closed[k] for k in expected} == {k: int(k[2] == str(lossy_port)) for k in expected}
-    live = {tuple(m.get(x, "") for x in LABELS) for m, _ in after if m["__name__"] == "tcptop_connections"}
+    live = {tuple(m.get(x, "") for x in LABELS) for m, _ in after
+            if m["__name__"] == "tcptop_connections" and m["state"] not in ("TIME_WAIT", "FIN_WAIT2")}
     assert live == {k for k in expected if k[2] == str(clean_port)}
     assert prom.resets("10m", at) == 0
     for sock in pairs.pop(clean_port):
@@ -535,16 +537,16 @@ def owners_seen(caps: list[str], ports: list[int]) -> tuple[int, dict[int, int]]
                                    "--filter", " or ".join(f"port {p}" for p in ports)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     if r.returncode:
-        return r.returncode, {}
+        return r.returncode, {}, []
     last = json.loads(r.stdout.splitlines()[-1])
-    return 0, {f["lport"]: f["pid"] for f in last["flows"]}
+    return 0, {f["lport"]: f["pid"] for f in last["flows"]}, last["run"]
 
 
 def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nspair):
     """The unit's (and the DaemonSet's) capabilities, as root: idle connections of an unprivileged
     process, here and in another namespace, are all seen with their owner. Without SYS_ADMIN other
-    namespaces cannot be entered; without SYS_PTRACE or DAC_READ_SEARCH owners of idle sockets
-    (found in /proc/PID/fd) stay unknown."""
+    namespaces cannot be entered (skipped and reported); without SYS_PTRACE or DAC_READ_SEARCH owners of idle sockets
+    stay unknown where they must be found in /proc/PID/fd (kernels that refuse the task_file iterator)."""
     children, ports = [], []
     try:
         for ns in (None, nspair.a):
@@ -556,16 +558,23 @@ def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nsp
             ports.append(int(p.stdout.readline()))
         caps = unit_capabilities()
         assert set(caps) == {"bpf", "perfmon", "net_admin", "sys_admin", "sys_ptrace", "dac_read_search"}
-        rc, owners = owners_seen(caps, ports)
+        rc, owners, run = owners_seen(caps, ports)
         assert rc == 0
+        assert not [d for d in run["degraded"] if "network namespace" in d]
         here, there = children[0].pid, children[1].pid
         # setpriv execs python: the pid is the child's own. Each port is one end of its connection.
         assert owners.get(ports[0]) == here and owners.get(ports[1]) == there, owners
-        rc, _ = owners_seen([c for c in caps if c != "sys_admin"], ports)
-        assert rc == 1  # "setns: Operation not permitted", one line (tests/kernel/test_cli.py checks such lines)
+        rc, owners, run = owners_seen([c for c in caps if c != "sys_admin"], ports)
+        # other namespaces skipped and said so; this namespace's connection still listed, owned
+        assert rc == 0 and owners.get(ports[0]) == here and ports[1] not in owners, owners
+        assert [d for d in run["degraded"] if d.startswith("connections in ") and "CAP_SYS_ADMIN" in d], run
         for missing in ("sys_ptrace", "dac_read_search"):
-            rc, owners = owners_seen([c for c in caps if c != missing], ports)
-            assert rc == 0 and owners.get(ports[0]) == 0, (missing, owners)
+            rc, owners, run = owners_seen([c for c in caps if c != missing], ports)
+            assert rc == 0
+            if run["hooks"]["iterator task_file"] == "ok":  # the kernel walks the file tables: no /proc
+                assert owners.get(ports[0]) == here, (missing, owners)
+            else:  # refused by this kernel's verifier: /proc/PID/fd of another user is not readable
+                assert owners.get(ports[0]) == 0, (missing, owners)
     finally:
         for p in children:
             p.stdin.close()

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -203,8 +204,8 @@ def test_closing_the_terminal_under_the_screen_detaches_everything(tmux_screen):
 # -- a full map ---------------------------------------------------------------------
 
 def test_a_burst_of_closes_beyond_max_closed_is_counted_shown_and_exact():
-    """400 sockets close within one interval with room for 64 final records: 336 records are
-    lost and counted; those flows still close, with the values of the last poll (they were
+    """400 sockets close within one interval with room for 64 final records (the ring rounds it
+    up to a power of two): the records beyond its room are lost and counted; those flows still close, with the values of the last poll (they were
     idle, so those are their final values)."""
     engine = CoreEngine(EngineOptions(interval_s=0.2, max_closed=64, latency="off"))
     lsn = socket.socket()
@@ -223,10 +224,12 @@ def test_a_burst_of_closes_beyond_max_closed_is_counted_shown_and_exact():
             wait_idle(c)
         ours = {}
         deadline = time.monotonic() + 10
+        clients = {c.getsockname()[1] for c, _ in pairs}  # not another test's port numbers
         while len(ours) < 400:
             assert time.monotonic() < deadline, len(ours)
             snap = engine.poll()
-            ours = {f.id: f for f in snap.flows if port in (f.lport, f.rport) and not f.closed}
+            ours = {f.id: f for f in snap.flows if not f.closed and
+                    ((f.lport, f.rport) in ((port, f.rport), (f.lport, port))) and ({f.lport, f.rport} & clients)}
         lost_before = snap.run.events_lost
         sent = {c.getsockname()[1]: 1000 + i for i, (c, _) in enumerate(pairs)}
         for c, s in pairs:
@@ -235,10 +238,12 @@ def test_a_burst_of_closes_beyond_max_closed_is_counted_shown_and_exact():
         time.sleep(0.2)
         snap = engine.poll()
         lost = snap.run.events_lost - lost_before
-        assert lost >= 400 - 64  # every record beyond the map's room (other hosts' closes may add)
+        room = engine.flows.closed_room  # 64 rounded up to what a power-of-two ring holds
+        assert 64 <= room < 200
+        assert lost >= 400 - room  # every record beyond the ring's room (other sockets' closes may add)
         assert f"{snap.run.events_lost:,} events lost" in run_warnings(snap)
         closed = [f for f in snap.flows if f.id in ours]
-        assert len(closed) == 400 and all(f.closed for f in closed)
+        assert len(closed) == 400 and all(f.ended for f in closed)  # closed, or a TIME_WAIT end
         for f in closed:
             assert (f.laddr, f.raddr) == ("127.0.0.1", "127.0.0.1")
             if f.rport == port:  # the client end: its own count of bytes
@@ -385,7 +390,9 @@ def test_processes_that_exit_mid_poll():
     pids_seen = {f.pid for f in clients_seen.values() if f.pid}
     assert pids_seen and pids_seen <= kid_pids, pids_seen - kid_pids  # owners are ours, never a stranger
     assert len(clients_seen) == 40
-    assert all(f.closed and f.bytes_sent == 777 for f in clients_seen.values())
+    # an exited client's end is the kernel's, waiting for the server's FIN: listed as ss lists it
+    assert all((f.closed or f.state == "FIN_WAIT2") and f.bytes_sent == 777 for f in clients_seen.values()), \
+        {(f.state, f.closed, f.bytes_sent) for f in clients_seen.values()}
     server_side = [f for f in snap.flows if f.lport == port and f.rport in client_ports]
     assert len(server_side) == 40 and all(f.pid == os.getpid() for f in server_side)
 
@@ -409,15 +416,27 @@ def _unmount_all(fstype: str) -> str:
     return " && ".join(f"umount -l {p}" for p in points) or "true"
 
 
-def test_without_cgroup2_the_rtt_samples_are_degraded_with_their_reason():
+def test_without_cgroup2_only_what_sock_ops_gives_is_degraded_with_its_reason():
+    """sock_ops needs cgroup v2; RTT samples come from tcp_probe and stay counted."""
     before = loaded_prog_ids()
     c, s = loopback_pair()
     try:
         c.sendall(b"g" * 3000)
         recv_exactly(s, 3000)
         wait_idle(c)
-        r = run_unshared(_unmount_all("cgroup2") + " && ! grep -q ' cgroup2 ' /proc/mounts",
-                         "--json", "--count", "2", "--interval", "0.2", "--port", str(s.getsockname()[1]))
+        script = _unmount_all("cgroup2") + " && ! grep -q ' cgroup2 ' /proc/mounts"
+        args = ("--json", "--count", "3", "--interval", "0.5", "--port", str(s.getsockname()[1]))
+        with ThreadPoolExecutor(1) as pool:  # ping-pongs while it runs: samples it must count
+            run = pool.submit(run_unshared, script, *args)
+            rounds = 0
+            while not run.done():
+                c.sendall(b"p")
+                recv_exactly(s, 1)
+                s.sendall(b"q")
+                recv_exactly(c, 1)
+                rounds += 1
+                time.sleep(0.02)
+            r = run.result()
     finally:
         c.close()
         s.close()
@@ -425,23 +444,35 @@ def test_without_cgroup2_the_rtt_samples_are_degraded_with_their_reason():
     assert r.stderr == ""
     snap = snapshot_from_json(r.stdout.splitlines()[-1])
     assert snap.run.hooks["cgroup sock_ops"] == "unavailable: cgroup v2 is not mounted"
-    assert any(d.startswith("rtt_samples and rtt_sum_us:") for d in snap.run.degraded)
-    assert snap.run.hooks["iterator tcp"] == "ok"
-    assert sorted(f.bytes_sent for f in snap.flows) == [0, 3000]  # the rest is exact
-    assert all(f.rtt_samples == 0 for f in snap.flows)
+    assert [d for d in snap.run.degraded if d.startswith("flight_size in final records of connections that "
+                                                         "timed out") and "cgroup v2 is not mounted" in d]
+    assert not [d for d in snap.run.degraded if "rtt_samples" in d]
+    assert snap.run.hooks["iterator tcp"] == "ok" and snap.run.hooks["tracepoint tcp_probe"] == "ok"
+    lo, hi = sorted(f.bytes_sent for f in snap.flows)
+    assert hi - lo in (2999, 3000, 3001)  # each round: a byte each way, one may be under way
+    assert rounds > 5 and all(f.rtt_samples > 0 for f in snap.flows)
     assert not orphans_since(before)
 
 
-def test_without_tracefs_every_hook_still_attaches():
-    """Every hook is a BTF tracepoint, an iterator or a cgroup program: none needs tracefs."""
+def test_without_tracefs_only_the_syscall_tracepoints_are_lost():
+    """Every hook but the accept() syscall tracepoints is a BTF tracepoint, an iterator or a
+    cgroup program and needs no tracefs; those two are reported, and owners of accepted
+    sockets are then found in the file tables."""
     with_fs = run_unshared("true", "--json", "--count", "1")
     without = run_unshared(_unmount_all("tracefs") + " && ! grep -q ' tracefs ' /proc/mounts",
                            "--json", "--count", "1")
     assert with_fs.returncode == 0 and without.returncode == 0, without.stderr
     assert without.stderr == ""
-    hooks_with = snapshot_from_json(with_fs.stdout).run.hooks
-    hooks_without = snapshot_from_json(without.stdout).run.hooks
-    assert hooks_without == hooks_with
+    run_with = snapshot_from_json(with_fs.stdout).run
+    run_without = snapshot_from_json(without.stdout).run
+    syscalls = {h for h in run_with.hooks if h.startswith("tracepoint syscalls/")}
+    assert syscalls == {"tracepoint syscalls/sys_exit_accept4", "tracepoint syscalls/sys_exit_accept"}
+    assert {h: v for h, v in run_without.hooks.items() if h not in syscalls} == \
+        {h: v for h, v in run_with.hooks.items() if h not in syscalls}
+    for h in syscalls:
+        assert run_without.hooks[h].startswith("unavailable: no tracepoint syscalls/sys_exit_accept")
+        assert "tracefs not mounted" in run_without.hooks[h]
+    assert [d for d in run_without.degraded if d.startswith("owners of accepted sockets at once")]
 
 
 def test_without_btf_one_line_and_nothing_loaded():

@@ -213,6 +213,7 @@ class FailureEngine:
         """Map sizes: sockets with drops or resets, packet-keyed and failed-connect entries per poll."""
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
+        self._denied_said = False
         self.owners = Owners()
         self._max = {"sock_drops": max_sockets, "sock_events": max_sockets, "tuples_0": max_tuples,
                      "tuples_1": max_tuples, "connect_fails_0": max_connects, "connect_fails_1": max_connects}
@@ -372,7 +373,11 @@ class FailureEngine:
             return {}
         it = self._iter
         if self._files is None:
-            buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it)))
+            denied: set[int] = set()
+            buf = b"".join(chunk for _, chunk in netns.in_each(lambda: iter_read(it), denied))
+            if denied and not self._denied_said:
+                self._denied_said = True
+                self.degraded.append(netns.denied_sentence(denied, "listeners"))
         else:
             buf = iter_read(it) + iter_read(self._files)
         out: dict[int, ListenerRecord] = {}

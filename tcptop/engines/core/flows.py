@@ -115,8 +115,10 @@ class FlowEngine:
     """
 
     def __init__(self, max_closed: int = 65536, closed_keep_polls: int = 3, object_path: str | None = None,
-                 walk_ms: float = 10.0, walk_period_s: float = 10.0):
+                 walk_ms: float = 10.0, walk_period_s: float = 10.0, notice_ring_bytes: int = 1 << 22):
         self.max_closed = max_closed
+        self._notices_lost = 0  # STAT_NOTICES_LOST at the last walk
+        self.notice_ring_bytes = notice_ring_bytes
         self.closed_keep_polls = closed_keep_polls
         self.walk_ms = walk_ms
         self.walk_period_s = walk_period_s
@@ -196,7 +198,10 @@ class FlowEngine:
                     obj.check_enum_mirror(cname, py_enum)
                 for prog in set(missing) | set(refused):
                     obj.programs[prog].set_autoload(False)
-                obj.maps["closed"].set_max_entries(_ring_size(self.max_closed * (REC_SIZE + 8)))
+                ring = _ring_size(self.max_closed * _RING_REC)
+                obj.maps["closed"].set_max_entries(ring)
+                obj.maps["notices"].set_max_entries(_ring_size(self.notice_ring_bytes))
+                self.closed_room = ring // _RING_REC  # at least max_closed: the ring is a power of two
                 obj.set_rodata("hook_existing_rto", int(hook_existing))
                 obj.load()
             except BpfError as e:
@@ -356,7 +361,10 @@ class FlowEngine:
         self._ctl.walk_budget = 0xFFFFFFFF
         t0, seen0 = time.perf_counter(), self._ctl.walk_seen
         try:
-            chunks = [chunk for _, chunk in netns.in_each(lambda: iter_read(it))]
+            denied: set[int] = set()
+            chunks = [chunk for _, chunk in netns.in_each(lambda: iter_read(it), denied)]
+            if denied:
+                self.degraded.append(netns.denied_sentence(denied, "connections"))
         finally:
             self._ctl.emit_all = 0
         seen = self._ctl.walk_seen - seen0
@@ -523,7 +531,11 @@ class FlowEngine:
         iterator stops itself after a budget of sockets and resumes there next poll."""
         ctl, out = self._ctl, []
         deadline = time.perf_counter() + self.walk_ms / 1e3
-        unbounded = not self._lookups_ok()
+        # Without lookups, or when notices were lost (the ring filled between two polls), only
+        # a whole pass finds every socket that changed.
+        lost = self.stats()[Stat.STAT_NOTICES_LOST]
+        unbounded = not self._lookups_ok() or lost != self._notices_lost
+        self._notices_lost = lost
         now = time.monotonic()
         share = max(256, int(self._table_size * (now - self._last_walk) / self.walk_period_s))
         self._last_walk = now
@@ -904,6 +916,9 @@ def _lookup_addr(family: int, mapped: int, raw: bytes) -> bytes:
     if mapped:
         return raw[12:16] + bytes(12)
     return raw
+
+
+_RING_REC = (REC_SIZE + 8 + 7) // 8 * 8  # a record in a ring buffer: 8-byte header, 8-byte aligned
 
 
 def _ring_size(nbytes: int) -> int:

@@ -783,8 +783,14 @@ class CgroupRoot:
 
 
 def cgroup2_root() -> str | None:
-    """Where cgroup v2 is mounted (unified or hybrid layout), from /proc/mounts: cgroup
-    programs (sock_ops, cgroup_skb) attached there see every socket on the host."""
+    """Where cgroup v2 is mounted (unified or hybrid layout): cgroup programs (sock_ops,
+    cgroup_skb) attached at its root see every socket on the host.
+
+    TCPTOP_CGROUP2 names it when the first cgroup2 mount in /proc/mounts is not the host's
+    root (a container with its own cgroup namespace whose host tree is mounted elsewhere)."""
+    chosen = os.environ.get("TCPTOP_CGROUP2")
+    if chosen:
+        return chosen
     try:
         with open("/proc/mounts") as f:
             for line in f:

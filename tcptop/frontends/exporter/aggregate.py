@@ -345,7 +345,7 @@ class Aggregator:
             d = values[i] - before[i]
             if d > 0:
                 c[i] += d
-        if f.closed and (prev_flow is None or not prev_flow.closed):
+        if f.ended and (prev_flow is None or not prev_flow.ended):  # TIME_WAIT then closed: once
             g.closed += 1
         if f.rtt_hist and f.rtt_hist != rtt_before:
             if g.rtt is None:
