@@ -657,7 +657,10 @@ def test_budget_mode_keeps_its_cost_within_its_share_of_busy_cpu():
     assert cov["mode"] == "budget" and cov["budget_pct"] == 0.5
     assert cov["cost_pct"] <= 0.5 * 1.5, cov
     assert 0 < cov["timed_fraction"] < 0.5, cov
-    assert host["matching"]["windows"] >= 5
+    # Windows keep opening after the first. How many fit in 5 s depends on the machine's load:
+    # when the window thread's own CPU per window exceeds the budget's share, the period grows
+    # (4 windows under a parallel suite, 5+ alone).
+    assert host["matching"]["windows"] >= 2
 
 
 def test_a_flow_keeps_its_last_windows_figures_with_their_age():
