@@ -473,8 +473,13 @@ int fail_listeners(struct bpf_iter__tcp *ctx)
 	struct sock_common *skc = ctx->sk_common;
 	struct tcp_sock *tp;
 
-	if (!skc || skc->skc_state != TCP_LISTEN)
+	if (!skc)
 		return 0;
+	/* The TCP iterator shows a namespace's listeners first (the listening hash), then the
+	 * connection hash: the first socket that does not listen ends the walk, so a poll
+	 * costs the listeners, not every connection on the host. */
+	if (skc->skc_state != TCP_LISTEN)
+		return 1;
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
 		return 0;

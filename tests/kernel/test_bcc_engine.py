@@ -91,8 +91,23 @@ def test_default_hooks_and_the_kprobe_checked_by_the_verifier():
         assert run.hooks["kprobe tcp_enter_recovery"].startswith("ok: loaded (passed the verifier), not attached")
         assert run.hooks["tracefs"] == "ok" or run.hooks["tracefs"].startswith("mounted by tcptop")
         assert run.hooks["kernel headers"].startswith("ok: ")
+        # RTT samples: the kprobe where kprobes exist (and tcp_rtt_estimator is not inlined), else
+        # tcp_probe; the kprobe program is loaded either way, so the verifier has checked it.
+        from tcptop.engines.bcc import loader
+        kprobe = run.hooks["kprobe tcp_rtt_estimator"]
+        if kprobe == "ok":
+            assert run.hooks["tracepoint tcp_probe (reads tcp_sock)"] == "ok: not attached: kprobe tcp_rtt_estimator is used"
+        else:
+            assert kprobe.startswith("unavailable: loaded (passed the verifier), not attached: ")
+            if not loader.kprobes_available():
+                assert kprobe.endswith("kprobes not available (no kprobe PMU: CONFIG_KPROBES off)")
+            for hook in ("tracepoint tcp_probe (reads tcp_sock)", "tracepoint inet_sock_set_state",
+                         "RTT peek at polls (raw tracepoint program, BPF_PROG_TEST_RUN)"):
+                assert run.hooks[hook] == "ok", (hook, run.hooks[hook])
+        assert "sock_ops RTT callbacks" not in run.hooks
+        assert not [d for d in run.degraded if "one sample per round trip" in d]
         ids = set(e.program_ids())
-        assert len(ids) == 4 and ids <= loaded_progs().keys()
+        assert len(ids) == (5 if kprobe == "ok" else 8) and ids <= loaded_progs().keys()
     finally:
         e.close()
     assert gone(ids)
@@ -110,8 +125,10 @@ def bulk(c, s, nbytes):
 def test_connections_older_than_tcptop(nspair):
     """Opened before the engine: kernel-kept numbers and the bytes read and written cover the
     whole life (derived from tcp_info, with each end's role read off its counters), fast-recovery
-    entries count from the start and reach the flow through its 4-tuple; RTT samples are not
-    counted (said so)."""
+    entries count from the start and reach the flow through its 4-tuple; RTT samples count from
+    the first segment the engine sees (said so), the same as the CO-RE engine's, started with it."""
+    from tcptop.engines.bcc import rtt
+    from tcptop.engines.core.engine import CoreEngine
     c, s = nspair.connected()
     c.sendall(b"a" * 5000)
     recv_exactly(s, 5000)
@@ -120,6 +137,7 @@ def test_connections_older_than_tcptop(nspair):
     wait_idle(c)
     wait_idle(s)
     e = open_bcc()
+    core = CoreEngine(EngineOptions(interval_s=0.2, latency="off"))
     try:
         f = poll_until(e, lambda snap: find_flow(snap, c))
         g = poll_until(e, lambda snap: find_flow(snap, s))
@@ -127,8 +145,9 @@ def test_connections_older_than_tcptop(nspair):
         assert (f.write_bytes, f.read_bytes) == (5000, 300)
         assert (g.write_bytes, g.read_bytes) == (300, 5000)
         assert f.bytes_sent == tcp_info(c)["bytes_sent"] == 5000
-        assert f.rtt_samples == 0
-        assert [d for d in e.poll().run.degraded if "older than tcptop" in d and d.startswith("rtt_samples")]
+        assert f.rtt_samples == 0  # idle since before the engine started
+        assert [d for d in e.poll().run.degraded if d.startswith("rtt_samples, rtt_sum_us, rtt_hist of connections "
+                                                                  "older than tcptop: counted from")]
         before = netstat(nspair.a)
         sh("iptables", "-A", "INPUT", "-p", "tcp", "-m", "statistic", "--mode", "nth",
            "--every", "20", "--packet", "0", "-j", "DROP", ns=nspair.b)
@@ -144,8 +163,13 @@ def test_connections_older_than_tcptop(nspair):
         assert f.retrans_packets == tcp_info(c)["total_retrans"] > 0
         g = poll_until(e, lambda snap: find_flow(snap, s), lambda g: g.read_bytes == 5000 + n)
         assert g.write_bytes == 300
+        if e.flows.rtt.mode == rtt.MODE_TCP_PROBE:  # the kprobe's show once they close (said so)
+            fc = find_flow(core.poll(), c)
+            assert f.rtt_samples == fc.rtt_samples > 0
+            assert (f.rtt_sum_us, f.rtt_hist) == (fc.rtt_sum_us, fc.rtt_hist)
     finally:
         e.close()
+        core.close()
         c.close()
         s.close()
 
@@ -194,7 +218,7 @@ def test_nothing_stays_attached_after_any_exit(how):
         line = p.stdout.readline()
         assert json.loads(line)["run"]["engine"] == "bcc", p.stderr.read()
         held = held_prog_ids(p.pid)
-        assert len(held) == 4 and held <= loaded_progs().keys()
+        assert len(held) in (5, 8) and held <= loaded_progs().keys()  # 5: the RTT kprobe replaces three
     finally:
         p.send_signal(how)
         rc = p.wait(10)
@@ -263,6 +287,17 @@ def test_without_btf_auto_runs_the_bcc_engine():
     run = json.loads(r.stdout)["run"]
     assert run["engine"] == "bcc"
     assert run["hooks"]["cgroup sock_ops"] == "ok"
+    # No BTF and headers of another kernel: tcp_sock's layout is unknown, so RTT samples fall back
+    # to the sock_ops callbacks (where kprobes exist, the kprobe counts them instead).
+    if run["hooks"]["kprobe tcp_rtt_estimator"] != "ok":
+        from tcptop.engines.bcc import loader
+        if not loader.headers_are_this_kernels(loader.kernel_source()[0]):
+            assert run["hooks"]["tracepoint tcp_probe (reads tcp_sock)"] == (
+                "unavailable: this kernel's tcp_sock layout is not known: this kernel has no BTF, "
+                "and the kernel headers are not this kernel's")
+            assert run["hooks"]["sock_ops RTT callbacks"] == "ok"
+            assert [d for d in run["degraded"] if d.startswith("rtt_samples, rtt_sum_us, rtt_hist: one sample per "
+                                                                "round trip, not every sample (sock_ops RTT callbacks")]
 
 
 def test_without_btf_nor_bcc_one_line_names_both():

@@ -22,8 +22,10 @@ from tcptop.host import netns
 KERNEL_KEPT = ("state", "family", "laddr", "lport", "raddr", "rport", "netns", "flight_size", "rwnd", "cwnd",
                "mss", "retrans_packets", "bytes_sent", "bytes_received", "timeouts", "app_wqueue", "srtt_us",
                "min_rtt_us", "rcv_wnd", "ssthresh", "ca_state")
-# Counted from the same kernel events (sock_ops callbacks, tcp_cong_state_set) by both.
-EVENTS = ("rtt_samples", "rtt_sum_us", "fast_retrans")
+# Counted from the same kernel events by both: every RTT sample the estimator takes (here, where
+# kprobes are missing, the BCC engine derives them from tcp_probe as the CO-RE engine does),
+# entries into fast recovery (tcp_cong_state_set).
+EVENTS = ("rtt_samples", "rtt_sum_us", "rtt_hist", "fast_retrans")
 
 
 def open_bcc(**kw):
@@ -107,7 +109,7 @@ def test_idle_loopback_flow_same_as_core_and_tcp_info(core, bcc, family):
 
 
 def test_ping_pongs_give_the_same_rtt_samples(core, bcc):
-    """Both engines count the kernel's sock_ops RTT callbacks: the same samples, the same sum."""
+    """Both engines count every sample the estimator takes: the same samples, sum and histogram."""
     c, s = loopback_pair()
     for sock in (c, s):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -122,6 +124,43 @@ def test_ping_pongs_give_the_same_rtt_samples(core, bcc):
         assert ti["min_rtt"] <= fb.rtt_sum_us / fb.rtt_samples <= max(8 * ti["rtt"], ti["min_rtt"] + 1000)
     c.close()
     s.close()
+
+
+def test_rtt_callbacks_are_the_last_resort_one_sample_per_round_trip(core):
+    """Without tcp_probe (and without kprobes, as here) RTT samples come from the sock_ops RTT
+    callbacks, said to be one per round trip. A ping-pong with no delayed ACKs is one round trip
+    per exchange, so the client's count is every sample's (the CO-RE engine's); the server's
+    callbacks are switched on after its handshake sample, one fewer."""
+    from tcptop.engines.bcc import loader
+
+    def without_probe(category, event):
+        return None if event == "tcp_probe" else loader.tracepoint_fields(category, event)
+
+    e = open_bcc(tracepoint_fields=without_probe)
+    try:
+        run = e.poll().run
+        assert run.hooks["tracepoint tcp_probe (reads tcp_sock)"] == "unavailable: no such tracepoint"
+        if run.hooks["kprobe tcp_rtt_estimator"] == "ok":
+            pytest.skip("kprobes count every sample here: the callbacks are not used")
+        assert run.hooks["sock_ops RTT callbacks"] == "ok"
+        assert [d for d in run.degraded if d.startswith("rtt_samples, rtt_sum_us, rtt_hist: one sample per round "
+                                                         "trip, not every sample (sock_ops RTT callbacks: ")]
+        c, s = loopback_pair()
+        for sock in (c, s):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        ping_pong(c, s, 30)
+        wait_idle(c)
+        wait_idle(s)
+        fc, fb = both(core, e, c, fields=("rtt_samples", "rtt_sum_us", "rtt_hist"))
+        assert_same(fc, fb, ("rtt_samples", "rtt_sum_us", "rtt_hist"))
+        assert fb.rtt_samples >= 31
+        gc, gb = both(core, e, s, ok=lambda g: g.rtt_samples > 1, fields=())
+        assert gb.rtt_samples == gc.rtt_samples - 1 and sum(n for _, n in gb.rtt_hist) == gb.rtt_samples
+        c.close()
+        s.close()
+    finally:
+        e.close()
 
 
 def test_stalled_receiver_zero_window_and_send_queue(core, bcc):

@@ -26,6 +26,7 @@ from kit import netstat, recv_exactly, sh, tcp_info, wait_idle
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
 from tcptop.filter import compile_filter
+from tcptop.host import netns
 from tcptop.frontends.exporter import Exporter, listen
 from tcptop.frontends.exporter.aggregate import Aggregator
 
@@ -530,16 +531,18 @@ def unit_capabilities() -> list[str]:
     return [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
 
 
-def owners_seen(caps: list[str], ports: list[int]) -> tuple[int, dict[int, int]]:
-    """Run tcptop --json as root bounded to `caps` (as the systemd unit runs it); (status, {lport: pid})."""
+def owners_seen(caps: list[str], ports: list[tuple[int, int]]) -> tuple[int, dict[int, int], dict]:
+    """Run tcptop --json as root bounded to `caps` (as the systemd unit runs it) and look for
+    the (netns, lport) ends; (status, {lport: pid}, run info)."""
     r = subprocess.run(["setpriv", "--bounding-set=-all," + ",".join("+" + c for c in caps), "--inh-caps=-all"]
                        + TCPTOP + ["--json", "--count", "2", "--interval", "0.3",
-                                   "--filter", " or ".join(f"port {p}" for p in ports)],
+                                   "--filter", " or ".join(f"lport {p}" for _, p in ports)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     if r.returncode:
         return r.returncode, {}, []
     last = json.loads(r.stdout.splitlines()[-1])
-    return 0, {f["lport"]: f["pid"] for f in last["flows"]}, last["run"]
+    # another test's namespace may hold the same port number: only ours count
+    return 0, {f["lport"]: f["pid"] for f in last["flows"] if (f["netns"], f["lport"]) in ports}, last["run"]
 
 
 def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nspair):
@@ -556,20 +559,21 @@ def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nsp
             p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             children.append(p)
             ports.append(int(p.stdout.readline()))
+        ends = list(zip((netns.current_inode(), nspair.inode(nspair.a)), ports))
         caps = unit_capabilities()
         assert set(caps) == {"bpf", "perfmon", "net_admin", "sys_admin", "sys_ptrace", "dac_read_search"}
-        rc, owners, run = owners_seen(caps, ports)
+        rc, owners, run = owners_seen(caps, ends)
         assert rc == 0
         assert not [d for d in run["degraded"] if "network namespace" in d]
         here, there = children[0].pid, children[1].pid
         # setpriv execs python: the pid is the child's own. Each port is one end of its connection.
         assert owners.get(ports[0]) == here and owners.get(ports[1]) == there, owners
-        rc, owners, run = owners_seen([c for c in caps if c != "sys_admin"], ports)
+        rc, owners, run = owners_seen([c for c in caps if c != "sys_admin"], ends)
         # other namespaces skipped and said so; this namespace's connection still listed, owned
         assert rc == 0 and owners.get(ports[0]) == here and ports[1] not in owners, owners
         assert [d for d in run["degraded"] if d.startswith("connections in ") and "CAP_SYS_ADMIN" in d], run
         for missing in ("sys_ptrace", "dac_read_search"):
-            rc, owners, run = owners_seen([c for c in caps if c != missing], ports)
+            rc, owners, run = owners_seen([c for c in caps if c != missing], ends)
             assert rc == 0
             if run["hooks"]["iterator task_file"] == "ok":  # the kernel walks the file tables: no /proc
                 assert owners.get(ports[0]) == here, (missing, owners)

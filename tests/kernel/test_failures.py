@@ -271,8 +271,11 @@ def test_linger_zero_close_and_ss_kill_reset_with_the_kernels_reasons(engine, ns
     peers receive them (ECONNRESET), and the resets sent equal TcpOutRsts."""
     c1, s1 = nspair.connected()
     c2, s2 = nspair.connected()
-    snap = engine.poll()
-    ids = {name: find_flow(snap, x).id for name, x in (("c1", c1), ("s1", s1), ("c2", c2), ("s2", s2))}
+    # accept() can return a socket a moment before its own move to ESTABLISHED (on another
+    # CPU) sends the engine its notice: the flow may come a poll later
+    socks = (("c1", c1), ("s1", s1), ("c2", c2), ("s2", s2))
+    snap = poll_for(engine, lambda snap: snap if all(find_flow(snap, x) for _, x in socks) else None)
+    ids = {name: find_flow(snap, x).id for name, x in socks}
     before = mib(nspair.a)
     c1.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c1.close()

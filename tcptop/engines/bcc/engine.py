@@ -13,7 +13,7 @@ import time
 
 from tcptop.engines import EngineError, EngineOptions, check_privileges
 from tcptop.engines.bcc import loader
-from tcptop.engines.bcc.flows import STAT_ADDR_FULL, STAT_CLOSED_FULL, STAT_NO_STORAGE, FlowEngine
+from tcptop.engines.bcc.flows import STAT_ADDR_FULL, STAT_CLOSED_FULL, STAT_NO_STORAGE, STAT_RTT_FULL, FlowEngine
 from tcptop.engines.bcc.latency import NOT_HERE
 from tcptop.model import RunInfo, Snapshot
 
@@ -91,7 +91,8 @@ class BccEngine:
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=stats[STAT_NO_STORAGE],
-            events_lost=stats[STAT_CLOSED_FULL] + stats[STAT_ADDR_FULL] + self.flows.finals_missing,
+            events_lost=(stats[STAT_CLOSED_FULL] + stats[STAT_ADDR_FULL] + stats[STAT_RTT_FULL]
+                         + self.flows.finals_missing),
             hooks={**self.hooks, **self.flows.hooks, **self._lat_hooks},
             degraded=tuple(self.flows.degraded) + self._lat_degraded,
         )

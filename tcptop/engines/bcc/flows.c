@@ -12,9 +12,13 @@
  * poll time by user space through sock_diag (INET_DIAG with tcp_info), together with
  * each socket's `counters` storage below, so only events are counted here.
  *
- * Options come as -D flags from the loader: MAX_CLOSED, MAX_ADDR_FLOWS, and HAVE_TP_* for
- * each tracepoint the running kernel has with the fields used here (BCC compiles a
- * tracepoint's `args` from its format, so a missing one must not be compiled at all).
+ * Options come as -D flags from the loader: MAX_CLOSED, MAX_ADDR_FLOWS, MAX_RTT_FLOWS, and
+ * HAVE_TP_* for each tracepoint the running kernel has with the fields used here (BCC
+ * compiles a tracepoint's `args` from its format, so a missing one must not be compiled).
+ *
+ * The one exception to "no kernel struct": the RTT samples' tcp_probe hook (rtt.c, appended
+ * by the loader) reads tcp_sock, but only when the loader knows this kernel's offsets (its
+ * BTF, or its own headers) and passes them in; otherwise that hook is not compiled at all.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/ptrace.h> /* struct pt_regs: the kprobe context, an ABI (bpf_user_pt_regs_t) */
@@ -39,14 +43,17 @@
 /* Per socket, in socket-local storage (freed with the socket, so nothing to evict
  * or leak); created by the sock_ops program when a connection is opened, read by
  * user space through sock_diag with the socket's tcp_info. */
+#define RTT_BUCKETS 28    /* tcptop/engines/histogram.py: bucket b counts samples below 2 << b us */
+
 struct flow_counters {
 	u64 sk_addr;          /* the socket's kernel address: tracepoints name sockets only by it */
 	u64 established_ns;   /* bpf_ktime_get_ns() at ESTABLISHED, 0 before */
-	u64 rtt_sum_us;       /* sum of sock_ops RTT_CB samples (mrtt) */
+	u64 rtt_sum_us;       /* sum of sock_ops RTT_CB samples (mrtt): the last-resort RTT hook */
 	u32 rtt_samples;
 	u32 rto_events;       /* sock_ops RTO_CB: timeouts where tcpi_total_rto is missing */
 	u32 flags;            /* FLOW_* */
 	u32 pad;
+	u32 rtt_hist[RTT_BUCKETS];
 };
 BPF_SK_STORAGE(counters, struct flow_counters);
 
@@ -94,7 +101,8 @@ BPF_HASH(closed_addr, u64, struct addr_flow, MAX_CLOSED);
 #define STAT_NO_STORAGE 0   /* a new connection got no counters: socket storage allocation failed */
 #define STAT_CLOSED_FULL 1  /* a closed flow's final record was dropped: `closed` full */
 #define STAT_ADDR_FULL 2    /* a recovery entry was dropped: `addr_flows` or `closed_addr` full */
-#define STAT_MAX 3
+#define STAT_RTT_FULL 3     /* a socket's RTT samples were dropped: `rtt_flows` or `closed_rtt` full */
+#define STAT_MAX 4
 BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
 
 static __always_inline void stat_inc(int idx)
@@ -104,6 +112,41 @@ static __always_inline void stat_inc(int idx)
 	if (v)
 		*v += 1;
 }
+
+/* Set by user space before sock_ops is attached: which hook counts RTT samples. The sock_ops
+ * RTT callbacks (the last resort: one sample per round trip) are asked for only when they
+ * are the one, so otherwise they cost nothing. */
+#define CONF_RTT_MODE 0
+#define CONF_MAX 1
+#define RTT_MODE_NONE 0
+#define RTT_MODE_CALLBACKS 1   /* here: sock_ops RTT callbacks, one sample per round trip */
+#define RTT_MODE_KPROBE 2      /* rtt.c: kprobe tcp_rtt_estimator */
+#define RTT_MODE_TCP_PROBE 3   /* rtt.c: tracepoint tcp_probe */
+BPF_ARRAY(config, u32, CONF_MAX);
+
+static __always_inline u32 config_of(int idx)
+{
+	u32 *v = config.lookup(&idx);
+
+	return v ? *v : 0;
+}
+
+static __always_inline u32 rtt_bucket(u32 us)
+{
+	u32 b = 0;
+
+	/* floor(log2(us)), by halving; 0 and 1 share bucket 0 */
+	if (us >= 1 << 16) { b += 16; us >>= 16; }
+	if (us >= 1 << 8) { b += 8; us >>= 8; }
+	if (us >= 1 << 4) { b += 4; us >>= 4; }
+	if (us >= 1 << 2) { b += 2; us >>= 2; }
+	if (us >= 1 << 1) { b += 1; }
+	return b < RTT_BUCKETS ? b : RTT_BUCKETS - 1;
+}
+
+/* In rtt.c, which the loader appends: RTT samples counted by tracepoints or a kprobe. */
+static __always_inline void rtt_opened(u64 addr, u64 cookie);
+static __always_inline void rtt_destroyed(u64 addr, u64 cookie);
 
 /* ---- sock_ops: connection life, RTT samples, RTO expirations ------------- */
 
@@ -149,20 +192,31 @@ static __always_inline void closing(struct bpf_sock_ops *skops, struct bpf_sock 
 	cookie = bpf_get_socket_cookie(skops);
 	if (closed.update(&cookie, &r))
 		stat_inc(STAT_CLOSED_FULL);
+#if !defined(HAVE_TP_DESTROY_SOCK) && !defined(NO_SK_ADDR)
+	/* No destroy tracepoint to move the kprobe's RTT entry under its cookie: do it here,
+	 * where no sample can follow. */
+	rtt_destroyed(SK_ADDR(sk), cookie);
+#endif
 }
 
-#define WANTED_CB (BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG)
+static __always_inline u32 wanted_cb(void)
+{
+	return BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG |
+	       (config_of(CONF_RTT_MODE) == RTT_MODE_CALLBACKS ? BPF_SOCK_OPS_RTT_CB_FLAG : 0);
+}
 
 static __always_inline void want_callbacks(struct bpf_sock_ops *skops)
 {
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | WANTED_CB);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | wanted_cb());
 }
 
 /* Another program may set a socket's callback flags outright (bpf_setsockopt
  * TCP_BPF_SOCK_OPS_CB_FLAGS), switching ours off: ask again at the next callback we get. */
 static __always_inline void keep_callbacks(struct bpf_sock_ops *skops)
 {
-	if ((skops->bpf_sock_ops_cb_flags & WANTED_CB) != WANTED_CB)
+	u32 wanted = wanted_cb();
+
+	if ((skops->bpf_sock_ops_cb_flags & wanted) != wanted)
 		want_callbacks(skops);
 }
 
@@ -189,14 +243,24 @@ int tt_bcc_sockops(struct bpf_sock_ops *skops)
 			c->established_ns = bpf_ktime_get_ns();
 			c->flags |= FLOW_SEEN_BIRTH;
 		}
+#ifndef NO_SK_ADDR
+		rtt_opened(SK_ADDR(sk), bpf_get_socket_cookie(skops));
+#else
+		rtt_opened(0, bpf_get_socket_cookie(skops));
+#endif
 		return 1;
 	case BPF_SOCK_OPS_RTT_CB:
 		c = counters.sk_storage_get(sk, 0, 0);
 		keep_callbacks(skops);
 		if (c) {
-			/* args[0]: the sample (mrtt, us) the estimator just took. */
-			__sync_fetch_and_add(&c->rtt_samples, 1);
-			__sync_fetch_and_add(&c->rtt_sum_us, skops->args[0]);
+			/* args[0]: the sample (mrtt, us) the estimator just took. Called under
+			 * the socket lock: plain increments suffice. */
+			u32 b = rtt_bucket(skops->args[0]);
+
+			c->rtt_samples++;
+			c->rtt_sum_us += skops->args[0];
+			if (b < RTT_BUCKETS)
+				c->rtt_hist[b]++;
 		}
 		return 1;
 	case BPF_SOCK_OPS_RTO_CB:
@@ -278,12 +342,13 @@ int kp_enter_recovery(struct pt_regs *ctx)
 }
 
 #ifdef HAVE_TP_DESTROY_SOCK
-/* A socket is freed: its address-keyed entry moves under its cookie. */
+/* A socket is freed: its address-keyed entries move under its cookie. */
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
 	u64 addr = (u64)args->skaddr, cookie = args->sock_cookie;
 	struct addr_flow *a = addr_flows.lookup(&addr);
 
+	rtt_destroyed(addr, cookie);
 	if (!a)
 		return 0;
 	if (closed_addr.update(&cookie, a))

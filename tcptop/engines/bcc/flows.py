@@ -12,8 +12,8 @@ depend on kernel struct layouts (see flows.c and README "Engines"):
   app_wqueue is sock_diag's wqueue (write_seq - snd_una, as SIOCOUTQ);
 - derived from them: read_bytes = bytes_received - rqueue (mind the FIN), write_bytes =
   bytes_acked + wqueue (mind SYN and FIN);
-- counted in the kernel: rtt_samples/rtt_sum_us, establishment time and role (sock_ops),
-  fast_retrans (tracepoint tcp_cong_state_set).
+- counted in the kernel: rtt_samples/rtt_sum_us/rtt_hist (rtt.py: the best hook this kernel
+  offers), establishment time and role (sock_ops), fast_retrans (tracepoint tcp_cong_state_set).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from importlib import resources
 
 from tcptop.engines import EngineError
-from tcptop.engines.bcc import diag, loader
+from tcptop.engines.bcc import diag, loader, rtt
+from tcptop.engines.histogram import rtt_hist
 from tcptop.host import netns
 from tcptop.host.procs import Owners
 from tcptop.model import CA_STATES, TCP_STATES, Flow, Listener
 
 # flows.c constants
 FLOW_SEEN_BIRTH, FLOW_CLIENT, FLOW_SERVER = 1, 2, 4
-STAT_NO_STORAGE, STAT_CLOSED_FULL, STAT_ADDR_FULL, STAT_MAX = 0, 1, 2, 3
+STAT_NO_STORAGE, STAT_CLOSED_FULL, STAT_ADDR_FULL, STAT_RTT_FULL, STAT_MAX = 0, 1, 2, 3, 4
 DEFAULT_MAX_ADDR_FLOWS = 16384
 
 # Kernel TCP states (model.TCP_STATES).
@@ -65,7 +66,9 @@ NOT_MEASURED = ("drops by reason, resets, failed connects, and listeners' SYN qu
 
 
 def source() -> str:
-    return resources.files("tcptop.engines.bcc").joinpath("flows.c").read_text()
+    """flows.c with rtt.c appended: one module (rtt.c says why)."""
+    files = resources.files("tcptop.engines.bcc")
+    return files.joinpath("flows.c").read_text() + files.joinpath("rtt.c").read_text()
 
 
 @dataclass
@@ -84,6 +87,7 @@ class _Track:
     tuple: tuple = ()           # (family, src, dst, sport, dport), to tie older sockets' events to it
     closed_polls: int = 0
     inode: int = 0         # socket inode, to find the owning process in /proc
+    rtt: tuple = rtt.NO_COUNTS  # (rtt_samples, rtt_sum_us, per-bucket counts), as last read
 
 
 class FlowEngine:
@@ -117,6 +121,7 @@ class FlowEngine:
         self._listening_now: list[tuple[int, diag.Record]] = []
         self._listener_cache: dict[int, tuple] = {}
         self._kernel_dir = kernel_dir
+        self.rtt: rtt.RttSamples | None = None
         try:
             self._start(kernel_dir, max_addr_flows, tracepoint_fields, extra_cflags)
         except BaseException:
@@ -135,10 +140,11 @@ class FlowEngine:
             cflags.append("-DHAVE_TP_CONG_STATE_SET=1")
         if have_destroy:
             cflags.append("-DHAVE_TP_DESTROY_SOCK=1")
-        self._cflags = cflags + list(extra_cflags)
+        rtt_flags, why_no_probe = rtt.compile_flags(tracepoint_fields, kernel_dir, have_destroy)
+        self._cflags = cflags + rtt_flags + list(extra_cflags)
         self._module = loader.compile_module(source(), self._cflags, kernel_dir)
         self._diag = diag.DiagSocket()
-        self._attach_sockops()
+        self._attach_sockops(why_no_probe)
         self._attach_recovery(have_cong, cong)
         self._attach_destroy(have_destroy, destroy)
         self._check_diag()
@@ -147,21 +153,26 @@ class FlowEngine:
         self.hooks[hook] = f"unavailable: {why}"
         self.degraded.append(f"{lost}: {hook} unavailable ({why})")
 
-    def _attach_sockops(self) -> None:
-        lost = ("rtt_samples and rtt_sum_us, duration_s from establishment (first seen instead), role, "
-                "final values of closed flows (last polled instead)")
+    def _attach_sockops(self, why_no_probe: str | None) -> None:
+        """sock_ops, with the RTT sample hook chosen between its load and its attach: the
+        program reads which one it is (and a refused load compiles the module again)."""
+        lost = ("duration_s from establishment (first seen instead), role, final values of closed flows (last "
+                "polled instead), the handshake's RTT sample (with tcp_probe)")
+        fn = None
         try:
             fn = self._load_sockops()
-            self._attached.append(self._cgroup.attach(fn, loader.ATTACH_CGROUP_SOCK_OPS))
         except loader.Refused as e:
             self._degrade(SOCKOPS, f"the verifier refused it ({e})", lost)
+        self.rtt = rtt.RttSamples(self._module, self._attached, self.hooks, self.degraded)
+        self.rtt.attach(why_no_probe, fn is not None)
+        if fn is None:
             return
+        try:
+            self._attached.append(self._cgroup.attach(fn, loader.ATTACH_CGROUP_SOCK_OPS))
         except OSError as e:
             self._degrade(SOCKOPS, e.strerror or str(e), lost)
             return
         self.hooks[SOCKOPS] = "ok"
-        self.degraded.append("rtt_samples and rtt_sum_us of connections older than tcptop: not counted (BCC "
-                             "cannot switch sock_ops RTT callbacks on for sockets it did not see open)")
 
     def _load_sockops(self):
         """The sock_ops program; if the verifier refuses it, once more without storing socket
@@ -381,6 +392,8 @@ class FlowEngine:
         if self.hooks.get(SOCKOPS) == "ok":
             closed.update(self._drain("closed"))
         closed_addr = self._drain("closed_addr") if self.hooks.get(TP_DESTROY) == "ok" else {}
+        closed_rtt = ({k: rtt.counts_of(v) for k, v in self._drain("closed_rtt").items()}
+                      if self.rtt is not None and self.rtt.keyed else {})
         tracks, seen, changed = self._tracks, set(), []
         lo, hi = diag.IDLE_CLOCKS
         for ino, rec in records:
@@ -394,16 +407,27 @@ class FlowEngine:
             if tr is None:
                 tr = tracks[cookie] = _Track(key, None, time.monotonic_ns())  # type: ignore[arg-type]
             tr.key, tr.inode = key, int.from_bytes(msg[68:72], "little")
-            changed.append((ino, rec, tr, self._counters(rec.storage)))
+            c = self._counters(rec.storage)
+            self._read_rtt(tr, cookie, c)
+            changed.append((ino, rec, tr, c))
         self._listeners = {ino: self._listening(ino) for ino in self._roles_to_infer(changed)}
         for ino, rec, tr, c in changed:
             tr.flow = self._decode(tr, ino, rec, c)
             self._note_owner(tr.flow.id, tr)
         self._apply_recoveries(seen)
-        self._close_gone(seen, closed, closed_addr)
+        self._close_gone(seen, closed, closed_addr, closed_rtt)
         self._pending_closed = {c: r for c, r in closed.items() if c in seen or
                                 (c in self._tracks and not self._tracks[c].final)}
         return self._collect()
+
+    def _read_rtt(self, tr: _Track, cookie: int, c) -> None:
+        if self.rtt is None:
+            return
+        counts, again = self.rtt.live(cookie, c.sk_addr if c is not None else tr.sk_addr, c)
+        if counts is not None:
+            tr.rtt = counts
+        if again:
+            tr.key = b""
 
     def _counters(self, storage: bytes):
         if not storage or self._counters_type is None:
@@ -506,8 +530,7 @@ class FlowEngine:
             fast_retrans=tr.fast,
             timeouts=ti[I_TOTAL_RTO] if has_rto else (c.rto_events if c is not None else 0),
             app_wqueue=app_wqueue, app_wqueue_max=tr.wqueue_max,
-            rtt_samples=c.rtt_samples if c is not None else 0,
-            rtt_sum_us=c.rtt_sum_us if c is not None else 0,
+            rtt_samples=tr.rtt[0], rtt_sum_us=tr.rtt[1], rtt_hist=rtt_hist(tr.rtt[2]),
             read_bytes=max(0, read), write_bytes=max(0, written),
             duration_s=round(max(0, time.monotonic_ns() - born_ns) / 1e9, 3),
             established_ts=round(self._boot_offset + born_ns / 1e9, 6),
@@ -564,7 +587,7 @@ class FlowEngine:
 
     # -- closing --------------------------------------------------------------
 
-    def _close_gone(self, seen: set[int], closed: dict, closed_addr: dict) -> None:
+    def _close_gone(self, seen: set[int], closed: dict, closed_addr: dict, closed_rtt: dict) -> None:
         """Flows no longer in sock_diag are closed: with the final numbers the sock_ops state
         callback took where it ran, else with their last polled values. A connection leaves
         the hash table an instant before that callback runs (TIME_WAIT takes its place first),
@@ -576,27 +599,42 @@ class FlowEngine:
             if cookie in closed_addr:
                 tr.fast = closed_addr[cookie].recoveries
             r = closed.get(cookie)
+            counts = tr.rtt
+            self._final_rtt(tr, cookie, r, closed_rtt)
             if not tr.flow.closed:
                 tr.flow = self._final(tr, r)
                 tr.closed_polls = self.closed_keep_polls
                 tr.final = r is not None
-            elif (r is not None and not tr.final) or cookie in closed_addr:
+            elif (r is not None and not tr.final) or cookie in closed_addr or tr.rtt != counts:
                 tr.flow = self._final(tr, r, closed_ts=tr.flow.closed_ts)
                 tr.final = tr.final or r is not None
 
+    def _final_rtt(self, tr: _Track, cookie: int, r, closed_rtt: dict) -> None:
+        """A closed connection's RTT counts: moved under its cookie when it was destroyed, else
+        still in the live entry (the application holds the socket), or in the final record."""
+        if cookie in closed_rtt:
+            tr.rtt = closed_rtt[cookie]
+        elif self.rtt is not None and self.rtt.mode == rtt.MODE_CALLBACKS:
+            if r is not None:
+                tr.rtt = rtt.counts_of(r.c)
+        elif self.rtt is not None:
+            counts, _ = self.rtt.live(cookie, tr.sk_addr, None)
+            if counts is not None:
+                tr.rtt = counts
+
     def _final(self, tr: _Track, r, closed_ts: float = 0.0) -> Flow:
         f = tr.flow
+        counts = {"rtt_samples": tr.rtt[0], "rtt_sum_us": tr.rtt[1], "rtt_hist": rtt_hist(tr.rtt[2])}
         if r is None:
             return _replace(f, closed=True, state="CLOSE", closed_ts=closed_ts or round(time.time(), 6),
-                            fast_retrans=tr.fast)
+                            fast_retrans=tr.fast, **counts)
         c = r.c
         return _replace(
             f, closed=True, state="CLOSE", closed_ts=round(self._boot_offset + r.now_ns / 1e9, 6),
             fast_retrans=tr.fast,
             cwnd=r.snd_cwnd, ssthresh=r.snd_ssthresh, srtt_us=r.srtt_us, min_rtt_us=r.rtt_min,
             mss=r.mss_cache, retrans_packets=r.total_retrans, bytes_received=r.bytes_received,
-            flight_size=max(0, r.packets_out - (r.sacked_out + r.lost_out) + r.retrans_out),
-            rtt_samples=c.rtt_samples, rtt_sum_us=c.rtt_sum_us,
+            flight_size=max(0, r.packets_out - (r.sacked_out + r.lost_out) + r.retrans_out), **counts,
             duration_s=round(max(0, r.now_ns - (c.established_ns or tr.first_seen_ns)) / 1e9, 3),
         )
 

@@ -29,7 +29,7 @@ from tcptop.engines import EngineError
 TRACEFS = "/sys/kernel/tracing"
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
 # BPF program types and cgroup attach types (UAPI enums bpf_prog_type, bpf_attach_type).
-PROG_KPROBE, PROG_TRACEPOINT, PROG_CGROUP_SKB, PROG_SOCK_OPS = 2, 5, 8, 13
+PROG_KPROBE, PROG_TRACEPOINT, PROG_CGROUP_SKB, PROG_SOCK_OPS, PROG_RAW_TRACEPOINT = 2, 5, 8, 13, 17
 ATTACH_CGROUP_INET_INGRESS, ATTACH_CGROUP_INET_EGRESS, ATTACH_CGROUP_SOCK_OPS = 0, 1, 3
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -84,6 +84,12 @@ def kernel_source() -> tuple[str | None, str]:
                       "declarations; no kernel struct is read through them")
     raise EngineError(f"BCC needs kernel headers and none were found: install linux-headers-{release} "
                       "(or your distribution's kernel headers package, then make setup)")
+
+
+def headers_are_this_kernels(kernel_dir: str | None) -> bool:
+    """Whether the headers BCC compiles with are the running kernel's own (kernel_source()'s
+    first answer), so that their struct layouts are right."""
+    return kernel_dir is None or _headers_version(kernel_dir) == platform.release()
 
 
 def _headers_version(tree: str) -> str:
@@ -253,6 +259,34 @@ def attach_kprobe(fn, function: str) -> Attachment:
     return Attachment(fd)
 
 
+class _TestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf), up to the members used here."""
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32)]
+
+
+class RawRunner:
+    """Runs a raw tracepoint program on demand (BPF_PROG_TEST_RUN, kernels >= 5.10) with the
+    given u64 arguments; one syscall per run, buffers set up once."""
+
+    def __init__(self, fn, nargs: int):
+        self._fd = fn.fd
+        self._args = (ctypes.c_uint64 * nargs)()
+        self._opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), ctx_in=ctypes.addressof(self._args),
+                                  ctx_size_in=ctypes.sizeof(self._args))
+        self._run = _bpf_lib().bpf_prog_test_run_opts
+
+    def __call__(self, *args: int) -> int:
+        for i, a in enumerate(args):
+            self._args[i] = a
+        if self._run(self._fd, ctypes.byref(self._opts)):
+            e = ctypes.get_errno()
+            raise OSError(e, f"test run failed ({os.strerror(e)})")
+        return self._opts.retval
+
+
 def _bpf_lib() -> ctypes.CDLL:
     global _libbpf
     if _libbpf is None:
@@ -261,6 +295,8 @@ def _bpf_lib() -> ctypes.CDLL:
         _libbpf.bpf_link_create.restype = ctypes.c_int
         _libbpf.libbpf_set_print.argtypes = [ctypes.c_void_p]
         _libbpf.libbpf_set_print.restype = ctypes.c_void_p
+        _libbpf.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        _libbpf.bpf_prog_test_run_opts.restype = ctypes.c_int
     return _libbpf
 
 

@@ -547,8 +547,11 @@ class FlowEngine:
                         break  # at most one pass over the namespaces per poll
                     new_cycle = True
                     self._table_size, self._pass_seen = max(self._pass_seen, 256), 0
-                    self._walk_queue = [self._host_netns] + sorted(
-                        ns for ns, n in self._ns_count.items() if n > 0 and ns != self._host_netns)
+                    # namespaces made since the last pass too: one whose every notice was lost
+                    # would otherwise never be walked
+                    self._ns_paths = netns.namespace_paths()
+                    known = {ns for ns, n in self._ns_count.items() if n > 0} | set(self._ns_paths)
+                    self._walk_queue = [self._host_netns] + sorted(known - {self._host_netns})
                 ns = self._walk_queue.pop(0)
                 reader = self._new_reader(ns)
                 if reader is None:
