@@ -201,9 +201,11 @@ class Workload:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def measure_requests(w: Workload, modes: list[str], pairs: int) -> list[dict]:
+def measure_requests(w: Workload, modes: list[str], pairs: int, warmup_s: float = 0.0) -> list[dict]:
     """Per mode: paired throughput without/with, busy CPU per unit, tcptop's CPU per unit, then a
-    bpf_stats run for BPF time per unit by program."""
+    bpf_stats run for BPF time per unit by program. `warmup_s`: the workload runs that long with
+    tcptop attached before the bpf_stats run, so --latency budget's windows (they start at 5 ms
+    and at most double per cycle) have reached their steady length."""
     rows = []
     for mode in modes:
         args = [] if mode == "default" else ["--latency", mode]
@@ -221,11 +223,20 @@ def measure_requests(w: Workload, modes: list[str], pairs: int) -> list[dict]:
                     units, secs = w.run()
                     busy_off.append((busy_cpu_s() - b0) / units)
                     off.append(units / secs)
-        with Tcptop("--interval", "1", *args) as t, bpf_stats():
-            before = prog_stats(t.pid)
-            units, _ = w.run()
-            after = prog_stats(t.pid)
+        with Tcptop("--interval", "1", *args) as t:
+            t.keep = True
+            warm_until = time.monotonic() + warmup_s
+            while time.monotonic() < warm_until:
+                try:
+                    w.run()
+                except (KeyError, subprocess.CalledProcessError):  # iperf3's server between two clients
+                    time.sleep(0.5)
+            with bpf_stats():
+                before = prog_stats(t.pid)
+                units, _ = w.run()
+                after = prog_stats(t.pid)
             names = prog_names(after.keys())
+            coverage = (json.loads(t.lines[-1][2]).get("latency") or {}).get("coverage") if t.lines[-1][2] else None
         per_prog = {}
         for pid_, (ns, cnt) in after.items():
             ns0, cnt0 = before.get(pid_, (0, 0))
@@ -233,7 +244,8 @@ def measure_requests(w: Workload, modes: list[str], pairs: int) -> list[dict]:
             a, b = per_prog.get(name, (0, 0))
             per_prog[name] = (a + ns - ns0, b + cnt - cnt0)
         rows.append({"mode": mode, "unit": w.unit, "off": off, "on": on, "busy": statistics.median(busy_off),
-                     "busy_runs": busy_off, "proc": statistics.median(proc_on), "units": units, "progs": per_prog})
+                     "busy_runs": busy_off, "proc": statistics.median(proc_on), "units": units, "progs": per_prog,
+                     "coverage": coverage})
     return rows
 
 
@@ -253,6 +265,12 @@ def print_requests(name: str, rows: list[dict]) -> None:
               f" / {all_ns / u:.0f} ns ({100 * all_ns / u / busy_ns:.2f} %) | {r['proc'] * 1e9:.0f} ns "
               f"({100 * r['proc'] / r['busy']:.2f} %) | {on_m / off_m:.3f} | {fmt_runs(r['off'], scale)} ({spread(r['off'])}) | "
               f"{fmt_runs(r['on'], scale)} ({spread(r['on'])}) |")
+    for r in rows:
+        cov = r.get("coverage")
+        if cov:
+            print(f"\n{r['mode']}: the packet-level engine's last report in the bpf_stats run: {cov['mode']}, "
+                  f"timed_fraction {cov['timed_fraction']}, window {cov['window_s']} s every {cov['period_s']} s, "
+                  f"cost_pct {cov['cost_pct']} (its own model), own_cpu_pct {cov['own_cpu_pct']}")
     for r in rows:
         print(f"\nBPF programs, tcptop {r['mode']} ({r['units']:.0f} {r['unit']}s, bpf_stats on):\n")
         print(f"| program | runs per {r['unit']} | ns per run | ns per {r['unit']} |")
@@ -381,6 +399,9 @@ def main() -> int:
     ap.add_argument("--only", default="requests,poll,scale,churn")
     ap.add_argument("--latency", default="default,off", help="tcptop modes for 'requests' (default = no --latency)")
     ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--warmup", type=float, default=0.0, metavar="S",
+                    help="requests: run the workload S seconds with tcptop attached before the bpf_stats run "
+                         "(--latency budget's windows grow to their steady length over ~10 s)")
     ap.add_argument("--requests", type=int, default=200000, help="redis GET requests per run")
     ap.add_argument("--seconds", type=float, default=4, help="iperf3 run length")
     ap.add_argument("--busy", type=int, default=1000)
@@ -410,7 +431,7 @@ def main() -> int:
         for kind, size in (("redis", a.requests), ("iperf3", a.seconds)):
             w = Workload(kind, size)
             try:
-                rows = measure_requests(w, modes, a.pairs)
+                rows = measure_requests(w, modes, a.pairs, a.warmup)
             finally:
                 w.close()
             title = ("redis-benchmark GET -c 20, per request" if kind == "redis" else

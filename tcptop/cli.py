@@ -62,6 +62,16 @@ def _interval(s: str) -> float:
     return v
 
 
+def _percent(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not math.isfinite(v) or not 0 < v <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage above 0 and at most 100, got {s!r}")
+    return v
+
+
 def _int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
     def parse(s: str) -> int:
         try:
@@ -136,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --replay FILE: keep playing lines appended to the file, as tail -f")
     p.add_argument("--demo", action="store_true",
                    help="start a small workload in a private network namespace and watch it")
-    p.add_argument("--latency", choices=("full", "light", "off"), default="full",
-                   help="packet-level stage timings of 1 packet in 8: full (every stage), light (per-socket stages only), off")
+    p.add_argument("--latency", choices=("budget", "full", "light", "off"), default="budget",
+                   help="packet-level stage timings: budget (default: every packet, in windows whose cost stays "
+                        "within --latency-budget), full (every packet, continuously: its cost is yours), "
+                        "light (continuously, per-socket stages only), off")
+    p.add_argument("--latency-budget", type=_percent, metavar="PCT",
+                   help="with --latency budget: the packet-level engine's BPF time, in %% of the machine's "
+                        "busy CPU (default 0.5)")
     p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
                    help="kernel engine: core (CO-RE, needs BTF), bcc (BCC, compiles at start-up; for hosts "
                         "without BTF), or auto (the first that can run here: core, then bcc)")
@@ -207,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--replay and --demo cannot be combined")
     if args.follow and not args.replay:
         parser.error("--follow goes with --replay FILE")
+    if args.latency_budget is not None and args.latency != "budget":
+        parser.error(f"--latency-budget applies to --latency budget, not --latency {args.latency} "
+                     "(full and light time every packet, whatever it costs)")
     if args.sort is not None:
         from tcptop.frontends.screen.columns import UnknownSortField, resolve_sort
         try:

@@ -73,7 +73,8 @@ def open_source(args: argparse.Namespace) -> SnapshotSource:
         except ReplayError as e:
             raise SourceError(str(e)) from None
     from tcptop.engines import EngineError, EngineOptions, open_engine
-    options = EngineOptions(interval_s=args.interval, max_closed=args.max_closed, latency=args.latency)
+    options = EngineOptions(interval_s=args.interval, max_closed=args.max_closed, latency=args.latency,
+                            latency_budget_pct=getattr(args, "latency_budget", None) or 0.5)
     try:
         return open_engine(getattr(args, "engine", "auto"), options)
     except EngineError as e:

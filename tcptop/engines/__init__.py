@@ -21,7 +21,8 @@ class EngineError(Exception):
 class EngineOptions:
     interval_s: float = 1.0
     max_closed: int = 65536   # room for final records of flows closed within one interval
-    latency: str = "full"     # packet-level stages: "full", "light" or "off"
+    latency: str = "budget"   # packet-level stages: "budget", "full", "light" or "off"
+    latency_budget_pct: float = 0.5  # with "budget": the engine's BPF time, % of busy CPU
 
 
 # name -> module that exports `preflight()` and `Engine`; "auto" tries them in this order.

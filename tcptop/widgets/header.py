@@ -7,6 +7,8 @@ mistaken for a whole one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -32,6 +34,17 @@ def run_warnings(snap: Snapshot | None) -> list[str]:
     if run.events_lost:
         out.append(f"{run.events_lost:,} events lost")
     return out
+
+
+def packet_timing_note(snap: Snapshot | None) -> str:
+    """Continuous packet timing is something the user asked for (--latency full/light), at a
+    cost that is theirs, unlike the budget's windows: the header says so, with the cost."""
+    cov = snap.latency.get("coverage") if snap is not None and isinstance(snap.latency, Mapping) else None
+    if not isinstance(cov, Mapping) or cov.get("mode") != "continuous":
+        return ""
+    cost = cov.get("cost_pct")
+    price = f"about {cost:.2f} % of busy CPU" if isinstance(cost, (int, float)) else "cost not yet measured"
+    return f"every packet timed continuously (asked for): {price}, yours to pay"
 
 
 class HeaderBar(Static):
@@ -82,6 +95,9 @@ def header_text(store: FlowStore, paused: bool, replay: PlaybackStatus | None, w
         line2.append(f" replay {printable(replay.name)} {where} ×{replay.speed:g}", style="magenta")
     if store.filter_expr:
         line2.append(f"  filter: {store.filter_expr}", style="bold cyan")
+    timing = packet_timing_note(snap)
+    if timing:
+        line2.append(f"  {timing}", style="dim yellow")
     warnings = run_warnings(snap)
     if replay is not None and replay.errors:
         n = len(replay.errors)

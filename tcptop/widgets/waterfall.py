@@ -2,9 +2,11 @@
 
 Receive runs driver → IP → TCP → application; transmit runs TCP → IP → qdisc → driver.
 The packet-level engine reports stages as {"rx": {"driver": {"count", "p50_us", "p99_us"},
-...}, "tx": {...}}; when it merges layers it cannot tell apart, the key names them all
-("ip+tcp") and the bar stands where its first layer would. Without that data the pane
-says so: it never draws a number the kernel did not give.
+...}, "tx": {...}, "window": {...}}; when it merges layers it cannot tell apart, the key names
+them all ("ip+tcp") and the bar stands where its first layer would. Without that data the
+pane says so: it never draws a number the kernel did not give. A line under the title says
+which window the figures come from, how old they are and how much of the time windows
+cover; a stage whose packets the engine saw but could not time says so and why.
 """
 
 from __future__ import annotations
@@ -100,6 +102,47 @@ def _stage_numbers(stage: Mapping[str, Any] | None) -> tuple[int, float | None, 
     return count, _num(stage, "p50_us"), _num(stage, "p99_us")
 
 
+def _window_age_s(lat: Mapping[str, Any] | None, host_lat: Mapping[str, Any] | None) -> float | None:
+    """How old a latency dict's figures are: the host's window age (taken at the poll) plus how
+    much earlier this one's window ended. None without window information (older replays)."""
+    w = lat.get("window") if lat else None
+    hw = host_lat.get("window") if host_lat else None
+    if not isinstance(w, Mapping) or not isinstance(hw, Mapping):
+        return None
+    end, host_end, host_age = _num(w, "end_ts"), _num(hw, "end_ts"), _num(hw, "age_s")
+    if end is None or host_end is None or host_age is None:
+        return None
+    return host_age + max(0.0, host_end - end)
+
+
+def timing_line(lat: Mapping[str, Any] | None, host_lat: Mapping[str, Any] | None) -> Text | None:
+    """How the packets behind the bars were timed: the window their figures come from (length,
+    age) and what share of the time windows covered, within what budget."""
+    cov = host_lat.get("coverage") if host_lat else None
+    w = lat.get("window") if lat else None
+    if not isinstance(cov, Mapping):
+        return None
+    parts = []
+    if isinstance(w, Mapping) and _num(w, "s") is not None:
+        age = _window_age_s(lat, host_lat)
+        parts.append(f"a {_num(w, 's'):.2g} s window" + (f", {age:.0f} s ago" if age is not None else ""))
+    frac, budget = _num(cov, "timed_fraction"), _num(cov, "budget_pct")
+    if cov.get("mode") == "continuous":
+        parts.append("every packet timed, continuously")
+    elif frac is not None:
+        parts.append(f"{100 * frac:.0f} % of the time timed" + (f", within {budget:g} % CPU" if budget else ""))
+    return Text("  " + "; ".join(parts), style="dim") if parts else None
+
+
+def _unobserved(stage: Mapping[str, Any] | None) -> tuple[int, str] | None:
+    """(packets the stage could not time, why in a few words), when the engine says so."""
+    u = stage.get("unobserved") if isinstance(stage, Mapping) else None
+    if not isinstance(u, Mapping):
+        return None
+    n = u.get("skbs")
+    return (n if isinstance(n, int) and not isinstance(n, bool) else 0), str(u.get("short") or u.get("why") or "")
+
+
 def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, Any] | None,
                      width: int, flow_label: str = "selected flow") -> Group | Text:
     """Bars for the selected flow (or all flows when it has none), all flows' numbers beside them.
@@ -136,6 +179,9 @@ def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, 
     else:
         head.append("   (none for the selected flow)" if flow_label != "all flows" else "", style="dim")
     parts: list[Any] = [head]
+    timing = timing_line(primary, host_lat)
+    if timing is not None:
+        parts.append(timing)
     for direction, (title, order) in PATHS.items():
         stages = primary.get(direction)
         others = compare.get(direction) if compare is not None else None
@@ -154,8 +200,13 @@ def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, 
         parts.append(Text(head, style="dim"))
         for key in keys:
             count, p50, p99 = _stage_numbers(stages.get(key))
+            unobserved = _unobserved(stages.get(key))
             line = Text(_label(key)[:7].ljust(7) + " ")
-            if not count or p50 is None:
+            if (not count or p50 is None) and unobserved:
+                # Not an empty bar: the engine saw the packets and could not time them.
+                line.append(f"not observable: {unobserved[1]}"[:bar_w].ljust(bar_w), style="yellow")
+                line.append(" " * 18)
+            elif not count or p50 is None:
                 line.append("no samples".ljust(bar_w), style="dim")
                 line.append(" " * 18)
             else:
@@ -171,6 +222,8 @@ def render_waterfall(flow_lat: Mapping[str, Any] | None, host_lat: Mapping[str, 
                 hc, h50, h99 = _stage_numbers(others.get(key))
                 line.append(f" {fmt_us(h50) if hc else '–':>8} {fmt_us(h99) if hc else '–':>8}", style="dim")
             parts.append(line)
+            if count and unobserved and unobserved[0]:
+                parts.append(Text(f"        only part timed: {unobserved[0]} more not ({unobserved[1]})", style="yellow"))
         hint = dominant_hint(direction, stages)
         if hint:
             parts.append(Text("  " + hint, style="italic"))

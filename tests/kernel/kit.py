@@ -41,6 +41,12 @@ def flight_size(ti: dict[str, int]) -> int:
     return ti["unacked"] - ti["sacked"] - ti["lost"] + ti["retrans"]
 
 
+def sock_cookie(s: socket.socket) -> int:
+    """The kernel's cookie of a socket (SO_COOKIE), which the engines use as Flow.id: unique for
+    the kernel's life, where a 4-tuple comes back as soon as ports are reused."""
+    return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")
+
+
 def find_flow(snap: Snapshot, s: socket.socket) -> Flow | None:
     """The flow of one of the test's own sockets, by its 4-tuple and netns."""
     la, lp = s.getsockname()[:2]

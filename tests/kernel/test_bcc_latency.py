@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tcptop.engines.core.latency import LatencyEngine as CoreLatency
-from tcptop.engines.histogram import bucket_bounds
+from tcptop.engines.histogram import BUCKETS, UPPER_NS, bucket_bounds
 from kit import sh
 
 SO_COOKIE = 57
@@ -85,7 +85,7 @@ def test_tbf_queue_same_slow_packets_as_core(bcc_lat, nspair):
     and no more than the CO-RE engine's host-wide TCP count over the same time (other tests
     may run tbf queues meanwhile) plus a few non-TCP packets."""
     from tcptop.engines.bcc.latency import TX_QDISC
-    core = CoreLatency(sample=1, skb_stages=True)
+    core = CoreLatency(mode="continuous", period_s=0.2, skb_stages=True)
     try:
         before = bcc_lat.histogram(TX_QDISC)[0]
         sh("tc", "qdisc", "replace", "dev", "veth0", "root", "tbf", "rate", "20mbit",
@@ -115,15 +115,15 @@ def test_tbf_queue_same_slow_packets_as_core(bcc_lat, nspair):
             c.shutdown(socket.SHUT_WR)
         for t in threads[4:]:
             t.join()
-        core_host, core_flows = core.poll()
+        core_host, core_flows = _core_windows(core)
         after = bcc_lat.histogram(TX_QDISC)[0]
-        ours = [core_flows[int.from_bytes(c.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")]
-                for c, _ in socks]
-        core_slow = sum(slow(_buckets(f["tx"]["qdisc"]["buckets"])) for f in ours)
+        ours = [core_flows.get(int.from_bytes(c.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little"),
+                               [0] * BUCKETS) for c, _ in socks]
+        core_slow = sum(slow(f) for f in ours)
         bcc_slow = slow([a - b for a, b in zip(after, before)])
         assert core_slow >= 20, "the tbf queue held too few packets; the test proves nothing"
         # Other tests on the machine may add slow packets of their own; none can be missing.
-        core_host_slow = slow(_buckets(core_host["tx"]["qdisc"]["buckets"]))
+        core_host_slow = slow(core_host)
         assert core_slow <= bcc_slow <= core_host_slow + 5, (core_slow, core_host_slow, bcc_slow)
     finally:
         core.close()
@@ -134,8 +134,30 @@ def test_tbf_queue_same_slow_packets_as_core(bcc_lat, nspair):
 
 def _buckets(pairs):
     """Kernel buckets back from a stage summary's [[upper bound ns or null, samples], ...]."""
-    out = [0] * 32
+    out = [0] * BUCKETS
     for bound, n in pairs:
-        b = 31 if bound is None else next(i for i in range(32) if bucket_bounds(i)[1] == bound)
-        out[b] = n
+        out[UPPER_NS.index(bound)] = n
     return out
+
+
+def _core_windows(core):
+    """The CO-RE engine's tx qdisc buckets, host-wide and per flow, summed over every window it
+    takes until two more are in: its first window covers everything since it started (nothing
+    polled it before), the second the packets that were still finishing."""
+    host, flows, seen = [0] * BUCKETS, {}, set()
+    first = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        h, per_flow = core.poll()
+        wid = h["window"]["id"] if h else 0
+        first = wid if first is None else first
+        if h and wid not in seen:
+            seen.add(wid)
+            host = [a + b for a, b in zip(host, _buckets(h["tx"]["qdisc"]["buckets"]))]
+            for c, f in per_flow.items():
+                if f["window"]["id"] == wid:
+                    flows[c] = [a + b for a, b in zip(flows.get(c, [0] * BUCKETS), _buckets(f["tx"]["qdisc"]["buckets"]))]
+        if wid >= first + 2:
+            break
+        time.sleep(0.05)
+    return host, flows

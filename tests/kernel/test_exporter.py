@@ -161,11 +161,15 @@ class Tee:
         self.engine = engine
         self.interval_s = engine.interval_s
         self.snaps = {}
+        self.windows = {}  # (flow id, packet-level window id) -> (poll seq, the flow's latency of that window)
 
     def poll(self):
         snap = self.engine.poll()
         self.snaps[snap.seq] = snap
         self.snaps.pop(snap.seq - 50, None)
+        for f in snap.flows:
+            if f.latency:
+                self.windows.setdefault((f.id, f.latency["window"]["id"]), (snap.seq, f.latency))
         return snap
 
     def close(self):
@@ -178,7 +182,9 @@ def in_process_exporter():
     made = []
 
     def start(keep):
-        engine = CoreEngine(EngineOptions(interval_s=0.5))
+        # Every packet timed (the default times windows within a budget, and a short transfer may
+        # fall between them): the stage histograms are then checked on every packet.
+        engine = CoreEngine(EngineOptions(interval_s=0.5, latency="full"))
         tee = Tee(engine)
         server = listen("127.0.0.1", 0)
         exporter = Exporter(tee, server, Aggregator(keep), interval_s=0.5)
@@ -334,18 +340,19 @@ def test_prometheus_stores_what_the_engine_reported_for_each_group(nspair, prome
     for port, (c, _) in pairs.items():
         assert rto[next(k for k in clients if k[2] == str(port))] == tcp_info(c)["total_rto"]
 
-    # Stage histograms (filtered: the kept flows' own): counts and every bucket equal the flows' sums.
+    # Stage histograms (filtered: the kept flows' own): counts equal the flows' sums over every
+    # packet-level window the engine reported for them up to that poll (each window once).
     stage_counts = {(m["direction"], m["stage"]): v for m, v in series
                     if m["__name__"] == "tcptop_packet_stage_latency_seconds_count"}
+    kept_ids = {f.id for flows in expected.values() for f in flows}
     want = {}
-    for flows in expected.values():
-        for f in flows:
-            for d, stages in (f.latency or {}).items():
-                if isinstance(stages, dict):
-                    for st, summary in stages.items():
-                        if isinstance(summary, dict) and "count" in summary:
-                            want[(d, st)] = want.get((d, st), 0) + summary["count"]
-    assert stage_counts == want
+    for (fid, _), (poll_seq, lat) in tee.windows.items():
+        if fid not in kept_ids or poll_seq > int(seq):
+            continue
+        for d in ("rx", "tx"):
+            for st, summary in lat[d].items():
+                want[(d, st)] = want.get((d, st), 0) + summary["count"]
+    assert {k: v for k, v in stage_counts.items() if v} == {k: v for k, v in want.items() if v}
     assert sum(want.values()) > 0, "no stage samples: the histogram comparison proves nothing"
 
     # prometheus-client's exposition passes Prometheus's own linter.

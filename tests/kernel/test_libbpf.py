@@ -69,18 +69,19 @@ def test_a_nested_member_an_array_and_an_enum_value_are_checked_too():
         obj.close()
     lat = BpfObject(object_path("latency.bpf.o"))
     try:
-        # a struct inside a struct: two u32 members of lat_probe swapped inside lat_probes
-        probe = swapped(latency.LatProbe, "seq", "n")
-        nested = type("LatProbes", (ctypes.Structure,), {"_fields_": [(n, probe) for n, _ in latency.LatProbes._fields_]})
-        with pytest.raises(BpfError, match=r"struct lat_probes\.rx_tcp: member 1 is seq in C, n in the mirror"):
+        # a struct inside a struct: the two u16 members of lat_pend swapped inside lat_probes' slots
+        pend = swapped(latency.LatPend, "n", "gen")
+        nested = type("LatProbes", (ctypes.Structure,), {"_fields_": [
+            (n, pend * 8 if n == "rx_tcp" else t) for n, t in latency.LatProbes._fields_]})
+        with pytest.raises(BpfError, match=r"struct lat_probes\.rx_tcp: member 2 is n in C, gen in the mirror"):
             lat.check_mirror("lat_probes", nested)
         for cname, mirror in latency.MIRRORS.items():
             lat.check_mirror(cname, mirror)
         for cname, py_enum in latency.ENUM_MIRRORS.items():
             lat.check_enum_mirror(cname, py_enum)
-        lat.set_rodata("sample_shift", 3)
+        lat.set_rodata("track_skbs", 1)
         with pytest.raises(ValueError):
-            lat.set_rodata("sample_shift", 256)  # one byte wide
+            lat.set_rodata("track_skbs", 256)  # one byte wide
     finally:
         lat.close()
 

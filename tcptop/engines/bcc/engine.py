@@ -56,8 +56,9 @@ class BccEngine:
         self._last = time.monotonic()
 
     def _start_latency(self, mode: str, kernel_dir: str | None, kw: dict) -> None:
-        """--latency full: the device-layer stages (all BCC can time without kernel structs);
-        light keeps only per-socket stages, which BCC cannot time, so it is the same as off."""
+        """--latency full (and budget, which has no windows here): the device-layer stages (all
+        BCC can time without kernel structs); light keeps only per-socket stages, which BCC
+        cannot time, so it is the same as off."""
         if mode == "off":  # said in the header, so an empty waterfall is not mistaken for a fault
             self._lat_hooks = {"packet-level engine": "off (--latency off)"}
             return
@@ -75,6 +76,9 @@ class BccEngine:
             return
         self._lat_hooks = dict(self.latency.hooks)
         self._lat_degraded = tuple(self.latency.degraded)
+        if mode == "budget":  # the windows are the CO-RE engine's; BCC samples instead, and says so
+            self._lat_hooks["packet-level engine"] = (f"ok: 1 packet in {self.latency.sample} timed continuously "
+                                                      "(the BCC engine has no budget windows)")
 
     def poll(self) -> Snapshot:
         assert self.flows is not None

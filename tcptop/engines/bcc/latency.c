@@ -9,8 +9,9 @@
  * Only tracepoint arguments are read (their layout comes from the running kernel's tracefs):
  * the skb address, used as an opaque key. These tracepoints name no socket and no transport
  * protocol, so the stages cover every packet of the host, not only TCP, and belong to no
- * flow. Histograms stay in the kernel, as in the CO-RE engine (log2 buckets of nanoseconds:
- * bucket 0 is [0, 512 ns), bucket b is [2^(b+8), 2^(b+9))).
+ * flow. Histograms stay in the kernel, in the CO-RE engine's log-linear buckets of
+ * nanoseconds (bpf/latency.h, tcptop/engines/histogram.py): bucket 0 is [0, 128 ns), then
+ * 8 sub-buckets per power of two, none more than 9.7 % wide.
  *
  * 1 packet in SAMPLE is timed: every SAMPLE-th on each CPU at a stage's first hook, which
  * alone writes the map; the end hooks find only those (a miss is a cheap lookup). A counter,
@@ -21,8 +22,8 @@
  */
 #include <uapi/linux/bpf.h>
 
-#define BUCKETS 32
-#define BUCKET0_SHIFT 9
+#define BUCKETS 256
+#define MIN_SHIFT 7
 
 #define RX_DRIVER 0
 #define TX_QDISC 1
@@ -81,21 +82,26 @@ static __always_inline void stat_inc(int idx)
 		*v += 1;
 }
 
-/* Index of the log2 bucket of a duration: the position of its highest bit, by halving. */
+/* Log-linear bucket of a duration, as bucket_of() in bpf/latency.bpf.c: the position m of
+ * its leading bit (by halving) picks the power of two, the next six bits M pick one of its
+ * 8 sub-buckets (how many of the sub-bucket starts 6, 12, 19, 27, 35, 44, 53 are <= M). */
 static __always_inline u32 bucket_of(u64 ns)
 {
-	u32 bit = 0;
+	u64 v = ns;
+	u32 m = 0, mant, sub, idx;
 
-	if (ns >> 32) { bit += 32; ns >>= 32; }
-	if (ns >> 16) { bit += 16; ns >>= 16; }
-	if (ns >> 8) { bit += 8; ns >>= 8; }
-	if (ns >> 4) { bit += 4; ns >>= 4; }
-	if (ns >> 2) { bit += 2; ns >>= 2; }
-	if (ns >> 1) { bit += 1; }
-	if (bit < BUCKET0_SHIFT)
+	if (ns < (1ULL << MIN_SHIFT))
 		return 0;
-	bit -= BUCKET0_SHIFT - 1;
-	return bit < BUCKETS ? bit : BUCKETS - 1;
+	if (v >> 32) { m += 32; v >>= 32; }
+	if (v >> 16) { m += 16; v >>= 16; }
+	if (v >> 8) { m += 8; v >>= 8; }
+	if (v >> 4) { m += 4; v >>= 4; }
+	if (v >> 2) { m += 2; v >>= 2; }
+	if (v >> 1) { m += 1; }
+	mant = (u32)(ns >> (m - 6)) & 63;
+	sub = (mant >= 6) + (mant >= 12) + (mant >= 19) + (mant >= 27) + (mant >= 35) + (mant >= 44) + (mant >= 53);
+	idx = 1 + ((m - MIN_SHIFT) << 3) + sub;
+	return idx < BUCKETS ? idx : BUCKETS - 1;
 }
 
 static __always_inline void record(int stage, u64 ns)

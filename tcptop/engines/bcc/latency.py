@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from tcptop.engines.bcc import loader
-from tcptop.engines.histogram import stage_summary
+from tcptop.engines.histogram import BUCKETS, stage_summary
 
 RX_DRIVER, TX_QDISC, TX_DRIVER, STAGES = 0, 1, 2, 3
 STAT_NAMES = ("rx_started", "rx_matched", "tx_queued", "tx_matched", "stale", "drv_unmatched")
@@ -95,8 +95,8 @@ class LatencyEngine:
         }
         shown = {f"{d}.{k}" for d, ks in self.stage_keys().items() for k, _ in ks}
         out = {k: v for k, v in notes.items() if k in shown}
-        out["resolution"] = ("log2 buckets: [0,512ns), then [2^k, 2^(k+1)) ns; percentiles interpolated "
-                             "geometrically inside their bucket (within 2x)")
+        out["resolution"] = ("log-linear buckets, 8 per power of two (each at most 9.7 % wide; [0, 128 ns) "
+                             "below): a percentile is within 9.7 % of the true one; means are exact")
         out["engine"] = "bcc: device-layer stages only, host-wide"
         if self.sample > 1:
             out["sampled"] = (f"1/{self.sample}: every {self.sample}th packet on each CPU at a stage's first hook "
@@ -110,9 +110,9 @@ class LatencyEngine:
     def histogram(self, stage: int) -> tuple[list[int], int, int]:
         """(samples per bucket, sum ns, max ns) of a stage, host-wide, since the start."""
         table = self._module[b"host"]
-        slots, total, mx = [0] * 32, 0, 0
+        slots, total, mx = [0] * BUCKETS, 0, 0
         for h in table[table.Key(stage)]:
-            for b in range(32):
+            for b in range(BUCKETS):
                 slots[b] += h.slots[b]
             total += h.sum_ns
             mx = max(mx, h.max_ns)

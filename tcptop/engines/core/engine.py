@@ -30,10 +30,11 @@ def preflight() -> None:
 class CoreEngine:
     """CO-RE engine: flows.bpf.o and the packet-level latency.bpf.o behind poll()/close().
 
-    `latency` chooses the packet-level engine: "full" (every stage), "light"
-    (only the per-socket stages: rx tcp/app, tx tcp+ip; about a third fewer
-    events), or "off". If it cannot load, the flows still run and the reason is
-    reported in the snapshot's run info.
+    `latency` chooses the packet-level engine: "budget" (every stage, timed in windows whose
+    cost stays within `latency_budget_pct` % of busy CPU), "full" (every stage, every packet,
+    continuously), "light" (continuously, only the per-socket stages: rx tcp/app, tx tcp+ip),
+    or "off". If it cannot load, the flows still run and the reason is reported in the
+    snapshot's run info.
     """
 
     engine_name = "core"
@@ -55,7 +56,7 @@ class CoreEngine:
             self.flows = FlowEngine(max_closed=max_closed, object_path=flows_object)
             self._start_failures()
             if latency != "off":
-                self._start_latency(skb_stages=latency == "full")
+                self._start_latency(latency, options.latency_budget_pct)
             else:  # said in the header, so an empty waterfall is not mistaken for a fault
                 self._lat_hooks = {"packet-level engine": "off (--latency off)"}
         except BpfError as e:
@@ -66,10 +67,13 @@ class CoreEngine:
         self._seq = 0
         self._last = time.monotonic()
 
-    def _start_latency(self, skb_stages: bool) -> None:
+    def _start_latency(self, mode: str, budget_pct: float) -> None:
         from tcptop.engines.core.latency import LatencyEngine
         try:
-            self.latency = LatencyEngine(skb_stages=skb_stages)
+            if mode == "budget":
+                self.latency = LatencyEngine(mode="budget", budget_pct=budget_pct, period_s=self.interval_s)
+            else:
+                self.latency = LatencyEngine(mode="continuous", skb_stages=mode == "full")
         except BpfError as e:
             self._lat_hooks = {"packet-level engine": f"unavailable: {_explain(e)}"}
             self._lat_degraded = (f"latency waterfall: the packet-level engine did not load ({_explain(e)})",)
@@ -99,6 +103,8 @@ class CoreEngine:
             t0 = time.perf_counter()
             host_latency, per_flow = self.latency.poll()
             flows = self._with_latency(flows, per_flow)
+            self.latency.retain({f.id for f in flows})
+            self._lat_hooks["packet-level engine"] = self.latency.describe()
             timing["latency_ms"] = (time.perf_counter() - t0) * 1e3
         report = None
         if self.failures is not None:
@@ -136,7 +142,7 @@ class CoreEngine:
             if lat is None:
                 out.append(f)
                 continue
-            if prev is None or prev[0] is not f or prev[1] != lat:
+            if prev is None or prev[0] is not f or prev[1] is not lat:  # the engine reuses unchanged figures
                 prev = (f, lat, with_fields(f, latency=lat))
             merged[f.id] = prev
             out.append(prev[2])

@@ -1,10 +1,21 @@
-"""Packet-level engine, user side: loads bpf/latency.bpf.o with the best hook per stage boundary, polls.
+"""Packet-level engine, user side: loads bpf/latency.bpf.o with the best hook per stage boundary, runs its windows.
 
-Pairs with bpf/latency.bpf.c (kernel side) and bpf/latency.h (the shared
-layouts, mirrored below with ctypes and checked against the object's BTF).
-The kernel folds every stage duration into histograms (tcptop/engines/histogram.py
-says how buckets become percentiles); one poll reads the host-wide per-CPU histograms
-and one batch pass over the per-flow map.
+Pairs with bpf/latency.h (the shared layouts, mirrored below with ctypes and checked against
+the object's BTF). The kernel times every packet that starts a stage while a window is open
+and folds the durations into log-linear histograms (tcptop/engines/histogram.py turns them
+into percentiles). Two ways to run:
+
+- "budget" (the default): the programs are attached only for windows, whose length and
+  spacing tcptop/engines/core/latency_budget.py chooses so their cost stays within a share of
+  the machine's busy CPU (when that allows, they stay attached: a continuous stretch).
+- "continuous": attached all the time; a window is the time between two takes.
+
+A thread of this engine runs the windows and takes each one's figures (when it has drained:
+its started packets finished), just after a poll, so the summaries are made between polls;
+poll() hands out the latest.
+
+Either way a flow's figures are those of the last window in which it had packets, with that
+window's id, end time and length, so a reader can tell their age.
 """
 
 from __future__ import annotations
@@ -13,12 +24,15 @@ import ctypes
 import enum
 import os
 import struct
-from typing import Any
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
 
-from tcptop.engines.histogram import BUCKETS, stage_summary
-from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, KernelBtf, Link, object_path, possible_cpus,
-                            refused_program)
-
+from tcptop.engines.histogram import BUCKETS, GROUPS, summary_of_pairs, stage_summary
+from tcptop.engines.core.latency_budget import NS_PER_RUN, Budget, Cycle, Plan, busy_cpu_ns, tcp_segments
+from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, KernelBtf, Link, lib, object_path,
+                                        possible_cpus, refused_program)
 
 
 # Mirrors of the enums in bpf/latency.h, checked against the object's BTF at load.
@@ -34,62 +48,87 @@ class Stage(enum.IntEnum):
     LAT_STAGES = 8
 
 
+class LatPending(enum.IntEnum):
+    PEND_RX_TCP = 0
+    PEND_RX_APP = 1
+    PEND_TX_TCP = 2
+    PEND_QDISC = 3
+    PEND_MAX = 4
+
+
 class LatStat(enum.IntEnum):
-    LS_RX_STARTED = 0
-    LS_RX_REUSED = 1
-    LS_RX_MATCHED = 2
-    LS_RX_UNMATCHED = 3
-    LS_RX_STALE = 4
-    LS_TX_QUEUED = 5
-    LS_TX_REUSED = 6
-    LS_TX_MATCHED = 7
-    LS_TX_STALE = 8
-    LS_DRV_UNMATCHED = 9
-    LS_PROBE_DONE = 10
-    LS_PROBE_MISSED = 11
-    LS_FLOWS_FULL = 12
-    LS_MAX = 13
+    LS_RUNS = 0
+    LS_RX_STARTED = 1
+    LS_RX_REUSED = 2
+    LS_RX_MATCHED = 3
+    LS_RX_UNMATCHED = 4
+    LS_RX_STALE = 5
+    LS_TX_QUEUED = 6
+    LS_TX_REUSED = 7
+    LS_TX_MATCHED = 8
+    LS_TX_STALE = 9
+    LS_DRV_UNMATCHED = 10
+    LS_PROBE_DONE = 11
+    LS_PROBE_MISSED = 12
+    LS_PROBE_MERGED = 13
+    LS_EXPIRED = 14
+    LS_FLOWS_FULL = 15
+    LS_GSO_QUEUED = 16
+    LS_GSO_MATCHED = 17
+    LS_MAX = 18
 
 
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
+PEND_RX_TCP, PEND_RX_APP, PEND_TX_TCP, PEND_QDISC, PEND_MAX = map(int, LatPending)
 # The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
 STAT_NAMES = tuple(m.name[3:].lower() for m in LatStat if m is not LatStat.LS_MAX)
 
 
 class LatHist(ctypes.Structure):
-    _fields_ = [("slots", ctypes.c_uint64 * BUCKETS), ("sum_ns", ctypes.c_uint64), ("max_ns", ctypes.c_uint64)]
+    _fields_ = [("slots", ctypes.c_uint64 * BUCKETS), ("sum_ns", ctypes.c_uint64)]
 
 
-class LatProbe(ctypes.Structure):
-    _fields_ = [("ts", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("n", ctypes.c_uint32)]
+class LatKey(ctypes.Structure):
+    _fields_ = [("cookie", ctypes.c_uint64), ("stage", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class LatFlowHist(ctypes.Structure):
+    _fields_ = [("sum_ns", ctypes.c_uint64), ("groups", ctypes.c_uint8 * GROUPS),
+                ("slots", ctypes.c_uint32 * BUCKETS)]
+
+
+class LatControl(ctypes.Structure):
+    _fields_ = [("gen", ctypes.c_uint32), ("open", ctypes.c_uint32)]
+
+
+class LatPend(ctypes.Structure):
+    _fields_ = [("ts_sum", ctypes.c_uint64), ("seq", ctypes.c_uint32), ("n", ctypes.c_uint16),
+                ("gen", ctypes.c_uint16)]
 
 
 class LatProbes(ctypes.Structure):
-    _fields_ = [("rx_tcp", LatProbe), ("rx_app", LatProbe), ("tx", LatProbe)]
-
-
-class LatFlow(ctypes.Structure):
-    _fields_ = [
-        ("slots", (ctypes.c_uint32 * BUCKETS) * STAGES),
-        ("sum_ns", ctypes.c_uint64 * STAGES),
-        ("closed_ns", ctypes.c_uint64),
-    ]
+    _fields_ = [("rx_tcp", LatPend * 8), ("rx_app", LatPend * 16), ("tx", LatPend * 16),
+                ("newest", ctypes.c_uint8 * 3), ("pad", ctypes.c_uint8 * 5)]
 
 
 class RxSkb(ctypes.Structure):
-    _fields_ = [("driver_ts", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64)]
+    _fields_ = [("driver_ts", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64), ("gen", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
 
 
 class TxSkb(ctypes.Structure):
-    _fields_ = [("cookie", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64), ("queue_ts", ctypes.c_uint64)]
+    _fields_ = [("cookie", ctypes.c_uint64), ("ip_ts", ctypes.c_uint64), ("queue_ts", ctypes.c_uint64),
+                ("gen", ctypes.c_uint32), ("gso_segs", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
 
 
-MIRRORS = {"lat_hist": LatHist, "lat_probe": LatProbe, "lat_probes": LatProbes, "lat_flow": LatFlow,
-           "rx_skb": RxSkb, "tx_skb": TxSkb}
-ENUM_MIRRORS = {"lat_stage": Stage, "lat_stat": LatStat}
-FLOW_SIZE = ctypes.sizeof(LatFlow)
-_SLOTS_FMT = f"<{BUCKETS * STAGES}I{STAGES}Q"
-_HIST_END = LatFlow.closed_ns.offset  # a flow entry's histograms end where closed_ns starts
+MIRRORS = {"lat_hist": LatHist, "lat_key": LatKey, "lat_flow_hist": LatFlowHist, "lat_control": LatControl,
+           "lat_pend": LatPend, "lat_probes": LatProbes, "rx_skb": RxSkb, "tx_skb": TxSkb}
+ENUM_MIRRORS = {"lat_stage": Stage, "lat_stat": LatStat, "lat_pending": LatPending}
+_SLOTS_OFF = LatFlowHist.slots.offset
+_FLOW_HIST_SIZE = ctypes.sizeof(LatFlowHist)
+_TX_SKB = struct.Struct("<QQQIHH")  # struct tx_skb, for reading a whole batch at C speed
+_FLOW_HEAD = struct.Struct(f"<Q{GROUPS}s")  # lat_flow_hist: sum_ns, groups
+_GROUP = struct.Struct("<8I")  # the slots of one group of 8 buckets
 
 # Stage boundaries that have more than one candidate hook, best first. A rung
 # is (kind, its programs, the kernel tracepoints/functions all of them need).
@@ -137,12 +176,42 @@ FIXED = {
     "on_dev_queue": ("net_dev_queue", "tx tcp(+ip), ip and qdisc stages"),
     "on_start_xmit": ("net_dev_start_xmit", "tx qdisc and driver stages"),
     "on_xmit": ("net_dev_xmit", "tx qdisc and driver stages"),
-    "on_destroy": ("tcp_destroy_sock", "prompt release of closed flows' histograms (the map may fill)"),
+    "on_destroy": ("tcp_destroy_sock", "prompt end of a closing socket's unfinished packets (a window waits)"),
 }
 SKB_BOUNDARIES = {"rx_ip", "tx_leave_tcp"}  # boundaries only the per-skb stages use
-SEQ_BOUNDARIES = {"rx_queued", "rx_read", "tx_accept", "tx_leave_tcp"}  # touch a socket's timed bytes
-# Every stage times 1 packet in 8 by default: see docs/latency.md (Overhead) for the measurements.
-DEFAULT_SAMPLE = 8
+SEQ_BOUNDARIES = {"rx_queued", "rx_read", "tx_accept", "tx_leave_tcp"}  # touch a socket's slots
+
+# What each attached program does after a window closes (while started packets finish):
+# START: it only starts stages, detached at once; SHORT: it ends stages of microseconds,
+# detached after MIN_DRAIN_S; otherwise the pending groups it ends (detached when they are 0).
+START, SHORT = "start", "short"
+MIN_DRAIN_S = 0.002
+DRAIN_POLL_S = 0.002
+# A flow's skbs that entered the qdisc stage and could not be timed through it, and why.
+QDISC_SPLIT_WHY = ("they reached the device layer as GSO skbs but never the driver under their own address: "
+                   "they were split into new skbs on the way (by the qdisc: tbf does, with TSO/GSO on, for a "
+                   "packet larger than its burst; or by software segmentation for a device without that "
+                   "offload), so the packets that left cannot be matched with the ones queued")
+QDISC_SPLIT_SHORT = "GSO skbs split before the driver"
+
+
+def _role(prog: str, boundary: str | None, split_tx: bool) -> str | frozenset[int]:
+    if prog in DRIVER_ENTRIES or boundary == "tx_accept":
+        return START
+    if boundary == "rx_ip" or prog in ("on_tcp_ingress", "on_xmit"):
+        return SHORT
+    if boundary == "rx_queued":
+        return frozenset({PEND_RX_TCP})
+    if boundary == "rx_read":
+        return frozenset({PEND_RX_APP})
+    if boundary == "tx_leave_tcp":
+        return frozenset({PEND_TX_TCP})
+    if prog == "on_dev_queue":
+        return SHORT if split_tx else frozenset({PEND_TX_TCP})
+    if prog == "on_start_xmit":
+        return frozenset({PEND_QDISC})
+    return frozenset({PEND_RX_TCP, PEND_RX_APP, PEND_TX_TCP})  # on_destroy
+
 
 _fentry_verdict: tuple[bool, str] | None = None
 
@@ -177,49 +246,99 @@ def fentry_available(path: str) -> tuple[bool, str]:
     return _fentry_verdict
 
 
-class LatencyEngine:
-    """Owns the loaded latency.bpf.o.
+def _map_update(m, key: ctypes._CData, value: ctypes._CData) -> None:
+    """bpf_map_update_elem on an already loaded map (the binding reads maps only)."""
+    fn = lib().bpf_map_update_elem
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+    if fn(m.fd, ctypes.byref(key), ctypes.byref(value), 0):
+        raise BpfError(f"update map {m.name}", ctypes.get_errno() or 22)
 
-    `poll()` -> (host, flows): host-wide latency, and per-flow latency keyed by
-    socket cookie (Flow.id). `close()` detaches all. `hooks` maps each
-    program/boundary to "ok" or "unavailable: why"; `degraded` lists what is
-    lost on this kernel, one line each.
+
+class _SplitWatch:
+    """While a window drains: are the qdisc stage's unfinished skbs only GSO skbs that were
+    split into new skbs (so will never finish)? Yes when no more GSO skbs are pending than
+    went unmatched since the window opened, and no queued skb has reached the driver for a
+    while (a tbf queue that still drains makes progress every few ms)."""
+
+    STALL_S = 0.02
+
+    def __init__(self, eng: "LatencyEngine"):
+        self.eng = eng
+        self.matched = -1
+        self.since = time.monotonic()
+
+    def only_split_left(self, pending: int) -> bool:
+        eng = self.eng
+        matched = eng._stat(LatStat.LS_TX_MATCHED)
+        now = time.monotonic()
+        if matched != self.matched:
+            self.matched, self.since = matched, now
+            return False
+        unmatched_gso = eng._stat(LatStat.LS_GSO_QUEUED) - eng._stat(LatStat.LS_GSO_MATCHED) - eng._gso_at_open
+        return now - self.since >= self.STALL_S and pending <= unmatched_gso
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+class LatencyEngine:
+    """Owns the loaded latency.bpf.o, its links and (in budget mode) the thread that runs its windows.
+
+    `poll()` -> (host, flows): host-wide latency, and per-flow latency keyed by socket cookie
+    (Flow.id), each the figures of its last window. `close()` detaches all. `hooks` maps each
+    program/boundary to "ok" or "unavailable: why"; `degraded` lists what is lost on this
+    kernel, one line each; `describe()` says how packets are being timed and at what cost.
     """
 
-    def __init__(self, max_flows: int = 8192, window: str = "total",
-                 max_skb_age_s: float = 5.0, object_path: str | None = None,
+    def __init__(self, mode: str = "budget", budget_pct: float = 0.5, period_s: float = 1.0,
+                 max_flows: int = 65536, max_skb_age_s: float = 5.0, object_path: str | None = None,
                  allow_fentry: bool = True, allow_kprobe: bool = True, skb_stages: bool = True,
-                 sample: int = DEFAULT_SAMPLE):
-        if window not in ("total", "interval"):
-            raise ValueError("window is 'total' or 'interval'")
-        if sample < 1 or sample > 1 << 16 or sample & (sample - 1):
-            raise ValueError("sample is a power of two from 1 to 65536")
-        # Every stage times 1 packet (or byte) in `sample`: the per-skb stages
-        # the packets picked by a hash of the TCP header's seq/ack, which every
-        # hook recomputes (no lookup for the others); the sequence-matched
-        # stages the bytes picked by a hash of their sequence number. Counts
-        # are samples; sample=1 times every packet.
-        self.sample = sample
+                 window_s: float | None = None, drain_max_s: float = 1.0):
+        if mode not in ("budget", "continuous"):
+            raise ValueError("mode is 'budget' or 'continuous'")
+        self.mode = mode
+        self.budget_pct = budget_pct
+        self.period_s = period_s
+        # A fixed window length (tests, experiments): the budget still measures, but does not choose.
+        self.fixed_window_s = window_s
+        self.drain_max_s = drain_max_s
         self.max_flows = max_flows
-        self.window = window
         self.max_skb_age_ns = int(max_skb_age_s * 1e9)
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
         self.chosen: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+        # The stages matched per skb below TCP (rx driver/ip, tx ip/qdisc/driver) are about
+        # half of the engine's program runs per packet; off, only the sequence-matched
+        # stages remain (rx tcp and app, tx tcp+ip).
+        self.skb_stages = skb_stages
+        self.budget = Budget(budget_pct, period_s)
         self._path = object_path or default_object_path()
         self._obj: BpfObject | None = None
-        self._links: list[Link] = []
+        self._links: dict[str, Link] = {}
+        self._attachable: dict[str, Callable[[], Link]] = {}
+        self._roles: dict[str, str | frozenset[int]] = {}
         self._cgroup = CgroupRoot()
-        self._flow_cache: dict[int, tuple[bytes, dict]] = {}
         self._rung_why: dict[tuple[str, str], str] = {}
         self._verifier_refused: dict[str, str] = {}
-        self._prev_host: list[tuple[tuple[int, ...], int]] | None = None
-        self._prev_flow: dict[int, bytes] = {}
         self._allow = {"fentry": allow_fentry, "kprobe": allow_kprobe, "tracepoint": True}
-        # The stages matched per skb below TCP (rx driver/ip, tx ip/qdisc/driver)
-        # cost about half of the engine's time per packet; off, only the
-        # sequence-matched stages remain (rx tcp and app, tx tcp+ip).
-        self.skb_stages = skb_stages
+        self._lock = threading.Lock()   # what a window publishes
+        self._stop = threading.Event()
+        self._polled = threading.Event()  # set by poll(): the window thread starts a cycle after it
+        self._thread: threading.Thread | None = None
+        self._gen = 0
+        self._window_id = 0
+        self._open_since = 0.0          # monotonic time the current window opened (0: none open)
+        self._opened_ns = self._closed_ns = 0
+        self._prev_host: list[tuple[list[int], int]] | None = None
+        self._flow_lat: dict[int, dict] = {}
+        self._host_lat: dict[str, Any] | None = None
+        self._truncated = 0             # packets still unfinished when a window's drain gave up
+        # (id, opened, closed) of recent windows, CLOCK_MONOTONIC ns (bpf_ktime_get_ns's clock).
+        self.recent_windows: deque[tuple[int, int, int]] = deque(maxlen=256)
+        self._gso_unmatched_seen = 0    # GSO skbs queued but not matched, as of the last tx_skbs scan
+        self._gso_at_open = 0           # ... as of the window's opening
+        self._windows = 0
         try:
             self._start()
         except BaseException:
@@ -232,7 +351,6 @@ class LatencyEngine:
         btf = KernelBtf()
         try:
             refused: set[tuple[str, str]] = set()  # (boundary, kind) whose load or attach failed
-            self._verifier_refused: dict[str, str] = {}  # single-candidate program -> the verifier's reason
             for _ in range(len(LADDERS) + len(DRIVER_ENTRIES) + len(FIXED) + 4):
                 self._choose(btf, refused)
                 try:
@@ -244,12 +362,22 @@ class LatencyEngine:
                     continue
                 failed = self._attach()
                 if not failed:
-                    return
+                    break
                 refused |= failed
                 self._detach()
-            raise BpfError("latency engine: hooks keep failing to load or attach", 0)
+            else:
+                raise BpfError("latency engine: hooks keep failing to load or attach", 0)
         finally:
             btf.close()
+        self._prev_host = self._read_host_raw()
+        self._mark = (time.monotonic(), busy_cpu_ns(), self._runs())  # where the next cycle's costs start
+        self._cycle_start = time.monotonic() - self.period_s
+        if self.mode == "continuous":
+            self._open_window(attach=False)
+        else:
+            self._detach_links(list(self._links))  # attached once to learn what attaches; windows reattach
+        self._thread = threading.Thread(target=self._run_windows, name="tcptop-latency-windows", daemon=True)
+        self._thread.start()
 
     def _refuse(self, prog: str, why: str, refused: set[tuple[str, str]]) -> bool:
         """Leave out a program the verifier refused, on its own: its rung (the next one is
@@ -339,17 +467,19 @@ class LatencyEngine:
         obj.set_rodata("max_skb_age_ns", self.max_skb_age_ns)
         obj.set_rodata("tx_split_ip", 1 if self.chosen.get("tx_leave_tcp") else 0)
         obj.set_rodata("track_skbs", 1 if self.skb_stages else 0)
-        obj.set_rodata("sample_shift", self.sample.bit_length() - 1)
         obj.set_rodata("probe_map", 1 if self._probe_map() else 0)
 
     def _probe_map(self) -> bool:
         """kprobe programs cannot use socket storage: with any kprobe rung on a sequence-matched
-        boundary, every program keeps the timed bytes in the cookie-keyed `probes` hash."""
+        boundary, every program keeps the per-socket slots in the cookie-keyed `probes` hash."""
         return any(c and c[0] == "kprobe" for b, c in self.chosen.items() if b in SEQ_BOUNDARIES)
 
     def _attach(self) -> set[tuple[str, str]]:
+        """Attach every chosen program once (what fails is left out, with its reason), and
+        remember how to attach each again, for the windows."""
         assert self._obj is not None
         progs = self._obj.programs
+        split_tx = bool(self.chosen.get("tx_leave_tcp"))
         failed: set[tuple[str, str]] = set()
         for boundary, choice in self.chosen.items():
             if not choice:
@@ -357,13 +487,13 @@ class LatencyEngine:
             kind, names = choice
             try:
                 for n in names:
-                    self._links.append(progs[n].attach())
+                    self._add_link(n, progs[n].attach, _role(n, boundary, split_tx))
             except (BpfError, OSError):
                 failed.add((boundary, kind))
         attached_entries = []
         for prog, tp in self._driver_entries.items():
             try:
-                self._links.append(progs[prog].attach())
+                self._add_link(prog, progs[prog].attach, START)
                 attached_entries.append(tp)
             except (BpfError, OSError) as e:
                 self.hooks[prog] = f"unavailable: {e}"
@@ -377,22 +507,34 @@ class LatencyEngine:
                 why = self._verifier_refused.get(prog)
                 self._degrade(prog, f"the verifier refused it ({why})" if why else f"no tracepoint {tp}", lost)
                 continue
+            p = progs[prog]
+            attach = (lambda p=p: self._cgroup.attach(p)) if tp is None else p.attach
             try:
-                link = self._cgroup.attach(progs[prog]) if tp is None else progs[prog].attach()
-                self._links.append(link)
+                self._add_link(prog, attach, _role(prog, None, split_tx))
                 self.hooks[prog] = "ok"
             except (BpfError, OSError) as e:
                 self._degrade(prog, str(e).split(": ", 1)[-1], lost)
         return failed
 
+    def _add_link(self, name: str, attach: Callable[[], Link], role: str | frozenset[int]) -> None:
+        self._links[name] = attach()
+        self._attachable[name] = attach
+        self._roles[name] = role
+
     def _degrade(self, prog: str, why: str, lost: str) -> None:
         self.hooks[prog] = f"unavailable: {why}"
         self.degraded.append(f"latency: {lost} unavailable ({why})")
 
+    def _detach_links(self, names: list[str]) -> None:
+        for n in names:
+            link = self._links.pop(n, None)
+            if link is not None:
+                link.destroy()
+
     def _detach(self) -> None:
-        for link in self._links:
-            link.destroy()
-        self._links.clear()
+        self._detach_links(list(self._links))
+        self._attachable.clear()
+        self._roles.clear()
         if self._obj:
             self._obj.close()
             self._obj = None
@@ -401,7 +543,13 @@ class LatencyEngine:
         return self._obj.program_ids() if self._obj else []
 
     def close(self) -> None:
-        self._detach()
+        self._stop.set()
+        self._polled.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 + self.drain_max_s)
+            self._thread = None
+        with self._lock:
+            self._detach()
         self._cgroup.close()
 
     # -- what is measured on this kernel -------------------------------------
@@ -462,100 +610,339 @@ class LatencyEngine:
         keys = self.stage_keys()
         shown = {f"{d}.{k}" for d, ks in keys.items() for k, _ in ks}
         out = {k: v for k, v in notes.items() if k in shown}
-        out["resolution"] = ("log2 buckets: [0,512ns), then [2^k, 2^(k+1)) ns; percentiles interpolated "
-                             "geometrically inside their bucket (within 2x); tcp/app stages time one byte "
-                             "per socket at a time")
-        if self.sample > 1:
-            out["sampled"] = (f"1/{self.sample}: every stage times 1 packet in {self.sample}, the same ones at "
-                              "every hook (per-skb stages: a hash of the TCP header's seq/ack; tcp/app stages: "
-                              "of the timed byte's sequence number); counts are samples, not packets")
+        out["resolution"] = ("log-linear buckets, 8 per power of two (each at most 9.7 % wide; [0, 128 ns) "
+                             "below): a percentile is within 9.7 % of the true one; means are exact")
+        out["packets"] = ("every packet that starts a stage while a window is open is timed, to the end of "
+                          "the stage (a closed window waits for them); tcp/app stages match every packet by "
+                          "sequence number; counts are packets timed")
         return out
 
-    # -- polling ------------------------------------------------------------
+    # -- windows ------------------------------------------------------------
+
+    def _control(self, gen: int, is_open: bool) -> None:
+        assert self._obj is not None
+        _map_update(self._obj.maps["control"], ctypes.c_uint32(0), LatControl(gen, 1 if is_open else 0))
+
+    def _sum(self, name: str, count: int) -> list[int]:
+        assert self._obj is not None
+        return self._obj.maps[name].percpu_sums(count)
+
+    def _runs(self) -> int:
+        return self._stat(LatStat.LS_RUNS)
+
+    def _pending(self) -> list[int]:
+        return [_signed(v % (1 << 64)) for v in self._sum("pending", PEND_MAX)]
+
+    def _zero_pending(self) -> None:
+        assert self._obj is not None
+        zeros = (ctypes.c_uint64 * possible_cpus())()
+        for i in range(PEND_MAX):
+            _map_update(self._obj.maps["pending"], ctypes.c_uint32(i), zeros)
+
+    def _open_window(self, attach: bool = True) -> None:
+        """A new generation: every start from now on is timed, until the window closes."""
+        self._gen = self._gen % 0xFFFF + 1  # 16 bits in the per-socket slots; never 0
+        self._zero_pending()
+        self._control(self._gen, False)
+        if attach:
+            for name, fn in self._attachable.items():
+                if name not in self._links:
+                    self._links[name] = fn()
+        self._gso_at_open = self._stat(LatStat.LS_GSO_QUEUED) - self._stat(LatStat.LS_GSO_MATCHED)
+        self._control(self._gen, True)
+        self._open_since = time.monotonic()
+        self._opened_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self._window_start_ts = time.time()
+
+    def _close_window(self) -> tuple[int, int]:
+        """Stop starts, wait for the started packets to finish (each end hook is detached once
+        nothing it ends is pending), detach all. (runs when it closed, runs after)."""
+        self._control(self._gen, False)
+        self._closed_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        closed_at = time.monotonic()
+        runs_closed = self._runs()
+        self._detach_links([n for n in self._links if self._roles[n] == START])
+        pending = self._pending()
+        split = _SplitWatch(self)
+        while self._links:
+            waited = time.monotonic() - closed_at
+            if waited >= self.drain_max_s:
+                self._truncated += sum(max(0, p) for p in pending)
+                break
+            if pending[PEND_QDISC] > 0 and split.only_split_left(pending[PEND_QDISC]):
+                pending[PEND_QDISC] = 0
+            self._detach_links([n for n in self._links if self._drained(self._roles[n], pending, waited)])
+            if self._links:
+                time.sleep(DRAIN_POLL_S)
+                pending = self._pending()
+        self._detach_links(list(self._links))
+        self._open_since = 0.0
+        return runs_closed, self._runs() - runs_closed
+
+    def _stat(self, idx: int) -> int:
+        """One run-level counter, summed over CPUs."""
+        assert self._obj is not None
+        vals = (ctypes.c_uint64 * possible_cpus())()
+        return sum(vals) if self._obj.maps["stats"].lookup(ctypes.c_uint32(idx), vals) else 0
+
+    @staticmethod
+    def _drained(role: str | frozenset[int], pending: list[int], waited: float) -> bool:
+        if role == START:
+            return True
+        if role == SHORT:
+            return waited >= MIN_DRAIN_S
+        return all(pending[g] <= 0 for g in role)
+
+    def _run_windows(self) -> None:
+        """The budget mode's cycles, until close()."""
+        try:
+            while not self._stop.is_set():
+                self._one_cycle()
+        except Exception as e:  # noqa: BLE001 - reported, never silent: the figures stop
+            with self._lock:
+                self.degraded.append(f"latency: the window thread stopped ({e!r})")
+
+    def _one_cycle(self) -> None:
+        """Open a window (or keep timing, if the last cycle was continuous), take its figures when
+        it has drained, and let the budget plan the next from what the cycle cost: everything
+        since the last one (the programs count their runs; detached, they cost nothing)."""
+        plan = self._next_plan()
+        mark_t, mark_busy, mark_runs = self._mark
+        own0 = time.thread_time_ns()
+        if not self._open_since:
+            self._wait_for_poll(plan.period_s)
+        segs0 = tcp_segments()
+        opened_at = self._open_since or mark_t
+        if not self._open_since:
+            self._open_window()
+            opened_at = self._open_since
+            if not plan.continuous:
+                self._stop.wait(plan.window_s)
+        if plan.continuous and self._wait_for_poll(plan.period_s, watch=(mark_busy, mark_runs)):
+            plan = Plan(time.monotonic() - opened_at, plan.period_s)  # the traffic grew: close now
+        open_s = time.monotonic() - opened_at
+        segs = tcp_segments() - segs0
+        drain_runs = 0
+        if not plan.continuous or self._stop.is_set():
+            drain_runs = self._close_window()[1]
+        self._take_window(open_s)
+        now, busy, runs = time.monotonic(), busy_cpu_ns(), self._runs()
+        self._mark = (now, busy, runs)
+        nxt = self.budget.observe(Cycle(open_s=open_s, open_runs=runs - mark_runs - drain_runs, drain_runs=drain_runs,
+                                        elapsed_s=now - mark_t, busy_ns=busy - mark_busy, segs_open=segs,
+                                        own_ns=time.thread_time_ns() - own0))
+        upcoming = nxt if self.mode == "budget" and self.fixed_window_s is None else self._next_plan()
+        if self._open_since and not upcoming.continuous:
+            self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
+
+    def _wait_for_poll(self, period_s: float, watch: tuple[int, int] | None = None) -> bool:
+        """Wait for the first poll once a period has (nearly) passed since the last cycle began:
+        packets are timed only while someone looks, the figures are taken and summarised between
+        polls rather than during one, and every window's figures are there for at least one poll
+        (the next cycle waits for a poll after they were). `watch` (busy CPU and runs when the
+        cycle's costs began): while timing continuously, look every 0.1 s whether the traffic
+        grew past what the budget allows, and return True at once if so."""
+        earliest = self._cycle_start + 0.8 * period_s
+        armed = False  # polls count from `earliest` on
+        while not self._stop.is_set():
+            if watch is not None and self.mode == "budget" and self.fixed_window_s is None:
+                spent = (self._runs() - watch[1]) * self.budget.ns_per_run
+                busy = busy_cpu_ns() - watch[0]
+                if busy > 0 and spent > 2 * self.budget.budget * busy:
+                    self._cycle_start = time.monotonic()
+                    return True
+            now = time.monotonic()
+            if not armed and now >= earliest:
+                self._polled.clear()
+                armed = True
+            if armed:
+                if self._polled.wait(0.1):
+                    break
+            else:
+                self._stop.wait(min(0.1, earliest - now))
+        self._cycle_start = time.monotonic()
+        return False
+
+    def _next_plan(self) -> Plan:
+        if self.mode == "continuous":
+            return Plan(self.period_s, self.period_s)
+        if self.fixed_window_s is not None:
+            return Plan(self.fixed_window_s, self.period_s)
+        return self.budget.adjust_for_load(self._segs_rate())
+
+    def _segs_rate(self) -> float:
+        now, segs = time.monotonic(), tcp_segments()
+        prev = getattr(self, "_segs_seen", None)
+        self._segs_seen = (now, segs)
+        if prev is None or now <= prev[0]:
+            return 0.0
+        return (segs - prev[1]) / (now - prev[0])
+
+    # -- reading a window's figures -------------------------------------------
 
     def stats(self) -> dict[str, int]:
         """Matching counters summed over CPUs (see enum lat_stat in bpf/latency.h)."""
         assert self._obj is not None
-        return dict(zip(STAT_NAMES, self._obj.maps["stats"].percpu_sums(len(STAT_NAMES))))
+        return dict(zip(STAT_NAMES, self._sum("stats", len(STAT_NAMES))))
 
-    def _read_host(self) -> list[tuple[list[int], int, int]]:
+    def _read_host_raw(self) -> list[tuple[list[int], int]]:
         assert self._obj is not None
         m = self._obj.maps["host"]
         ncpu = possible_cpus()
         out = []
         for stage in range(STAGES):
             vals = (LatHist * ncpu)()
-            slots, total, mx = [0] * BUCKETS, 0, 0
+            slots, total = [0] * BUCKETS, 0
             if m.lookup(ctypes.c_uint32(stage), vals):
                 for h in vals:
-                    for b in range(BUCKETS):
-                        slots[b] += h.slots[b]
+                    for b, c in enumerate(h.slots):
+                        if c:
+                            slots[b] += c
                     total += h.sum_ns
-                    mx = max(mx, h.max_ns)
-            out.append((slots, total, mx))
+            out.append((slots, total))
         return out
 
-    def poll(self) -> tuple[dict, dict[int, dict]]:
-        """(host-wide latency, {cookie: flow latency}); see the module docstring for the shape."""
+    def _take_window(self, open_s: float) -> None:
+        """Read what the window timed (deleting the per-flow entries), summarise, publish."""
+        end_ts = time.time()
+        self._window_id += 1
+        closed = self._closed_ns if not self._open_since else time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.recent_windows.append((self._window_id, self._opened_ns, closed))
+        if self._open_since:
+            self._opened_ns = closed
+        self._windows += 1
+        window = {"id": self._window_id, "end_ts": round(end_ts, 3), "s": round(open_s, 3)}
         keys = self.stage_keys()
-        host_raw = self._read_host()
-        if self.window == "interval":
-            prev = self._prev_host
-            self._prev_host = [(tuple(s), t) for s, t, _ in host_raw]
-            if prev:
-                host_raw = [([a - b for a, b in zip(s, ps)], t - pt, mx)
-                            for (s, t, mx), (ps, pt) in zip(host_raw, prev)]
-        host: dict[str, Any] = {d: {k: stage_summary(*host_raw[st]) for k, st in ks} for d, ks in keys.items()}
+        raw = self._read_host_raw()
+        prev, self._prev_host = self._prev_host, raw
+        if prev:
+            raw = [([a - b for a, b in zip(s, ps)], t - pt) for (s, t), (ps, pt) in zip(raw, prev)]
+        host: dict[str, Any] = {d: {k: stage_summary(*raw[st]) for k, st in ks} for d, ks in keys.items()}
+        host["window"] = window
+        flows = self._read_flows(keys, window)
+        self._mark_unobservable_qdisc(flows, keys, window)
         host["stages"] = self.stage_notes()
-        host["sampled"] = f"1/{self.sample}"
-        host["matching"] = self.stats()
-        host["window"] = self.window
-        return host, self._poll_flows(keys)
+        with self._lock:
+            fresh = dict(self._flow_lat)
+            fresh.update(flows)
+            self._host_lat = host
+            self._flow_lat = fresh
 
-    def _poll_flows(self, keys: dict[str, list[tuple[str, int]]]) -> dict[int, dict]:
+    def _read_flows(self, keys: dict[str, list[tuple[str, int]]], window: dict) -> dict[int, dict]:
+        """Every flow with packets in the window: {cookie: {"rx": ..., "tx": ..., "window": ...}}."""
         assert self._obj is not None
-        m = self._obj.maps["flows"]
-        out: dict[int, dict] = {}
-        closed: list[int] = []
-        seen: set[int] = set()
-        for ks, values, n in m.batches(ctypes.c_uint64, LatFlow, batch=256):
-            base = ctypes.addressof(values)
+        per: dict[int, dict[int, dict]] = {}
+        for ks, values, n in self._obj.maps["flows"].batches(LatKey, LatFlowHist, delete=True, batch=512):
+            raw = ctypes.string_at(ctypes.addressof(values), n * _FLOW_HIST_SIZE)
             for i in range(n):
-                cookie = ks[i]
-                raw = ctypes.string_at(base + i * FLOW_SIZE, FLOW_SIZE)
-                seen.add(cookie)
-                if int.from_bytes(raw[_HIST_END:_HIST_END + 8], "little"):
-                    closed.append(cookie)
-                lat = self._flow_latency(cookie, raw, keys)
-                if lat is not None:
-                    out[cookie] = lat
-        for cookie in closed:  # reported once more now; their sockets are gone
-            m.delete(ctypes.c_uint64(cookie))
-            seen.discard(cookie)
-        for cookie in [c for c in self._flow_cache if c not in seen]:
-            del self._flow_cache[cookie]
-            self._prev_flow.pop(cookie, None)
+                base = i * _FLOW_HIST_SIZE
+                sum_ns, groups = _FLOW_HEAD.unpack_from(raw, base)
+                pairs = []
+                g = groups.find(1)
+                while g >= 0:  # only the groups of 8 buckets the kernel marked non-empty
+                    for j, c in enumerate(_GROUP.unpack_from(raw, base + _SLOTS_OFF + 32 * g)):
+                        if c:
+                            pairs.append((8 * g + j, c))
+                    g = groups.find(1, g + 1)
+                per.setdefault(ks[i].cookie, {})[ks[i].stage] = summary_of_pairs(pairs, sum_ns)
+        out = {}
+        for cookie, stages in per.items():
+            lat = self._empty_flow(keys, window)
+            for d, ks in keys.items():
+                for k, st in ks:
+                    if st in stages:
+                        lat[d][k] = stages[st]
+            out[cookie] = lat
         return out
 
-    def _flow_latency(self, cookie: int, raw: bytes, keys: dict) -> dict | None:
-        hist = raw[:_HIST_END]
-        cached = self._flow_cache.get(cookie)
-        if cached and cached[0] == hist and self.window == "total":
-            return cached[1]
-        vals = struct.unpack_from(_SLOTS_FMT, hist)
-        sums = vals[BUCKETS * STAGES:]
-        if self.window == "interval":
-            prev = self._prev_flow.get(cookie)
-            self._prev_flow[cookie] = hist
-            if prev:
-                pv = struct.unpack_from(_SLOTS_FMT, prev)
-                vals = tuple(a - b for a, b in zip(vals, pv))
-                sums = vals[BUCKETS * STAGES:]
-        if not any(vals[:BUCKETS * STAGES]):
-            lat = None
-        else:
-            lat = {d: {k: stage_summary(list(vals[st * BUCKETS:(st + 1) * BUCKETS]), sums[st])
-                       for k, st in ks} for d, ks in keys.items()}
-        self._flow_cache[cookie] = (hist, lat)
+    @staticmethod
+    def _empty_flow(keys: dict[str, list[tuple[str, int]]], window: dict) -> dict[str, Any]:
+        lat: dict[str, Any] = {d: {k: summary_of_pairs([], 0) for k, _ in ks} for d, ks in keys.items()}
+        lat["window"] = window
         return lat
 
+    def _mark_unobservable_qdisc(self, flows: dict[int, dict], keys: dict, window: dict) -> None:
+        """Flows whose GSO skbs were queued in the window but never reached the driver under the
+        same address: their qdisc stage says how many skbs it could not time, and why (with no
+        sample at all, the stage was not observable for that flow)."""
+        if not any(k == "qdisc" for k, _ in keys["tx"]):
+            return
+        stats = self.stats()
+        unmatched_gso = stats["gso_queued"] - stats["gso_matched"]
+        if unmatched_gso <= self._gso_unmatched_seen:
+            return  # every GSO skb queued since the last look reached the driver whole: nothing to scan
+        self._gso_unmatched_seen = unmatched_gso
+        assert self._obj is not None
+        m = self._obj.maps["tx_skbs"]
+        now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        left: dict[int, list[int]] = {}
+        stuck: list[int] = []
+        for ks, values, n in m.batches(ctypes.c_uint64, TxSkb, batch=4096):
+            raw = ctypes.string_at(ctypes.addressof(values), n * ctypes.sizeof(TxSkb))
+            for i, (c, _ip, queue_ts, gen, segs, _pad) in enumerate(_TX_SKB.iter_unpack(raw)):
+                if not queue_ts or not c or gen != self._gen or segs <= 1:
+                    continue
+                if self.mode == "continuous" and now_ns - queue_ts < 1_000_000_000:
+                    continue  # may still be in a queue
+                acc = left.setdefault(c, [0, 0])
+                acc[0] += 1
+                acc[1] += segs
+                stuck.append(ks[i])
+        for key in stuck:
+            m.delete(ctypes.c_uint64(key))
+        for cookie, (gso, segs) in left.items():
+            lat = flows.get(cookie)
+            if lat is None:
+                lat = flows[cookie] = self._empty_flow(keys, window)
+            lat["tx"]["qdisc"] = dict(lat["tx"]["qdisc"], unobserved={
+                "skbs": gso, "segments": segs, "why": QDISC_SPLIT_WHY, "short": QDISC_SPLIT_SHORT})
+
+    # -- polling ------------------------------------------------------------
+
+    def poll(self) -> tuple[dict | None, dict[int, dict]]:
+        """(host-wide latency, {cookie: flow latency}) of the latest windows."""
+        self._polled.set()
+        with self._lock:
+            host, flows = self._host_lat, self._flow_lat
+        if host is None:
+            return None, flows
+        host = dict(host)
+        host["window"] = dict(host["window"], age_s=round(max(0.0, time.time() - host["window"]["end_ts"]), 3))
+        host["coverage"] = self.coverage()
+        host["matching"] = dict(self.stats() if self._obj else {}, truncated=self._truncated, windows=self._windows)
+        return host, flows
+
+    def retain(self, cookies: set[int]) -> None:
+        """Forget the last figures of flows that are gone (the engine lists the live ones)."""
+        with self._lock:
+            if any(c not in cookies for c in self._flow_lat):
+                self._flow_lat = {c: v for c, v in self._flow_lat.items() if c in cookies}
+
+    def coverage(self) -> dict[str, Any]:
+        """How packets are being timed, what share of the time, and at what cost (the model's)."""
+        frac = self.budget.timed_fraction()
+        cost = self.budget.cost_pct()
+        own = self.budget.own_pct()
+        plan = self.budget.plan
+        d: dict[str, Any] = {
+            "mode": self.mode,
+            "budget_pct": self.budget_pct if self.mode == "budget" else None,
+            "timed_fraction": None if frac is None else round(frac, 4),
+            "window_s": round(plan.window_s, 4) if self.mode == "budget" else None,
+            "period_s": round(plan.period_s, 3) if self.mode == "budget" else None,
+            "cost_pct": None if cost is None else round(cost, 3),
+            "own_cpu_pct": None if own is None else round(own, 3),
+            "ns_per_run": NS_PER_RUN,
+        }
+        return d
+
+    def describe(self) -> str:
+        """One line for the run info: how packets are timed and what it costs."""
+        c = self.coverage()
+        cost = f"{c['cost_pct']:.2f} %" if c["cost_pct"] is not None else "not yet measured"
+        if self.mode == "continuous":
+            return (f"ok: every packet timed, continuously (asked for); costs about {cost} of busy CPU "
+                    "(yours to pay: --latency budget keeps it within a budget)")
+        frac = f"{100 * c['timed_fraction']:.1f} %" if c["timed_fraction"] is not None else "-"
+        return (f"ok: every packet timed in windows within {self.budget_pct:g} % of busy CPU: "
+                f"{frac} of the last minute timed, costing about {cost}")

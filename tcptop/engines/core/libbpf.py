@@ -28,6 +28,7 @@ _print_buf = ctypes.create_string_buffer(1 << 20)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+BTF_KIND_ARRAY = 3
 BTF_KIND_STRUCT = 4
 BTF_KIND_ENUM = 6
 BTF_KIND_TYPEDEF = 8
@@ -201,7 +202,7 @@ class _Btf:
         return out
 
     def _struct_of(self, tid: int) -> int | None:
-        """The struct a member type is (through typedefs/qualifiers), or None."""
+        """The struct a member type is, or holds an array of (through typedefs/qualifiers), or None."""
         for _ in range(16):
             head = self._head(tid)
             kind = (head[1] >> 24) & 0x1F
@@ -209,6 +210,9 @@ class _Btf:
                 return tid
             if kind in (BTF_KIND_TYPEDEF, 9, 10, 11):  # typedef, volatile, const, restrict
                 tid = head[2]
+                continue
+            if kind == BTF_KIND_ARRAY:  # struct btf_array after the header: element type first
+                tid = head[3]
                 continue
             return None
         return None
@@ -231,6 +235,8 @@ class _Btf:
                 return (f"{where}.{gname}: offset {goff} size {gsize} in C, "
                         f"offset {woff} size {wsize} in the mirror")
             sub = self._struct_of(gtype)
+            while isinstance(wtype, type) and issubclass(wtype, ctypes.Array):  # an array of structs: its element
+                wtype = wtype._type_
             if sub is not None and isinstance(wtype, type) and issubclass(wtype, ctypes.Structure):
                 problem = self.mirror_mismatch(str(sub), wtype, f"{where}.{gname}")
                 if problem:

@@ -145,7 +145,8 @@ class _Tracked:
     """What the aggregator remembers of one connection between polls: the values it last
     counted, and what it adds to its group's gauges while it is live (`live_key` set)."""
 
-    __slots__ = ("flow", "kept", "key", "values", "rtt", "stages", "overflowed", "recent_retrans", "changed_seq",
+    __slots__ = ("flow", "kept", "key", "values", "rtt", "stages", "stage_window", "overflowed", "recent_retrans",
+                 "changed_seq",
                  "live_key", "live_state", "live_zero", "live_wqueue")
 
     def __init__(self) -> None:
@@ -155,6 +156,7 @@ class _Tracked:
         self.values: tuple[int, ...] = (0,) * (N_COUNTERS + 1)
         self.rtt: tuple = ()
         self.stages: dict[tuple[str, str], tuple] = {}
+        self.stage_window = None  # id of the packet-level window last added (latency["window"])
         self.overflowed = False
         self.recent_retrans = 0   # retransmissions since the poll before, as of changed_seq
         self.changed_seq = 0
@@ -203,6 +205,7 @@ class Aggregator:
         self._tracks: dict[int, _Tracked] = {}
         self._groups: dict[GroupKey, _Group] = {OVERFLOW_KEY: _Group()}
         self._stages: dict[tuple[str, str], Hist] = {}
+        self._host_window = None  # id of the host's packet-level window last added
         # Gauges, kept up to date connection by connection.
         self._conns: dict[tuple[GroupKey, str], int] = {}
         self._zero_window: dict[GroupKey, int] = {}
@@ -274,6 +277,9 @@ class Aggregator:
             self._live(t, f)
         if not flow_stages:
             self._host_stages(snap)
+        for sk in _stage_state(snap.latency):  # every stage the series budget counted is exposed
+            if sk not in self._stages:
+                self._stages[sk] = Hist(STAGE_BOUNDS_NS)
         connections = self._fit_connections(room)
         return self._frame(snap, connections, t0 - engine_s)
 
@@ -324,6 +330,7 @@ class Aggregator:
         if not kept:
             if flow_stages and f.latency:
                 t.stages = _flow_stage_state(f.latency)
+                t.stage_window = _window_id(f.latency)
             return
         natural = group_key(f, self.remote_mode)
         key = self._admit(natural, room)
@@ -347,6 +354,11 @@ class Aggregator:
             g.rtt.sum += max(0, values[N_COUNTERS] - before[N_COUNTERS]) / 1e6
         if flow_stages and f.latency:
             now = _flow_stage_state(f.latency)
+            window = _window_id(f.latency)
+            if window is not None:  # one window's samples: each window is added once, whole
+                if window == t.stage_window:
+                    return
+                t.stage_window, t.stages = window, {}
             for sk, (count, sum_us, buckets) in now.items():
                 old = t.stages.get(sk)
                 if old is not None and old[2] == buckets:
@@ -359,12 +371,20 @@ class Aggregator:
             t.stages = now
 
     def _host_stages(self, snap: Snapshot) -> None:
-        """Host-wide stage histograms as the engine reports them (cumulative since start)."""
-        self._stages = {}
+        """Host-wide stage histograms: the engine reports one window's samples at a time (each
+        added once, by its id), or, without window ids, cumulative figures since its start."""
+        window = _window_id(snap.latency)
+        if window is None:
+            self._stages = {}
+        elif window == self._host_window:
+            return
+        self._host_window = window
         for sk, (count, sum_us, buckets) in _stage_state(snap.latency).items():
-            h = self._stages[sk] = Hist(STAGE_BOUNDS_NS)
+            h = self._stages.get(sk)
+            if h is None or window is None:
+                h = self._stages[sk] = Hist(STAGE_BOUNDS_NS)
             h.add(buckets)
-            h.sum = sum_us / 1e6
+            h.sum += sum_us / 1e6
 
     def _stage_keys(self, snap: Snapshot) -> set[tuple[str, str]]:
         """Stages the exposition may hold: the engine reports every stage it measures host-wide,
@@ -453,3 +473,9 @@ def _stage_state(latency: Mapping[str, Any] | None) -> dict[tuple[str, str], tup
 
 
 _flow_stage_state = _stage_state
+
+
+def _window_id(latency: Mapping[str, Any] | None) -> Any:
+    """The packet-level window a latency dict's samples are from (None: cumulative figures)."""
+    w = latency.get("window") if latency else None
+    return w.get("id") if isinstance(w, Mapping) else None

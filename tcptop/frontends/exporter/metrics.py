@@ -139,8 +139,8 @@ def stage_metrics(frame: Frame) -> Iterator[Metric]:
              else "the packets of the connections the filter keeps")
     h = HistogramMetricFamily(
         "tcptop_packet_stage_latency_seconds",
-        f"Time packets spent in each stage of the host's stack (docs/latency.md), sampled 1 packet in 8: counts "
-        f"are samples. Of {whose}; kernel buckets (le is a bucket's exclusive upper bound).",
+        f"Time packets spent in each stage of the host's stack (docs/latency.md), timed in windows: counts are "
+        f"packets timed. Of {whose}; kernel buckets (le is a bucket's exclusive upper bound).",
         labels=("direction", "stage"), unit="seconds")
     for row in frame.stages:
         h.add_metric((row.direction, row.stage), list(zip(STAGE_LE, row.cumulative)), row.sum_s)

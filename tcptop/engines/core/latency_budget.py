@@ -1,0 +1,164 @@
+"""The packet-level engine's duty cycle: how long to time packets, and how often, within a CPU budget.
+
+The engine's cost is the fixed price of each BPF program run (~100-300 ns here, whatever
+the program does), times how many runs the traffic causes while the programs are attached.
+Sampling packets inside a program does not remove that price; not being attached does. So
+the engine attaches its programs for a window, times every packet in it, detaches them, and
+chooses the next window's length from what the last cycle cost:
+
+    cost of a cycle = (runs while open + runs while draining) * NS_PER_RUN
+    allowed         = budget_pct % of the machine's busy CPU over the cycle
+
+The runs are counted by the programs themselves (one per-CPU counter, a few ns a run;
+kernel.bpf_stats is not needed and not touched), busy CPU comes from /proc/stat, and the
+segment counters of /proc/net/snmp say whether the traffic grew since the last window (then
+the next one shrinks in proportion before it opens, rather than after it overspent).
+
+The engine's own thread (attaching, draining, summarising a window's flows) is held to the
+same share: when its CPU per window would exceed it, windows come less often and are longer,
+so the share of packets timed stays what the BPF budget allows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+
+# What one program run costs, ns: the mean of our programs measured with kernel.bpf_stats
+# (which adds some tens of ns of its own) on redis-benchmark GET over loopback: 293 ns every
+# packet timed, 420 in windows, whose first packets find cold entries (benchmarks/latency_overhead.py;
+# docs/latency.md).
+NS_PER_RUN = 400
+# The windows aim at this share of the budget: the per-run price is a mean over programs
+# that cost 140-600 ns, and the traffic of the next window is a forecast.
+AIM = 0.8
+MIN_WINDOW_S = 0.005    # shorter windows time too few packets to be worth the attach
+MAX_PERIOD_S = 60.0     # at most this long without a window, however busy the machine
+RECENT_S = 60.0         # coverage and cost are reported over about this much of the past
+GROWTH = 2.0            # a window at most doubles from one cycle to the next
+# The engine's own thread may always spend this much (0.5 % of one CPU): on a quiet host the
+# budget's share of its little busy CPU would leave no room for the fixed cost of a window.
+OWN_FLOOR_NS_PER_S = 5_000_000
+
+
+def busy_cpu_ns() -> int:
+    """The machine's busy CPU so far, ns: user+nice+system+irq+softirq of every CPU (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = v
+    return (user + nice + system + irq + softirq) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def tcp_segments() -> int:
+    """TCP segments received + sent in this network namespace so far (/proc/net/snmp)."""
+    try:
+        with open("/proc/net/snmp") as f:
+            lines = [ln.split() for ln in f if ln.startswith("Tcp:")]
+        head, vals = lines[0], lines[1]
+        return int(vals[head.index("InSegs")]) + int(vals[head.index("OutSegs")])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The next cycle: the window is open for window_s, a new one starts every period_s.
+    window_s >= period_s: time continuously (the programs stay attached)."""
+
+    window_s: float
+    period_s: float
+
+    @property
+    def continuous(self) -> bool:
+        return self.window_s >= self.period_s
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one cycle measured."""
+
+    open_s: float       # seconds the window was open
+    open_runs: int      # program runs while it was open
+    drain_runs: int     # program runs after it closed, while started packets finished
+    elapsed_s: float    # the whole cycle, open + drain + detached
+    busy_ns: int        # the machine's busy CPU over the cycle
+    segs_open: int = 0  # TCP segments (this namespace) while open
+    own_ns: int = 0     # CPU the engine's own thread spent on the cycle (attach, drain, summaries)
+
+
+class Budget:
+    """Chooses window lengths so the engine's BPF time stays within `budget_pct` % of busy CPU."""
+
+    def __init__(self, budget_pct: float, period_s: float, ns_per_run: int = NS_PER_RUN,
+                 first_window_s: float = MIN_WINDOW_S):
+        if not 0 < budget_pct <= 100:
+            raise ValueError("budget_pct is a percentage in (0, 100]")
+        self.budget = budget_pct / 100
+        self.base_period_s = period_s
+        self.ns_per_run = ns_per_run
+        self.plan = Plan(min(first_window_s, period_s), period_s)
+        self.last: Cycle | None = None
+        self._recent: deque[tuple[Cycle, int]] = deque()  # (cycle, BPF ns the model says it spent)
+
+    def observe(self, c: Cycle) -> Plan:
+        """Account one finished cycle and plan the next."""
+        self.last = c
+        self._recent.append((c, (c.open_runs + c.drain_runs) * self.ns_per_run))
+        while sum(x.elapsed_s for x, _ in self._recent) - self._recent[0][0].elapsed_s > RECENT_S:
+            self._recent.popleft()
+        # Busy CPU over the recent cycles, not this one alone: /proc/stat counts in jiffies.
+        elapsed = sum(x.elapsed_s for x, _ in self._recent)
+        busy_rate = sum(x.busy_ns for x, _ in self._recent) / elapsed if elapsed > 0 else 0.0
+        open_rate = c.open_runs * self.ns_per_run / c.open_s if c.open_s > 0 else 0.0  # BPF ns per open s
+        drain = c.drain_runs * self.ns_per_run
+        # Summarising a window costs CPU in proportion to the flows it saw, not to its length:
+        # when that would take more than the budget's share, windows come less often (and,
+        # with the same BPF share, each is longer).
+        per_s = AIM * self.budget * busy_rate
+        own_per_s = max(per_s, OWN_FLOOR_NS_PER_S)
+        period = max(self.base_period_s, min(MAX_PERIOD_S, c.own_ns / own_per_s))
+        allowed = per_s * period
+        if open_rate <= 0:
+            window = period  # nothing ran: nothing to pay for
+        else:
+            window = (allowed - drain) / open_rate
+        if not self.plan.continuous:
+            window = min(window, self.plan.window_s * GROWTH)
+        if window >= period:
+            self.plan = Plan(period, period)
+        elif window >= MIN_WINDOW_S:
+            self.plan = Plan(window, period)
+        else:
+            # Even the shortest window costs more than one period allows: space them out.
+            need = open_rate * MIN_WINDOW_S + drain
+            longer = min(MAX_PERIOD_S, need / per_s) if per_s > 0 else MAX_PERIOD_S
+            self.plan = Plan(MIN_WINDOW_S, max(longer, period))
+        return self.plan
+
+    def adjust_for_load(self, segs_per_s_now: float) -> Plan:
+        """Before a window opens: if this namespace's TCP segment rate grew since the last
+        window measured its cost, shorten the window in proportion (never lengthen it)."""
+        c = self.last
+        if c is None or c.open_s <= 0 or self.plan.continuous:
+            return self.plan
+        then = c.segs_open / c.open_s
+        if then > 0 and segs_per_s_now > 1.5 * then:
+            w = max(MIN_WINDOW_S, self.plan.window_s * then / segs_per_s_now)
+            self.plan = Plan(w, self.plan.period_s)
+        return self.plan
+
+    def timed_fraction(self) -> float | None:
+        """Fraction of wall time a window was open, over the last minute or so."""
+        elapsed = sum(c.elapsed_s for c, _ in self._recent)
+        return sum(c.open_s for c, _ in self._recent) / elapsed if elapsed > 0 else None
+
+    def cost_pct(self) -> float | None:
+        """The model's BPF time as a percentage of busy CPU, over the last minute or so."""
+        busy = sum(c.busy_ns for c, _ in self._recent)
+        return 100 * sum(ns for _, ns in self._recent) / busy if busy > 0 else None
+
+    def own_pct(self) -> float | None:
+        """The engine thread's own CPU as a percentage of busy CPU, over the last minute or so."""
+        busy = sum(c.busy_ns for c, _ in self._recent)
+        return 100 * sum(c.own_ns for c, _ in self._recent) / busy if busy > 0 else None

@@ -1,0 +1,93 @@
+"""The packet-level engine's duty cycle: windows sized so the engine's cost stays within its budget (no kernel)."""
+
+import pytest
+
+from tcptop.engines.core.latency_budget import AIM, MIN_WINDOW_S, NS_PER_RUN, OWN_FLOOR_NS_PER_S, Budget, Cycle
+
+BUSY_2_CPUS = 1_600_000_000  # ns of busy CPU per second: a machine at 80 % of two CPUs
+
+
+def cycle(runs_per_s: float, open_s: float, elapsed_s: float = 1.0, busy_per_s: float = BUSY_2_CPUS,
+          own_ns: int = 0) -> Cycle:
+    return Cycle(open_s=open_s, open_runs=int(runs_per_s * open_s), drain_runs=0, elapsed_s=elapsed_s,
+                 busy_ns=int(busy_per_s * elapsed_s), own_ns=own_ns)
+
+
+def cost_pct(b: Budget, runs_per_s: float) -> float:
+    """What the planned windows would cost, in % of busy CPU, at this traffic."""
+    p = b.plan
+    return 100 * runs_per_s * p.window_s * NS_PER_RUN / (BUSY_2_CPUS * p.period_s)
+
+
+def test_busy_traffic_gets_windows_whose_cost_is_within_the_budget():
+    """redis-like: 1.3 million program runs a second if every packet were timed (26 % of busy CPU)."""
+    b = Budget(0.5, period_s=1.0)
+    runs = 1_300_000
+    for _ in range(10):
+        b.observe(cycle(runs, b.plan.window_s))
+    assert not b.plan.continuous
+    assert cost_pct(b, runs) == pytest.approx(0.5 * AIM, rel=0.01)
+    assert b.cost_pct() <= 0.5
+
+
+def test_quiet_traffic_is_timed_continuously():
+    b = Budget(0.5, period_s=1.0)
+    for _ in range(12):
+        b.observe(cycle(1_000, b.plan.window_s if not b.plan.continuous else 1.0))
+    assert b.plan.continuous
+
+
+def test_windows_grow_at_most_twofold_a_cycle_and_shrink_at_once():
+    b = Budget(0.5, period_s=1.0)
+    for _ in range(3):
+        w0 = b.plan.window_s
+        b.observe(cycle(100, w0))
+        assert b.plan.window_s == pytest.approx(2 * w0)
+    w0 = b.plan.window_s
+    b.observe(cycle(1_300_000, w0))  # traffic jumps
+    assert b.plan.window_s < w0 / 2
+
+
+def test_traffic_too_heavy_for_the_shortest_window_spaces_windows_out():
+    b = Budget(0.5, period_s=1.0)
+    runs = 100_000_000  # a 5 ms window costs more than a second's budget
+    for _ in range(5):
+        b.observe(cycle(runs, b.plan.window_s, elapsed_s=b.plan.period_s))
+    assert b.plan.window_s == MIN_WINDOW_S and b.plan.period_s > 1.0
+    assert cost_pct(b, runs) == pytest.approx(0.5 * AIM, rel=0.01)
+
+
+def test_an_expensive_summary_spaces_windows_out_and_lengthens_them():
+    """The engine's own thread spent 40 ms on a window's flows: at 0.4 % of 1.6 CPUs (6.4 ms a
+    second) windows come every ~6 s instead of every second, each longer, so the share of time
+    timed stays what the BPF budget allows."""
+    runs = 1_300_000
+    cheap, costly = Budget(0.5, period_s=1.0), Budget(0.5, period_s=1.0)
+    for _ in range(10):
+        cheap.observe(cycle(runs, cheap.plan.window_s, own_ns=1_000_000))
+        costly.observe(cycle(runs, costly.plan.window_s, elapsed_s=costly.plan.period_s, own_ns=40_000_000))
+    assert cheap.plan.period_s == 1.0
+    assert costly.plan.period_s == pytest.approx(40_000_000 / (AIM * 0.005 * BUSY_2_CPUS), rel=0.01)
+    assert costly.plan.window_s / costly.plan.period_s == pytest.approx(cheap.plan.window_s, rel=0.05)
+
+
+def test_on_a_quiet_host_the_engine_may_spend_its_floor():
+    b = Budget(0.5, period_s=1.0)
+    for _ in range(3):
+        b.observe(cycle(10, b.plan.window_s, busy_per_s=50_000_000, own_ns=OWN_FLOOR_NS_PER_S // 2))
+    assert b.plan.period_s == 1.0
+
+
+def test_more_segments_than_when_measured_shrink_the_next_window_before_it_opens():
+    b = Budget(0.5, period_s=1.0)
+    for _ in range(6):
+        b.observe(Cycle(open_s=b.plan.window_s, open_runs=int(1_300_000 * b.plan.window_s), drain_runs=0,
+                        elapsed_s=1.0, busy_ns=BUSY_2_CPUS, segs_open=int(100_000 * b.plan.window_s)))
+    w = b.plan.window_s
+    assert b.adjust_for_load(200_000).window_s == pytest.approx(w / 2, rel=0.01)
+
+
+def test_the_budget_is_a_percentage():
+    for bad in (0, -1, 101):
+        with pytest.raises(ValueError):
+            Budget(bad, period_s=1.0)
