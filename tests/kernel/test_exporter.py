@@ -535,13 +535,14 @@ def owners_seen(caps: list[str], ports: list[tuple[int, int]]) -> tuple[int, dic
     """Run tcptop --json as root bounded to `caps` (as the systemd unit runs it) and look for
     the (netns, lport) ends; (status, {lport: pid}, run info)."""
     r = subprocess.run(["setpriv", "--bounding-set=-all," + ",".join("+" + c for c in caps), "--inh-caps=-all"]
-                       + TCPTOP + ["--json", "--count", "2", "--interval", "0.3",
+                       + TCPTOP + ["--json", "--count", "10", "--interval", "0.3",
                                    "--filter", " or ".join(f"lport {p}" for _, p in ports)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     if r.returncode:
         return r.returncode, {}, []
     last = json.loads(r.stdout.splitlines()[-1])
-    # another test's namespace may hold the same port number: only ours count
+    # 3 s of polls: an owner the first walk missed is looked up in the file tables within the
+    # 2 s scan interval. Another test's namespace may hold the same port number: only ours count.
     return 0, {f["lport"]: f["pid"] for f in last["flows"] if (f["netns"], f["lport"]) in ports}, last["run"]
 
 
