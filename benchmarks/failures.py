@@ -40,8 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from tcptop.engines.core.failures import FailureEngine  # noqa: E402
 from tcptop.host import netns  # noqa: E402
+from bpfstats import bpf_stats  # noqa: E402
 
-STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 
 
 def free_port() -> int:
@@ -86,18 +86,6 @@ def prog_stats(ids: list[int]) -> dict[str, tuple[int, int]]:
         out[info["name"]] = (info.get("run_time_ns", 0), info.get("run_cnt", 0))
     return out
 
-
-@contextmanager
-def bpf_stats():
-    with open(STATS_SYSCTL) as f:
-        old = f.read().strip()
-    with open(STATS_SYSCTL, "w") as f:
-        f.write("1")
-    try:
-        yield
-    finally:
-        with open(STATS_SYSCTL, "w") as f:
-            f.write(old)
 
 
 def per_program(title: str, work) -> None:

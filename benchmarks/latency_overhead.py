@@ -44,8 +44,8 @@ from typing import Callable, Iterator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from tcptop.engines.core.latency import LatencyEngine  # noqa: E402
+from bpfstats import bpf_stats  # noqa: E402
 
-STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 # The packet-level engine's configurations, as LatencyEngine keyword arguments.
 ENGINE_MODES: dict[str, dict] = {
     "budget": {"mode": "budget"},                       # the default: windows within 0.5 % of busy CPU
@@ -186,18 +186,6 @@ def prog_stats(ids: list[int]) -> dict[int, tuple[str, int, int]]:
         out[pid] = (info["name"], info.get("run_time_ns", 0), info.get("run_cnt", 0))
     return out
 
-
-@contextlib.contextmanager
-def bpf_stats() -> Iterator[None]:
-    with open(STATS_SYSCTL) as f:
-        old = f.read().strip()
-    with open(STATS_SYSCTL, "w") as f:
-        f.write("1")
-    try:
-        yield
-    finally:
-        with open(STATS_SYSCTL, "w") as f:
-            f.write(old)
 
 
 def process_cpu_ns(pid: int) -> int:

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if "--tree" in sys.argv:  # measure another checkout (e.g. an older commit, for before/after)
@@ -43,6 +42,7 @@ if "--tree" in sys.argv:  # measure another checkout (e.g. an older commit, for 
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads  # noqa: E402
+from bpfstats import bpf_stats  # noqa: E402
 
 TCPTOP = [sys.executable, "-m", "tcptop"]
 ENGINE: list[str] = []  # ["--engine", NAME] when asked for; tcptop's own default otherwise
@@ -96,19 +96,6 @@ def prog_names(ids) -> dict[int, str]:
     progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout or "[]")
     return {p["id"]: p.get("name", "?") for p in progs if p["id"] in ids}
 
-
-@contextmanager
-def bpf_stats():
-    path = "/proc/sys/kernel/bpf_stats_enabled"
-    with open(path) as f:
-        old = f.read().strip()
-    with open(path, "w") as f:
-        f.write("1")
-    try:
-        yield
-    finally:
-        with open(path, "w") as f:
-            f.write(old)
 
 
 class Tcptop:
