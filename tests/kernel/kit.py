@@ -230,3 +230,14 @@ def ss_owners(port: int) -> set[int]:
     """pids `ss -tnp` names for the connection whose local port is `port`."""
     out = sh("ss", "-tnpH", "sport", f"= :{port}")
     return {int(p.split("=")[1]) for p in out.replace(",", " ").replace(")", " ").split() if p.startswith("pid=")}
+
+
+def variant(name: str) -> str:
+    """A test build of a BPF object made to be refused somewhere (tests/kernel/bpf/, `make test-bpf`)."""
+    import pytest
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "build", "test", f"{name}.bpf.o")
+    if not os.path.exists(path):
+        pytest.fail(f"{path} missing: run `make test-bpf`")
+    return path

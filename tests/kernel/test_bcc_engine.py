@@ -4,7 +4,6 @@ and nothing left attached after any exit. Skipped, with the reason, where BCC ca
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading

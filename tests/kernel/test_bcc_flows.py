@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from kit import (NsPair, find_flow, flight_size, loopback_pair, netstat, poll_until, recv_exactly, sh,
+from kit import (find_flow, flight_size, loopback_pair, netstat, poll_until, recv_exactly, sh,
                  siocoutq, tcp_info, wait_idle)
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine

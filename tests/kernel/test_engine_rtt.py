@@ -29,7 +29,7 @@ class Ranges:
         self.r = []
 
     def add(self, a, b):
-        out, placed = [], False
+        out = []
         for s, e in self.r:
             if e < a or s > b:
                 out.append((s, e))

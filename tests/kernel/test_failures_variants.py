@@ -8,17 +8,8 @@ import os
 
 import pytest
 
-from kit import NsPair
+from kit import NsPair, variant
 from tcptop.engines.core.failures import OWNER_WAIT_POLLS, FailureEngine
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def variant(name):
-    path = os.path.join(ROOT, "build", "test", f"{name}.bpf.o")
-    if not os.path.exists(path):
-        pytest.fail(f"{path} missing: run `make test-bpf`")
-    return path
 
 
 def test_refused_listener_files_iterator_walks_every_namespace_instead():

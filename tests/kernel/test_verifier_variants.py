@@ -3,25 +3,15 @@ variants of flows.bpf.c that the verifier refuses in one place on every kernel (
 tests/kernel/bpf/), and check that only that part is lost, that the loss names its true
 cause, and that what remains still agrees with the kernel's own accounting."""
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from kit import NsPair, find_flow, loopback_pair, poll_until, recv_exactly, tcp_info, wait_idle
+from kit import NsPair, find_flow, loopback_pair, poll_until, recv_exactly, tcp_info, variant, wait_idle
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def variant(name):
-    path = os.path.join(ROOT, "build", "test", f"{name}.bpf.o")
-    if not os.path.exists(path):
-        pytest.fail(f"{path} missing: run `make test-bpf`")
-    return path
 
 
 @pytest.fixture(scope="module")

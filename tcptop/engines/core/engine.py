@@ -113,7 +113,7 @@ class CoreEngine:
             report = self.failures.poll(flows)
             flows = self._with_failures(flows, report.per_flow)
             timing["failures_ms"] = (time.perf_counter() - t0) * 1e3
-        stats = self.flows.stats()
+        stats = self.flows.last_stats
         now = time.monotonic()
         interval, self._last = now - self._last, now
         self._seq += 1

@@ -118,6 +118,7 @@ class FlowEngine:
                  walk_ms: float = 10.0, walk_period_s: float = 10.0, notice_ring_bytes: int = 1 << 22):
         self.max_closed = max_closed
         self._notices_lost = 0  # STAT_NOTICES_LOST at the last walk
+        self.last_stats: list[int] = []  # stats() as read by the last poll
         self.notice_ring_bytes = notice_ring_bytes
         self.closed_keep_polls = closed_keep_polls
         self.walk_ms = walk_ms
@@ -327,6 +328,7 @@ class FlowEngine:
         t2 = time.perf_counter()
         records += self._lookup(lookups)
         t3 = time.perf_counter()
+        self.last_stats = self.stats()  # once a poll: the walk and the run info both read it
         if self._polls > 1:
             records += self._walk_slice()
         # final records that came in meanwhile: a kept end the walk saw needs its connection's
@@ -534,7 +536,7 @@ class FlowEngine:
         deadline = time.perf_counter() + self.walk_ms / 1e3
         # Without lookups, or when notices were lost (the ring filled between two polls), only
         # a whole pass finds every socket that changed.
-        lost = self.stats()[Stat.STAT_NOTICES_LOST]
+        lost = self.last_stats[Stat.STAT_NOTICES_LOST]
         unbounded = not self._lookups_ok() or lost != self._notices_lost
         self._notices_lost = lost
         now = time.monotonic()
