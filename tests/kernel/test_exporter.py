@@ -520,7 +520,7 @@ IDLE_OWNER = """
 import socket, sys
 lsn = socket.socket(); lsn.bind(("127.0.0.1", 0)); lsn.listen()
 c = socket.create_connection(lsn.getsockname()); s, _ = lsn.accept()
-print(c.getsockname()[1], flush=True)
+print(c.getsockname()[1], lsn.getsockname()[1], flush=True)
 sys.stdin.read()
 """
 
@@ -531,19 +531,21 @@ def unit_capabilities() -> list[str]:
     return [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
 
 
-def owners_seen(caps: list[str], ports: list[tuple[int, int]]) -> tuple[int, dict[int, int], dict]:
+def owners_seen(caps: list[str], ends: list[tuple[int, int, int]]) -> tuple[int, dict[int, int], dict]:
     """Run tcptop --json as root bounded to `caps` (as the systemd unit runs it) and look for
-    the (netns, lport) ends; (status, {lport: pid}, run info)."""
+    the (netns, lport, rport) ends; (status, {lport: pid}, run info)."""
     r = subprocess.run(["setpriv", "--bounding-set=-all," + ",".join("+" + c for c in caps), "--inh-caps=-all"]
                        + TCPTOP + ["--json", "--count", "10", "--interval", "0.3",
-                                   "--filter", " or ".join(f"lport {p}" for _, p in ports)],
+                                   "--filter", " or ".join(f"lport {p}" for _, p, _ in ends)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     if r.returncode:
         return r.returncode, {}, []
     last = json.loads(r.stdout.splitlines()[-1])
     # 3 s of polls: an owner the first walk missed is looked up in the file tables within the
-    # 2 s scan interval. Another test's namespace may hold the same port number: only ours count.
-    return 0, {f["lport"]: f["pid"] for f in last["flows"] if (f["netns"], f["lport"]) in ports}, last["run"]
+    # 2 s scan interval. Other connections may use the same local port (here, to another peer, or in
+    # another test's namespace): only ours count.
+    return 0, {f["lport"]: f["pid"] for f in last["flows"] if (f["netns"], f["lport"], f["rport"]) in ends}, \
+        last["run"]
 
 
 def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nspair):
@@ -551,7 +553,7 @@ def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nsp
     process, here and in another namespace, are all seen with their owner. Without SYS_ADMIN other
     namespaces cannot be entered (skipped and reported); without SYS_PTRACE or DAC_READ_SEARCH owners of idle sockets
     stay unknown where they must be found in /proc/PID/fd (kernels that refuse the task_file iterator)."""
-    children, ports = [], []
+    children, ports, peers = [], [], []
     try:
         for ns in (None, nspair.a):
             cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", IDLE_OWNER]
@@ -559,8 +561,10 @@ def test_the_deployed_capability_set_is_enough_and_each_part_of_it_is_needed(nsp
                 cmd = ["ip", "netns", "exec", ns] + cmd
             p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             children.append(p)
-            ports.append(int(p.stdout.readline()))
-        ends = list(zip((netns.current_inode(), nspair.inode(nspair.a)), ports))
+            lport, rport = map(int, p.stdout.readline().split())
+            ports.append(lport)
+            peers.append(rport)
+        ends = list(zip((netns.current_inode(), nspair.inode(nspair.a)), ports, peers))
         caps = unit_capabilities()
         assert set(caps) == {"bpf", "perfmon", "net_admin", "sys_admin", "sys_ptrace", "dac_read_search"}
         rc, owners, run = owners_seen(caps, ends)
