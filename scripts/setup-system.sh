@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tcptop needs that are not there yet (idempotent).
 set -euo pipefail
-need=(clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip iproute2 iptables
+need=(clang llvm libbpf-dev libbpf1 bpftool python3-venv python3-pip python3-dev iproute2 iptables
       iperf3 redis-server redis-tools tmux procps prometheus bpftrace)
 # The BCC engine (--engine bcc): BCC's Python bindings, and kernel headers for BCC to compile
 # with: this kernel's if the distribution has them, else its default ones (another kernel's

@@ -2,18 +2,22 @@
 
 A Flow has 45 fields; the dataclass constructor sets each through object.__setattr__
 (frozen), about 8 us a flow on our VMs. `new_flow` sets the slots directly from a
-straight-line function generated once from the field list, about 3 us, and still
-yields an ordinary frozen Flow.
+straight-line function generated once from the field list, about 4 us, and still
+yields an ordinary frozen Flow; `flow_of` costs ~8 us in all. _flow_decode.c does the
+same in C (~0.5 us), used when it was built for this interpreter (`DECODER` says which).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import importlib.util
 import ipaddress
 import socket
 from itertools import compress
 
 from tcptop.engines.core.flow_layout import RECORD, R, RTT_BUCKETS
+from tcptop.engines.core.libbpf import object_path
 from tcptop.engines.histogram import RTT_UPPER_US
 from tcptop.model import CA_STATES, NO_COUNTS, TCP_STATES, Flow
 
@@ -31,15 +35,15 @@ def _make_constructor():
     return env["new_flow"]
 
 
-new_flow = _make_constructor()
+py_new_flow = new_flow = _make_constructor()
 
 
-def with_fields(f: Flow, **changes) -> Flow:
+def py_with_fields(f: Flow, **changes) -> Flow:
     """dataclasses.replace for the hot paths (no __init__, no field re-validation)."""
     vals = [getattr(f, name) for name in FIELDS]
     for k, v in changes.items():
         vals[INDEX[k]] = v
-    return new_flow(*vals)
+    return py_new_flow(*vals)
 
 
 _addr_cache: dict[tuple[int, bytes], str] = {}
@@ -104,12 +108,12 @@ def comm_of(raw: bytes) -> str:
     return s
 
 
-def flow_of(v: tuple, pid: int, comm: str, cgroup: str, container: str, born_ns: int, boot_offset: float,
+def py_flow_of(v: tuple, pid: int, comm: str, cgroup: str, container: str, born_ns: int, boot_offset: float,
             since_start: bool, role: str, closed: bool, state: int, tw_expires_ts: float) -> Flow:
     """The Flow of a live or final record tuple; the caller says who owns it and when it began."""
     fam = v[I_FAMILY]
     now_ns = v[I_NOW]
-    return new_flow(
+    return py_new_flow(
         v[I_COOKIE], FAMILY.get(fam, str(fam)), addr(fam, v[I_SADDR]), v[I_SPORT], addr(fam, v[I_DADDR]), v[I_DPORT],
         STATE_NAMES[state], pid, comm, v[I_NETNS],
         v[_FLIGHT], v[_SND_WND], v[_CWND], v[_MSS], v[_RETRANS], v[_SENT], v[_RECEIVED], v[_FAST], v[_TIMEOUTS],
@@ -131,3 +135,25 @@ _MIN_RTT, _RCV_WND, _SSTHRESH = R["min_rtt_us"], R["rcv_wnd"], R["snd_ssthresh"]
 
 assert FIELDS[-5:] == ("tw_expires_ts", "drops", "resets_sent", "resets_received", "last_reset_reason") \
     and len(FIELDS) == 45, "flow_of() follows model.Flow's field order"
+
+
+def _load_c():
+    """The C decoder built for this interpreter, set up for this Flow and record layout."""
+    path = object_path("_flow_decode.so")
+    try:
+        loader = importlib.machinery.ExtensionFileLoader("_flow_decode", path)
+        spec = importlib.util.spec_from_file_location("_flow_decode", path, loader=loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        mod.setup(Flow, FIELDS, R, len(RECORD.unpack(bytes(RECORD.size))), RTT_BUCKETS, STATE_NAMES, CA_NAMES,
+                  FAMILY, addr, RTT_UPPER_US, NO_COUNTS)
+    except (ImportError, OSError, TypeError, ValueError, KeyError) as e:
+        return None, f"Python (the C decoder {path} did not load: {e}; `make setup` builds it)"
+    return mod, "C"
+
+
+_c, DECODER = _load_c()
+if _c is not None:
+    new_flow, with_fields, flow_of = _c.new_flow, _c.with_fields, _c.flow_of
+else:
+    with_fields, flow_of = py_with_fields, py_flow_of
