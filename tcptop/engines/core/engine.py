@@ -14,11 +14,11 @@ import socket
 import time
 
 from tcptop.engines import EngineError, EngineOptions, check_privileges
-from tcptop.engines.core.flow_decode import with_fields
 from tcptop.engines.core.flow_layout import Stat
 from tcptop.engines.core.flows import FlowEngine
+from tcptop.engines.core.join import FlowJoin
 from tcptop.engines.core.libbpf import BpfError
-from tcptop.model import Flow, RunInfo, Snapshot
+from tcptop.model import RunInfo, Snapshot
 
 
 def preflight() -> None:
@@ -47,11 +47,10 @@ class CoreEngine:
         self.latency = None
         self._lat_hooks: dict[str, str] = {}
         self._lat_degraded: tuple[str, ...] = ()
-        self._merged: dict[int, tuple] = {}  # flow id -> (flow, latency, flow with latency)
         self.failures = None
         self._fail_hooks: dict[str, str] = {}
         self._fail_degraded: tuple[str, ...] = ()
-        self._failed: dict[int, tuple] = {}  # flow id -> (flow, its failures, flow with them)
+        self._join = FlowJoin()
         try:
             self.flows = FlowEngine(max_closed=max_closed, object_path=flows_object)
             self._start_failures()
@@ -65,7 +64,7 @@ class CoreEngine:
         self.host = socket.gethostname()
         self.kernel = platform.release()
         self._seq = 0
-        self._last = time.monotonic()
+        self._last_ts = time.time()  # the previous snapshot's ts: rates divide by the time between reads
 
     def _start_latency(self, mode: str, budget_pct: float) -> None:
         from tcptop.engines.core.latency import LatencyEngine
@@ -95,27 +94,27 @@ class CoreEngine:
 
     def poll(self) -> Snapshot:
         """A snapshot whose ts is when the flow engine read the kernel (before any decoding)."""
-        flows = self.flows.poll()
+        base = self.flows.poll()
         ts = self.flows.read_ts
         timing = dict(self.flows.timing)
-        host_latency = None
+        host_latency, stages = None, {}
         if self.latency is not None:
             t0 = time.perf_counter()
-            host_latency, per_flow = self.latency.poll()
-            flows = self._with_latency(flows, per_flow)
-            if self._seq % 30 == 0:  # a set of every flow id is not free at 100,000 flows
-                self.latency.retain({f.id for f in flows})
+            host_latency, stages = self.latency.poll()
+            if self._seq % 30 == 0:
+                self.latency.retain(self.flows.by_id)
             self._lat_hooks["packet-level engine"] = self.latency.describe()
             timing["latency_ms"] = (time.perf_counter() - t0) * 1e3
         report = None
         if self.failures is not None:
             t0 = time.perf_counter()
-            report = self.failures.poll(flows)
-            flows = self._with_failures(flows, report.per_flow)
+            report = self.failures.poll(base)
             timing["failures_ms"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        flows = self._join.update(self.flows.by_id, self.flows.touched, stages, report.per_flow if report else {})
+        timing["join_ms"] = (time.perf_counter() - t0) * 1e3
         stats = self.flows.last_stats
-        now = time.monotonic()
-        interval, self._last = now - self._last, now
+        interval, self._last_ts = ts - self._last_ts, ts
         self._seq += 1
         run = RunInfo(
             engine=self.engine_name,
@@ -132,45 +131,6 @@ class CoreEngine:
             extra = dict(listeners=report.listeners, failures=report.failures, unmatched=report.unmatched)
         return Snapshot(ts=round(ts, 6), interval_s=round(interval, 6), flows=flows, seq=self._seq,
                         host=self.host, kernel=self.kernel, run=run, latency=host_latency, **extra)
-
-    def _with_latency(self, flows: tuple[Flow, ...], per_flow: dict[int, dict]) -> tuple[Flow, ...]:
-        """Attach each flow's stages. Unchanged flow + unchanged stages reuse last poll's object,
-        and a closed flow keeps its last stages while it is still listed."""
-        if not per_flow and not self._merged:  # nothing timed per flow yet: nothing to join
-            return flows
-        merged, out = {}, []
-        for f in flows:
-            prev = self._merged.get(f.id)
-            lat = per_flow.get(f.id) or (prev[1] if prev else None)
-            if lat is None:
-                out.append(f)
-                continue
-            if prev is None or prev[0] is not f or prev[1] is not lat:  # the engine reuses unchanged figures
-                prev = (f, lat, with_fields(f, latency=lat))
-            merged[f.id] = prev
-            out.append(prev[2])
-        self._merged = merged
-        return tuple(out)
-
-    def _with_failures(self, flows: tuple[Flow, ...], per_flow: dict) -> tuple[Flow, ...]:
-        """Attach each flow's drops and resets; an unchanged flow with unchanged failures is the
-        very object of the last poll (the store and the JSON encoder count on that)."""
-        if not per_flow and not self._failed:
-            return flows
-        joined, out = {}, []
-        for f in flows:
-            ff = per_flow.get(f.id)
-            if ff is None:
-                out.append(f)
-                continue
-            prev = self._failed.get(f.id)
-            if prev is None or prev[0] is not f or prev[1] is not ff:
-                prev = (f, ff, with_fields(f, drops=ff.drops, resets_sent=ff.resets_sent,
-                                           resets_received=ff.resets_received, last_reset_reason=ff.last_reset_reason))
-            joined[f.id] = prev
-            out.append(prev[2])
-        self._failed = joined
-        return tuple(out)
 
     def program_ids(self) -> list[int]:
         ids = self.flows.program_ids() if getattr(self, "flows", None) else []

@@ -131,6 +131,7 @@ class FlowEngine:
         self.timing: dict[str, float] = {}
         self._tracks: dict[int, _Track] = {}
         self._flows: dict[int, object] = {}  # cookie -> Flow, what the snapshot lists
+        self.touched: set[int] = set()  # cookies whose Flow changed or went in the last poll
         self._watch: set[int] = set()  # looked up at every poll until quiescent
         self._closing: collections.deque = collections.deque()  # (poll number it goes, cookie)
         self._tw_due: list = []  # heap of (time to look again, cookie) of kernel-held ends
@@ -316,6 +317,7 @@ class FlowEngine:
         t0 = time.perf_counter()
         self._polls += 1
         self._pinfo = {}
+        self.touched = set()
         if self._polls == 1:
             records = self._first_walk()
             self._first_owners()
@@ -722,6 +724,7 @@ class FlowEngine:
                                  "client" if flags & REC_CLIENT else "server" if flags & REC_SERVER else "",
                                  closed, 7 if closed else v[fd.I_STATE], tr.tw_expires_ts)
         self._flows[cookie] = f
+        self.touched.add(cookie)
         self._changed = True
         if self._redecode:
             self._redecode.discard(cookie)  # decoded now: whatever asked for it is in
@@ -791,6 +794,7 @@ class FlowEngine:
     def _forget(self, cookie: int) -> None:
         tr = self._tracks.pop(cookie, None)
         self._flows.pop(cookie, None)
+        self.touched.add(cookie)
         self._no_counters.discard(cookie)
         if tr is None:
             return
@@ -799,6 +803,11 @@ class FlowEngine:
         if tr.flow is not None and tr.flow.pid:
             self._repoint(cookie, tr.flow.pid, 0)
         self._changed = True
+
+    @property
+    def by_id(self) -> dict:
+        """The listed flows by cookie (read only)."""
+        return self._flows
 
     def _expire(self) -> tuple:
         closing, tracks = self._closing, self._tracks

@@ -27,6 +27,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Container
 from typing import Any, Callable
 
 from tcptop.engines.histogram import BUCKETS, GROUPS, summary_of_pairs, stage_summary
@@ -912,7 +913,7 @@ class LatencyEngine:
         host["matching"] = dict(self.stats() if self._obj else {}, truncated=self._truncated, windows=self._windows)
         return host, flows
 
-    def retain(self, cookies: set[int]) -> None:
+    def retain(self, cookies: Container[int]) -> None:
         """Forget the last figures of flows that are gone (the engine lists the live ones)."""
         with self._lock:
             if any(c not in cookies for c in self._flow_lat):
