@@ -115,7 +115,7 @@ class FlowEngine:
     """
 
     def __init__(self, max_closed: int = 65536, closed_keep_polls: int = 3, object_path: str | None = None,
-                 walk_ms: float = 10.0, walk_period_s: float = 10.0, notice_ring_bytes: int = 1 << 22):
+                 walk_ms: float = 10.0, walk_period_s: float = 10.0, notice_ring_bytes: int = 1 << 24):
         self.max_closed = max_closed
         self._notices_lost = 0  # STAT_NOTICES_LOST at the last walk
         self.last_stats: list[int] = []  # stats() as read by the last poll
