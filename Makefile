@@ -14,9 +14,9 @@ TEST_BPF_OBJS := $(patsubst tests/kernel/bpf/%.bpf.c,$(BUILD)/test/%.bpf.o,$(TES
 ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 CLANG     ?= clang
 
-.PHONY: setup run test test-bpf test-kernel test-ui bench screenshots clean bcc decoder
+.PHONY: setup run test test-bpf test-kernel test-ui bench screenshots clean bcc native
 
-setup: $(VENV)/.installed bpf bcc decoder
+setup: $(VENV)/.installed bpf bcc native
 
 # The BCC engine: BCC's Python package linked into .venv, and kernel headers merged where
 # BCC_KERNEL_SOURCE can point (scripts/bcc-setup.sh says why). Quick; runs every setup so
@@ -51,13 +51,16 @@ $(BUILD)/test/%.bpf.o: tests/kernel/bpf/%.bpf.c bpf/*.bpf.c bpf/*.h $(BUILD)/vml
 
 test-bpf: $(TEST_BPF_OBJS)
 
-# The flow decoder in C (tcptop/engines/core/_flow_decode.c), built for the venv's Python;
-# without it the engine decodes in Python, ~15x slower a record.
-decoder: $(BUILD)/_flow_decode.so
+# C twins of the per-flow hot paths (the record decoder, the JSON text), built for the venv's
+# Python; without them tcptop runs the Python versions, ~10x slower a flow.
+NATIVE := $(BUILD)/_flow_decode.so $(BUILD)/_flow_json.so
+native: $(NATIVE)
 
-$(BUILD)/_flow_decode.so: tcptop/engines/core/_flow_decode.c $(VENV)/.installed
+$(BUILD)/_flow_decode.so: tcptop/engines/core/_flow_decode.c
+$(BUILD)/_flow_json.so: tcptop/frontends/_flow_json.c
+$(NATIVE): $(VENV)/.installed
 	$(CLANG) -O2 -Wall -Werror -fPIC -shared \
-		-I"$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" $< -o $@
+		-I"$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" $(filter %.c,$^) -o $@
 
 run: setup
 	@echo "tcptop: live view (q quits). Try 'make run ARGS=--demo' for a self-contained demo workload."

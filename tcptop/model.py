@@ -183,7 +183,7 @@ class Flow:
 
 # json.dumps(d, separators=(",", ":")) builds a new encoder at every call; one will do.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
-_FLOW_FIELDS = tuple(f.name for f in fields(Flow))
+FLOW_FIELDS = _FLOW_FIELDS = tuple(f.name for f in fields(Flow))
 _flow_values = operator.attrgetter(*_FLOW_FIELDS)
 _STR_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "str")
 _BOOL_FIELDS = frozenset(f.name for f in fields(Flow) if f.type == "bool")

@@ -19,11 +19,27 @@ import sys
 import time
 from typing import Callable
 
-from tcptop.model import Flow, JsonEncoder, Snapshot
+from tcptop import native
+from tcptop.model import FLOW_FIELDS, Flow, JsonEncoder, Snapshot
 from tcptop.source import SnapshotSource
 
+_c, C_WHY = native.load("_flow_json")
 
-class DeltaEncoder(JsonEncoder):
+
+class LineEncoder(JsonEncoder):
+    """JsonEncoder with each changed flow's text written by _flow_json.c (~1 us a flow instead
+    of ~13 us: a busy host, a churn of connections or a first snapshot of 100,000 flows
+    changes that many); the same text, or Python's where that leaves a value to it."""
+
+    def _pieces(self, f: Flow) -> tuple[Flow, str, str]:
+        if _c is not None:
+            p = _c.pieces(f, FLOW_FIELDS, "duration_s")
+            if p is not None:
+                return f, p[0], p[1]
+        return super()._pieces(f)
+
+
+class DeltaEncoder(LineEncoder):
     """Lines with only what changed since the previous one (the engine hands back the same Flow
     object for an unchanged connection, so a change is a different object)."""
 
@@ -65,7 +81,7 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
 
 def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None,
                          stopped: Callable[[], bool]) -> int:
-    encoder = DeltaEncoder() if getattr(args, "changes", False) else JsonEncoder()
+    encoder = DeltaEncoder() if getattr(args, "changes", False) else LineEncoder()
     out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
     next_at = time.monotonic()

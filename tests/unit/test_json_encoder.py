@@ -1,7 +1,13 @@
 """The streaming JSON encoder writes exactly what Snapshot.to_json writes, snapshot after snapshot."""
 
 import dataclasses
+from types import MappingProxyType
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcptop.frontends import json as json_frontend
+from tcptop.frontends.json import LineEncoder
 from tcptop.model import METRICS, Flow, JsonEncoder, Snapshot, snapshot_from_json
 
 
@@ -26,3 +32,38 @@ def test_encoder_equals_to_json_across_snapshots_with_reused_and_changed_flows()
     ages = {f.id: f.age_s(2001.0) for f in s2.flows}
     assert ages[1] == 1000.0 and ages[4] == 997.0
     assert c.age_s(5000.0) == 7.0  # a closed flow's age stops at its close
+
+
+# The C writer of a flow's text (_flow_json.c) against Python's json, on flows drawn over every
+# field's type and range: strings with quotes, controls, DEL and non-ASCII, integers past 2^63,
+# floats with long reprs, NaN and infinities inside stages, read-only drops.
+
+_TEXT = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=12)
+_STAGE = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=12)
+
+
+@st.composite
+def any_flow(draw):
+    kw = {}
+    for f in dataclasses.fields(Flow):
+        if f.type == "str":
+            kw[f.name] = draw(_TEXT)
+        elif f.type == "int":
+            kw[f.name] = draw(st.integers(0, 2**64 - 1))
+        elif f.type == "float":
+            kw[f.name] = draw(st.floats(0, 2e9))
+        elif f.type == "bool":
+            kw[f.name] = draw(st.booleans())
+    kw["latency"] = draw(st.none() | st.dictionaries(_TEXT, _STAGE, max_size=3))
+    kw["rtt_hist"] = tuple(draw(st.lists(st.tuples(st.integers(1, 2**27), st.integers(1, 2**32)), max_size=4)))
+    kw["drops"] = MappingProxyType(draw(st.dictionaries(_TEXT, st.integers(1, 2**40), max_size=3)))
+    return Flow(**kw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_flow())
+def test_the_c_flow_text_equals_pythons(f):
+    assert json_frontend.C_WHY == ""  # built by `make setup`
+    assert LineEncoder()._pieces(f) == JsonEncoder()._pieces(f)

@@ -10,15 +10,13 @@ same in C (~0.5 us), used when it was built for this interpreter (`DECODER` says
 from __future__ import annotations
 
 import dataclasses
-import importlib.machinery
-import importlib.util
 import ipaddress
 import socket
 from itertools import compress
 
 from tcptop.engines.core.flow_layout import RECORD, R, RTT_BUCKETS
-from tcptop.engines.core.libbpf import object_path
 from tcptop.engines.histogram import RTT_UPPER_US
+from tcptop import native
 from tcptop.model import CA_STATES, NO_COUNTS, TCP_STATES, Flow
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Flow))
@@ -139,16 +137,14 @@ assert FIELDS[-5:] == ("tw_expires_ts", "drops", "resets_sent", "resets_received
 
 def _load_c():
     """The C decoder built for this interpreter, set up for this Flow and record layout."""
-    path = object_path("_flow_decode.so")
+    mod, why = native.load("_flow_decode")
+    if mod is None:
+        return None, f"Python (the C decoder {why})"
     try:
-        loader = importlib.machinery.ExtensionFileLoader("_flow_decode", path)
-        spec = importlib.util.spec_from_file_location("_flow_decode", path, loader=loader)
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
         mod.setup(Flow, FIELDS, R, len(RECORD.unpack(bytes(RECORD.size))), RTT_BUCKETS, STATE_NAMES, CA_NAMES,
                   FAMILY, addr, RTT_UPPER_US, NO_COUNTS)
-    except (ImportError, OSError, TypeError, ValueError, KeyError) as e:
-        return None, f"Python (the C decoder {path} did not load: {e}; `make setup` builds it)"
+    except (TypeError, ValueError, KeyError) as e:
+        return None, f"Python (the C decoder refused this layout: {e})"
     return mod, "C"
 
 

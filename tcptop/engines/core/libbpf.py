@@ -20,6 +20,8 @@ import struct
 import threading
 from typing import Iterator
 
+from tcptop import native
+
 _lib: ctypes.CDLL | None = None
 _libc = ctypes.CDLL(None, use_errno=True)
 _log_lock = threading.Lock()
@@ -754,12 +756,7 @@ def possible_cpus() -> int:
 
 def object_path(filename: str) -> str:
     """Where a built BPF object is: $TCPTOP_BPF_DIR, an installed tcptop/bpf/, or build/ of a checkout."""
-    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tcptop/
-    build = os.path.join(os.path.dirname(package), "build")
-    for cand in (os.environ.get("TCPTOP_BPF_DIR", ""), os.path.join(package, "bpf"), build):
-        if cand and os.path.exists(os.path.join(cand, filename)):
-            return os.path.join(cand, filename)
-    return os.path.join(build, filename)
+    return native.path_of(filename)
 
 
 class CgroupRoot:
