@@ -232,5 +232,6 @@ def field_index(mirror: type[ctypes.Structure]) -> dict[str, int]:
 RECORD = struct_format(FlowRecord)
 NOTICE = struct_format(FlowNotice)
 HOLDER = struct_format(FlowHolder)
+WANT = struct_format(FlowWant)
 R = field_index(FlowRecord)
 N = field_index(FlowNotice)

@@ -28,8 +28,8 @@ import time
 
 from tcptop.engines.core import flow_decode as fd
 from tcptop.engines.core.flow_layout import (ENUM_MIRRORS, HOLDER, HOLDER_SIZE, MIRRORS, N, NOTICE,
-                                             REC_SIZE, FlowCtl, FlowRecord, FlowWant, NoticeKind, RecordFlag,
-                                             RecordKind, Stat)
+                                             REC_SIZE, WANT, FlowCtl, FlowRecord, FlowWant, NoticeKind,
+                                             RecordFlag, RecordKind, Stat)
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, IterReader, KernelBtf, Link, RingBuffer,
                                         iter_read, object_path, refused_program)
 from tcptop.host import netns
@@ -915,18 +915,25 @@ _comm = fd.comm_of
 
 
 def _want_of_record(v: tuple) -> bytes:
-    return (v[fd.I_COOKIE].to_bytes(8, "little") + v[fd.I_SPORT].to_bytes(2, "little") +
-            v[fd.I_DPORT].to_bytes(2, "little") +
-            (1 if v[fd.I_FAMILY] == 2 or v[fd.I_FLAGS] & REC_LOOKUP_V4 else 0).to_bytes(2, "little") + b"\0\0" +
-            _lookup_addr(v[fd.I_FAMILY], v[fd.I_FLAGS] & REC_LOOKUP_V4, v[fd.I_SADDR]) +
-            _lookup_addr(v[fd.I_FAMILY], v[fd.I_FLAGS] & REC_LOOKUP_V4, v[fd.I_DADDR]))
+    v4 = v[fd.I_FLAGS] & REC_LOOKUP_V4
+    return _want(v[fd.I_COOKIE], v[fd.I_SPORT], v[fd.I_DPORT], v[fd.I_FAMILY], v4, v[fd.I_SADDR], v[fd.I_DADDR])
 
 
 def _want_of_notice(v: tuple) -> bytes:
-    fam, v4 = v[N["family"]], v[N["lookup_v4"]]
-    return (v[N["cookie"]].to_bytes(8, "little") + v[N["sport"]].to_bytes(2, "little") +
-            v[N["dport"]].to_bytes(2, "little") + (1 if fam == 2 or v4 else 0).to_bytes(2, "little") + b"\0\0" +
-            _lookup_addr(fam, v4, v[N["saddr"]]) + _lookup_addr(fam, v4, v[N["daddr"]]))
+    return _want(v[0], v[_NSPORT], v[_NDPORT], v[_NFAM], v[_NV4], v[_NSADDR], v[_NDADDR])
+
+
+def _want(cookie: int, sport: int, dport: int, family: int, mapped: int, saddr: bytes, daddr: bytes) -> bytes:
+    """A struct flow_want, packed in one call (a notice's socket is looked up once per poll)."""
+    if family == 2:
+        return _pack_want(cookie, sport, dport, 1, 0, saddr, daddr)
+    return _pack_want(cookie, sport, dport, 1 if mapped else 0, 0, _lookup_addr(family, mapped, saddr),
+                      _lookup_addr(family, mapped, daddr))
+
+
+_pack_want = WANT.pack
+_NSPORT, _NDPORT, _NFAM, _NV4 = N["sport"], N["dport"], N["family"], N["lookup_v4"]
+_NSADDR, _NDADDR = N["saddr"], N["daddr"]
 
 
 def _lookup_addr(family: int, mapped: int, raw: bytes) -> bytes:
