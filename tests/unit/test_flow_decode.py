@@ -7,6 +7,7 @@ the tests' own counts); the C ones must agree with them field for field, floats 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -84,6 +85,7 @@ def test_new_flow_is_an_ordinary_frozen_flow():
         f.cwnd = 1
     with pytest.raises(TypeError):
         fd.new_flow(1, 2)
+    assert not gc.is_tracked(f)  # it can lead back to no Flow: the cyclic collector need not walk it
 
 
 def test_flow_of_refuses_a_short_record():

@@ -47,6 +47,18 @@ static PyObject *alloc_flow(void)
 	return S.flow->tp_alloc(S.flow, 0);
 }
 
+/* A filled Flow out of the cyclic collector's sight: it holds numbers, strings, tuples of
+ * numbers and the stage and drop tables built for it, none of which can lead back to a Flow,
+ * so it can never be part of a cycle; reference counting frees it. Tracked, every flow a
+ * poll makes (2,000 of a busy host, 200,000 at a first snapshot) was traversed by gen 0, 1
+ * and 2 collections in turn: ~8 ms of a 40 ms poll. */
+static PyObject *untracked(PyObject *f)
+{
+	if (PyObject_GC_IsTracked(f))
+		PyObject_GC_UnTrack(f);
+	return f;
+}
+
 static int ready(void)
 {
 	if (!S.ready)
@@ -172,7 +184,7 @@ static PyObject *new_flow(PyObject *self, PyObject *const *args, Py_ssize_t narg
 		return NULL;
 	for (Py_ssize_t i = 0; i < nargs; i++)
 		put(f, i, Py_NewRef(args[i]));
-	return f;
+	return untracked(f);
 }
 
 /* with_fields(flow, **changes): a copy with some fields changed. */
@@ -201,7 +213,7 @@ static PyObject *with_fields(PyObject *self, PyObject *args, PyObject *kwargs)
 		PyObject **slot = (PyObject **)((char *)f + S.offset[PyLong_AsSsize_t(at)]);
 		Py_XSETREF(*slot, Py_NewRef(val));
 	}
-	return f;
+	return untracked(f);
 }
 
 /* The printable address of a raw one (cached per family, as flow_decode.addr caches). */
@@ -345,6 +357,7 @@ static PyObject *flow_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 		put(f, i, vals[i]);
 		vals[i] = NULL;
 	}
+	untracked(f);
 out:
 	for (Py_ssize_t i = 0; i < MAX_FIELDS; i++)
 		Py_XDECREF(vals[i]);
