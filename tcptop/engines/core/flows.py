@@ -344,12 +344,6 @@ class FlowEngine:
             self._apply(records, finals)
         finally:
             if big:
-                # Enabled as it was, the collector's next young pass would walk every object just
-                # made (~0.4 s at 200,000 flows) and later passes walk them again as they age: they
-                # live as long as their connections, so they go to the oldest generation at once
-                # (freeze + unfreeze moves them there without a collection).
-                gc.freeze()
-                gc.unfreeze()
                 gc.enable()
         if self._polls == 1:
             # The first poll's flows (100,000 on a big host) live long and hold no cycles: out
