@@ -40,9 +40,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define DROP_SK(sk) (sk)
 #endif
 
-/* Inode number of tcptop's own network namespace (the TCP iterator covers it), set by the loader. */
-const volatile __u32 host_netns = 0;
-
 /* Which of the two tuple maps events go to (slot 0). User space flips it, waits for an RCU
  * grace period (every program that read the old value has finished), then drains the other
  * one: no count can land in an entry as it is deleted. A map, not a global: libbpf 1.1 does
@@ -486,8 +483,9 @@ int fail_listeners(struct bpf_iter__tcp *ctx)
 	return emit_listener(ctx->meta->seq, (struct sock *)tp, bpf_get_socket_cookie(tp), NULL);
 }
 
-/* Listeners of other namespaces, through the processes that hold them (one pass over the
- * file tables instead of one hash-table walk per namespace); names an owner on the way. */
+/* Every listener with a process that holds it, through the file tables: other namespaces'
+ * listeners (one pass over the file tables instead of one hash-table walk per namespace),
+ * and the owners of this namespace's, whose values user space takes from fail_listeners. */
 SEC("iter/task_file")
 int fail_listener_files(struct bpf_iter__task_file *ctx)
 {
@@ -501,8 +499,7 @@ int fail_listener_files(struct bpf_iter__task_file *ctx)
 	if (!sock)
 		return 0;
 	sk = FILE_SOCK(sock);
-	if (!sk || sk->__sk_common.skc_state != TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP ||
-	    sk->__sk_common.skc_net.net->ns.inum == host_netns)
+	if (!sk || sk->__sk_common.skc_state != TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	return emit_listener(ctx->meta->seq, sk, bpf_get_socket_cookie(sk), ctx->task);
 }

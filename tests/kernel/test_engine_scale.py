@@ -11,6 +11,7 @@ import time
 from kit import recv_exactly, sh, tcp_info, wait_idle
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
+from tcptop.host import netns
 
 HOLDER = textwrap.dedent("""
     import resource, socket, sys
@@ -52,7 +53,9 @@ def test_idle_connections_are_all_listed_and_an_idle_poll_decodes_nothing():
         port = int(p.stdout.readline())
         e = CoreEngine(EngineOptions(interval_s=1, latency="off"))
         snap = e.poll()
-        mine = {f.id: f for f in snap.flows if port in (f.lport, f.rport) and f.state == "ESTABLISHED"}
+        here = netns.current_inode()  # another test's namespace may use the same port number
+        mine = {f.id: f for f in snap.flows
+                if port in (f.lport, f.rport) and f.state == "ESTABLISHED" and f.netns == here}
         ss = sh("ss", "-tanH", "state", "established", f"( sport = :{port} or dport = :{port} )").splitlines()
         assert len(mine) == len(ss) == 4000
         assert all(f.pid == p.pid and f.bytes_sent == 0 and f.app_wqueue == 0 for f in mine.values())
@@ -78,12 +81,12 @@ def test_every_connection_of_a_churn_is_reported_closed_once():
         lost0 = e.poll().run.events_lost
         p.stdin.write("go\n")
         p.stdin.flush()
-        ends, done = {}, False
+        ends, done, here = {}, False, netns.current_inode()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             snap = e.poll()
-            for f in snap.flows:
-                if f.rport == port and (f.closed or f.state == "TIME_WAIT"):
+            for f in snap.flows:  # another test's namespace may use the same port number
+                if f.rport == port and f.netns == here and (f.closed or f.state == "TIME_WAIT"):
                     ends.setdefault(f.lport, f)
             if done and len(ends) >= 2000:
                 break

@@ -10,6 +10,8 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +19,8 @@ import pytest
 from kit import find_flow, netstat, recv_exactly, sh
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
+from tcptop.engines.core.failures import FailureEngine
+from tcptop.host import netns
 
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_WINDOW = 19, 20, 21, 29
 TCP_REPAIR_ON, TCP_REPAIR_OFF_NO_WP, TCP_RECV_QUEUE, TCP_NO_QUEUE = 1, -1, 1, 0
@@ -129,6 +133,61 @@ def test_listener_of_another_namespace_is_named_after_its_owner(engine, nspair):
         assert len([x for x in snap.listeners if x.id == lst.id]) == 1
     finally:
         lsn.close()
+
+
+LISTENER_OWNER = """
+import socket, sys
+held = []
+for line in sys.stdin:  # a backlog: listen once more, and say on which port
+    lsn = socket.socket(); lsn.bind(("127.0.0.1", 0)); lsn.listen(int(line)); held.append(lsn)
+    print(lsn.getsockname()[1], flush=True)
+"""
+
+
+def ss_listener_owner(port: int) -> tuple[str, int]:
+    """(comm, pid) `ss -tlp` names for the listener on 127.0.0.1:port of this namespace."""
+    out = sh("ss", "-tlnpH", "sport", f"= :{port}")
+    m = re.search(r'users:\(\("([^"]+)",pid=(\d+),', out)
+    assert m, out
+    return m.group(1), int(m.group(2))
+
+
+def test_listeners_of_this_namespace_are_named_after_their_owner_from_the_file_tables():
+    """This namespace's listeners: queues from the TCP iterator, the owner `ss -tlp` names from
+    the walk over the file tables, at the first poll and for a listener opened later (which
+    brings the next walk forward); /proc/PID/fd is not scanned where the kernel walks the files."""
+    child = subprocess.Popen([sys.executable, "-c", LISTENER_OWNER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    fe = None
+
+    def listen(backlog: int) -> int:
+        child.stdin.write(f"{backlog}\n")
+        child.stdin.flush()
+        return int(child.stdout.readline())
+
+    def mine(report, port: int):
+        return next((x for x in report.listeners if x.netns == netns.current_inode() and x.lport == port), None)
+
+    try:
+        first = listen(5)
+        fe = FailureEngine()
+        lst = mine(fe.poll(()), first)
+        assert ss_listener_owner(first) == (lst.comm, child.pid)
+        assert (lst.pid, lst.accept_queue_max, lst.accept_queue) == (child.pid, 5, 0)
+        later = listen(6)
+        deadline = time.monotonic() + 5
+        while not (lst := mine(fe.poll(()), later)) or not lst.pid:
+            assert time.monotonic() < deadline, f"listener on {later} not named: {lst}"
+            time.sleep(0.05)
+        assert ss_listener_owner(later) == (lst.comm, child.pid)
+        assert (lst.pid, lst.accept_queue_max) == (child.pid, 6)
+        if fe.hooks["iterator task_file (listeners)"] == "ok":
+            assert fe.owners.scans == 0
+    finally:
+        if fe is not None:
+            fe.close()
+        child.stdin.close()
+        child.wait(10)
 
 
 def test_netfilter_drops_on_input_equal_the_rules_packet_counter(engine, nspair):

@@ -5,6 +5,8 @@ its true cause, and what remains still agrees with the kernel's own accounting."
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import pytest
 
@@ -29,6 +31,16 @@ def test_refused_listener_files_iterator_walks_every_namespace_instead():
         mine = [x for x in report.listeners if x.netns == pair.inode(pair.b) and x.lport == port]
         assert len(mine) == 1 and mine[0].accept_queue_max == 3 and mine[0].pid == os.getpid()
         lsn.close()
+        # one of this namespace's, opened after the first poll: named once the next /proc scan may run
+        here = socket.socket()
+        here.bind(("127.0.0.1", 0))
+        here.listen(2)
+        port, scans, deadline = here.getsockname()[1], fe.owners.scans, time.monotonic() + 5
+        while not (got := [x for x in fe.poll(()).listeners if x.lport == port and x.pid]):
+            assert time.monotonic() < deadline, "this namespace's new listener never named"
+            time.sleep(0.05)
+        assert got[0].pid == os.getpid() and fe.owners.scans == scans + 1
+        here.close()
     finally:
         fe.close()
         pair.close()

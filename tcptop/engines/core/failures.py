@@ -219,6 +219,7 @@ class FailureEngine:
         self._denied_said = False
         self._files_next = 0.0   # monotonic time the next walk over the file tables may run
         self._files_last = b""   # what it returned
+        self._sought: set[int] = set()  # our namespace's listeners when that walk ran
         self.owners = Owners()
         self._max = {"sock_drops": max_sockets, "sock_events": max_sockets, "tuples_0": max_tuples,
                      "tuples_1": max_tuples, "connect_fails_0": max_connects, "connect_fails_1": max_connects}
@@ -268,7 +269,6 @@ class FailureEngine:
                     obj.programs[prog].set_autoload(False)
                 for name, n in self._max.items():
                     obj.maps[name].set_max_entries(n)
-                obj.set_rodata("host_netns", self._host_netns)
                 obj.load()
             except KeyError as e:  # a struct or enum of the contract is not in the object
                 obj.close()
@@ -372,38 +372,55 @@ class FailureEngine:
     # listeners
 
     def _read_listeners(self) -> dict[int, ListenerRecord]:
-        """Every listener by cookie: our namespace through the TCP iterator, the others through
-        the processes' file tables (or, without that iterator, one TCP walk per namespace)."""
+        """Every listener by cookie: our namespace's through the TCP iterator, read now; the
+        others' through the processes' file tables (or, without that iterator, one TCP walk per
+        namespace). The file tables also name who holds ours, so no listener's owner is looked
+        for in /proc unless the kernel refuses that iterator."""
         if self._iter is None:
             return {}
-        buf = _listeners_here(self._iter) + self._other_listeners()
-        out: dict[int, ListenerRecord] = {}
-        for off in range(0, len(buf) - LISTENER_SIZE + 1, LISTENER_SIZE):
-            r = ListenerRecord.from_buffer_copy(buf, off)
-            have = out.get(r.cookie)
+        here = {r.cookie: r for r in _records(_listeners_here(self._iter))}
+        walked = _records(self._walked(here.keys()))
+        owners: dict[int, ListenerRecord] = {}
+        others: dict[int, ListenerRecord] = {}
+        for r in walked:
             # A listener several processes hold (a pre-forking server) is named after the lowest pid.
+            into = owners if r.netns == self._host_netns else others
+            have = into.get(r.cookie)
             if have is None or (r.tgid and (not have.tgid or r.tgid < have.tgid)):
-                out[r.cookie] = r
-        unowned = {r.sock_ino for r in out.values() if not r.tgid}
-        if unowned:
-            self.owners.resolve(unowned)
-            self.owners.trim(len(out))
+                into[r.cookie] = r
+        for cookie, r in here.items():
+            held = owners.get(cookie)
+            if held is not None:  # the values stay this poll's; the walk may be older
+                r.tgid, r.comm = held.tgid, held.comm
+        out = here | others
+        if self._files is None:
+            unowned = {r.sock_ino for r in out.values() if not r.tgid}
+            if unowned:
+                self.owners.resolve(unowned)
+                self.owners.trim(len(out))
         return out
 
-    def _other_listeners(self) -> bytes:
-        """Listeners of other namespaces, from a walk over every open file on the host. Its
-        cost grows with the files (~60 ms at 100,000 connections here; a walk of each
-        namespace where that iterator is refused, ~130 ms), so it runs at most
-        as often as keeps it under FILE_WALK_SHARE of one CPU; in between, the last walk's
-        records stand (those listeners' queues and counters are then up to that old)."""
+    def _walked(self, here: Iterable[int]) -> bytes:
+        """Every listener with a process holding it, from a walk over every open file on the
+        host. Its cost grows with the files (~100 ms at 100,000 connections here; a walk of
+        each namespace where that iterator is refused, ~130 ms), so it runs at most as often as
+        keeps it under FILE_WALK_SHARE of one CPU; in between, the last walk's records stand
+        (other namespaces' listeners' queues and counters are then up to that old). A listener
+        of ours that no walk has looked for yet (born since the last) brings the walk forward,
+        at most once per owners.min_scan_interval_s, so its owner is named as soon as a /proc
+        scan would have named it."""
         now = time.monotonic()
-        if now >= self._files_next:
+        due = now >= self._files_next
+        if not due and self._files is not None and not self._sought.issuperset(here):
+            due = self.owners.may_scan()
+        if due:
             t0 = time.thread_time()
-            self._files_last = self._walk_other_namespaces()
+            self._files_last = self._walk_now()
             self._files_next = now + (time.thread_time() - t0) / FILE_WALK_SHARE
+            self._sought = set(here)  # read before the walk: it saw the files of those still held
         return self._files_last
 
-    def _walk_other_namespaces(self) -> bytes:
+    def _walk_now(self) -> bytes:
         if self._files is not None:
             return iter_read(self._files)
         # Without the file-table iterator: the TCP iterator in each namespace, which passes
@@ -419,12 +436,12 @@ class FailureEngine:
         tally = self._socks.get(r.cookie)
         if tally is not None:
             tally.shown = True
-        key = (bytes(r), ev and bytes(ev), kdrops and tuple(sorted(kdrops.items())),
+        pid = r.tgid or self.owners.pid_of_inode(r.sock_ino)  # /proc's answer may come polls after the record
+        key = (bytes(r), pid, ev and bytes(ev), kdrops and tuple(sorted(kdrops.items())),
                tally and tuple(sorted(tally.drops.items())))
         hit = self._listener_cache.get(r.cookie)
         if hit is not None and hit[0] == key:
             return hit[1]
-        pid = r.tgid or self.owners.pid_of_inode(r.sock_ino)
         comm, _, container = self.owners.info(pid)
         if r.tgid and r.comm:
             comm = r.comm.decode(errors="replace")
@@ -677,6 +694,10 @@ def _names(values: dict[str, int], prefix: str) -> dict[int, str]:
 
 
 __all__ = ["FailureEngine", "FailureReport", "FlowFailures"]
+
+
+def _records(buf: bytes) -> list[ListenerRecord]:
+    return [ListenerRecord.from_buffer_copy(buf, off) for off in range(0, len(buf) - LISTENER_SIZE + 1, LISTENER_SIZE)]
 
 
 def _listeners_here(it: Link) -> bytes:

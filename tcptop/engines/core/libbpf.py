@@ -728,6 +728,13 @@ class IterReader:
 
 def iter_read(link: Link, bufsize: int = 1 << 20) -> bytes:
     """Run an iterator once and return everything it wrote."""
+    return b"".join(iter_chunks(link, bufsize))
+
+
+def iter_chunks(link: Link, bufsize: int = 1 << 20) -> list[bytes]:
+    """Run an iterator once; what it wrote, one chunk per read(). A read returns the kernel's
+    whole seq_file buffer (8 pages) when `bufsize` is larger, and a program's bpf_seq_write
+    goes in whole or not at all, so each chunk holds whole records."""
     fd = lib().bpf_iter_create(link.fd)
     if fd < 0:
         raise BpfError(f"create iterator {link.what}", _err())
@@ -738,7 +745,7 @@ def iter_read(link: Link, bufsize: int = 1 << 20) -> bytes:
             if not b:
                 break
             chunks.append(b)
-        return b"".join(chunks)
+        return chunks
     finally:
         os.close(fd)
 
