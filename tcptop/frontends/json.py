@@ -66,21 +66,37 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
     the schedule, so the next snapshot is one interval after the late one, not a burst
     of catch-up snapshots.
     """
-    stop = False
+    state = _State()
 
     def on_signal(signum, frame):
-        nonlocal stop
-        stop = True
+        state.stop = True
+        if state.writing:  # a reader that does not read can block a write for ever: give it up
+            raise _Stopped
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        return _print_until_stopped(args, source, keep, lambda: stop)
+        return _print_until_stopped(args, source, keep, state)
+    except _Stopped:  # the signal came just as a write returned
+        _drop_stdout()
+        return 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+class _Stopped(Exception):
+    """A stop signal came while a line was being written."""
+
+
+class _State:
+    stop = False
+    writing = False  # in the write of a line, where a full pipe can block
+
+
 def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None,
-                         stopped: Callable[[], bool]) -> int:
+                         state: _State) -> int:
+    def stopped() -> bool:
+        return state.stop
+
     encoder = DeltaEncoder() if getattr(args, "changes", False) else LineEncoder()
     out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
@@ -95,9 +111,16 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
             snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)),
                                        listeners=tuple(x for x in snap.listeners if keep(x)),
                                        failures=tuple(x for x in snap.failures if keep(x)))
+        line = encoder.encode(snap) + "\n"
         try:
-            out.write(encoder.encode(snap) + "\n")
+            state.writing = True
+            if state.stop:
+                break
+            out.write(line)
             out.flush()
+        except _Stopped:  # the rest of the line, and what is buffered, are dropped
+            _drop_stdout()
+            break
         except BrokenPipeError:  # the reader is gone (| head): that is how it says enough
             _drop_stdout()
             break
@@ -105,6 +128,8 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
             _drop_stdout()
             sys.stderr.write(f"tcptop: cannot write to stdout: {e.strerror or e}\n")
             return 1
+        finally:
+            state.writing = False
         n += 1
         if args.count and n >= args.count:
             break

@@ -90,6 +90,41 @@ def test_a_signal_at_any_point_leaves_nothing_attached(sig, point):
     assert not wait_released(ids), "programs outlived the process"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_ends_a_run_whose_reader_stopped_reading(sig):
+    """A reader that no longer reads fills the pipe and blocks tcptop in write(): a stop
+    signal still ends it, detached, without a traceback (the unwritten rest is dropped)."""
+    pairs = [loopback_pair() for _ in range(150)]  # 300 flows: a line is ~200 KB, a pipe 64 KB
+    p = spawn("--json", "--interval", "0.1", "--latency", "off")
+    held = Holdings(p.pid)
+    try:
+        assert p.stdout.readline()  # then nothing more is read
+        assert _blocked_writing(p.pid), "never blocked on the pipe"
+        p.send_signal(sig)
+        rc = p.wait(20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for c, s in pairs:
+            c.close()
+            s.close()
+    ids = held.stop()
+    err = p.stderr.read()
+    assert rc == 0 and "Traceback" not in err, err
+    assert ids and not wait_released(ids), "programs outlived the process"
+
+
+def _blocked_writing(pid: int, timeout_s: float = 10.0) -> bool:
+    """The main thread asleep in a pipe write (its wchan), seen twice in a row."""
+    seen, end = 0, time.monotonic() + timeout_s
+    while time.monotonic() < end and seen < 2:
+        with open(f"/proc/{pid}/wchan") as f:
+            seen = seen + 1 if "pipe" in f.read() else 0
+        time.sleep(0.3)
+    return seen >= 2
+
+
 # -- signals to the screen, in a real terminal ----------------------------------------
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
