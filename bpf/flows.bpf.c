@@ -578,7 +578,10 @@ static __always_inline void mark_dirty(struct sock *sk, struct flow_counters *c)
  * (sk->sk_bpf_storage, the cache slot, the data), not the helper: the same chain read
  * through bpf_rdonly_cast cost as much. On a request-response workload every segment
  * acknowledges new data and so settles a sample, so no segment can skip the writable
- * lookup; creating the storage costs nothing once it exists. */
+ * lookup; creating the storage costs nothing once it exists. A direct-mapped array slot
+ * found from the cookie would save ~13 ns a run (measured), but live sockets collide in
+ * it and every reader would have to merge two homes of the counters; a hash map keyed by
+ * the socket costs more than the storage. */
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(tcptop_probe, struct sock *sk, const struct sk_buff *skb)
 {
