@@ -16,6 +16,7 @@ faults each test injects is in its name or its parameters.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -46,6 +47,17 @@ TCPTOP = [sys.executable, "-m", "tcptop"]
 JITTER = random.Random(10)  # the same "random" points on every run
 
 
+@contextlib.contextmanager
+def killed_at_end(p: subprocess.Popen):
+    """Whatever happens inside, the process does not outlive the block."""
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def spawn(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen(TCPTOP + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, **kw)
@@ -61,7 +73,7 @@ JSON_POINTS = ("spawn", "loading", "first-snapshot", "polling")
 def test_a_signal_at_any_point_leaves_nothing_attached(sig, point):
     p = spawn("--json", "--interval", "0.2")
     held = Holdings(p.pid)
-    try:
+    with killed_at_end(p):
         if point == "spawn":
             time.sleep(JITTER.uniform(0.0, 0.05))
         elif point == "loading":
@@ -72,10 +84,6 @@ def test_a_signal_at_any_point_leaves_nothing_attached(sig, point):
                 time.sleep(JITTER.uniform(0.05, 0.5))
         p.send_signal(sig)
         rc = p.wait(20)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     ids = held.stop()
     err = p.stderr.read()
     assert "Traceback" not in err, err
@@ -98,14 +106,12 @@ def test_a_stop_signal_ends_a_run_whose_reader_stopped_reading(sig):
     p = spawn("--json", "--interval", "0.1", "--latency", "off")
     held = Holdings(p.pid)
     try:
-        assert p.stdout.readline()  # then nothing more is read
-        assert _blocked_writing(p.pid), "never blocked on the pipe"
-        p.send_signal(sig)
-        rc = p.wait(20)
+        with killed_at_end(p):
+            assert p.stdout.readline()  # then nothing more is read
+            assert _blocked_writing(p.pid), "never blocked on the pipe"
+            p.send_signal(sig)
+            rc = p.wait(20)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
         for c, s in pairs:
             c.close()
             s.close()
