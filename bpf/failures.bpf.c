@@ -40,9 +40,10 @@ char LICENSE[] SEC("license") = "GPL";
 #define DROP_SK(sk) (sk)
 #endif
 
-/* Which of the two tuple maps events go to (slot 0). User space flips it, waits for an RCU
- * grace period (every program that read the old value has finished), then drains the other
- * one: no count can land in an entry as it is deleted. A map, not a global: libbpf 1.1 does
+/* Which generation of the drained maps (per-socket, packet-keyed, failed connects) events go
+ * to (slot 0). User space flips it, waits for an RCU grace period (every program that read the
+ * old value has finished), then drains the other one: no count can land in an entry as it is
+ * deleted. A map, not a global: libbpf 1.1 does
  * not map .bss into user space for callers without a skeleton. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -51,21 +52,26 @@ struct {
 	__type(value, __u32);
 } tuple_gen SEC(".maps");
 
-/* Cumulative per-socket counts; user space removes the entries of sockets that are gone.
- * Sized by the loader. */
-struct {
+/* Per-socket counts since the last drain, two generations (see tuple_gen): user space drains
+ * one generation a poll and keeps each socket's totals, so a poll reads only the sockets
+ * something happened to since the one before. Sized by the loader. */
+struct sock_drops_gen {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, struct sock_drop_key);
 	__type(value, __u64);
-} sock_drops SEC(".maps");
+};
+struct sock_drops_gen sock_drops_0 SEC(".maps");
+struct sock_drops_gen sock_drops_1 SEC(".maps");
 
-struct {
+struct sock_events_gen {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, __u64);
 	__type(value, struct sock_events);
-} sock_events SEC(".maps");
+};
+struct sock_events_gen sock_events_0 SEC(".maps");
+struct sock_events_gen sock_events_1 SEC(".maps");
 
 /* Packet-keyed events since the last drain, two generations (see tuple_gen). */
 struct tuples {
@@ -120,6 +126,13 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
+static __always_inline bool odd_generation(void)
+{
+	__u32 zero = 0, *gen = bpf_map_lookup_elem(&tuple_gen, &zero);
+
+	return gen && (*gen & 1);
+}
+
 /* A full TCP socket (not a request or TIME_WAIT socket, which carry only sock_common). */
 static __always_inline bool full_tcp(const struct sock *sk)
 {
@@ -158,16 +171,17 @@ static __always_inline void add(__u64 *v)
 static __always_inline void count_sock_drop(__u64 cookie, __u32 reason)
 {
 	struct sock_drop_key k = { .cookie = cookie, .reason = reason };
+	void *map = odd_generation() ? (void *)&sock_drops_1 : (void *)&sock_drops_0;
 	__u64 one = 1, *v;
 
-	v = bpf_map_lookup_elem(&sock_drops, &k);
+	v = bpf_map_lookup_elem(map, &k);
 	if (v) {
 		add(v);
 		return;
 	}
-	if (!bpf_map_update_elem(&sock_drops, &k, &one, BPF_NOEXIST))
+	if (!bpf_map_update_elem(map, &k, &one, BPF_NOEXIST))
 		return;
-	v = bpf_map_lookup_elem(&sock_drops, &k); /* another CPU inserted it meanwhile */
+	v = bpf_map_lookup_elem(map, &k); /* another CPU inserted it meanwhile */
 	if (v)
 		add(v);
 	else
@@ -176,13 +190,14 @@ static __always_inline void count_sock_drop(__u64 cookie, __u32 reason)
 
 static __always_inline struct sock_events *events_of(__u64 cookie)
 {
+	void *map = odd_generation() ? (void *)&sock_events_1 : (void *)&sock_events_0;
 	struct sock_events zero = {}, *e;
 
-	e = bpf_map_lookup_elem(&sock_events, &cookie);
+	e = bpf_map_lookup_elem(map, &cookie);
 	if (e)
 		return e;
-	bpf_map_update_elem(&sock_events, &cookie, &zero, BPF_NOEXIST);
-	e = bpf_map_lookup_elem(&sock_events, &cookie);
+	bpf_map_update_elem(map, &cookie, &zero, BPF_NOEXIST);
+	e = bpf_map_lookup_elem(map, &cookie);
 	if (!e)
 		stat_inc(FS_SOCK_FULL);
 	return e;
@@ -195,13 +210,6 @@ static __always_inline void overflow_inc(__u32 kind, __u32 reason)
 
 	if (v)
 		*v += 1;
-}
-
-static __always_inline bool odd_generation(void)
-{
-	__u32 zero = 0, *gen = bpf_map_lookup_elem(&tuple_gen, &zero);
-
-	return gen && (*gen & 1);
 }
 
 static __always_inline void count_tuple(struct tuple_key *k)

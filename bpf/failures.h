@@ -23,7 +23,7 @@ enum reset_dir {
 
 /* Run-level counters, one slot each in the per-CPU `stats` array (its key type). */
 enum fail_stat {
-	FS_SOCK_FULL = 0,   /* a socket's drop or reset could not be counted: sock_drops/sock_events full */
+	FS_SOCK_FULL = 0,   /* a socket's drop or reset could not be counted: sock_drops_N/sock_events_N full */
 	FS_TUPLE_FULL,      /* a packet-keyed event was counted host-wide only (tuple_overflow): the tuple map
 	                     * was full, or a reset had neither a full socket nor a packet */
 	FS_CONNECT_FULL,    /* a failed connect could not be kept: connect_fails map full */
@@ -33,14 +33,14 @@ enum fail_stat {
 	FS_MAX,
 };
 
-/* Drops of one socket (a flow or a listener) for one reason, in `sock_drops`. */
+/* Drops of one socket (a flow or a listener) for one reason, in `sock_drops_N`. */
 struct sock_drop_key {
 	__u64 cookie;
 	__u32 reason;           /* enum skb_drop_reason */
 	__u32 pad;
 };
 
-/* What happened to one socket, in `sock_events` (cookie-keyed). */
+/* What happened to one socket since the last drain, in `sock_events_N` (cookie-keyed). */
 struct sock_events {
 	__u64 resets_sent;
 	__u64 resets_received;

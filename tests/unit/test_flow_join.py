@@ -37,7 +37,8 @@ def test_stages_stay_attached_while_the_flow_changes_and_go_with_it():
     assert sorted(f.id for f in j.update(base, {2}, {}, {})) == [1, 3]
 
 
-def test_failures_attach_and_are_dropped_when_the_engine_forgets_them():
+def test_failures_attach_stay_while_the_flow_is_listed_and_go_with_it():
+    """The failure engine passes only flows whose failures changed: a flow keeps its last ones."""
     base = {i: make_flow(i) for i in range(1, 3)}
     j = FlowJoin()
     j.update(base, set(base), {}, {})
@@ -45,8 +46,20 @@ def test_failures_attach_and_are_dropped_when_the_engine_forgets_them():
     listed = {f.id: f for f in j.update(base, set(), {}, {1: ff})}
     assert listed[1].resets_sent == 2 and listed[1].drops == {"TCP_CSUM": 1}
     assert listed[1].last_reset_reason == "sent TCP_ABORT_ON_DATA"
+    assert listed[2] is base[2]
+    again = j.update(base, set(), {}, {})
+    assert {f.id: f for f in again}[1] is listed[1]  # nothing new: the same object, failures kept
     lat = {"rx": {}}
-    both = {f.id: f for f in j.update(base, set(), {1: lat}, {1: ff})}
+    both = {f.id: f for f in j.update(base, set(), {1: lat}, {})}
     assert both[1].latency is lat and both[1].resets_sent == 2
-    gone = {f.id: f for f in j.update(base, set(), {1: lat}, {})}
-    assert gone[1].resets_sent == 0 and gone[1].latency is lat
+    base[1] = make_flow(1, bytes_sent=100)
+    moved = {f.id: f for f in j.update(base, {1}, {}, {})}
+    assert moved[1].bytes_sent == 100 and moved[1].resets_sent == 2 and moved[1].latency is lat
+    more = _failures(resets_sent=3, last_reset_reason="received ECONNRESET")
+    newer = {f.id: f for f in j.update(base, set(), {}, {1: more})}
+    assert newer[1].resets_sent == 3 and newer[1].last_reset_reason == "received ECONNRESET"
+    assert newer[1].bytes_sent == 100
+    del base[1]
+    assert [f.id for f in j.update(base, {1}, {}, {})] == [2]
+    base[1] = make_flow(1)  # the same id listed anew: nothing of the old flow's failures
+    assert {f.id: f for f in j.update(base, {1}, {}, {})}[1].resets_sent == 0

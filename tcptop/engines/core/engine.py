@@ -108,7 +108,7 @@ class CoreEngine:
         report = None
         if self.failures is not None:
             t0 = time.perf_counter()
-            report = self.failures.poll(base)
+            report = self.failures.poll(base, by_id=self.flows.by_id, touched=self.flows.touched)
             timing["failures_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         flows = self._join.update(self.flows.by_id, self.flows.touched, stages, report.per_flow if report else {})

@@ -2,9 +2,11 @@
 
 Pairs with bpf/failures.bpf.c (kernel side) and bpf/failures.h (the shared layouts,
 mirrored below with ctypes and checked against the object's BTF at load). One poll = the
-listener iterators, one batch read of each per-socket map (they hold only sockets that
-something went wrong for), and — only when some arrived — a drain of the packet-keyed
-events and failed connects. Nothing is read per packet.
+listener iterators and — only when something failed since the last poll — a drain of one
+generation of the event maps: per-socket counts, packet-keyed events and failed connects.
+User space keeps each socket's totals, so a poll's cost follows the sockets something
+happened to since the one before (and the flows that went), not what has accumulated.
+Nothing is read per packet.
 
 What it gives the engine (`poll(flows)`): per flow, its drops by reason and its resets;
 every listener with its queues and drops; failed connects by process (the owner the flow
@@ -17,13 +19,15 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import gc
 import ipaddress
 import os
 import socket
+import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, IterReader, KernelBtf, Link, iter_read, object_path,
                                         refused_program)
@@ -117,6 +121,13 @@ class ListenerRecord(ctypes.Structure):
     ]
 
 
+# The drained maps' entries unpacked straight from the batch buffers (a ctypes object per entry
+# costs microseconds); checked against the mirrors' sizes, which the BTF check covers.
+_EVENTS = struct.Struct("<QQQQII")   # struct sock_events
+_DROP_KEY = struct.Struct("<QII")    # struct sock_drop_key
+_COOKIE = _COUNT = struct.Struct("<Q")
+assert _EVENTS.size == ctypes.sizeof(SockEvents) and _DROP_KEY.size == ctypes.sizeof(SockDropKey)
+
 MIRRORS = {"sock_drop_key": SockDropKey, "sock_events": SockEvents, "tuple_key": TupleKey,
            "connect_fail": ConnectFail, "listener_record": ListenerRecord}
 ENUM_MIRRORS = {"tuple_kind": TupleKind, "reset_dir": ResetDir, "fail_stat": FailStat}
@@ -138,8 +149,8 @@ ITERATORS = {
 OPTIONAL = frozenset(HOOKS) | frozenset(ITERATORS)
 
 # A socket whose cookie is unknown to the flows and listeners this many polls in a row is gone
-# (or never shown): its kernel entries are removed. One poll is not enough: a socket born after
-# the flow engine's walk and before this engine's read is unknown once.
+# (or never shown): its totals are forgotten, and counted host-wide. One poll is not enough: a
+# socket born after the flow engine's walk and before this engine's read is unknown once.
 GONE_AFTER_POLLS = 2
 # Most of one CPU the walk over every open file (other namespaces' listeners) may take.
 FILE_WALK_SHARE = 0.02
@@ -191,6 +202,8 @@ class FlowFailures:
 
 @dataclass(frozen=True, slots=True)
 class FailureReport:
+    # Flows whose failures changed since the last poll, or that were first listed since their
+    # sockets' first failure: a flow keeps its last FlowFailures while it is listed.
     per_flow: dict[int, FlowFailures]
     listeners: tuple[Listener, ...]
     failures: tuple[Failure, ...]
@@ -198,22 +211,27 @@ class FailureReport:
     lost: int  # events that could not be counted where they belong (maps full)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Sock:
-    """User space's tally of one socket's packet-matched events (the kernel keeps the rest)."""
+    """User space's totals of one socket's failures: the kernel's per-socket counts, drained at
+    every poll, and the packet-keyed events matched to it."""
 
-    drops: dict[int, int] = field(default_factory=dict)
+    drops: dict[int, int] | None = None  # reason -> count
     resets_sent: int = 0
-    last_reset: tuple[int, int] = (0, 0)  # (monotonic ns, sk_rst_reason) of the last packet-matched reset
+    resets_received: int = 0
+    synack_retrans: int = 0
+    sent_reasons: dict[int, int] | None = None  # resets sent by reason, for host-wide counts
+    last_reset: tuple[int, int, int] = (0, RD_NONE, 0)  # (monotonic ns, reset_dir, reason) of the last reset
     shown: bool = False  # matched to a flow or listener at least once
+    version: int = 0  # the poll that last changed it: what the listener cache compares
 
 
 class FailureEngine:
     """Owns the loaded failures.bpf.o. `poll(flows)` -> FailureReport; `close()` detaches all."""
 
-    def __init__(self, object_path: str | None = None, max_sockets: int = 65536, max_tuples: int = 16384,
+    def __init__(self, object_path: str | None = None, max_sockets: int = 32768, max_tuples: int = 16384,
                  max_connects: int = 16384):
-        """Map sizes: sockets with drops or resets, packet-keyed and failed-connect entries per poll."""
+        """Map sizes, each per poll: sockets with drops or resets, packet-keyed and failed-connect entries."""
         self.hooks: dict[str, str] = {}
         self.degraded: list[str] = []
         self._denied_said = False
@@ -221,17 +239,20 @@ class FailureEngine:
         self._files_last = b""   # what it returned
         self._sought: set[int] = set()  # our namespace's listeners when that walk ran
         self.owners = Owners()
-        self._max = {"sock_drops": max_sockets, "sock_events": max_sockets, "tuples_0": max_tuples,
+        self._max = {"sock_drops_0": max_sockets, "sock_drops_1": max_sockets, "sock_events_0": max_sockets,
+                     "sock_events_1": max_sockets, "tuples_0": max_tuples,
                      "tuples_1": max_tuples, "connect_fails_0": max_connects, "connect_fails_1": max_connects}
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
         self._iter: Link | None = None
         self._files: Link | None = None
         self._host_netns = netns.current_inode()
-        self._socks: dict[int, _Sock] = {}        # cookie -> packet-matched tallies
+        self._socks: dict[int, _Sock] = {}        # cookie -> totals, sockets something failed for
         self._unknown: dict[int, int] = {}        # cookie -> polls in a row not found
+        self._shown_flows: set[int] = set()       # cookies in _socks listed as flows
+        self._shown_listeners: set[int] = set()   # cookies in _socks listed as listeners
+        self._polls = 0
         self._unmatched: dict[str, dict[int, int]] = {"drops": {}, "resets_sent": {}}
-        self._flow_cache: dict[int, tuple[tuple, FlowFailures]] = {}
         self._listener_cache: dict[int, tuple[tuple, Listener]] = {}
         self._fail_counts: dict[tuple, int] = {}   # (pid, comm, netns, raddr, rport, reason) -> count
         self._fail_waiting: dict[int, tuple[ConnectFail, int]] = {}  # cookie -> (failure, polls waited)
@@ -347,21 +368,29 @@ class FailureEngine:
 
     # -- polling ------------------------------------------------------------
 
-    def poll(self, flows: Iterable[Flow]) -> FailureReport:
-        flows = tuple(flows)
+    def poll(self, flows: Iterable[Flow], by_id: Mapping[int, Flow] | None = None,
+             touched: Iterable[int] | None = None) -> FailureReport:
+        """`flows`: the flows listed now; `by_id`: the same by id, and `touched`: ids whose flow
+        changed or went since the last poll, when the caller keeps them (the flow engine does),
+        so that a poll costs what changed rather than every flow."""
+        flows = tuple(flows) if by_id is None else flows
+        self._polls += 1
         records = self._read_listeners()
-        events = self._read_events()
-        sock_drops = self._read_sock_drops()
-        tuples, fails = self._drain_generation()
-        index = _Index(flows, records)
-        self._match_tuples(tuples, index)
-        self._count_failures(fails, index)
-        self._collect_gone(events, sock_drops, index)
-        per_flow = {}
-        for cookie in (events.keys() | sock_drops.keys() | self._socks.keys()):
-            if index.is_flow(cookie):
-                per_flow[cookie] = self._flow_failures(cookie, events.get(cookie), sock_drops.get(cookie))
-        listeners = tuple(self._listener(r, events.get(c), sock_drops.get(c)) for c, r in records.items())
+        index = _Index(flows, records, by_id)
+        self._forget_gone(index, records, touched)
+        events, drops, tuples, fails = self._drain_generation()
+        big = sum(len(vb) for _, vb in events) // _EVENTS.size + sum(len(vb) for _, vb in drops) // 8 > 2000
+        if big:  # thousands of new objects, none in a cycle: the cyclic collector would walk them for nothing
+            gc.disable()
+        try:
+            changed = self._take_counts(events, drops)
+            self._match_tuples(tuples, index, changed)
+            self._count_failures(fails, index)
+            per_flow = self._settle(changed, index)
+        finally:
+            if big:
+                gc.enable()
+        listeners = tuple(self._listener(r) for r in records.values())
         if len(self._listener_cache) > len(records):
             self._listener_cache = {c: v for c, v in self._listener_cache.items() if c in records}
         stats = self.stats()
@@ -432,108 +461,118 @@ class FailureEngine:
             self.degraded.append(netns.denied_sentence(denied, "listeners"))
         return buf
 
-    def _listener(self, r: ListenerRecord, ev: SockEvents | None, kdrops: dict[int, int] | None) -> Listener:
+    def _listener(self, r: ListenerRecord) -> Listener:
         tally = self._socks.get(r.cookie)
         if tally is not None:
             tally.shown = True
+            self._shown_listeners.add(r.cookie)
         pid = r.tgid or self.owners.pid_of_inode(r.sock_ino)  # /proc's answer may come polls after the record
-        key = (bytes(r), pid, ev and bytes(ev), kdrops and tuple(sorted(kdrops.items())),
-               tally and tuple(sorted(tally.drops.items())))
+        key = (bytes(r), pid, tally and tally.version)
         hit = self._listener_cache.get(r.cookie)
         if hit is not None and hit[0] == key:
             return hit[1]
         comm, _, container = self.owners.info(pid)
         if r.tgid and r.comm:
             comm = r.comm.decode(errors="replace")
-        reasons = self._reason_table(kdrops, tally)
+        reasons = self._reason_table(tally)
         lst = Listener(
             id=r.cookie, family="ipv4" if r.family == socket.AF_INET else "ipv6", laddr=_addr(r.family, r.saddr),
             lport=r.sport, pid=pid, comm=comm, netns=r.netns, container=container,
             accept_queue=r.accept_queue, accept_queue_max=r.accept_queue_max, syn_queue=r.syn_queue,
-            drops=r.drops, synack_retrans=ev.synack_retrans if ev else 0, drop_reasons=reasons)
+            drops=r.drops, synack_retrans=tally.synack_retrans if tally else 0, drop_reasons=reasons)
         self._listener_cache[r.cookie] = (key, lst)
         return lst
 
-    # per-socket maps
+    # per-socket totals
 
-    def _read_events(self) -> dict[int, SockEvents]:
-        assert self._obj is not None
-        out: dict[int, SockEvents] = {}
-        for keys, values, n in self._obj.maps["sock_events"].batches(ctypes.c_uint64, SockEvents, batch=1024):
-            for i in range(n):
-                out[keys[i]] = SockEvents.from_buffer_copy(values[i])
-        return out
+    def _take_counts(self, events: list[tuple[bytes, bytes]], drops: list[tuple[bytes, bytes]]) -> set[int]:
+        """Add one drained generation of the kernel's per-socket counts (raw batches of keys and
+        values) to the totals; returns the sockets whose totals changed."""
+        socks, changed, now = self._socks, set(), self._polls
+        for kb, vb in events:
+            for (cookie,), (sent, received, synack, ns, reason, direction) in zip(_COOKIE.iter_unpack(kb),
+                                                                                   _EVENTS.iter_unpack(vb)):
+                t = socks.get(cookie)
+                if t is None:
+                    t = socks[cookie] = _Sock()
+                t.resets_sent += sent
+                t.resets_received += received
+                t.synack_retrans += synack
+                if sent:  # one reason per socket and generation: its resets are counted under the last
+                    t.sent_reasons = _added(t.sent_reasons, reason if direction == RD_SENT else 0, sent)
+                if direction != RD_NONE and ns >= t.last_reset[0]:
+                    t.last_reset = (ns, direction, reason)
+                t.version = now
+                changed.add(cookie)
+        for kb, vb in drops:
+            for (cookie, reason, _), (n,) in zip(_DROP_KEY.iter_unpack(kb), _COUNT.iter_unpack(vb)):
+                t = socks.get(cookie)
+                if t is None:
+                    t = socks[cookie] = _Sock()
+                t.drops = _added(t.drops, reason, n)
+                t.version = now
+                changed.add(cookie)
+        return changed
 
-    def _read_sock_drops(self) -> dict[int, dict[int, int]]:
-        assert self._obj is not None
-        out: dict[int, dict[int, int]] = {}
-        for keys, values, n in self._obj.maps["sock_drops"].batches(SockDropKey, ctypes.c_uint64, batch=1024):
-            for i in range(n):
-                out.setdefault(keys[i].cookie, {})[keys[i].reason] = values[i]
-        return out
-
-    def _collect_gone(self, events: dict, sock_drops: dict, index: "_Index") -> None:
-        """Forget sockets that are gone: their kernel entries, and user space's tallies. Counts of
-        one that was never shown as a flow or listener go to the host-wide unmatched counts."""
-        unknown = {}
-        for cookie in events.keys() | sock_drops.keys() | self._socks.keys():
-            if index.is_flow(cookie) or index.is_listener(cookie):
-                continue
-            polls = self._unknown.get(cookie, 0) + 1
-            if polls < GONE_AFTER_POLLS:
-                unknown[cookie] = polls
-                continue
-            tally = self._socks.pop(cookie, None)
-            self._flow_cache.pop(cookie, None)
+    def _forget_gone(self, index: "_Index", records: dict[int, ListenerRecord], touched: Iterable[int] | None) -> None:
+        """Forget the totals of flows and listeners that were shown and are no longer listed
+        (what comes for them later starts afresh, and counts host-wide). Flows are looked for
+        among `touched` when given, else among every flow shown with failures."""
+        socks, shown = self._socks, self._shown_flows
+        maybe = shown if touched is None else shown.intersection(touched)
+        for cookie in [c for c in maybe if not index.is_flow(c)]:
+            shown.discard(cookie)
+            socks.pop(cookie, None)
+        for cookie in [c for c in self._shown_listeners if c not in records]:
+            self._shown_listeners.discard(cookie)
+            socks.pop(cookie, None)
             self._listener_cache.pop(cookie, None)
-            if tally is None or not tally.shown:
-                for reason, n in sock_drops.get(cookie, {}).items():
-                    _add(self._unmatched["drops"], reason, n)
-                ev = events.get(cookie)
-                if ev is not None and ev.resets_sent:
-                    # the kernel keeps one reason per socket: its resets are counted under the last one
-                    reason = ev.last_reset_reason if ev.last_reset_dir == RD_SENT else 0
-                    _add(self._unmatched["resets_sent"], reason, ev.resets_sent)
-                if tally is not None:
-                    for reason, n in tally.drops.items():
+
+    def _settle(self, changed: set[int], index: "_Index") -> dict[int, FlowFailures]:
+        """Match the sockets whose totals changed, and those not found yet, to flows and
+        listeners: FlowFailures of each such flow. One unknown GONE_AFTER_POLLS polls in a row
+        is forgotten, its counts host-wide unless it was ever shown."""
+        socks, unknown = self._socks, self._unknown
+        per_flow: dict[int, FlowFailures] = {}
+        for cookie in changed.union(unknown) if unknown else changed:
+            t = socks.get(cookie)
+            if t is None:
+                unknown.pop(cookie, None)
+                continue
+            if index.is_flow(cookie):
+                t.shown = True
+                self._shown_flows.add(cookie)
+                unknown.pop(cookie, None)
+                per_flow[cookie] = self._flow_failures(t)
+            elif index.is_listener(cookie):
+                t.shown = True
+                self._shown_listeners.add(cookie)
+                unknown.pop(cookie, None)
+            else:
+                polls = unknown.get(cookie, 0) + 1
+                if polls < GONE_AFTER_POLLS:
+                    unknown[cookie] = polls
+                    continue
+                del unknown[cookie], socks[cookie]
+                self._shown_flows.discard(cookie)
+                if not t.shown:
+                    for reason, n in (t.drops or {}).items():
                         _add(self._unmatched["drops"], reason, n)
-                    if tally.resets_sent:
-                        _add(self._unmatched["resets_sent"], tally.last_reset[1], tally.resets_sent)
-            self._delete_socket(cookie, sock_drops.get(cookie, {}), cookie in events)
-        self._unknown = unknown
+                    for reason, n in (t.sent_reasons or {}).items():
+                        _add(self._unmatched["resets_sent"], reason, n)
+        return per_flow
 
-    def _delete_socket(self, cookie: int, reasons: dict[int, int], has_events: bool) -> None:
-        assert self._obj is not None
-        maps = self._obj.maps
-        for reason in reasons:
-            maps["sock_drops"].delete(SockDropKey(cookie, reason, 0))
-        if has_events:
-            maps["sock_events"].delete(ctypes.c_uint64(cookie))
+    def _flow_failures(self, t: _Sock) -> FlowFailures:
+        _, direction, reason = t.last_reset
+        last = self._reset_text(direction, reason) if direction != RD_NONE else ""
+        return FlowFailures(self._reason_table(t), t.resets_sent, t.resets_received, last)
 
-    def _flow_failures(self, cookie: int, ev: SockEvents | None, kdrops: dict[int, int] | None) -> FlowFailures:
-        tally = self._socks.get(cookie)
-        if tally is not None:
-            tally.shown = True
-        key = (ev and bytes(ev), kdrops and tuple(sorted(kdrops.items())),
-               tally and (tuple(sorted(tally.drops.items())), tally.resets_sent, tally.last_reset))
-        hit = self._flow_cache.get(cookie)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        sent = (ev.resets_sent if ev else 0) + (tally.resets_sent if tally else 0)
-        last = ""
-        if ev is not None and ev.last_reset_dir != RD_NONE:
-            last = self._reset_text(ev.last_reset_dir, ev.last_reset_reason)
-        if tally is not None and tally.resets_sent and (ev is None or tally.last_reset[0] > ev.last_reset_ns):
-            last = self._reset_text(RD_SENT, tally.last_reset[1])
-        ff = FlowFailures(self._reason_table(kdrops, tally), sent, ev.resets_received if ev else 0, last)
-        self._flow_cache[cookie] = (key, ff)
-        return ff
-
-    def _reason_table(self, kdrops: dict[int, int] | None, tally: _Sock | None) -> Mapping[str, int]:
+    def _reason_table(self, tally: _Sock | None) -> Mapping[str, int]:
+        if tally is None or not tally.drops:
+            return NO_COUNTS
         merged: dict[str, int] = {}
-        for src in (kdrops, tally.drops if tally else None):
-            for reason, n in (src or {}).items():
-                _add(merged, self.drop_name(reason), n)
+        for reason, n in tally.drops.items():
+            _add(merged, self.drop_name(reason), n)
         return _counts(merged)
 
     def _reset_text(self, direction: int, reason: int) -> str:
@@ -549,28 +588,33 @@ class FailureEngine:
 
     # packet-keyed events
 
-    def _drain_generation(self) -> tuple[list[tuple[TupleKey, int]], list[tuple[int, ConnectFail]]]:
-        """Packet-keyed events and failed connects since the last drain. The kernel is switched
-        to the other maps first and a grace period passes, so nothing is written into what is
-        being deleted."""
+    def _drain_generation(self) -> tuple[list, list, list[tuple[TupleKey, int]], list[tuple[int, ConnectFail]]]:
+        """Per-socket counts (events, drops: batches of raw keys and values), packet-keyed events and failed connects since the
+        last drain. The kernel is switched to the other maps first and a grace period passes,
+        so nothing is written into what is being deleted. A poll after which nothing failed
+        reads nothing but four empty maps' first keys."""
         assert self._obj is not None
         maps = self._obj.maps
         cur = self._gen & 1
-        tuples, fails = maps[f"tuples_{cur}"], maps[f"connect_fails_{cur}"]
-        if tuples.is_empty(ctypes.sizeof(TupleKey)) and fails.is_empty(8):
-            return [], []
+        names = {f"sock_events_{cur}": 8, f"sock_drops_{cur}": ctypes.sizeof(SockDropKey),
+                 f"tuples_{cur}": ctypes.sizeof(TupleKey), f"connect_fails_{cur}": 8}
+        if all(maps[name].is_empty(size) for name, size in names.items()):
+            return [], [], [], []
         self._gen += 1
         maps["tuple_gen"].update(ctypes.c_uint32(0), ctypes.c_uint32(self._gen))
         rcu_grace_period()
+        events = list(_drained(maps[f"sock_events_{cur}"], ctypes.c_uint64, SockEvents))
+        drops = list(_drained(maps[f"sock_drops_{cur}"], SockDropKey, ctypes.c_uint64))
         out_t: list[tuple[TupleKey, int]] = []
-        for keys, values, n in tuples.batches(TupleKey, ctypes.c_uint64, delete=True, batch=1024):
+        for keys, values, n in maps[f"tuples_{cur}"].batches(TupleKey, ctypes.c_uint64, delete=True, batch=1024):
             out_t.extend((TupleKey.from_buffer_copy(keys[i]), values[i]) for i in range(n))
         out_f: list[tuple[int, ConnectFail]] = []
-        for keys, values, n in fails.batches(ctypes.c_uint64, ConnectFail, delete=True, batch=1024):
+        for keys, values, n in maps[f"connect_fails_{cur}"].batches(ctypes.c_uint64, ConnectFail, delete=True,
+                                                                    batch=1024):
             out_f.extend((keys[i], ConnectFail.from_buffer_copy(values[i])) for i in range(n))
-        return out_t, out_f
+        return events, drops, out_t, out_f
 
-    def _match_tuples(self, tuples: list[tuple[TupleKey, int]], index: "_Index") -> None:
+    def _match_tuples(self, tuples: list[tuple[TupleKey, int]], index: "_Index", changed: set[int]) -> None:
         now = time.monotonic_ns()
         for k, n in tuples:
             src, dst = _addr(k.family, k.saddr), _addr(k.family, k.daddr)
@@ -581,12 +625,17 @@ class FailureEngine:
             if cookie is None:
                 _add(self._unmatched[kind], k.reason, n)
                 continue
-            tally = self._socks.setdefault(cookie, _Sock())
+            tally = self._socks.get(cookie)
+            if tally is None:
+                tally = self._socks[cookie] = _Sock()
             if k.kind == TK_DROP:
-                _add(tally.drops, k.reason, n)
+                tally.drops = _added(tally.drops, k.reason, n)
             else:
                 tally.resets_sent += n
-                tally.last_reset = (now, k.reason)
+                tally.sent_reasons = _added(tally.sent_reasons, k.reason, n)
+                tally.last_reset = (now, RD_SENT, k.reason)
+            tally.version = self._polls
+            changed.add(cookie)
 
     def _unmatched_now(self, overflowed: int) -> Mapping[str, Mapping[str, int]]:
         """Host-wide counts by reason; the per-CPU overflow slots are read only when the kernel
@@ -635,13 +684,15 @@ class FailureEngine:
 
 
 class _Index:
-    """Flows and listeners of one poll, found by cookie or by addresses. Built on first use: a
-    poll with nothing to match (the usual case) never walks 100,000 flows."""
+    """Flows and listeners of one poll, found by cookie or by addresses. Built on first use (the
+    caller's flows by id when it has them): a poll with nothing to match (the usual case)
+    never walks 100,000 flows."""
 
-    def __init__(self, flows: tuple[Flow, ...], listeners: dict[int, ListenerRecord]):
-        self._flows = flows
+    def __init__(self, flows: Iterable[Flow], listeners: dict[int, ListenerRecord],
+                 by_id: Mapping[int, Flow] | None = None):
+        self._flows = flows if by_id is None else by_id.values()
         self._listener_records = listeners
-        self._ids: dict[int, Flow] | None = None
+        self._ids: Mapping[int, Flow] | None = by_id
         self._by_tuple: dict[tuple, int] | None = None
         self._by_port: dict[tuple, list[tuple[str, int]]] | None = None
 
@@ -680,8 +731,23 @@ class _Index:
         return None
 
 
+def _drained(m, key_type, value_type) -> Iterator[tuple[bytes, bytes]]:
+    """A map's entries as (keys, values) byte strings, a batch at a time, deleting what was read."""
+    ksize, vsize = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
+    for keys, values, n in m.batches(key_type, value_type, delete=True, batch=4096):
+        yield ctypes.string_at(keys, n * ksize), ctypes.string_at(values, n * vsize)
+
+
 def _add(d: dict, key, n: int) -> None:
     d[key] = d.get(key, 0) + n
+
+
+def _added(d: dict | None, key, n: int) -> dict:
+    """`d` (made on first use) with n added under key."""
+    if d is None:
+        return {key: n}
+    d[key] = d.get(key, 0) + n
+    return d
 
 
 def _names(values: dict[str, int], prefix: str) -> dict[int, str]:

@@ -1,9 +1,9 @@
 """The snapshot's flows: the flow engine's, each with its packet stages and failures attached.
 
 A poll of a host with 100,000 idle connections must not pass over all of them in Python
-(~0.2 s here): only flows that changed, were timed or failed are joined again; the listing
-is rebuilt from a dict in one C-level pass, and an unchanged flow stays the very object of
-the last poll (the screen's store and the JSON encoder count on that).
+(~0.2 s here): only flows that changed, were timed or whose failures changed are joined
+again; the listing is rebuilt from a dict in one C-level pass, and an unchanged flow stays
+the very object of the last poll (the screen's store and the JSON encoder count on that).
 """
 
 from __future__ import annotations
@@ -18,19 +18,18 @@ class FlowJoin:
     def __init__(self) -> None:
         self._out: dict[int, Flow] = {}  # id -> the flow as listed
         self._parts: dict[int, tuple] = {}  # id -> (base, stages, failures, joined), flows with something attached
-        self._failed: set[int] = set()  # ids with failures at the last poll
         self._listing: tuple[Flow, ...] = ()
 
     def update(self, base: Mapping[int, Flow], touched: Iterable[int], stages: Mapping[int, dict],
                failures: Mapping[int, object]) -> tuple[Flow, ...]:
         """`base`: the flow engine's flows by id; `touched`: ids whose flow changed or went
         since the last update; `stages`: each timed flow's latest stages (kept by the packet
-        engine while the flow is listed); `failures`: FlowFailures of flows that have any."""
+        engine while the flow is listed); `failures`: FlowFailures of flows whose failures
+        changed since the last update (a flow keeps its last ones while it is listed, as the
+        failure engine keeps a flow's totals until the flow goes)."""
         ids = set(touched)
         ids.update(stages)
         ids.update(failures)
-        ids.update(self._failed.difference(failures))  # failures forgotten: listed without them again
-        self._failed = set(failures)
         out, parts, changed = self._out, self._parts, False
         for i in ids:
             f = base.get(i)
@@ -40,7 +39,7 @@ class FlowJoin:
                 continue
             prev = parts.get(i)
             lat = stages.get(i) or (prev[1] if prev else None)
-            ff = failures.get(i)
+            ff = failures.get(i) or (prev[2] if prev else None)
             if lat is None and ff is None:
                 parts.pop(i, None)
             elif prev is not None and prev[0] is f and prev[1] is lat and prev[2] is ff:
