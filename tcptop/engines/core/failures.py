@@ -152,6 +152,8 @@ OPTIONAL = frozenset(HOOKS) | frozenset(ITERATORS)
 # (or never shown): its totals are forgotten, and counted host-wide. One poll is not enough: a
 # socket born after the flow engine's walk and before this engine's read is unknown once.
 GONE_AFTER_POLLS = 2
+# Distinct FlowFailures values kept for reuse (emptied when full).
+FF_CACHE_SIZE = 4096
 # Most of one CPU the walk over every open file (other namespaces' listeners) may take.
 FILE_WALK_SHARE = 0.02
 # A failed connect waits this many polls for the flow engine to show its socket (whose record
@@ -251,6 +253,8 @@ class FailureEngine:
         self._unknown: dict[int, int] = {}        # cookie -> polls in a row not found
         self._shown_flows: set[int] = set()       # cookies in _socks listed as flows
         self._shown_listeners: set[int] = set()   # cookies in _socks listed as listeners
+        self._listener_missing: dict[int, int] = {}  # shown listeners' cookies -> polls in a row not found
+        self._ff_cache: dict[tuple, FlowFailures] = {}  # distinct values -> the one object
         self._polls = 0
         self._unmatched: dict[str, dict[int, int]] = {"drops": {}, "resets_sent": {}}
         self._listener_cache: dict[int, tuple[tuple, Listener]] = {}
@@ -517,29 +521,40 @@ class FailureEngine:
     def _forget_gone(self, index: "_Index", records: dict[int, ListenerRecord], touched: Iterable[int] | None) -> None:
         """Forget the totals of flows and listeners that were shown and are no longer listed
         (what comes for them later starts afresh, and counts host-wide). Flows are looked for
-        among `touched` when given, else among every flow shown with failures."""
+        among `touched` when given, else among every flow shown with failures; a flow leaves
+        the flow engine's listing for good, a listener may be missed by one walk, so it is
+        forgotten only after GONE_AFTER_POLLS polls without it."""
         socks, shown = self._socks, self._shown_flows
         maybe = shown if touched is None else shown.intersection(touched)
         for cookie in [c for c in maybe if not index.is_flow(c)]:
             shown.discard(cookie)
             socks.pop(cookie, None)
-        for cookie in [c for c in self._shown_listeners if c not in records]:
-            self._shown_listeners.discard(cookie)
+        missing = {}
+        for cookie in self._shown_listeners:
+            if cookie in records:
+                continue
+            polls = self._listener_missing.get(cookie, 0) + 1
+            if polls < GONE_AFTER_POLLS:
+                missing[cookie] = polls
+                continue
             socks.pop(cookie, None)
             self._listener_cache.pop(cookie, None)
+        self._shown_listeners.difference_update([c for c in self._shown_listeners if c not in records
+                                                 and c not in missing])
+        self._listener_missing = missing
 
     def _settle(self, changed: set[int], index: "_Index") -> dict[int, FlowFailures]:
         """Match the sockets whose totals changed, and those not found yet, to flows and
         listeners: FlowFailures of each such flow. One unknown GONE_AFTER_POLLS polls in a row
         is forgotten, its counts host-wide unless it was ever shown."""
-        socks, unknown = self._socks, self._unknown
+        socks, unknown, flows = self._socks, self._unknown, index.ids()
         per_flow: dict[int, FlowFailures] = {}
         for cookie in changed.union(unknown) if unknown else changed:
             t = socks.get(cookie)
             if t is None:
                 unknown.pop(cookie, None)
                 continue
-            if index.is_flow(cookie):
+            if cookie in flows:
                 t.shown = True
                 self._shown_flows.add(cookie)
                 unknown.pop(cookie, None)
@@ -563,9 +578,18 @@ class FailureEngine:
         return per_flow
 
     def _flow_failures(self, t: _Sock) -> FlowFailures:
+        """One FlowFailures per distinct value, shared (it is immutable): under churn thousands
+        of flows a poll carry the same one (one reset sent, or one received)."""
         _, direction, reason = t.last_reset
-        last = self._reset_text(direction, reason) if direction != RD_NONE else ""
-        return FlowFailures(self._reason_table(t), t.resets_sent, t.resets_received, last)
+        key = (t.drops and tuple(t.drops.items()), t.resets_sent, t.resets_received, direction, reason)
+        ff = self._ff_cache.get(key)
+        if ff is None:
+            last = self._reset_text(direction, reason) if direction != RD_NONE else ""
+            ff = FlowFailures(self._reason_table(t), t.resets_sent, t.resets_received, last)
+            if len(self._ff_cache) >= FF_CACHE_SIZE:
+                self._ff_cache.clear()
+            self._ff_cache[key] = ff
+        return ff
 
     def _reason_table(self, tally: _Sock | None) -> Mapping[str, int]:
         if tally is None or not tally.drops:
@@ -696,10 +720,13 @@ class _Index:
         self._by_tuple: dict[tuple, int] | None = None
         self._by_port: dict[tuple, list[tuple[str, int]]] | None = None
 
-    def flow(self, cookie: int) -> Flow | None:
+    def ids(self) -> Mapping[int, Flow]:
         if self._ids is None:
             self._ids = {f.id: f for f in self._flows}
-        return self._ids.get(cookie)
+        return self._ids
+
+    def flow(self, cookie: int) -> Flow | None:
+        return self.ids().get(cookie)
 
     def is_flow(self, cookie: int) -> bool:
         return self.flow(cookie) is not None
