@@ -343,6 +343,26 @@ def measure_scale(n: int, latency: str, polls: int) -> dict:
 
 # -- section: churn ------------------------------------------------------------------------
 
+def _wait_caught_up(t: Tcptop, ports: set[int], limit_s: float = 20.0) -> float | None:
+    """When two lines in a row (from now on) brought no new end of the churn's connections
+    (None: not within limit_s). With --changes an end is in one line only."""
+    seen, quiet, parsed, end = set(), 0, len(t.lines), time.monotonic() + limit_s
+    while time.monotonic() < end:
+        lines = t.lines[parsed:]
+        complete = [x for x in lines if x[2].endswith("\n")]
+        for _, _, line in complete:
+            before = len(seen)
+            for f in json.loads(line)["flows"]:
+                if f["rport"] in ports and (f["closed"] or f["state"] == "TIME_WAIT"):
+                    seen.add(f["id"])
+            quiet = quiet + 1 if len(seen) == before else 0
+            if quiet >= 2:
+                return time.monotonic()
+        parsed += len(complete)
+        time.sleep(0.2)
+    return None
+
+
 def measure_churn(rate: float, seconds: float, latency: str) -> dict:
     churn = workloads.Churn(rate, seconds)
     ports = set(churn.ports)
@@ -357,7 +377,8 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
             c0, w0 = proc_cpu_s(t.pid), time.monotonic()
             churn.start()
             made = churn.wait()
-            time.sleep(2.5)  # the last closes reach a snapshot
+            done = time.monotonic()
+            caught_up = _wait_caught_up(t, ports)  # the last ends reach a line (tcptop may lag)
             cpu, wall = proc_cpu_s(t.pid) - c0, time.monotonic() - w0
         stamps = [ts for ts, _, _ in t.lines]
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -369,10 +390,11 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
             last = d
             for f in d["flows"]:
                 if f["closed"] or f["state"] == "TIME_WAIT":
-                    ends.add((f["lport"], f["rport"]))
+                    ends.add((f["id"], f["rport"]))  # by socket: 100,000 connections reuse local ports
         lost = last["run"]["events_lost"] if last else -1
         client_ends = {e for e in ends if e[1] in ports}
         return {"made": made, "rate": made / seconds, "client_ends": len(client_ends), "all_ends": len(ends),
+                "caught_up_s": caught_up - done if caught_up else None,
                 "max_gap": max(gaps), "gaps_over": sum(1 for g in gaps if g > 1.5), "cpu_pct": 100 * cpu / wall,
                 "lost": lost}
     finally:
@@ -453,6 +475,8 @@ def main() -> int:
         r = measure_churn(a.churn_rate, a.churn_seconds, "default")
         print(f"\n### churn: {r['made']:,} connections in {a.churn_seconds:g} s ({r['rate']:,.0f}/s), "
               "half FIN half RST, `tcptop --json --changes --interval 1`\n")
+        caught = f"{r['caught_up_s']:.1f} s" if r["caught_up_s"] is not None else "not within 20 s"
+        print(f"- caught up (two lines without a new end) {caught} after the churn stopped")
         print(f"- client ends reported closed (or kept in TIME_WAIT): {r['client_ends']:,} of {r['made']:,}; "
               f"final records lost (events_lost): {r['lost']}")
         print(f"- longest gap between lines {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
