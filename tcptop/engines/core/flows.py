@@ -27,6 +27,8 @@ import os
 import time
 
 from tcptop.engines.core import flow_decode as fd
+from tcptop.engines.core.flow_decode import (I_COMM, I_EST, I_FLAGS, I_INO, I_KIND, I_NETNS, I_NOW,
+                                              I_PID, I_REFS, I_STATE, comm_of, flow_of, iter_records)
 from tcptop.engines.core.flow_layout import (ENUM_MIRRORS, HOLDER, HOLDER_SIZE, MIRRORS, N, NOTICE,
                                              REC_SIZE, WANT, FlowCtl, FlowHolder, FlowRecord, FlowWant, NoticeKind,
                                              RecordFlag, RecordKind, Stat)
@@ -611,24 +613,24 @@ class FlowEngine:
         first = self._first_holders
         decode = self._decode
         for buf in bufs:
-            for v in fd.iter_records(buf):
-                cookie, kind = v[0], v[fd.I_KIND]
+            for v in iter_records(buf):
+                cookie, kind = v[0], v[I_KIND]
                 tr = get(cookie)
                 if kind != KIND_LIVE or (tr is not None and tr.kind != KIND_LIVE):
                     self._apply_other(cookie, kind, tr, v)
                     continue
                 if tr is None:
                     tr = tracks[cookie] = _Track()
-                    tr.born_ns = v[fd.I_NOW]
+                    tr.born_ns = v[I_NOW]
                     if first is not None:
                         tr.owner = first.get(cookie, 0)
-                        tr.refs = v[fd.I_REFS]
+                        tr.refs = v[I_REFS]
                 tr.vals = v
                 tr.want = b""
-                ns = v[fd.I_NETNS]
+                ns = v[I_NETNS]
                 if tr.netns != ns:
                     self._set_place(tr, b"", ns)
-                if not v[fd.I_FLAGS] & REC_QUIESCENT:
+                if not v[I_FLAGS] & REC_QUIESCENT:
                     watch.add(cookie)
                 decode(cookie, tr)
         self._redecode_now()
@@ -701,9 +703,9 @@ class FlowEngine:
         v = tr.vals
         if v is None:  # known from a notice only, so far
             return
-        flags = v[fd.I_FLAGS]
+        flags = v[I_FLAGS]
         if flags & REC_SEEN_BIRTH:
-            est = v[fd.I_EST]
+            est = v[I_EST]
             if est:
                 tr.born_ns = est
             since_start = tr.since_start = False
@@ -714,22 +716,22 @@ class FlowEngine:
         if kind != KIND_LIVE and old is not None and old.pid:
             pid, info = old.pid, (old.comm, old.cgroup, old.container)  # who had it when it ended
         else:
-            pid = tr.owner or v[fd.I_PID]
+            pid = tr.owner or v[I_PID]
             info = self._pid_info(pid) if pid else None
             if info is None:
-                pid = self.owners.pid_of_inode(v[fd.I_INO])
+                pid = self.owners.pid_of_inode(v[I_INO])
                 info = self._pid_info(pid) if pid else ("", "", "")
-        refs = v[fd.I_REFS]
+        refs = v[I_REFS]
         if kind == KIND_LIVE:
             if tr.refs == -1 and pid:
                 tr.refs = refs  # the process that connected holds it: moves show as changed references
             elif tr.refs == -2 or (tr.refs != refs and (not pid or tr.refs >= 0)):
                 self._verify.add(cookie)  # unknown, gone, or its file was shared or unshared since it was known
-        comm = info[0] or (fd.comm_of(v[fd.I_COMM]) if pid and pid == v[fd.I_PID] else "")
+        comm = info[0] or (comm_of(v[I_COMM]) if pid and pid == v[I_PID] else "")
         closed = kind == KIND_CLOSED
-        f = tr.flow = fd.flow_of(v, pid, comm, info[1], info[2], tr.born_ns, self._boot_offset, since_start,
+        f = tr.flow = flow_of(v, pid, comm, info[1], info[2], tr.born_ns, self._boot_offset, since_start,
                                  "client" if flags & REC_CLIENT else "server" if flags & REC_SERVER else "",
-                                 closed, 7 if closed else v[fd.I_STATE], tr.tw_expires_ts)
+                                 closed, 7 if closed else v[I_STATE], tr.tw_expires_ts)
         self._flows[cookie] = f
         self.touched.add(cookie)
         self._changed = True

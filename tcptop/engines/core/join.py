@@ -8,7 +8,7 @@ the very object of the last poll (the screen's store and the JSON encoder count 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 
 from tcptop.engines.core.flow_decode import with_fields
 from tcptop.model import Flow
@@ -20,13 +20,19 @@ class FlowJoin:
         self._parts: dict[int, tuple] = {}  # id -> (base, stages, failures, joined), flows with something attached
         self._listing: tuple[Flow, ...] = ()
 
-    def update(self, base: Mapping[int, Flow], touched: Iterable[int], stages: Mapping[int, dict],
+    def update(self, base: Mapping[int, Flow], touched: Collection[int], stages: Mapping[int, dict],
                failures: Mapping[int, object]) -> tuple[Flow, ...]:
         """`base`: the flow engine's flows by id; `touched`: ids whose flow changed or went
         since the last update; `stages`: each timed flow's latest stages (kept by the packet
         engine while the flow is listed); `failures`: FlowFailures of flows whose failures
         changed since the last update (a flow keeps its last ones while it is listed, as the
         failure engine keeps a flow's totals until the flow goes)."""
+        if not self._parts and not stages and not failures and len(touched) > len(base) // 16:
+            # nothing attached anywhere and much changed (a first poll: every flow): the listing
+            # is the flow engine's, copied in C rather than joined flow by flow
+            self._out = dict(base)
+            self._listing = tuple(self._out.values())
+            return self._listing
         ids = set(touched)
         ids.update(stages)
         ids.update(failures)
