@@ -267,8 +267,75 @@ out:
 	return out;
 }
 
+/* delta(shown, flows) -> (changed, gone): the flows that are not the very object `shown` has
+ * for their id, and the ids `shown` has that `flows` no longer lists; `shown` (id -> Flow) is
+ * brought up to date. One pass over 100,000 flows in C: --changes on an idle host writes a few
+ * hundred bytes a line, and finding them took ~100 ms of Python a line here. */
+static PyObject *delta(PyObject *self, PyObject *args)
+{
+	PyObject *shown, *flows, *seq, *changed, *gone = NULL, *ids = NULL, *out = NULL;
+	static PyObject *id_name;
+
+	if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &shown, &flows))
+		return NULL;
+	if (!id_name && !(id_name = PyUnicode_InternFromString("id")))
+		return NULL;
+	if (!(seq = PySequence_Fast(flows, "flows: a sequence")))
+		return NULL;
+	if (!(changed = PyList_New(0)))
+		goto done;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), before = PyDict_GET_SIZE(shown), matched = 0;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+		PyObject *id = PyObject_GetAttr(f, id_name);
+		if (!id)
+			goto done;
+		PyObject *prev = PyDict_GetItemWithError(shown, id);
+		int rc = 0;
+		if (!prev && PyErr_Occurred())
+			rc = -1;
+		else if (prev != f)
+			rc = (PyList_Append(changed, f) < 0 || PyDict_SetItem(shown, id, f) < 0) ? -1 : 0;
+		matched += prev != NULL;
+		Py_DECREF(id);
+		if (rc < 0)
+			goto done;
+	}
+	if (!(gone = PyList_New(0)))
+		goto done;
+	if (matched != before) {  /* some ids went: those not listed now */
+		if (!(ids = PySet_New(NULL)))
+			goto done;
+		for (Py_ssize_t i = 0; i < n; i++) {
+			PyObject *id = PyObject_GetAttr(PySequence_Fast_GET_ITEM(seq, i), id_name);
+			int rc = id ? PySet_Add(ids, id) : -1;
+			Py_XDECREF(id);
+			if (rc < 0)
+				goto done;
+		}
+		PyObject *k, *v;
+		Py_ssize_t pos = 0;
+		while (PyDict_Next(shown, &pos, &k, &v)) {
+			int in = PySet_Contains(ids, k);
+			if (in < 0 || (!in && PyList_Append(gone, k) < 0))
+				goto done;
+		}
+		for (Py_ssize_t i = 0; i < PyList_GET_SIZE(gone); i++)
+			if (PyDict_DelItem(shown, PyList_GET_ITEM(gone, i)) < 0)
+				goto done;
+	}
+	out = PyTuple_Pack(2, changed, gone);
+done:
+	Py_XDECREF(ids);
+	Py_XDECREF(gone);
+	Py_XDECREF(changed);
+	Py_DECREF(seq);
+	return out;
+}
+
 static PyMethodDef methods[] = {
 	{"pieces", pieces, METH_VARARGS, "A Flow's compact JSON, split around its duration's value."},
+	{"delta", delta, METH_VARARGS, "(changed flows, ids gone) since `shown`, which is updated."},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -48,15 +48,25 @@ class DeltaEncoder(LineEncoder):
         self._shown: dict[int, Flow] | None = None
 
     def encode(self, snap: Snapshot) -> str:
-        shown = self._shown
-        now = {f.id: f for f in snap.flows}
-        self._shown = now
-        if shown is None:
+        if self._shown is None:
+            self._shown = {f.id: f for f in snap.flows}
             return super().encode(snap)
-        changed = tuple(f for f in snap.flows if shown.get(f.id) is not f)
-        gone = [i for i in shown if i not in now]
-        line = super().encode(dataclasses.replace(snap, flows=changed))
+        changed, gone = (_c.delta if _c is not None else py_delta)(self._shown, snap.flows)
+        line = super().encode(dataclasses.replace(snap, flows=tuple(changed)))
         return line[:-1] + f',"delta":true,"gone":{json.dumps(gone)}' + "}"
+
+
+def py_delta(shown: dict[int, Flow], flows: tuple[Flow, ...]) -> tuple[list[Flow], list[int]]:
+    """(flows that are not the very object `shown` has for their id, ids `shown` has that
+    `flows` no longer lists), `shown` brought up to date: _flow_json.delta in Python."""
+    changed = [f for f in flows if shown.get(f.id) is not f]
+    ids = {f.id for f in flows}
+    gone = [i for i in shown if i not in ids]
+    for f in changed:
+        shown[f.id] = f
+    for i in gone:
+        del shown[i]
+    return changed, gone
 
 
 def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None = None) -> int:

@@ -67,3 +67,24 @@ def any_flow(draw):
 def test_the_c_flow_text_equals_pythons(f):
     assert json_frontend.C_WHY == ""  # built by `make setup`
     assert LineEncoder()._pieces(f) == JsonEncoder()._pieces(f)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), max_size=25), min_size=1, max_size=6), st.randoms())
+def test_the_c_delta_equals_pythons(polls, rnd):
+    """Flows come, change (a new object), stay (the same object) and go, poll after poll."""
+    from tcptop.frontends.json import _c, py_delta
+    objects: dict[int, Flow] = {}
+    shown_c: dict[int, Flow] = {}
+    shown_py: dict[int, Flow] = {}
+    for ids in polls:
+        flows = []
+        for i in dict.fromkeys(ids):  # unique, in order
+            if i not in objects or rnd.random() < 0.3:
+                objects[i] = flow(i, bytes_sent=rnd.randrange(1000))
+            flows.append(objects[i])
+        c = _c.delta(shown_c, tuple(flows))
+        py = py_delta(shown_py, tuple(flows))
+        assert [f is g for f, g in zip(c[0], py[0])] == [True] * len(py[0]) and len(c[0]) == len(py[0])
+        assert sorted(c[1]) == sorted(py[1])
+        assert shown_c == shown_py and all(shown_c[i] is shown_py[i] for i in shown_c)
