@@ -338,17 +338,22 @@ class JsonEncoder:
         return f, text[:i], text[i + 1:]
 
     def encode(self, snap: Snapshot) -> str:
+        head = json.dumps(snap.to_dict(with_flows=False), separators=(",", ":"))
+        i = head.index('"flows":[') + len('"flows":[')
+        return head[:i] + self._flows_text(snap.flows, snap.ts) + head[i:]
+
+    def _flows_text(self, flows: tuple[Flow, ...], ts: float) -> str:
+        """The flows' texts joined by commas, each with its age as of `ts`; the cache keeps
+        this snapshot's flows."""
         cache, fresh, parts = self._cache, {}, []
-        for f in snap.flows:
+        for f in flows:
             hit = cache.get(f.id)
             if hit is None or hit[0] is not f:
                 hit = self._pieces(f)
             fresh[f.id] = hit
-            parts.append(f"{hit[1]}{round(f.age_s(snap.ts), 3)!r}{hit[2]}")
+            parts.append(f"{hit[1]}{round(f.age_s(ts), 3)!r}{hit[2]}")
         self._cache = fresh
-        head = json.dumps(snap.to_dict(with_flows=False), separators=(",", ":"))
-        i = head.index('"flows":[') + len('"flows":[')
-        return head[:i] + ",".join(parts) + head[i:]
+        return ",".join(parts)
 
 
 def _flow_dict(f: Flow, ts: float) -> dict[str, Any]:

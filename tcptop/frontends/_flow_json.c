@@ -333,7 +333,138 @@ done:
 	return out;
 }
 
+/* round(x, 3) as float.__round__ computes it: the correctly rounded 3-decimal string of x,
+ * read back (both through the same dtoa Python uses). */
+static double round3(double x)
+{
+	char *s = PyOS_double_to_string(x, 'f', 3, 0, NULL);
+	if (!s)
+		return -1.0;
+	double r = PyOS_string_to_double(s, NULL, NULL);
+	PyMem_Free(s);
+	return r;
+}
+
+static int float_attr(PyObject *f, PyObject *name, double *out, PyObject **obj)
+{
+	PyObject *v = PyObject_GetAttr(f, name);
+	if (!v)
+		return -1;
+	*out = PyFloat_AsDouble(v);
+	if (obj)
+		*obj = v;
+	else
+		Py_DECREF(v);
+	return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* A flow's age as Flow.age_s(ts) computes it, rounded as round(age, 3) and written as repr()
+ * writes it. A value that is not a float (a replayed integer duration) is left to Python. */
+static int put_age(struct buf *b, PyObject *f, double ts)
+{
+	static PyObject *est_name, *closed_name, *dur_name, *round_fn, *three;
+	if (!est_name) {
+		est_name = PyUnicode_InternFromString("established_ts");
+		closed_name = PyUnicode_InternFromString("closed_ts");
+		dur_name = PyUnicode_InternFromString("duration_s");
+		PyObject *builtins = PyEval_GetBuiltins();
+		round_fn = builtins ? Py_XNewRef(PyDict_GetItemString(builtins, "round")) : NULL;
+		three = PyLong_FromLong(3);
+		if (!est_name || !closed_name || !dur_name || !round_fn || !three)
+			return -1;
+	}
+	double est, closed, age;
+	PyObject *dur = NULL;
+	if (float_attr(f, est_name, &est, NULL) < 0)
+		return -1;
+	if (est == 0.0) {
+		dur = PyObject_GetAttr(f, dur_name);
+		if (!dur)
+			return -1;
+		if (!PyFloat_CheckExact(dur)) {  /* round(int, 3) is the int itself: as Python writes it */
+			PyObject *r = PyObject_CallFunctionObjArgs(round_fn, dur, three, NULL);
+			Py_DECREF(dur);
+			return r ? put_ascii(b, PyObject_Repr(r)) : -1;
+		}
+		age = PyFloat_AS_DOUBLE(dur);
+		Py_DECREF(dur);
+	} else {
+		if (float_attr(f, closed_name, &closed, NULL) < 0)
+			return -1;
+		double end = closed != 0.0 ? closed : ts;
+		age = end - est > 0.0 ? end - est : 0.0;  /* max(0.0, end - est) */
+	}
+	if (!isfinite(age))
+		return put_ascii(b, PyObject_Repr(PyFloat_FromDouble(age)));
+	double r = round3(age);
+	if (r == -1.0 && PyErr_Occurred())
+		return -1;
+	return put_float(b, r);
+}
+
+/* flows_text(flows, cache, ts, pieces) -> (text, fresh): JsonEncoder._flows_text in C. `cache`
+ * and `fresh`: id -> (flow, text before its age, text after); `pieces(flow)` makes an entry
+ * for a flow the cache does not have as this very object. */
+static PyObject *flows_text(PyObject *self, PyObject *args)
+{
+	PyObject *flows, *cache, *pieces_fn, *seq, *fresh = NULL, *out = NULL;
+	static PyObject *id_name;
+	double ts;
+	struct buf b = {0};
+
+	if (!PyArg_ParseTuple(args, "OO!dO", &flows, &PyDict_Type, &cache, &ts, &pieces_fn))
+		return NULL;
+	if (!id_name && !(id_name = PyUnicode_InternFromString("id")))
+		return NULL;
+	if (!(seq = PySequence_Fast(flows, "flows: a sequence")))
+		return NULL;
+	if (!(fresh = PyDict_New()))
+		goto done;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+		PyObject *id = PyObject_GetAttr(f, id_name);
+		if (!id)
+			goto done;
+		PyObject *hit = PyDict_GetItemWithError(cache, id);
+		if (hit && (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 3 || PyTuple_GET_ITEM(hit, 0) != f))
+			hit = NULL;
+		if (hit)
+			Py_INCREF(hit);
+		else if (!PyErr_Occurred())
+			hit = PyObject_CallOneArg(pieces_fn, f);  /* LineEncoder._pieces: C, or Python's where C cannot */
+		int rc = hit && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 3 ? 0 : -1;
+		if (rc == 0 && !PyErr_Occurred())
+			rc = PyDict_SetItem(fresh, id, hit);
+		else if (rc < 0 && !PyErr_Occurred())
+			PyErr_SetString(PyExc_TypeError, "pieces(flow) must give (flow, head, tail)");
+		Py_DECREF(id);
+		if (rc == 0 && i && PUT(&b, ",") < 0)
+			rc = -1;
+		if (rc == 0)
+			rc = put_ascii(&b, Py_NewRef(PyTuple_GET_ITEM(hit, 1)));
+		if (rc == 0)
+			rc = put_age(&b, f, ts);
+		if (rc == 0)
+			rc = put_ascii(&b, Py_NewRef(PyTuple_GET_ITEM(hit, 2)));
+		Py_XDECREF(hit);
+		if (rc < 0)
+			goto done;
+	}
+	PyObject *text = PyUnicode_DecodeASCII(b.p ? b.p : "", b.len, NULL);
+	if (text) {
+		out = PyTuple_Pack(2, text, fresh);
+		Py_DECREF(text);
+	}
+done:
+	PyMem_Free(b.p);
+	Py_XDECREF(fresh);
+	Py_DECREF(seq);
+	return out;
+}
+
 static PyMethodDef methods[] = {
+	{"flows_text", flows_text, METH_VARARGS, "The flows' JSON texts joined, each with its age."},
 	{"pieces", pieces, METH_VARARGS, "A Flow's compact JSON, split around its duration's value."},
 	{"delta", delta, METH_VARARGS, "(changed flows, ids gone) since `shown`, which is updated."},
 	{NULL, NULL, 0, NULL},

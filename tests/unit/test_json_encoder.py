@@ -88,3 +88,14 @@ def test_the_c_delta_equals_pythons(polls, rnd):
         assert [f is g for f, g in zip(c[0], py[0])] == [True] * len(py[0]) and len(c[0]) == len(py[0])
         assert sorted(c[1]) == sorted(py[1])
         assert shown_c == shown_py and all(shown_c[i] is shown_py[i] for i in shown_c)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(any_flow(), max_size=6), st.lists(st.floats(0, 4e9), min_size=1, max_size=3))
+def test_the_c_line_equals_pythons_across_snapshots(flows, stamps):
+    """Ages (open, closed, never established), reused and new flows, line after line."""
+    flows = [dataclasses.replace(f, id=i) for i, f in enumerate(flows)]
+    c, py = LineEncoder(), JsonEncoder()
+    for n, ts in enumerate(stamps):
+        snap = Snapshot(ts=ts, interval_s=1.0, flows=tuple(flows[n:]) + tuple(flows[:n]))
+        assert c.encode(snap) == py.encode(snap) == snap.to_json()
