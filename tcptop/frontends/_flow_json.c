@@ -267,6 +267,15 @@ out:
 	return out;
 }
 
+/* A flow's id (a new reference), by the attribute's interned name. */
+static PyObject *id_of(PyObject *f)
+{
+	static PyObject *name;
+	if (!name && !(name = PyUnicode_InternFromString("id")))
+		return NULL;
+	return PyObject_GetAttr(f, name);
+}
+
 /* delta(shown, flows) -> (changed, gone): the flows that are not the very object `shown` has
  * for their id, and the ids `shown` has that `flows` no longer lists; `shown` (id -> Flow) is
  * brought up to date. One pass over 100,000 flows in C: --changes on an idle host writes a few
@@ -274,11 +283,8 @@ out:
 static PyObject *delta(PyObject *self, PyObject *args)
 {
 	PyObject *shown, *flows, *seq, *changed, *gone = NULL, *ids = NULL, *out = NULL;
-	static PyObject *id_name;
 
 	if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &shown, &flows))
-		return NULL;
-	if (!id_name && !(id_name = PyUnicode_InternFromString("id")))
 		return NULL;
 	if (!(seq = PySequence_Fast(flows, "flows: a sequence")))
 		return NULL;
@@ -287,7 +293,7 @@ static PyObject *delta(PyObject *self, PyObject *args)
 	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), before = PyDict_GET_SIZE(shown), matched = 0;
 	for (Py_ssize_t i = 0; i < n; i++) {
 		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
-		PyObject *id = PyObject_GetAttr(f, id_name);
+		PyObject *id = id_of(f);
 		if (!id)
 			goto done;
 		PyObject *prev = PyDict_GetItemWithError(shown, id);
@@ -307,7 +313,7 @@ static PyObject *delta(PyObject *self, PyObject *args)
 		if (!(ids = PySet_New(NULL)))
 			goto done;
 		for (Py_ssize_t i = 0; i < n; i++) {
-			PyObject *id = PyObject_GetAttr(PySequence_Fast_GET_ITEM(seq, i), id_name);
+			PyObject *id = id_of(PySequence_Fast_GET_ITEM(seq, i));
 			int rc = id ? PySet_Add(ids, id) : -1;
 			Py_XDECREF(id);
 			if (rc < 0)
@@ -408,13 +414,10 @@ static int put_age(struct buf *b, PyObject *f, double ts)
 static PyObject *flows_text(PyObject *self, PyObject *args)
 {
 	PyObject *flows, *cache, *pieces_fn, *seq, *fresh = NULL, *out = NULL;
-	static PyObject *id_name;
 	double ts;
 	struct buf b = {0};
 
 	if (!PyArg_ParseTuple(args, "OO!dO", &flows, &PyDict_Type, &cache, &ts, &pieces_fn))
-		return NULL;
-	if (!id_name && !(id_name = PyUnicode_InternFromString("id")))
 		return NULL;
 	if (!(seq = PySequence_Fast(flows, "flows: a sequence")))
 		return NULL;
@@ -423,7 +426,7 @@ static PyObject *flows_text(PyObject *self, PyObject *args)
 	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
 	for (Py_ssize_t i = 0; i < n; i++) {
 		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
-		PyObject *id = PyObject_GetAttr(f, id_name);
+		PyObject *id = id_of(f);
 		if (!id)
 			goto done;
 		PyObject *hit = PyDict_GetItemWithError(cache, id);
