@@ -94,7 +94,7 @@ class CoreEngine:
 
     def poll(self) -> Snapshot:
         """A snapshot whose ts is when the flow engine read the kernel (before any decoding)."""
-        base = self.flows.poll()
+        self.flows.refresh()
         ts = self.flows.read_ts
         timing = dict(self.flows.timing)
         host_latency, stages = None, {}
@@ -108,7 +108,7 @@ class CoreEngine:
         report = None
         if self.failures is not None:
             t0 = time.perf_counter()
-            report = self.failures.poll(base, by_id=self.flows.by_id, touched=self.flows.touched)
+            report = self.failures.poll(self.flows.by_id.values(), by_id=self.flows.by_id, touched=self.flows.touched)
             timing["failures_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         flows = self._join.update(self.flows.by_id, self.flows.touched, stages, report.per_flow if report else {})
