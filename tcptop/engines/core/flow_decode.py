@@ -74,7 +74,15 @@ I_HIST = R["rtt_hist"]
 I_SADDR, I_DADDR, I_SPORT, I_DPORT, I_FAMILY = R["saddr"], R["daddr"], R["sport"], R["dport"], R["family"]
 I_STATE, I_CA, I_COMM, I_TW_LEFT, I_EST = R["state"], R["ca_state"], R["comm"], R["tw_left_ms"], R["established_ns"]
 unpack_record = RECORD.unpack_from
-iter_records = RECORD.iter_unpack
+
+
+def py_unpack_all(fmt, buf) -> list[tuple]:
+    return list(fmt.iter_unpack(buf))
+
+
+def records(buf) -> list[tuple]:
+    """Every record of a buffer, unpacked (by the C helper: as tuples the collector skips)."""
+    return unpack_all(RECORD, buf)
 
 
 _NO_SAMPLES = (0,) * RTT_BUCKETS
@@ -153,3 +161,15 @@ if _c is not None:
     new_flow, with_fields, flow_of = _c.new_flow, _c.with_fields, _c.flow_of
 else:
     with_fields, flow_of = py_with_fields, py_flow_of
+unpack_all = _c.unpack_all if _c is not None else py_unpack_all
+
+
+def live_pass(track_type: type, consts: dict[str, int]):
+    """The C apply_live, set up for the flow engine's track type (None without the C helper)."""
+    if _c is None:
+        return None
+    try:
+        _c.setup_tracks(track_type, R, consts, comm_of)
+    except (TypeError, ValueError, KeyError):
+        return None
+    return _c.apply_live

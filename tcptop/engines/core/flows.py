@@ -28,7 +28,7 @@ import time
 
 from tcptop.engines.core import flow_decode as fd
 from tcptop.engines.core.flow_decode import (I_COMM, I_EST, I_FLAGS, I_INO, I_KIND, I_NETNS, I_NOW,
-                                              I_PID, I_REFS, I_STATE, comm_of, flow_of, iter_records)
+                                              I_PID, I_REFS, I_STATE, comm_of, flow_of, records)
 from tcptop.engines.core.flow_layout import (ENUM_MIRRORS, HOLDER, HOLDER_SIZE, MIRRORS, N, NOTICE,
                                              REC_SIZE, WANT, FlowCtl, FlowHolder, FlowRecord, FlowWant, NoticeKind,
                                              RecordFlag, RecordKind, Stat)
@@ -349,7 +349,7 @@ class FlowEngine:
         if self._polls > 1:
             records += self._walk_slice()
         # final records that came in meanwhile: a kept end the walk saw needs its connection's
-        finals += self._closed_ring.drain_unpacked(fd.RECORD)
+        finals += self._closed_ring.drain_unpacked(fd.RECORD, fd.unpack_all)
         self.read_ts = time.time()
         t4 = time.perf_counter()
         big = sum(len(b) for b in records) > 2000 * REC_SIZE
@@ -422,10 +422,10 @@ class FlowEngine:
     def _drain(self) -> tuple[list[tuple], list[tuple]]:
         """Notices, then a new generation, then notices again (an event between the first
         drain and the new generation sent its notice under the old one), then final records."""
-        notices = self._notice_ring.drain_unpacked(NOTICE)
+        notices = self._notice_ring.drain_unpacked(NOTICE, fd.unpack_all)
         self._ctl.gen += 1
-        notices += self._notice_ring.drain_unpacked(NOTICE)
-        finals = self._closed_ring.drain_unpacked(fd.RECORD)
+        notices += self._notice_ring.drain_unpacked(NOTICE, fd.unpack_all)
+        finals = self._closed_ring.drain_unpacked(fd.RECORD, fd.unpack_all)
         return notices, finals
 
     def _track(self, cookie: int, born_ns: int) -> _Track:
@@ -621,30 +621,8 @@ class FlowEngine:
     def _apply(self, bufs: list[bytes], finals: list[tuple]) -> None:
         """Records the readers sent (each a change, a kernel-held end, or a socket gone)."""
         self._apply_finals(finals)  # before the walk's records: a kept end it saw comes after its final record
-        tracks, get, watch = self._tracks, self._tracks.get, self._watch
-        first = self._first_holders
-        decode = self._decode
         for buf in bufs:
-            for v in iter_records(buf):
-                cookie, kind = v[0], v[I_KIND]
-                tr = get(cookie)
-                if kind != KIND_LIVE or (tr is not None and tr.kind != KIND_LIVE):
-                    self._apply_other(cookie, kind, tr, v)
-                    continue
-                if tr is None:
-                    tr = tracks[cookie] = _Track()
-                    tr.born_ns = v[I_NOW]
-                    if first is not None:
-                        tr.owner = first.get(cookie, 0)
-                        tr.refs = v[I_REFS]
-                tr.vals = v
-                tr.want = b""
-                ns = v[I_NETNS]
-                if tr.netns != ns:
-                    self._set_place(tr, b"", ns)
-                if not v[I_FLAGS] & REC_QUIESCENT:
-                    watch.add(cookie)
-                decode(cookie, tr)
+            _apply_live(records(buf), self, self._first_holders)
         self._redecode_now()
         self._first_holders = None
 
@@ -702,7 +680,7 @@ class FlowEngine:
             return
         found = set()
         for buf in self._lookup(tw_checks):
-            for v in fd.iter_records(buf):
+            for v in fd.records(buf):
                 tr = tracks.get(v[fd.I_COOKIE])
                 if tr is not None and v[fd.I_KIND] == KIND_TW:
                     self._to_tw(v[fd.I_COOKIE], tr, v)
@@ -921,6 +899,38 @@ class FlowEngine:
             if self.owners.note(pid, _comm(comm)):
                 self._redecode.update(self._by_pid.get(pid, ()))
         return out
+
+
+def py_apply_live(recs: list[tuple], eng: FlowEngine, first: dict[int, int] | None) -> None:
+    """FlowEngine._apply's pass over records, in order: a live record of a live connection is
+    applied here, anything else by the engine's _apply_other. _flow_decode.apply_live does the
+    same in C (tests/unit/test_flow_apply_c.py compares both)."""
+    tracks, get, watch, decode = eng._tracks, eng._tracks.get, eng._watch, eng._decode
+    for v in recs:
+        cookie, kind = v[0], v[I_KIND]
+        tr = get(cookie)
+        if kind != KIND_LIVE or (tr is not None and tr.kind != KIND_LIVE):
+            eng._apply_other(cookie, kind, tr, v)
+            continue
+        if tr is None:
+            tr = tracks[cookie] = _Track()
+            tr.born_ns = v[I_NOW]
+            if first is not None:
+                tr.owner = first.get(cookie, 0)
+                tr.refs = v[I_REFS]
+        tr.vals = v
+        tr.want = b""
+        ns = v[I_NETNS]
+        if tr.netns != ns:
+            eng._set_place(tr, b"", ns)
+        if not v[I_FLAGS] & REC_QUIESCENT:
+            watch.add(cookie)
+        decode(cookie, tr)
+
+
+_apply_live = fd.live_pass(_Track, {"KIND_LIVE": KIND_LIVE, "REC_QUIESCENT": REC_QUIESCENT,
+                                    "REC_SEEN_BIRTH": REC_SEEN_BIRTH, "REC_CLIENT": REC_CLIENT,
+                                    "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS}) or py_apply_live
 
 
 _comm = fd.comm_of

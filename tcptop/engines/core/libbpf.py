@@ -663,10 +663,11 @@ class RingBuffer:
         struct.pack_into("<Q", self._cons, 0, cons)
         return out
 
-    def drain_unpacked(self, record: struct.Struct) -> list[tuple]:
+    def drain_unpacked(self, record: struct.Struct, unpack_all=None) -> list[tuple]:
         """Every committed record, unpacked with `record`, for a ring whose records all have
         that size: one pass in C over the committed bytes (the data area is mapped twice, so
-        they are contiguous even across the wrap)."""
+        they are contiguous even across the wrap). `unpack_all(fmt, buf)`, if given, makes the
+        list (flow_decode.unpack_all: tuples out of the cyclic collector's sight)."""
         stride = (record.size + 8 + 7) & ~7
         cons = struct.unpack_from("<Q", self._cons, 0)[0]
         prod = struct.unpack_from("<Q", self._prod, 0)[0]
@@ -684,7 +685,7 @@ class RingBuffer:
                     break
         region = region[:n * stride]
         fmt = _skip_header(record, stride)
-        out = [v for v in fmt.iter_unpack(region)] if n else []
+        out = (unpack_all(fmt, region) if unpack_all else list(fmt.iter_unpack(region))) if n else []
         heads.release()
         region.release()
         struct.pack_into("<Q", self._cons, 0, cons + n * stride)
