@@ -78,7 +78,7 @@ def _state(e) -> dict:
     return {"tracks": {c: tuple(getattr(tr, s) for s in SLOTS) for c, tr in e._tracks.items()},
             "flows": e._flows, "touched": e.touched, "watch": e._watch, "verify": e._verify,
             "redecode": e._redecode, "no_counters": e._no_counters, "by_pid": e._by_pid,
-            "ns_count": +e._ns_count, "closing": list(e._closing), "tw_due": sorted(e._tw_due),
+            "ns_count": dict(e._ns_count), "closing": list(e._closing), "tw_due": sorted(e._tw_due),
             "changed": e._changed, "pinfo": e._pinfo}
 
 

@@ -409,9 +409,9 @@ static PyObject *unpack_all(PyObject *self, PyObject *args)
  * A busy poll applies ~2,000 records, a first snapshot 200,000; in Python the bookkeeping
  * around each (its _Track, the sets the next poll reads, the owner's names) cost ~4.5 us of
  * a record's ~6. Here the common record is applied in C: a live record of a live connection
- * whose owner is known. Anything else is handed, in order, to the engine's own Python
- * methods (`_apply_other`, `_set_place`, `_decode`, `_repoint`), so the rules live in one
- * place; flows.py's py_apply_live is the same pass in Python, and
+ * whose owner is known, with the small rules it needs (`_set_place`, `_repoint`) mirrored.
+ * Anything else is handed, in order, to the engine's own Python methods (`_apply_other`,
+ * `_decode`); flows.py's py_apply_live is the same pass in Python, and
  * tests/unit/test_flow_apply_c.py runs both over the same records and compares every track,
  * flow and set. */
 
@@ -426,6 +426,7 @@ static struct {
 	long kind_live;
 	unsigned long quiescent, seen_birth, client, server, no_counters;
 	PyObject *client_s, *server_s, *empty_bytes, *comm_of;
+	PyObject *proto;	/* a track as its __init__ leaves it: new tracks start as copies */
 	int ready;
 } T;
 
@@ -496,6 +497,21 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 		return NULL;
 	if (!T.empty_bytes && !(T.empty_bytes = PyBytes_FromStringAndSize(NULL, 0)))
 		return NULL;
+	PyObject *proto = PyObject_CallNoArgs(track);
+	if (!proto)
+		return NULL;
+	for (int i = 0; i < TS_N; i++)
+		if (!tget(proto, i)) {
+			PyErr_Format(PyExc_TypeError, "the track's __init__ leaves %s unset", TRACK_SLOTS[i]);
+			Py_DECREF(proto);
+			return NULL;
+		}
+	if (((PyTypeObject *)track)->tp_dictoffset || ((PyTypeObject *)track)->tp_weaklistoffset) {
+		PyErr_SetString(PyExc_TypeError, "the track has more than its slots");
+		Py_DECREF(proto);
+		return NULL;
+	}
+	Py_XSETREF(T.proto, proto);
 	Py_INCREF(track);
 	Py_XSETREF(T.track, (PyTypeObject *)track);
 	Py_XSETREF(T.comm_of, Py_NewRef(comm_of));
@@ -506,6 +522,7 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 /* What one apply_live call works with: the engine's containers, fetched once. */
 struct live_ctx {
 	PyObject *eng, *tracks, *flows, *touched, *watch, *verify, *no_counters, *redecode, *pinfo, *boot;
+	PyObject *ns_count, *by_pid;
 	PyObject *first;
 	int changed;
 };
@@ -515,6 +532,84 @@ static int call_method(PyObject *eng, const char *name, PyObject *a, PyObject *b
 	PyObject *r = PyObject_CallMethod(eng, name, d ? "OOOO" : c ? "OOO" : "OO", a, b, c, d);
 	Py_XDECREF(r);
 	return r ? 0 : -1;
+}
+
+
+/* A new track, as _Track() makes it (a copy of the prototype's slots). */
+static PyObject *new_track(void)
+{
+	PyObject *tr = T.track->tp_alloc(T.track, 0);
+	if (!tr)
+		return NULL;
+	for (int i = 0; i < TS_N; i++)
+		*(PyObject **)((char *)tr + T.slot[i]) = Py_NewRef(tget(T.proto, i));
+	return tr;
+}
+
+/* counter[key] += by, as collections.Counter does it (a missing key counts 0). */
+static int count_add(PyObject *counter, PyObject *key, long by)
+{
+	PyObject *n = PyDict_GetItemWithError(counter, key);
+	long long now = 0;
+	if (n) {
+		now = PyLong_AsLongLong(n);
+		if (now == -1 && PyErr_Occurred())
+			return -1;
+	} else if (PyErr_Occurred()) {
+		return -1;
+	}
+	PyObject *v = PyLong_FromLongLong(now + by);
+	if (!v)
+		return -1;
+	int rc = PyDict_SetItem(counter, key, v);
+	Py_DECREF(v);
+	return rc;
+}
+
+/* FlowEngine._set_place(tr, b"", ns) */
+static int set_place(struct live_ctx *c, PyObject *tr, PyObject *ns)
+{
+	PyObject *was = tget(tr, TS_NETNS);
+	tset(tr, TS_WANT, T.empty_bytes);
+	int same = PyObject_RichCompareBool(was, ns, Py_EQ);
+	if (same)
+		return same < 0 ? -1 : 0;
+	int had = PyObject_IsTrue(was);
+	if (had < 0 || (had && count_add(c->ns_count, was, -1) < 0) || count_add(c->ns_count, ns, 1) < 0)
+		return -1;
+	tset(tr, TS_NETNS, ns);
+	return 0;
+}
+
+/* FlowEngine._repoint(cookie, old_pid, pid) */
+static int repoint(struct live_ctx *c, PyObject *cookie, PyObject *old_pid, PyObject *pid)
+{
+	int t = PyObject_IsTrue(old_pid);
+	if (t < 0)
+		return -1;
+	if (t) {
+		PyObject *pids = PyDict_GetItemWithError(c->by_pid, old_pid);
+		if (!pids && PyErr_Occurred())
+			return -1;
+		if (pids) {
+			if (!PySet_Check(pids) || PySet_Discard(pids, cookie) < 0)
+				return PyErr_Occurred() ? -1 : (PyErr_SetString(PyExc_TypeError, "by_pid"), -1);
+			if (!PySet_GET_SIZE(pids) && PyDict_DelItem(c->by_pid, old_pid) < 0)
+				return -1;
+		}
+	}
+	if ((t = PyObject_IsTrue(pid)) <= 0)
+		return t;
+	PyObject *pids = PyDict_GetItemWithError(c->by_pid, pid);
+	if (!pids) {
+		if (PyErr_Occurred() || !(pids = PySet_New(NULL)))
+			return -1;
+		int rc = PyDict_SetItem(c->by_pid, pid, pids);
+		Py_DECREF(pids);
+		if (rc < 0)
+			return -1;
+	}
+	return PySet_Check(pids) ? PySet_Add(pids, cookie) : (PyErr_SetString(PyExc_TypeError, "by_pid"), -1);
 }
 
 /* FlowEngine._decode for a live track whose owner is known; the rest goes to _decode itself. */
@@ -595,7 +690,7 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObj
 		old_pid = *(PyObject **)((char *)old + S.offset[7]);	/* Flow.pid */
 		moved = PyObject_RichCompareBool(old_pid, pid, Py_NE);
 	}
-	if (moved < 0 || (moved && call_method(c->eng, "_repoint", cookie, old_pid, pid, NULL) < 0)) {
+	if (moved < 0 || (moved && repoint(c, cookie, old_pid, pid) < 0)) {
 		Py_XDECREF(old);
 		goto out;
 	}
@@ -635,7 +730,7 @@ static int apply_one(struct live_ctx *c, PyObject *v)
 	if (tr) {
 		Py_INCREF(tr);
 	} else {
-		if (!(tr = PyObject_CallNoArgs((PyObject *)T.track)))
+		if (!(tr = new_track()))
 			return -1;
 		tset(tr, TS_BORN, it[S.i_now]);
 		if (c->first != Py_None) {
@@ -649,9 +744,7 @@ static int apply_one(struct live_ctx *c, PyObject *v)
 			goto out;
 	}
 	tset(tr, TS_VALS, v);
-	tset(tr, TS_WANT, T.empty_bytes);
-	int same_ns = PyObject_RichCompareBool(tget(tr, TS_NETNS), it[S.i_netns], Py_EQ);
-	if (same_ns < 0 || (!same_ns && call_method(c->eng, "_set_place", tr, T.empty_bytes, it[S.i_netns], NULL) < 0))
+	if (set_place(c, tr, it[S.i_netns]) < 0)
 		goto out;
 	if (!(flags & T.quiescent) && PySet_Add(c->watch, cookie) < 0)
 		goto out;
@@ -667,9 +760,9 @@ static PyObject *apply_live(PyObject *self, PyObject *args)
 	PyObject *recs;
 	struct live_ctx c = {0};
 	static const char *names[] = {"_tracks", "_flows", "touched", "_watch", "_verify", "_no_counters",
-				      "_redecode", "_pinfo", "_boot_offset"};
+				      "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid"};
 	PyObject **at[] = {&c.tracks, &c.flows, &c.touched, &c.watch, &c.verify, &c.no_counters, &c.redecode,
-			   &c.pinfo, &c.boot};
+			   &c.pinfo, &c.boot, &c.ns_count, &c.by_pid};
 	PyObject *ret = NULL;
 
 	if (!PyArg_ParseTuple(args, "O!OO", &PyList_Type, &recs, &c.eng, &c.first))
@@ -683,7 +776,8 @@ static PyObject *apply_live(PyObject *self, PyObject *args)
 			goto out;
 	if (!PyDict_Check(c.tracks) || !PyDict_Check(c.flows) || !PyDict_Check(c.pinfo) || !PySet_Check(c.touched) ||
 	    !PySet_Check(c.watch) || !PySet_Check(c.verify) || !PySet_Check(c.no_counters) ||
-	    !PySet_Check(c.redecode) || (c.first != Py_None && !PyDict_Check(c.first))) {
+	    !PySet_Check(c.redecode) || !PyDict_Check(c.ns_count) || !PyDict_Check(c.by_pid) ||
+	    (c.first != Py_None && !PyDict_Check(c.first))) {
 		PyErr_SetString(PyExc_TypeError, "apply_live: the engine's containers are not dicts and sets");
 		goto out;
 	}
