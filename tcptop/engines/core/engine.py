@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import threading
 import time
 
 from tcptop.engines import EngineError, EngineOptions, check_privileges
@@ -51,20 +52,45 @@ class CoreEngine:
         self._fail_hooks: dict[str, str] = {}
         self._fail_degraded: tuple[str, ...] = ()
         self._join = FlowJoin()
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
         try:
             self.flows = FlowEngine(max_closed=max_closed, object_path=flows_object)
-            self._start_failures()
-            if latency != "off":
-                self._start_latency(latency, options.latency_budget_pct)
-            else:  # said in the header, so an empty waterfall is not mistaken for a fault
-                self._lat_hooks = {"packet-level engine": "off (--latency off)"}
         except BpfError as e:
             self.close()
             raise EngineError(_explain(e)) from None
+        if latency == "off":  # said in the header, so an empty waterfall is not mistaken for a fault
+            self._lat_hooks = {"packet-level engine": "off (--latency off)"}
+        # The failure and packet engines load (~0.3 s, mostly the kernel's verifier) while the
+        # flow engine takes its first walk and decodes it: a first snapshot of 200,000 sockets
+        # comes that much sooner on two cores. Every use of them waits for this first.
+        self._starting = threading.Thread(target=self._start_others, args=(latency, options.latency_budget_pct),
+                                          name="tcptop-engine-start", daemon=True)
+        self._starting.start()
         self.host = socket.gethostname()
         self.kernel = platform.release()
         self._seq = 0
         self._last_ts = time.time()  # the previous snapshot's ts: rates divide by the time between reads
+
+    def _start_others(self, latency: str, budget_pct: float) -> None:
+        try:
+            self._start_failures()
+            if latency != "off":
+                self._start_latency(latency, budget_pct)
+        except BaseException as e:  # noqa: BLE001 - raised again where the engine is used
+            self._start_error = e
+
+    def _started(self) -> None:
+        """Wait for the failure and packet engines to be loaded (or to have failed: raised here)."""
+        if self._starting is None:
+            return
+        self._starting.join()
+        self._starting = None
+        if self._start_error is not None:
+            e, self._start_error = self._start_error, None
+            if isinstance(e, BpfError):
+                raise EngineError(_explain(e)) from None
+            raise e
 
     def _start_latency(self, mode: str, budget_pct: float) -> None:
         from tcptop.engines.core.latency import LatencyEngine
@@ -95,6 +121,7 @@ class CoreEngine:
     def poll(self) -> Snapshot:
         """A snapshot whose ts is when the flow engine read the kernel (before any decoding)."""
         self.flows.refresh()
+        self._started()
         ts = self.flows.read_ts
         timing = dict(self.flows.timing)
         host_latency, stages = None, {}
@@ -133,11 +160,15 @@ class CoreEngine:
                         host=self.host, kernel=self.kernel, run=run, latency=host_latency, **extra)
 
     def program_ids(self) -> list[int]:
+        self._started()
         ids = self.flows.program_ids() if getattr(self, "flows", None) else []
         ids += self.failures.program_ids() if self.failures else []
         return ids + (self.latency.program_ids() if self.latency else [])
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
         if self.failures is not None:
             self.failures.close()
             self.failures = None
