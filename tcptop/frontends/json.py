@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 from tcptop import native
+from tcptop.filter import FlowSieve
 from tcptop.model import FLOW_FIELDS, Flow, JsonEncoder, Snapshot
 from tcptop.source import SnapshotSource
 
@@ -126,6 +127,7 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
         return state.stop
 
     encoder = DeltaEncoder() if getattr(args, "changes", False) else LineEncoder()
+    sieve = FlowSieve(keep) if keep is not None else None
     out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
     next_at = time.monotonic()
@@ -135,8 +137,8 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
         except OSError as e:  # includes BpfError: say it in one line, exit 1 (the caller detaches)
             sys.stderr.write(f"tcptop: reading the kernel failed: {e}\n")
             return 1
-        if keep is not None:  # listeners and failed connects answer the filter language too
-            snap = dataclasses.replace(snap, flows=tuple(f for f in snap.flows if keep(f)),
+        if keep is not None and sieve is not None:  # listeners and failed connects answer the filter language too
+            snap = dataclasses.replace(snap, flows=sieve(snap.flows),
                                        listeners=tuple(x for x in snap.listeners if keep(x)),
                                        failures=tuple(x for x in snap.failures if keep(x)))
         line = encoder.encode(snap) + "\n"
