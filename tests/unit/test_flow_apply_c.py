@@ -1,9 +1,11 @@
-"""The flow engine's pass over records in C leaves the engine exactly as the Python pass does.
+"""The flow engine's passes over records in C leave the engine exactly as the Python ones do.
 
-py_apply_live is the reference (the kernel tests check the engine against TCP_INFO and the
-tests' own counts); _flow_decode.apply_live must agree with it on every track, flow and set,
-for any sequence of records: new and known sockets, ends the kernel keeps, sockets gone,
-owners known, unknown or nameless, files shared, namespaces changing.
+py_apply_live and py_apply_finals are the reference (the kernel tests check the engine
+against TCP_INFO and the tests' own counts); _flow_decode.apply_live and apply_finals must
+agree with them on every track, flow and set, for any sequence of records: new and known
+sockets, final records (closed, reset, timed out, late reads, ends the kernel may keep),
+ends the kernel keeps, sockets gone, owners known, unknown or nameless, files shared,
+namespaces changing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ OWNERS = {100: ("redis-server", "/system.slice/redis.service", ""), 200: ("", "/
           300: ("nginx", "/kubepods/pod1/abc", "abc")}  # 400: exited (lookup gives None)
 FLAGS = (F.REC_QUIESCENT, F.REC_SEEN_BIRTH, F.REC_CLIENT, F.REC_SERVER, F.REC_NO_COUNTERS)
 SLOTS = F._Track.__slots__
+PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals), "Python": (F.py_apply_live, F.py_apply_finals)}
 
 
 class _Owners:
@@ -49,8 +52,9 @@ def _engine(first, redecode, no_counters):
 
 @st.composite
 def batches(draw):
-    """Records of a few sockets over a few polls, with fields that steer the pass drawn from
-    their interesting values and the rest anywhere in their C range."""
+    """Records of a few sockets over a few polls (final records, then live ones, as a poll
+    applies them), with fields that steer the passes drawn from their interesting values and
+    the rest anywhere in their C range."""
     cookies = draw(st.lists(st.integers(1, 2**64 - 1), min_size=1, max_size=6, unique=True))
     out = []
     for _ in range(draw(st.integers(1, 3))):
@@ -63,12 +67,22 @@ def batches(draw):
             v[fd.I_PID] = draw(st.sampled_from([0, 100, 200, 300, 400]))
             v[fd.I_REFS] = draw(st.integers(0, 3))
             v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
-            v[fd.I_STATE] = draw(st.sampled_from([1, 4, 5, 6]))
+            v[fd.I_STATE] = draw(st.sampled_from([1, 4, 5, 6, 7, 11]))
             v[fd.I_EST] = draw(st.sampled_from([0, 10**12]))
             v[fd.I_INO] = draw(st.integers(1, 30))
             v[fd.I_COMM] = draw(st.sampled_from([b"redis-server\0\0\0\0", bytes(16), b"curl" + bytes(12)]))
             batch.append(tuple(v))
-        out.append(batch)
+        finals = []
+        for _ in range(draw(st.integers(0, 6))):
+            v = list(draw(st.sampled_from(batch))) if batch and draw(st.booleans()) else list(_record(draw))
+            v[fd.I_COOKIE] = draw(st.sampled_from(cookies))
+            v[fd.I_KIND] = draw(st.sampled_from([F.KIND_CLOSED] * 4 + [F.KIND_LATE]))
+            v[fd.I_FLAGS] = sum(f for f in FLAGS + (F.REC_RESET_RCVD, F.REC_TIMED_OUT) if draw(st.booleans()))
+            v[fd.I_PID] = draw(st.sampled_from([0, 100, 200, 300, 400]))
+            v[fd.I_STATE] = draw(st.sampled_from([1, 4, 5, 7, 8, 11]))
+            v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
+            finals.append(tuple(v))
+        out.append((finals, batch, draw(st.booleans())))
     first = draw(st.none() | st.dictionaries(st.sampled_from(cookies), st.sampled_from([100, 200, 400])))
     some = st.sets(st.sampled_from(cookies))
     return out, first, draw(some), draw(some)
@@ -82,22 +96,26 @@ def _state(e) -> dict:
             "changed": e._changed, "pinfo": e._pinfo}
 
 
-def test_the_c_pass_is_used():
-    """`make setup` builds it; without it the engine works, ~3x slower a busy poll."""
-    assert F._apply_live is fd._c.apply_live
+def test_the_c_passes_are_used():
+    """`make setup` builds them; without them the engine works, ~3x slower a busy poll."""
+    assert (F._live_pass, F._finals_pass) == PASSES["C"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(batches())
 def test_c_pass_equals_python(case):
     polls, first, redecode, no_counters = case
     with mock.patch("time.time", return_value=1764612345.5):
-        engines = []
-        for apply in (fd._c.apply_live, F.py_apply_live):
+        engines, checks = [], []
+        for live_pass, finals_pass in PASSES.values():
             e = _engine(first, redecode, no_counters)
-            for recs in polls:
-                apply(list(recs), e, first)
+            got = []
+            for finals, recs, lookups_ok in polls:
+                got.append(finals_pass(list(finals), e, lookups_ok))
+                live_pass(list(recs), e, first)
             engines.append(e)
+            checks.append(got)
+    assert checks[0] == checks[1]
     c, py = (_state(e) for e in engines)
     assert c.keys() == py.keys()
     for k in c:
@@ -107,11 +125,11 @@ def test_c_pass_equals_python(case):
         assert [type(getattr(f, n)) for n in fd.FIELDS] == [type(getattr(g, n)) for n in fd.FIELDS]
 
 
-def test_c_pass_refuses_what_is_not_a_record():
+def test_c_passes_refuse_what_is_not_a_record():
+    import pytest
     e = _engine(None, (), ())
-    try:
+    with pytest.raises(ValueError, match="whole record"):
         fd._c.apply_live([(1, 2, 3)], e, None)
-    except ValueError as exc:
-        assert "whole record" in str(exc)
-    else:
-        raise AssertionError("a short record was applied")
+    with pytest.raises(ValueError, match="whole record"):
+        fd._c.apply_finals([(1, 2, 3)], e, True)
+    assert e._tracks == {} and e._flows == {}

@@ -423,8 +423,10 @@ static struct {
 	PyTypeObject *track;
 	Py_ssize_t slot[TS_N];
 	Py_ssize_t i_kind, i_flags, i_pid, i_refs, i_ino, i_est, i_state, i_comm;
-	long kind_live;
-	unsigned long quiescent, seen_birth, client, server, no_counters;
+	long kind_live, kind_closed, kind_late, kind_tw, st_fin_wait1, st_fin_wait2, st_closing;
+	unsigned long quiescent, seen_birth, client, server, no_counters, reset_rcvd, timed_out;
+	PyObject *state_closed, *zero_f;	/* 7 (model.TCP_STATES' CLOSE), 0.0 */
+	PyObject *append_s;
 	PyObject *client_s, *server_s, *empty_bytes, *comm_of;
 	PyObject *proto;	/* a track as its __init__ leaves it: new tracks start as copies */
 	int ready;
@@ -484,6 +486,19 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 		}
 	}
 	T.kind_live = (long)const_of(consts, "KIND_LIVE", &ok);
+	T.kind_closed = (long)const_of(consts, "KIND_CLOSED", &ok);
+	T.kind_late = (long)const_of(consts, "KIND_LATE", &ok);
+	T.kind_tw = (long)const_of(consts, "KIND_TW", &ok);
+	T.st_fin_wait1 = (long)const_of(consts, "ST_FIN_WAIT1", &ok);
+	T.st_fin_wait2 = (long)const_of(consts, "ST_FIN_WAIT2", &ok);
+	T.st_closing = (long)const_of(consts, "ST_CLOSING", &ok);
+	T.reset_rcvd = const_of(consts, "REC_RESET_RCVD", &ok);
+	T.timed_out = const_of(consts, "REC_TIMED_OUT", &ok);
+	Py_XSETREF(T.state_closed, PyLong_FromUnsignedLong(const_of(consts, "ST_CLOSED", &ok)));
+	if (!T.zero_f && !(T.zero_f = PyFloat_FromDouble(0.0)))
+		return NULL;
+	if (!T.append_s && !(T.append_s = PyUnicode_InternFromString("append")))
+		return NULL;
 	T.quiescent = const_of(consts, "REC_QUIESCENT", &ok);
 	T.seen_birth = const_of(consts, "REC_SEEN_BIRTH", &ok);
 	T.client = const_of(consts, "REC_CLIENT", &ok);
@@ -612,19 +627,32 @@ static int repoint(struct live_ctx *c, PyObject *cookie, PyObject *old_pid, PyOb
 	return PySet_Check(pids) ? PySet_Add(pids, cookie) : (PyErr_SetString(PyExc_TypeError, "by_pid"), -1);
 }
 
-/* FlowEngine._decode for a live track whose owner is known; the rest goes to _decode itself. */
+/* FlowEngine._decode for a live or closed track whose owner is known; the rest goes to
+ * _decode itself. */
 static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObject *v)
 {
 	PyObject *const *it = ((PyTupleObject *)v)->ob_item;
 	unsigned long flags = PyLong_AsUnsignedLong(it[T.i_flags]);
+	long kind = PyLong_AsLong(tget(tr, TS_KIND));
+	int closed = kind == T.kind_closed;
 	PyObject *owner = tget(tr, TS_OWNER);
+	PyObject *old = tget(tr, TS_FLOW);
 	PyObject *pid = (owner && PyObject_IsTrue(owner)) ? owner : it[T.i_pid];
 	PyObject *info = NULL;
 	int rc = -1;
 
 	if (PyErr_Occurred())
 		return -1;
-	if (PyObject_IsTrue(pid)) {
+	if (kind != T.kind_live && !closed)
+		return call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
+	if (closed && old && old != Py_None && PyObject_IsTrue(*(PyObject **)((char *)old + S.offset[7]))) {
+		/* who had it when it ended: Flow.pid, comm, cgroup, container */
+		pid = *(PyObject **)((char *)old + S.offset[7]);
+		info = PyTuple_Pack(3, *(PyObject **)((char *)old + S.offset[8]),
+				    *(PyObject **)((char *)old + S.offset[33]), *(PyObject **)((char *)old + S.offset[34]));
+		if (!info)
+			return -1;
+	} else if (PyObject_IsTrue(pid)) {
 		info = PyDict_GetItemWithError(c->pinfo, pid);
 		if (info)
 			Py_INCREF(info);
@@ -647,7 +675,9 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObj
 	long long trefs = PyLong_AsLongLong(tget(tr, TS_REFS));
 	if (PyErr_Occurred())
 		goto out;
-	if (trefs == -1) {
+	if (closed) {
+		/* a closed socket's file references say nothing of its owner */
+	} else if (trefs == -1) {
 		tset(tr, TS_REFS, it[T.i_refs]);
 	} else if (trefs == -2 || (trefs != refs && trefs >= 0)) {
 		if (PySet_Add(c->verify, cookie) < 0)
@@ -665,12 +695,12 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObj
 	}
 	PyObject *role = flags & T.client ? T.client_s : flags & T.server ? T.server_s : S.empty_str;
 	PyObject *fargs[12] = {v, pid, comm, PyTuple_GET_ITEM(info, 1), PyTuple_GET_ITEM(info, 2),
-			       tget(tr, TS_BORN), c->boot, since, role, Py_False, it[T.i_state], tget(tr, TS_TW)};
+			       tget(tr, TS_BORN), c->boot, since, role, closed ? Py_True : Py_False,
+			       closed ? T.state_closed : it[T.i_state], tget(tr, TS_TW)};
 	PyObject *f = flow_of(NULL, fargs, 12);
 	Py_XDECREF(comm_new);
 	if (!f)
 		goto out;
-	PyObject *old = tget(tr, TS_FLOW);
 	Py_XINCREF(old);
 	tset(tr, TS_FLOW, f);
 	if (PyDict_SetItem(c->flows, cookie, f) < 0 || PySet_Add(c->touched, cookie) < 0) {
@@ -695,7 +725,7 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObj
 		goto out;
 	}
 	Py_XDECREF(old);
-	if (flags & T.no_counters) {
+	if (flags & T.no_counters && !closed) {
 		if (PySet_Add(c->no_counters, cookie) < 0)
 			goto out;
 	} else if (PySet_GET_SIZE(c->no_counters) && PySet_Discard(c->no_counters, cookie) < 0) {
@@ -798,9 +828,119 @@ out:
 	return ret;
 }
 
+/* apply_finals(finals, engine, lookups_ok) -> cookies to look up: FlowEngine._apply_finals'
+ * pass over final records (py_apply_finals in flows.py). A final record closes its flow,
+ * except where the kernel may keep a TIME_WAIT or FIN_WAIT2 end (returned: the engine looks
+ * those up); a late read and a final record after the walk saw the kernel's end go to the
+ * engine's _final_other. */
+static PyObject *apply_finals(PyObject *self, PyObject *args)
+{
+	PyObject *recs, *closing = NULL, *polls = NULL, *keep = NULL, *due = NULL, *checks = NULL, *ret = NULL;
+	struct live_ctx c = {0};
+	int lookups_ok;
+	static const char *names[] = {"_tracks", "_flows", "touched", "_watch", "_verify", "_no_counters",
+				      "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid"};
+	PyObject **at[] = {&c.tracks, &c.flows, &c.touched, &c.watch, &c.verify, &c.no_counters, &c.redecode,
+			   &c.pinfo, &c.boot, &c.ns_count, &c.by_pid};
+
+	if (!PyArg_ParseTuple(args, "O!Op", &PyList_Type, &recs, &c.eng, &lookups_ok))
+		return NULL;
+	if (!T.ready) {
+		PyErr_SetString(PyExc_RuntimeError, "_flow_decode.setup_tracks() was not called");
+		return NULL;
+	}
+	c.first = Py_None;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!(*at[i] = PyObject_GetAttrString(c.eng, names[i])))
+			goto out;
+	if (!PyDict_Check(c.tracks) || !PyDict_Check(c.flows) || !PyDict_Check(c.pinfo) || !PySet_Check(c.touched) ||
+	    !PySet_Check(c.watch) || !PySet_Check(c.verify) || !PySet_Check(c.no_counters) ||
+	    !PySet_Check(c.redecode) || !PyDict_Check(c.ns_count) || !PyDict_Check(c.by_pid)) {
+		PyErr_SetString(PyExc_TypeError, "apply_finals: the engine's containers are not dicts and sets");
+		goto out;
+	}
+	if (!(closing = PyObject_GetAttrString(c.eng, "_closing")) || !(polls = PyObject_GetAttrString(c.eng, "_polls")) ||
+	    !(keep = PyObject_GetAttrString(c.eng, "closed_keep_polls")) || !(due = PyNumber_Add(polls, keep)) ||
+	    !(checks = PyList_New(0)))
+		goto out;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
+		PyObject *v = PyList_GET_ITEM(recs, i);
+		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
+			PyErr_SetString(PyExc_ValueError, "apply_finals: not a whole record");
+			goto out;
+		}
+		PyObject *const *it = ((PyTupleObject *)v)->ob_item;
+		PyObject *cookie = it[S.i_cookie];
+		long kind = PyLong_AsLong(it[T.i_kind]), state = PyLong_AsLong(it[T.i_state]);
+		unsigned long flags = PyLong_AsUnsignedLong(it[T.i_flags]);
+		if (PyErr_Occurred())
+			goto out;
+		Py_INCREF(v);
+		PyObject *tr = PyDict_GetItemWithError(c.tracks, cookie);
+		int rc = -1;
+		if (tr) {
+			Py_INCREF(tr);
+		} else {
+			if (PyErr_Occurred() || !(tr = new_track()))
+				goto one_done;
+			tset(tr, TS_BORN, it[S.i_now]);
+			if (PyDict_SetItem(c.tracks, cookie, tr) < 0)
+				goto one_done;
+		}
+		if (kind == T.kind_late || PyLong_AsLong(tget(tr, TS_KIND)) == T.kind_tw) {
+			rc = call_method(c.eng, "_final_other", cookie, tr, v, NULL);
+			goto one_done;
+		}
+		tset(tr, TS_VALS, v);
+		if (set_place(&c, tr, it[S.i_netns]) < 0)
+			goto one_done;
+		if ((state == T.st_fin_wait1 || state == T.st_fin_wait2 || state == T.st_closing) && lookups_ok &&
+		    !(flags & (T.reset_rcvd | T.timed_out))) {
+			rc = PyList_Append(checks, cookie);
+			goto one_done;
+		}
+		/* FlowEngine._close */
+		PyObject *kc = PyLong_FromLong(T.kind_closed), *entry = PyTuple_Pack(2, due, cookie);
+		if (!kc || !entry) {
+			Py_XDECREF(kc);
+			Py_XDECREF(entry);
+			goto one_done;
+		}
+		tset(tr, TS_KIND, kc);
+		Py_DECREF(kc);
+		tset(tr, TS_TW, T.zero_f);
+		PyObject *r = NULL;
+		if (PySet_Discard(c.watch, cookie) >= 0 && PySet_Discard(c.verify, cookie) >= 0)
+			r = PyObject_CallMethodOneArg(closing, T.append_s, entry);
+		Py_DECREF(entry);
+		if (r) {
+			Py_DECREF(r);
+			rc = decode_live(&c, cookie, tr, v);
+		}
+one_done:
+		Py_XDECREF(tr);
+		Py_DECREF(v);
+		if (rc < 0)
+			goto out;
+	}
+	if (c.changed && PyObject_SetAttrString(c.eng, "_changed", Py_True) < 0)
+		goto out;
+	ret = Py_NewRef(checks);
+out:
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		Py_XDECREF(*at[i]);
+	Py_XDECREF(closing);
+	Py_XDECREF(polls);
+	Py_XDECREF(keep);
+	Py_XDECREF(due);
+	Py_XDECREF(checks);
+	return ret;
+}
+
 static PyMethodDef methods[] = {
 	{"setup_tracks", setup_tracks, METH_VARARGS, "Tell apply_live about the flow engine's track."},
 	{"apply_live", apply_live, METH_VARARGS, "FlowEngine._apply's pass over a list of records."},
+	{"apply_finals", apply_finals, METH_VARARGS, "FlowEngine._apply_finals' pass over final records."},
 	{"unpack_all", unpack_all, METH_VARARGS,
 	 "Every record of a buffer unpacked by a struct.Struct, as untracked tuples."},
 	{"setup", setup, METH_VARARGS, "Tell the decoder about model.Flow and the record layout."},

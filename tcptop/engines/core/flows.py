@@ -45,7 +45,7 @@ REC_RESET_RCVD, REC_TIMED_OUT, REC_LOOKUP_V4 = int(RecordFlag.REC_RESET_RCVD), i
     RecordFlag.REC_LOOKUP_V4)
 NOTE_DIRTY, NOTE_OWNER, NOTE_EXEC, NOTE_EXIT, NOTE_FORK = map(int, NoticeKind)
 _NK, _NPID, _NNS = N["kind"], N["pid"], N["netns"]
-ST_FIN_WAIT1, ST_FIN_WAIT2, ST_TIME_WAIT, ST_CLOSING = 4, 5, 6, 11  # kernel TCP states (model.TCP_STATES)
+ST_FIN_WAIT1, ST_FIN_WAIT2, ST_TIME_WAIT, ST_CLOSED, ST_CLOSING = 4, 5, 6, 7, 11  # kernel TCP states (model.TCP_STATES)
 GOT_MAX = 8192  # GOT_MAX in bpf/flows.bpf.c: lookups per test run
 DUMMY_PACKET = bytes(64)  # the lookup program ignores its packet; test runs need one
 
@@ -622,7 +622,7 @@ class FlowEngine:
         """Records the readers sent (each a change, a kernel-held end, or a socket gone)."""
         self._apply_finals(finals)  # before the walk's records: a kept end it saw comes after its final record
         for buf in bufs:
-            _apply_live(records(buf), self, self._first_holders)
+            _live_pass(records(buf), self, self._first_holders)
         self._redecode_now()
         self._first_holders = None
 
@@ -655,27 +655,8 @@ class FlowEngine:
     def _apply_finals(self, finals: list[tuple]) -> None:
         """Final records close their flows, except where the kernel may keep a TIME_WAIT or
         FIN_WAIT2 end: those are looked up at once, and listed with its state and timer."""
-        tracks, tw_checks = self._tracks, []
-        for v in finals:
-            cookie = v[fd.I_COOKIE]
-            tr = self._track(cookie, v[fd.I_NOW])
-            if v[fd.I_KIND] == KIND_LATE:  # the application read more after the end
-                if tr.vals is not None:
-                    i = fd.R["read_bytes"]
-                    tr.vals = tr.vals[:i] + (v[i],) + tr.vals[i + 1:]
-                    self._decode(cookie, tr)
-                continue
-            if tr.kind == KIND_TW:  # the walk saw the kernel's end before this record came in
-                tr.vals = v[:fd.I_STATE] + (tr.vals[fd.I_STATE],) + v[fd.I_STATE + 1:]
-                self._decode(cookie, tr)
-                continue
-            tr.vals = v
-            self._set_place(tr, b"", v[fd.I_NETNS])
-            if v[fd.I_STATE] in (ST_FIN_WAIT1, ST_FIN_WAIT2, ST_CLOSING) and self._lookups_ok() and \
-                    not v[fd.I_FLAGS] & (REC_RESET_RCVD | REC_TIMED_OUT):
-                tw_checks.append(cookie)
-            else:
-                self._close(cookie, tr)
+        tracks = self._tracks
+        tw_checks = _finals_pass(finals, self, self._lookups_ok())
         if not tw_checks:
             return
         found = set()
@@ -688,6 +669,18 @@ class FlowEngine:
         for cookie in tw_checks:
             if cookie not in found:
                 self._close(cookie, tracks[cookie])
+
+    def _final_other(self, cookie: int, tr: _Track, v: tuple) -> None:
+        """A final record that does not simply close its flow: a late read after the end, or
+        the final values of an end the walk saw the kernel keep before this record came in."""
+        if v[fd.I_KIND] == KIND_LATE:  # the application read more after the end
+            if tr.vals is not None:
+                i = fd.R["read_bytes"]
+                tr.vals = tr.vals[:i] + (v[i],) + tr.vals[i + 1:]
+                self._decode(cookie, tr)
+            return
+        tr.vals = v[:fd.I_STATE] + (tr.vals[fd.I_STATE],) + v[fd.I_STATE + 1:]
+        self._decode(cookie, tr)
 
     def _decode(self, cookie: int, tr: _Track) -> None:
         v = tr.vals
@@ -721,7 +714,7 @@ class FlowEngine:
         closed = kind == KIND_CLOSED
         f = tr.flow = flow_of(v, pid, comm, info[1], info[2], tr.born_ns, self._boot_offset, since_start,
                                  "client" if flags & REC_CLIENT else "server" if flags & REC_SERVER else "",
-                                 closed, 7 if closed else v[I_STATE], tr.tw_expires_ts)
+                                 closed, ST_CLOSED if closed else v[I_STATE], tr.tw_expires_ts)
         self._flows[cookie] = f
         self.touched.add(cookie)
         self._changed = True
@@ -928,9 +921,35 @@ def py_apply_live(recs: list[tuple], eng: FlowEngine, first: dict[int, int] | No
         decode(cookie, tr)
 
 
-_apply_live = fd.live_pass(_Track, {"KIND_LIVE": KIND_LIVE, "REC_QUIESCENT": REC_QUIESCENT,
-                                    "REC_SEEN_BIRTH": REC_SEEN_BIRTH, "REC_CLIENT": REC_CLIENT,
-                                    "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS}) or py_apply_live
+def py_apply_finals(finals: list[tuple], eng: FlowEngine, lookups_ok: bool) -> list[int]:
+    """FlowEngine._apply_finals' pass over final records: each closes its flow, except a
+    FIN_WAIT or CLOSING end the kernel may still keep (returned, to be looked up); a late read
+    and the final values of an end already seen kept go to _final_other.
+    _flow_decode.apply_finals does the same in C (tests/unit/test_flow_apply_c.py)."""
+    tw_checks = []
+    for v in finals:
+        cookie = v[fd.I_COOKIE]
+        tr = eng._track(cookie, v[fd.I_NOW])
+        if v[fd.I_KIND] == KIND_LATE or tr.kind == KIND_TW:
+            eng._final_other(cookie, tr, v)
+            continue
+        tr.vals = v
+        eng._set_place(tr, b"", v[fd.I_NETNS])
+        if v[fd.I_STATE] in (ST_FIN_WAIT1, ST_FIN_WAIT2, ST_CLOSING) and lookups_ok and \
+                not v[fd.I_FLAGS] & (REC_RESET_RCVD | REC_TIMED_OUT):
+            tw_checks.append(cookie)
+        else:
+            eng._close(cookie, tr)
+    return tw_checks
+
+
+_C_PASSES = fd.live_passes(_Track, {
+    "KIND_LIVE": KIND_LIVE, "KIND_CLOSED": KIND_CLOSED, "KIND_LATE": KIND_LATE, "KIND_TW": KIND_TW,
+    "REC_QUIESCENT": REC_QUIESCENT, "REC_SEEN_BIRTH": REC_SEEN_BIRTH, "REC_CLIENT": REC_CLIENT,
+    "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS, "REC_RESET_RCVD": REC_RESET_RCVD,
+    "REC_TIMED_OUT": REC_TIMED_OUT, "ST_FIN_WAIT1": ST_FIN_WAIT1, "ST_FIN_WAIT2": ST_FIN_WAIT2,
+    "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED})
+_live_pass, _finals_pass = _C_PASSES or (py_apply_live, py_apply_finals)
 
 
 _comm = fd.comm_of
