@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from tcptop.engines.core.flows import REC_SIZE, FlowRecord
+from tcptop.engines.core.flow_layout import REC_SIZE, FlowRecord
 from tcptop.engines.core.libbpf import BpfError, BpfObject, KernelBtf, object_path, possible_cpus
 
 

@@ -30,7 +30,7 @@ from tcptop.engines.core import flow_decode as fd
 from tcptop.engines.core.flow_decode import (I_COMM, I_EST, I_FLAGS, I_INO, I_KIND, I_NETNS, I_NOW,
                                               I_PID, I_REFS, I_STATE, comm_of, flow_of, records)
 from tcptop.engines.core.flow_layout import (ENUM_MIRRORS, HOLDER, HOLDER_SIZE, MIRRORS, N, NOTICE,
-                                             REC_SIZE, WANT, FlowCtl, FlowHolder, FlowRecord, FlowWant, NoticeKind,
+                                             REC_SIZE, WANT, FlowCtl, FlowHolder, NoticeKind,
                                              RecordFlag, RecordKind, Stat)
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, IterReader, KernelBtf, Link, RingBuffer,
                                         iter_chunks, iter_read, object_path, refused_program)
@@ -47,6 +47,8 @@ NOTE_DIRTY, NOTE_OWNER, NOTE_EXEC, NOTE_EXIT, NOTE_FORK = map(int, NoticeKind)
 _NK, _NPID, _NNS = N["kind"], N["pid"], N["netns"]
 ST_FIN_WAIT1, ST_FIN_WAIT2, ST_TIME_WAIT, ST_CLOSED, ST_CLOSING = 4, 5, 6, 7, 11  # kernel TCP states (model.TCP_STATES)
 GOT_MAX = 8192  # GOT_MAX in bpf/flows.bpf.c: lookups per test run
+# wants and got are read and written in place: entry i at i * size (array entries are 8-aligned)
+assert WANT.size % 8 == 0 and REC_SIZE % 8 == 0, "struct flow_want and flow_record keep 8-byte sizes"
 DUMMY_PACKET = bytes(64)  # the lookup program ignores its packet; test runs need one
 
 # Programs, the hook they need (a BTF tracepoint name, "syscall:<event>" for a perf
@@ -160,6 +162,7 @@ class FlowEngine:
         self._obj: BpfObject | None = None
         self._rings: list[RingBuffer] = []
         self._ctl_map = None
+        self._wants_mem = self._got_mem = None
         self._cgroup = CgroupRoot()
         self._boot_offset = time.time() - time.monotonic()  # monotonic clock -> unix time
         self._host_netns = netns.current_inode()
@@ -226,6 +229,8 @@ class FlowEngine:
         self._obj = obj
         self._ctl_map = obj.bss().mmap()
         self._ctl = FlowCtl.from_buffer(self._ctl_map, _ctl_offset(obj))
+        self._wants_mem = obj.maps["wants"].mmap()  # written and read in place by _lookup_here
+        self._got_mem = obj.maps["got"].mmap()
         self._ctl.hz = _config_hz()
         self._ctl.gen = 1  # storage starts at generation 0: a socket's first event always sends its notice
         self._closed_ring = RingBuffer(obj.maps["closed"])
@@ -301,6 +306,10 @@ class FlowEngine:
             self._ctl = None
             self._ctl_map.close()
             self._ctl_map = None
+        for mem in (self._wants_mem, self._got_mem):
+            if mem is not None:
+                mem.close()
+        self._wants_mem = self._got_mem = None
         if self._obj:
             self._obj.close()
             self._obj = None
@@ -530,17 +539,16 @@ class FlowEngine:
 
     def _lookup_here(self, wants: list[bytes]) -> list[bytes]:
         assert self._obj is not None
-        prog, wmap, gmap = self._obj.programs["tcptop_lookup"], self._obj.maps["wants"], self._obj.maps["got"]
+        prog, wmem, gmem = self._obj.programs["tcptop_lookup"], self._wants_mem, self._got_mem
         out: list[bytes] = []
         for i in range(0, len(wants), GOT_MAX):
-            part = wants[i:i + GOT_MAX]
-            buf = (FlowWant * len(part)).from_buffer_copy(b"".join(part))
-            wmap.update_array(0, buf)
-            self._ctl.n_wants = len(part)
+            part = b"".join(wants[i:i + GOT_MAX])
+            wmem[:len(part)] = part
+            self._ctl.n_wants = len(part) // WANT.size
             prog.test_run(DUMMY_PACKET)
             n = self._ctl.n_got
             if n:
-                out.append(gmap.read_array(FlowRecord, n))
+                out.append(gmem[:n * REC_SIZE])
         return out
 
     def _ns_path(self, ino: int) -> str | None:

@@ -380,19 +380,11 @@ class Map:
 
     def mmap(self) -> mmap.mmap:
         """The live memory of an array map created with BPF_F_MMAPABLE (a global-data map such
-        as .bss), shared with the programs; read and write it after load."""
-        size = -(-lib().bpf_map__value_size(self._ptr) // mmap.PAGESIZE) * mmap.PAGESIZE
+        as .bss), shared with the programs; read and write it after load. Entry i starts at
+        i times the value size rounded up to 8."""
+        entry = -(-lib().bpf_map__value_size(self._ptr) // 8) * 8
+        size = -(-entry * lib().bpf_map__max_entries(self._ptr) // mmap.PAGESIZE) * mmap.PAGESIZE
         return mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-
-    def update_array(self, first: int, values: ctypes.Array) -> None:
-        """Write consecutive entries of an array map from `first` on, in one system call."""
-        n = len(values)
-        if not n:
-            return
-        keys = (ctypes.c_uint32 * n)(*range(first, first + n))
-        count = ctypes.c_uint32(n)
-        if lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None):
-            raise BpfError(f"batch update of map {self.name}", _err())
 
     def update_keys(self, keys: list[int], key_type, value_type) -> None:
         """Insert keys (values zeroed) into a hash map, in one system call."""
@@ -416,28 +408,6 @@ class Map:
                 raise BpfError(f"batch delete from map {self.name}", err)
             for k in keys[count.value:]:  # stopped at an absent key: the rest one by one
                 lib().bpf_map_delete_elem(self.fd, ctypes.byref(key_type(k)))
-
-    def read_array(self, value_type, n: int) -> bytes:
-        """The first n entries of an array map, as one bytes object, in as few system calls as
-        the kernel allows."""
-        out = []
-        got = 0
-        keys = (ctypes.c_uint32 * n)()
-        values = (value_type * n)()
-        in_batch, out_batch = ctypes.c_uint32(), ctypes.c_uint32()
-        while got < n:
-            count = ctypes.c_uint32(n - got)
-            rc = lib().bpf_map_lookup_batch(self.fd, ctypes.byref(in_batch) if got else None, ctypes.byref(out_batch),
-                                            keys, values, ctypes.byref(count), None)
-            err = ctypes.get_errno() if rc else 0
-            if rc and err != errno.ENOENT:
-                raise BpfError(f"batch read of map {self.name}", err)
-            out.append(ctypes.string_at(values, count.value * ctypes.sizeof(value_type)))
-            got += count.value
-            if rc or not count.value:
-                break
-            in_batch.value = out_batch.value
-        return b"".join(out)[:n * ctypes.sizeof(value_type)]
 
     def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
         return lib().bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0
