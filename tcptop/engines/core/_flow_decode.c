@@ -784,33 +784,56 @@ out:
 	return rc;
 }
 
+/* The engine's containers a pass works with, fetched once per call (a pass calls back into
+ * the engine only through methods that never replace them). */
+static const char *CTX_NAMES[] = {"_tracks", "_flows", "touched", "_watch", "_verify", "_no_counters",
+				  "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid"};
+#define CTX_N (sizeof(CTX_NAMES) / sizeof(CTX_NAMES[0]))
+
+static PyObject **ctx_slot(struct live_ctx *c, size_t i)
+{
+	PyObject **at[CTX_N] = {&c->tracks, &c->flows, &c->touched, &c->watch, &c->verify, &c->no_counters,
+				&c->redecode, &c->pinfo, &c->boot, &c->ns_count, &c->by_pid};
+	return at[i];
+}
+
+static void ctx_close(struct live_ctx *c)
+{
+	for (size_t i = 0; i < CTX_N; i++)
+		Py_CLEAR(*ctx_slot(c, i));
+}
+
+static int ctx_open(struct live_ctx *c, const char *who)
+{
+	if (!T.ready) {
+		PyErr_SetString(PyExc_RuntimeError, "_flow_decode.setup_tracks() was not called");
+		return -1;
+	}
+	for (size_t i = 0; i < CTX_N; i++)
+		if (!(*ctx_slot(c, i) = PyObject_GetAttrString(c->eng, CTX_NAMES[i]))) {
+			ctx_close(c);
+			return -1;
+		}
+	if (!PyDict_Check(c->tracks) || !PyDict_Check(c->flows) || !PyDict_Check(c->pinfo) || !PySet_Check(c->touched) ||
+	    !PySet_Check(c->watch) || !PySet_Check(c->verify) || !PySet_Check(c->no_counters) ||
+	    !PySet_Check(c->redecode) || !PyDict_Check(c->ns_count) || !PyDict_Check(c->by_pid) ||
+	    (c->first != Py_None && !PyDict_Check(c->first))) {
+		PyErr_Format(PyExc_TypeError, "%s: the engine's containers are not dicts and sets", who);
+		ctx_close(c);
+		return -1;
+	}
+	return 0;
+}
+
 /* apply_live(records, engine, first): FlowEngine._apply's pass over a list of records. */
 static PyObject *apply_live(PyObject *self, PyObject *args)
 {
 	PyObject *recs;
 	struct live_ctx c = {0};
-	static const char *names[] = {"_tracks", "_flows", "touched", "_watch", "_verify", "_no_counters",
-				      "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid"};
-	PyObject **at[] = {&c.tracks, &c.flows, &c.touched, &c.watch, &c.verify, &c.no_counters, &c.redecode,
-			   &c.pinfo, &c.boot, &c.ns_count, &c.by_pid};
 	PyObject *ret = NULL;
 
-	if (!PyArg_ParseTuple(args, "O!OO", &PyList_Type, &recs, &c.eng, &c.first))
+	if (!PyArg_ParseTuple(args, "O!OO", &PyList_Type, &recs, &c.eng, &c.first) || ctx_open(&c, "apply_live") < 0)
 		return NULL;
-	if (!T.ready) {
-		PyErr_SetString(PyExc_RuntimeError, "_flow_decode.setup_tracks() was not called");
-		return NULL;
-	}
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (!(*at[i] = PyObject_GetAttrString(c.eng, names[i])))
-			goto out;
-	if (!PyDict_Check(c.tracks) || !PyDict_Check(c.flows) || !PyDict_Check(c.pinfo) || !PySet_Check(c.touched) ||
-	    !PySet_Check(c.watch) || !PySet_Check(c.verify) || !PySet_Check(c.no_counters) ||
-	    !PySet_Check(c.redecode) || !PyDict_Check(c.ns_count) || !PyDict_Check(c.by_pid) ||
-	    (c.first != Py_None && !PyDict_Check(c.first))) {
-		PyErr_SetString(PyExc_TypeError, "apply_live: the engine's containers are not dicts and sets");
-		goto out;
-	}
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
 		PyObject *v = PyList_GET_ITEM(recs, i);
 		Py_INCREF(v);
@@ -823,8 +846,7 @@ static PyObject *apply_live(PyObject *self, PyObject *args)
 		goto out;
 	ret = Py_NewRef(Py_None);
 out:
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		Py_XDECREF(*at[i]);
+	ctx_close(&c);
 	return ret;
 }
 
@@ -836,29 +858,12 @@ out:
 static PyObject *apply_finals(PyObject *self, PyObject *args)
 {
 	PyObject *recs, *closing = NULL, *polls = NULL, *keep = NULL, *due = NULL, *checks = NULL, *ret = NULL;
-	struct live_ctx c = {0};
+	struct live_ctx c = {.first = Py_None};
 	int lookups_ok;
-	static const char *names[] = {"_tracks", "_flows", "touched", "_watch", "_verify", "_no_counters",
-				      "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid"};
-	PyObject **at[] = {&c.tracks, &c.flows, &c.touched, &c.watch, &c.verify, &c.no_counters, &c.redecode,
-			   &c.pinfo, &c.boot, &c.ns_count, &c.by_pid};
 
-	if (!PyArg_ParseTuple(args, "O!Op", &PyList_Type, &recs, &c.eng, &lookups_ok))
+	if (!PyArg_ParseTuple(args, "O!Op", &PyList_Type, &recs, &c.eng, &lookups_ok) ||
+	    ctx_open(&c, "apply_finals") < 0)
 		return NULL;
-	if (!T.ready) {
-		PyErr_SetString(PyExc_RuntimeError, "_flow_decode.setup_tracks() was not called");
-		return NULL;
-	}
-	c.first = Py_None;
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (!(*at[i] = PyObject_GetAttrString(c.eng, names[i])))
-			goto out;
-	if (!PyDict_Check(c.tracks) || !PyDict_Check(c.flows) || !PyDict_Check(c.pinfo) || !PySet_Check(c.touched) ||
-	    !PySet_Check(c.watch) || !PySet_Check(c.verify) || !PySet_Check(c.no_counters) ||
-	    !PySet_Check(c.redecode) || !PyDict_Check(c.ns_count) || !PyDict_Check(c.by_pid)) {
-		PyErr_SetString(PyExc_TypeError, "apply_finals: the engine's containers are not dicts and sets");
-		goto out;
-	}
 	if (!(closing = PyObject_GetAttrString(c.eng, "_closing")) || !(polls = PyObject_GetAttrString(c.eng, "_polls")) ||
 	    !(keep = PyObject_GetAttrString(c.eng, "closed_keep_polls")) || !(due = PyNumber_Add(polls, keep)) ||
 	    !(checks = PyList_New(0)))
@@ -927,8 +932,7 @@ one_done:
 		goto out;
 	ret = Py_NewRef(checks);
 out:
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		Py_XDECREF(*at[i]);
+	ctx_close(&c);
 	Py_XDECREF(closing);
 	Py_XDECREF(polls);
 	Py_XDECREF(keep);
