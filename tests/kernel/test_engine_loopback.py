@@ -2,6 +2,7 @@
 
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -281,14 +282,23 @@ def test_snapshot_carries_packet_latency_for_the_flow_and_the_host(engine):
     host-wide figures of the same window count at least as many, and the run info says how
     packets are timed."""
     c, s = loopback_pair()
+    stop = threading.Event()
 
-    def busy_flow(snap):
-        c.sendall(b"l" * 500)  # traffic all along: a window sees some of it
-        recv_exactly(s, 500)
-        return find_flow(snap, s)
+    def keep_moving():  # traffic all along, not only right after each poll: a window sees some of it
+        while not stop.is_set():
+            c.sendall(b"l" * 500)
+            recv_exactly(s, 500)
+            time.sleep(0.001)
 
-    f = poll_until(engine, busy_flow, lambda f: f.latency is not None and (f.latency["rx"]["app"]["count"] or 0) >= 1)
-    snap = engine.poll()
+    mover = threading.Thread(target=keep_moving, daemon=True)
+    mover.start()
+    try:
+        f = poll_until(engine, lambda snap: find_flow(snap, s),
+                       lambda f: f.latency is not None and (f.latency["rx"]["app"]["count"] or 0) >= 1)
+        snap = engine.poll()
+    finally:
+        stop.set()
+        mover.join(5)
     assert set(f.latency["rx"]) >= {"app", "tcp"}
     mine = next(x for x in snap.flows if x.id == f.id)
     if mine.latency["window"]["id"] == snap.latency["window"]["id"]:
