@@ -1,11 +1,11 @@
 """The flow engine's passes over records in C leave the engine exactly as the Python ones do.
 
-py_apply_live and py_apply_finals are the reference (the kernel tests check the engine
-against TCP_INFO and the tests' own counts); _flow_decode.apply_live and apply_finals must
-agree with them on every track, flow and set, for any sequence of records: new and known
-sockets, final records (closed, reset, timed out, late reads, ends the kernel may keep),
-ends the kernel keeps, sockets gone, owners known, unknown or nameless, files shared,
-namespaces changing.
+py_apply_live, py_apply_finals and py_tw_pass are the reference (the kernel tests check the
+engine against TCP_INFO and the tests' own counts); _flow_decode's apply_live, apply_finals
+and tw_pass must agree with them on every track, flow and set, for any sequence of records:
+new and known sockets, final records (closed, reset, timed out, late reads, ends the kernel
+may keep), ends the kernel keeps (found by the walk or by the lookups after final records),
+sockets gone, owners known, unknown or nameless, files shared, namespaces changing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ OWNERS = {100: ("redis-server", "/system.slice/redis.service", ""), 200: ("", "/
           300: ("nginx", "/kubepods/pod1/abc", "abc")}  # 400: exited (lookup gives None)
 FLAGS = (F.REC_QUIESCENT, F.REC_SEEN_BIRTH, F.REC_CLIENT, F.REC_SERVER, F.REC_NO_COUNTERS)
 SLOTS = F._Track.__slots__
-PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals), "Python": (F.py_apply_live, F.py_apply_finals)}
+# a kept end's timer: near the last one seen (within 1 s: not a change) or not, or anything
+TW_LEFT = st.sampled_from([0, 900, 1500, 2500, 59999]) | st.integers(0, 2**32 - 1)
+PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals, fd._c.tw_pass),
+          "Python": (F.py_apply_live, F.py_apply_finals, F.py_tw_pass)}
 
 
 class _Owners:
@@ -71,6 +74,7 @@ def batches(draw):
             v[fd.I_EST] = draw(st.sampled_from([0, 10**12]))
             v[fd.I_INO] = draw(st.integers(1, 30))
             v[fd.I_COMM] = draw(st.sampled_from([b"redis-server\0\0\0\0", bytes(16), b"curl" + bytes(12)]))
+            v[fd.I_TW_LEFT] = draw(TW_LEFT)
             batch.append(tuple(v))
         finals = []
         for _ in range(draw(st.integers(0, 6))):
@@ -82,7 +86,16 @@ def batches(draw):
             v[fd.I_STATE] = draw(st.sampled_from([1, 4, 5, 7, 8, 11]))
             v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
             finals.append(tuple(v))
-        out.append((finals, batch, draw(st.booleans())))
+        kept = []  # what the lookups of ends the kernel may keep found
+        for _ in range(draw(st.integers(0, 4))):
+            v = list(_record(draw))
+            v[fd.I_COOKIE] = draw(st.sampled_from(cookies))
+            v[fd.I_KIND] = draw(st.sampled_from([F.KIND_TW, F.KIND_TW, F.KIND_LIVE, F.KIND_GONE]))
+            v[fd.I_STATE] = draw(st.sampled_from([5, 6]))
+            v[fd.I_TW_LEFT] = draw(TW_LEFT)
+            v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
+            kept.append(tuple(v))
+        out.append((finals, kept, batch, draw(st.booleans())))
     first = draw(st.none() | st.dictionaries(st.sampled_from(cookies), st.sampled_from([100, 200, 400])))
     some = st.sets(st.sampled_from(cookies))
     return out, first, draw(some), draw(some)
@@ -98,7 +111,7 @@ def _state(e) -> dict:
 
 def test_the_c_passes_are_used():
     """`make setup` builds them; without them the engine works, ~3x slower a busy poll."""
-    assert (F._live_pass, F._finals_pass) == PASSES["C"]
+    assert (F._live_pass, F._finals_pass, F._tw_pass) == PASSES["C"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -107,11 +120,12 @@ def test_c_pass_equals_python(case):
     polls, first, redecode, no_counters = case
     with mock.patch("time.time", return_value=1764612345.5):
         engines, checks = [], []
-        for live_pass, finals_pass in PASSES.values():
+        for live_pass, finals_pass, tw_pass in PASSES.values():
             e = _engine(first, redecode, no_counters)
             got = []
-            for finals, recs, lookups_ok in polls:
+            for finals, kept, recs, lookups_ok in polls:
                 got.append(finals_pass(list(finals), e, lookups_ok))
+                got.append(tw_pass(list(kept), e))
                 live_pass(list(recs), e, first)
             engines.append(e)
             checks.append(got)
@@ -132,4 +146,32 @@ def test_c_passes_refuse_what_is_not_a_record():
         fd._c.apply_live([(1, 2, 3)], e, None)
     with pytest.raises(ValueError, match="whole record"):
         fd._c.apply_finals([(1, 2, 3)], e, True)
+    with pytest.raises(ValueError, match="whole record"):
+        fd._c.tw_pass([(1, 2, 3)], e)
     assert e._tracks == {} and e._flows == {}
+
+
+def test_a_kept_end_changes_only_when_its_state_or_timer_moves():
+    """Both passes, on one socket kept in TIME_WAIT and seen again (by the walk, then by the
+    lookups after final records, in turn): a timer within 1 s of the last one leaves the flow
+    as it was; one 1.5 s off, or a new state, makes a new flow."""
+    base = list(fd.RECORD.unpack(bytes(fd.RECORD.size)))
+    base[fd.I_COOKIE], base[fd.I_KIND], base[fd.I_PID], base[fd.I_FAMILY] = 7, F.KIND_TW, 100, 2
+    seen = {}
+    for name, (live_pass, _finals, tw_pass) in PASSES.items():
+        e = _engine(None, (), ())
+        flows = []
+        with mock.patch("time.time", return_value=1764612345.5):
+            for i, (left, state) in enumerate(((60000, 6), (59500, 6), (58500, 6), (58500, 5))):
+                v = list(base)
+                v[fd.I_TW_LEFT], v[fd.I_STATE] = left, state
+                if i % 2:
+                    assert tw_pass([tuple(v)], e) == {7}
+                else:
+                    live_pass([tuple(v)], e, None)
+                flows.append(e._flows[7])
+        assert flows[1] is flows[0]  # 0.5 s: as it was
+        assert flows[2] is not flows[1] and flows[2].tw_expires_ts == round(1764612345.5 + 58.5, 3)
+        assert flows[3].state == "FIN_WAIT2" and flows[3].tw_expires_ts == flows[2].tw_expires_ts
+        seen[name] = [(f.state, f.tw_expires_ts, f.pid) for f in flows]
+    assert seen["C"] == seen["Python"]

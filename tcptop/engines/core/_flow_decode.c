@@ -422,11 +422,12 @@ static const char *TRACK_SLOTS[TS_N] = {"vals", "flow", "want", "netns", "born_n
 static struct {
 	PyTypeObject *track;
 	Py_ssize_t slot[TS_N];
-	Py_ssize_t i_kind, i_flags, i_pid, i_refs, i_ino, i_est, i_state, i_comm;
+	Py_ssize_t i_kind, i_flags, i_pid, i_refs, i_ino, i_est, i_state, i_comm, i_tw_left;
 	long kind_live, kind_closed, kind_late, kind_tw, st_fin_wait1, st_fin_wait2, st_closing;
 	unsigned long quiescent, seen_birth, client, server, no_counters, reset_rcvd, timed_out;
 	PyObject *state_closed, *zero_f;	/* 7 (model.TCP_STATES' CLOSE), 0.0 */
 	PyObject *append_s;
+	PyObject *heappush, *time_mod, *time_s;	/* heapq.heappush; the time module, "time" */
 	PyObject *client_s, *server_s, *empty_bytes, *comm_of;
 	PyObject *proto;	/* a track as its __init__ leaves it: new tracks start as copies */
 	int ready;
@@ -476,6 +477,7 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 	struct { Py_ssize_t *at; const char *name; } pos[] = {
 		{&T.i_kind, "kind"}, {&T.i_flags, "flags"}, {&T.i_pid, "pid"}, {&T.i_refs, "file_refs"},
 		{&T.i_ino, "sock_ino"}, {&T.i_est, "established_ns"}, {&T.i_state, "state"}, {&T.i_comm, "comm"},
+		{&T.i_tw_left, "tw_left_ms"},
 	};
 	for (size_t i = 0; i < sizeof(pos) / sizeof(pos[0]); i++) {
 		if ((*pos[i].at = index_arg(positions, pos[i].name)) < 0)
@@ -499,6 +501,17 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 		return NULL;
 	if (!T.append_s && !(T.append_s = PyUnicode_InternFromString("append")))
 		return NULL;
+	if (!T.time_s && !(T.time_s = PyUnicode_InternFromString("time")))
+		return NULL;
+	if (!T.time_mod && !(T.time_mod = PyImport_ImportModule("time")))
+		return NULL;
+	if (!T.heappush) {
+		PyObject *heapq = PyImport_ImportModule("heapq");
+		T.heappush = heapq ? PyObject_GetAttrString(heapq, "heappush") : NULL;
+		Py_XDECREF(heapq);
+		if (!T.heappush)
+			return NULL;
+	}
 	T.quiescent = const_of(consts, "REC_QUIESCENT", &ok);
 	T.seen_birth = const_of(consts, "REC_SEEN_BIRTH", &ok);
 	T.client = const_of(consts, "REC_CLIENT", &ok);
@@ -537,7 +550,7 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 /* What one apply_live call works with: the engine's containers, fetched once. */
 struct live_ctx {
 	PyObject *eng, *tracks, *flows, *touched, *watch, *verify, *no_counters, *redecode, *pinfo, *boot;
-	PyObject *ns_count, *by_pid;
+	PyObject *ns_count, *by_pid, *tw_due;
 	PyObject *first;
 	int changed;
 };
@@ -627,14 +640,17 @@ static int repoint(struct live_ctx *c, PyObject *cookie, PyObject *old_pid, PyOb
 	return PySet_Check(pids) ? PySet_Add(pids, cookie) : (PyErr_SetString(PyExc_TypeError, "by_pid"), -1);
 }
 
-/* FlowEngine._decode for a live or closed track whose owner is known; the rest goes to
+/* FlowEngine._decode of a track (from its vals) whose owner is known; the rest goes to
  * _decode itself. */
-static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObject *v)
+static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr)
 {
+	PyObject *v = tget(tr, TS_VALS);
+	if (!v || !PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len)	/* known from a notice only */
+		return call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
 	PyObject *const *it = ((PyTupleObject *)v)->ob_item;
 	unsigned long flags = PyLong_AsUnsignedLong(it[T.i_flags]);
 	long kind = PyLong_AsLong(tget(tr, TS_KIND));
-	int closed = kind == T.kind_closed;
+	int live = kind == T.kind_live, closed = kind == T.kind_closed;
 	PyObject *owner = tget(tr, TS_OWNER);
 	PyObject *old = tget(tr, TS_FLOW);
 	PyObject *pid = (owner && PyObject_IsTrue(owner)) ? owner : it[T.i_pid];
@@ -643,9 +659,9 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObj
 
 	if (PyErr_Occurred())
 		return -1;
-	if (kind != T.kind_live && !closed)
+	if (!live && !closed && kind != T.kind_tw)
 		return call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
-	if (closed && old && old != Py_None && PyObject_IsTrue(*(PyObject **)((char *)old + S.offset[7]))) {
+	if (!live && old && old != Py_None && PyObject_IsTrue(*(PyObject **)((char *)old + S.offset[7]))) {
 		/* who had it when it ended: Flow.pid, comm, cgroup, container */
 		pid = *(PyObject **)((char *)old + S.offset[7]);
 		info = PyTuple_Pack(3, *(PyObject **)((char *)old + S.offset[8]),
@@ -675,8 +691,8 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObj
 	long long trefs = PyLong_AsLongLong(tget(tr, TS_REFS));
 	if (PyErr_Occurred())
 		goto out;
-	if (closed) {
-		/* a closed socket's file references say nothing of its owner */
+	if (!live) {
+		/* an ended socket's file references say nothing of its owner */
 	} else if (trefs == -1) {
 		tset(tr, TS_REFS, it[T.i_refs]);
 	} else if (trefs == -2 || (trefs != refs && trefs >= 0)) {
@@ -738,6 +754,98 @@ out:
 	return rc;
 }
 
+/* round(x, 3) as Python rounds a float: the same correctly rounded decimal digits. */
+static double round3(double x, int *err)
+{
+	char *str = PyOS_double_to_string(x, 'f', 3, 0, NULL);
+	if (!str) {
+		*err = 1;
+		return 0.0;
+	}
+	double r = PyOS_string_to_double(str, NULL, NULL);
+	PyMem_Free(str);
+	if (r == -1.0 && PyErr_Occurred())
+		*err = 1;
+	return r;
+}
+
+/* FlowEngine._to_tw: a TIME_WAIT or FIN_WAIT2 end, with the final values if the track had
+ * them, looked up again when its timer is due. */
+static int to_tw(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObject *v)
+{
+	PyObject *const *it = ((PyTupleObject *)v)->ob_item;
+	PyObject *clock = PyObject_GetAttr(T.time_mod, T.time_s);	/* looked up each time, as Python does */
+	PyObject *now_o = clock ? PyObject_CallNoArgs(clock) : NULL;
+	Py_XDECREF(clock);
+	if (!now_o)
+		return -1;
+	double now = PyFloat_AsDouble(now_o);
+	Py_DECREF(now_o);
+	long state = PyLong_AsLong(it[T.i_state]);
+	long long left = PyLong_AsLongLong(it[T.i_tw_left]);
+	int err = 0;
+	if (PyErr_Occurred())
+		return -1;
+	double expires = round3(now + (double)left / 1000, &err);
+	if (err)
+		return -1;
+	PyObject *due = PyFloat_FromDouble(state == T.st_fin_wait2 ? now : expires + 0.05);
+	PyObject *entry = due ? PyTuple_Pack(2, due, cookie) : NULL;
+	Py_XDECREF(due);
+	PyObject *r = entry ? PyObject_CallFunctionObjArgs(T.heappush, c->tw_due, entry, NULL) : NULL;
+	Py_XDECREF(entry);
+	if (!r)
+		return -1;
+	Py_DECREF(r);
+	PyObject *base = tget(tr, TS_VALS);
+	long kind = PyLong_AsLong(tget(tr, TS_KIND));
+	double was = PyFloat_AsDouble(tget(tr, TS_TW));
+	if (PyErr_Occurred())
+		return -1;
+	if (kind == T.kind_tw && base && PyTuple_Check(base) && PyTuple_GET_SIZE(base) > T.i_state) {
+		int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(base, T.i_state), it[T.i_state], Py_EQ);
+		if (same < 0)
+			return -1;
+		if (same && fabs(expires - was) < 1.0)
+			return 0;	/* as it was */
+	}
+	PyObject *exp_o = PyFloat_FromDouble(expires);
+	if (!exp_o)
+		return -1;
+	tset(tr, TS_TW, exp_o);
+	Py_DECREF(exp_o);
+	if (PySet_Discard(c->watch, cookie) < 0 || PySet_Discard(c->verify, cookie) < 0)
+		return -1;
+	long base_kind = -1;
+	if (base != Py_None && (!PyTuple_Check(base) || PyTuple_GET_SIZE(base) < S.record_len)) {
+		PyErr_SetString(PyExc_ValueError, "to_tw: a track's values are not a record");
+		return -1;
+	}
+	if (base != Py_None && (base_kind = PyLong_AsLong(PyTuple_GET_ITEM(base, T.i_kind))) == -1 && PyErr_Occurred())
+		return -1;
+	if (base == Py_None || base_kind == T.kind_tw) {	/* older than tcptop: only the kernel's end is known */
+		tset(tr, TS_VALS, v);
+		tset(tr, TS_SINCE, Py_True);
+	} else {
+		Py_ssize_t n = PyTuple_GET_SIZE(base);
+		PyObject *merged = PyTuple_New(n);	/* a new tuple: the old one may be shared */
+		if (!merged)
+			return -1;
+		for (Py_ssize_t i = 0; i < n; i++)
+			PyTuple_SET_ITEM(merged, i, Py_NewRef(i == T.i_state ? it[T.i_state] : PyTuple_GET_ITEM(base, i)));
+		tset(tr, TS_VALS, merged);
+		Py_DECREF(merged);
+	}
+	PyObject *k = PyLong_FromLong(T.kind_tw);
+	if (!k)
+		return -1;
+	tset(tr, TS_KIND, k);
+	Py_DECREF(k);
+	if (set_place(c, tr, it[S.i_netns]) < 0)
+		return -1;
+	return decode_live(c, cookie, tr);
+}
+
 /* One record, as the loop in py_apply_live. */
 static int apply_one(struct live_ctx *c, PyObject *v)
 {
@@ -754,7 +862,24 @@ static int apply_one(struct live_ctx *c, PyObject *v)
 	PyObject *tr = PyDict_GetItemWithError(c->tracks, cookie);
 	if (!tr && PyErr_Occurred())
 		return -1;
-	if (kind != T.kind_live || (tr && PyLong_AsLong(tget(tr, TS_KIND)) != T.kind_live))
+	long tr_kind = tr ? PyLong_AsLong(tget(tr, TS_KIND)) : T.kind_live;
+	if (kind == T.kind_tw && tr_kind != T.kind_closed) {	/* FlowEngine._apply_other's TIME_WAIT case */
+		if (tr) {
+			Py_INCREF(tr);
+		} else {
+			if (!(tr = new_track()))
+				return -1;
+			tset(tr, TS_BORN, it[S.i_now]);
+			if (PyDict_SetItem(c->tracks, cookie, tr) < 0) {
+				Py_DECREF(tr);
+				return -1;
+			}
+		}
+		int rc = to_tw(c, cookie, tr, v);
+		Py_DECREF(tr);
+		return rc;
+	}
+	if (kind != T.kind_live || tr_kind != T.kind_live)
 		return call_method(c->eng, "_apply_other", cookie, it[T.i_kind], tr ? tr : Py_None, v);
 	int rc = -1;
 	if (tr) {
@@ -778,7 +903,7 @@ static int apply_one(struct live_ctx *c, PyObject *v)
 		goto out;
 	if (!(flags & T.quiescent) && PySet_Add(c->watch, cookie) < 0)
 		goto out;
-	rc = decode_live(c, cookie, tr, v);
+	rc = decode_live(c, cookie, tr);
 out:
 	Py_DECREF(tr);
 	return rc;
@@ -787,13 +912,13 @@ out:
 /* The engine's containers a pass works with, fetched once per call (a pass calls back into
  * the engine only through methods that never replace them). */
 static const char *CTX_NAMES[] = {"_tracks", "_flows", "touched", "_watch", "_verify", "_no_counters",
-				  "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid"};
+				  "_redecode", "_pinfo", "_boot_offset", "_ns_count", "_by_pid", "_tw_due"};
 #define CTX_N (sizeof(CTX_NAMES) / sizeof(CTX_NAMES[0]))
 
 static PyObject **ctx_slot(struct live_ctx *c, size_t i)
 {
 	PyObject **at[CTX_N] = {&c->tracks, &c->flows, &c->touched, &c->watch, &c->verify, &c->no_counters,
-				&c->redecode, &c->pinfo, &c->boot, &c->ns_count, &c->by_pid};
+				&c->redecode, &c->pinfo, &c->boot, &c->ns_count, &c->by_pid, &c->tw_due};
 	return at[i];
 }
 
@@ -817,7 +942,7 @@ static int ctx_open(struct live_ctx *c, const char *who)
 	if (!PyDict_Check(c->tracks) || !PyDict_Check(c->flows) || !PyDict_Check(c->pinfo) || !PySet_Check(c->touched) ||
 	    !PySet_Check(c->watch) || !PySet_Check(c->verify) || !PySet_Check(c->no_counters) ||
 	    !PySet_Check(c->redecode) || !PyDict_Check(c->ns_count) || !PyDict_Check(c->by_pid) ||
-	    (c->first != Py_None && !PyDict_Check(c->first))) {
+	    !PyList_Check(c->tw_due) || (c->first != Py_None && !PyDict_Check(c->first))) {
 		PyErr_Format(PyExc_TypeError, "%s: the engine's containers are not dicts and sets", who);
 		ctx_close(c);
 		return -1;
@@ -920,7 +1045,7 @@ static PyObject *apply_finals(PyObject *self, PyObject *args)
 		Py_DECREF(entry);
 		if (r) {
 			Py_DECREF(r);
-			rc = decode_live(&c, cookie, tr, v);
+			rc = decode_live(&c, cookie, tr);
 		}
 one_done:
 		Py_XDECREF(tr);
@@ -941,10 +1066,57 @@ out:
 	return ret;
 }
 
+/* tw_pass(records, engine) -> cookies found: the lookups of ends the kernel may keep
+ * (FlowEngine._apply_finals), each TIME_WAIT or FIN_WAIT2 end found applied as _to_tw does. */
+static PyObject *tw_pass(PyObject *self, PyObject *args)
+{
+	PyObject *recs, *found = NULL, *ret = NULL;
+	struct live_ctx c = {.first = Py_None};
+
+	if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &recs, &c.eng) || ctx_open(&c, "tw_pass") < 0)
+		return NULL;
+	if (!(found = PySet_New(NULL)))
+		goto out;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
+		PyObject *v = PyList_GET_ITEM(recs, i);
+		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
+			PyErr_SetString(PyExc_ValueError, "tw_pass: not a whole record");
+			goto out;
+		}
+		PyObject *cookie = PyTuple_GET_ITEM(v, S.i_cookie);
+		long kind = PyLong_AsLong(PyTuple_GET_ITEM(v, T.i_kind));
+		if (kind == -1 && PyErr_Occurred())
+			goto out;
+		PyObject *tr = PyDict_GetItemWithError(c.tracks, cookie);
+		if (!tr) {
+			if (PyErr_Occurred())
+				goto out;
+			continue;
+		}
+		if (kind != T.kind_tw)
+			continue;
+		Py_INCREF(tr);
+		Py_INCREF(v);
+		int rc = to_tw(&c, cookie, tr, v);
+		Py_DECREF(v);
+		Py_DECREF(tr);
+		if (rc < 0 || PySet_Add(found, cookie) < 0)
+			goto out;
+	}
+	if (c.changed && PyObject_SetAttrString(c.eng, "_changed", Py_True) < 0)
+		goto out;
+	ret = Py_NewRef(found);
+out:
+	ctx_close(&c);
+	Py_XDECREF(found);
+	return ret;
+}
+
 static PyMethodDef methods[] = {
 	{"setup_tracks", setup_tracks, METH_VARARGS, "Tell apply_live about the flow engine's track."},
 	{"apply_live", apply_live, METH_VARARGS, "FlowEngine._apply's pass over a list of records."},
 	{"apply_finals", apply_finals, METH_VARARGS, "FlowEngine._apply_finals' pass over final records."},
+	{"tw_pass", tw_pass, METH_VARARGS, "FlowEngine._apply_finals' pass over the lookups of kept ends."},
 	{"unpack_all", unpack_all, METH_VARARGS,
 	 "Every record of a buffer unpacked by a struct.Struct, as untracked tuples."},
 	{"setup", setup, METH_VARARGS, "Tell the decoder about model.Flow and the record layout."},

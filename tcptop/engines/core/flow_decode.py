@@ -165,12 +165,12 @@ unpack_all = _c.unpack_all if _c is not None else py_unpack_all
 
 
 def live_passes(track_type: type, consts: dict[str, int]):
-    """The C apply_live and apply_finals, set up for the flow engine's track type (None
-    without the C helper)."""
+    """The C apply_live, apply_finals and tw_pass, set up for the flow engine's track type
+    (None without the C helper)."""
     if _c is None:
         return None
     try:
         _c.setup_tracks(track_type, R, consts, comm_of)
     except (TypeError, ValueError, KeyError):
         return None
-    return _c.apply_live, _c.apply_finals
+    return _c.apply_live, _c.apply_finals, _c.tw_pass

@@ -669,11 +669,7 @@ class FlowEngine:
             return
         found = set()
         for buf in self._lookup(tw_checks):
-            for v in fd.records(buf):
-                tr = tracks.get(v[fd.I_COOKIE])
-                if tr is not None and v[fd.I_KIND] == KIND_TW:
-                    self._to_tw(v[fd.I_COOKIE], tr, v)
-                    found.add(v[fd.I_COOKIE])
+            found |= _tw_pass(fd.records(buf), self)
         for cookie in tw_checks:
             if cookie not in found:
                 self._close(cookie, tracks[cookie])
@@ -929,6 +925,19 @@ def py_apply_live(recs: list[tuple], eng: FlowEngine, first: dict[int, int] | No
         decode(cookie, tr)
 
 
+def py_tw_pass(recs: list[tuple], eng: FlowEngine) -> set[int]:
+    """The lookups of ends the kernel may keep: each TIME_WAIT or FIN_WAIT2 end found is
+    applied (the cookies found are returned; the others closed by the caller).
+    _flow_decode.tw_pass does the same in C."""
+    found = set()
+    for v in recs:
+        tr = eng._tracks.get(v[fd.I_COOKIE])
+        if tr is not None and v[fd.I_KIND] == KIND_TW:
+            eng._to_tw(v[fd.I_COOKIE], tr, v)
+            found.add(v[fd.I_COOKIE])
+    return found
+
+
 def py_apply_finals(finals: list[tuple], eng: FlowEngine, lookups_ok: bool) -> list[int]:
     """FlowEngine._apply_finals' pass over final records: each closes its flow, except a
     FIN_WAIT or CLOSING end the kernel may still keep (returned, to be looked up); a late read
@@ -957,7 +966,7 @@ _C_PASSES = fd.live_passes(_Track, {
     "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS, "REC_RESET_RCVD": REC_RESET_RCVD,
     "REC_TIMED_OUT": REC_TIMED_OUT, "ST_FIN_WAIT1": ST_FIN_WAIT1, "ST_FIN_WAIT2": ST_FIN_WAIT2,
     "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED})
-_live_pass, _finals_pass = _C_PASSES or (py_apply_live, py_apply_finals)
+_live_pass, _finals_pass, _tw_pass = _C_PASSES or (py_apply_live, py_apply_finals, py_tw_pass)
 
 
 _comm = fd.comm_of
