@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tcptop.engines.core.failures import FlowFailures
 from tcptop.engines.core.join import FlowJoin
 from tests.factories import make_flow
@@ -63,3 +66,47 @@ def test_failures_attach_stay_while_the_flow_is_listed_and_go_with_it():
     assert [f.id for f in j.update(base, {1}, {}, {})] == [2]
     base[1] = make_flow(1)  # the same id listed anew: nothing of the old flow's failures
     assert {f.id: f for f in j.update(base, {1}, {}, {})}[1].resets_sent == 0
+
+
+def test_the_c_pass_is_used():
+    from tcptop.engines.core import flow_decode, join
+    assert FlowJoin()._pass is flow_decode.join_pass is join._join_pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sets(st.integers(1, 8)), st.sets(st.integers(1, 8)),
+                          st.dictionaries(st.integers(1, 9), st.sampled_from([0, 1, 2])),
+                          st.dictionaries(st.integers(1, 9), st.sampled_from([0, 1, 2]))), min_size=1, max_size=6))
+def test_the_c_pass_equals_pythons(polls):
+    """Polls where flows come, change and go, stages and failures arrive (empty stages too,
+    which keep the last ones) for listed flows and for flows no longer listed: the C pass
+    lists the same flows, in the same order, with the same values, and keeps the very same
+    objects where Python keeps them."""
+    from tcptop.engines.core import flow_decode
+    from tcptop.engines.core.join import py_join_pass
+
+    stage_kinds = [{}, {"rx": {"app": {"count": 1}}}, {"tx": {}}]
+    joins = {"C": FlowJoin(flow_decode.join_pass), "Python": FlowJoin(py_join_pass)}
+    base: dict[int, object] = {}
+    listed = {name: () for name in joins}
+    for n, (present, changing, stages, failures) in enumerate(polls):
+        touched = set(base) ^ present
+        for i in list(base):
+            if i not in present:
+                del base[i]
+        for i in present:
+            if i not in base or i in changing:
+                base[i] = make_flow(i, bytes_sent=n)
+                touched.add(i)
+        st_ = {i: stage_kinds[k] for i, k in stages.items()}
+        ff = {i: _failures(k, f"reason {k}") for i, k in failures.items()}
+        prev = dict(listed)
+        for name, j in joins.items():
+            listed[name] = j.update(dict(base), set(touched), dict(st_), dict(ff))
+        c, py = listed["C"], listed["Python"]
+        assert [f.id for f in c] == [f.id for f in py]
+        assert c == py  # field by field
+        # where Python kept the object of the last poll, so did C (and nowhere else)
+        kept_c = {f.id for f in c if any(f is g for g in prev["C"])}
+        kept_py = {f.id for f in py if any(f is g for g in prev["Python"])}
+        assert kept_c == kept_py

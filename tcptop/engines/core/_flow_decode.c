@@ -1112,11 +1112,175 @@ out:
 	return ret;
 }
 
+/* ---- FlowJoin's pass over the flows that changed (join.py) ------------------------------
+ * Under a churn of 10,000 connections a second ~40,000 flows change a poll and those that
+ * failed get their failures attached: ~3-5 us each in Python. py_join_pass is the same in
+ * Python; tests/unit/test_flow_join.py compares both. */
+
+static Py_ssize_t J_LATENCY = -1, J_FAIL[4];	/* Flow field positions: latency; drops, resets_sent, ... */
+static const char *J_FAIL_NAMES[4] = {"drops", "resets_sent", "resets_received", "last_reset_reason"};
+
+static int join_ready(void)
+{
+	if (J_LATENCY >= 0)
+		return 0;
+	PyObject *at = PyDict_GetItemString(S.index, "latency");
+	if (!at)
+		goto missing;
+	Py_ssize_t lat = PyLong_AsSsize_t(at);
+	for (int k = 0; k < 4; k++) {
+		if (!(at = PyDict_GetItemString(S.index, J_FAIL_NAMES[k])))
+			goto missing;
+		J_FAIL[k] = PyLong_AsSsize_t(at);
+	}
+	J_LATENCY = lat;
+	return 0;
+missing:
+	PyErr_SetString(PyExc_TypeError, "join: Flow has no latency or failure fields");
+	return -1;
+}
+
+/* join._joined(f, lat, ff): the flow with its stages and its failures. */
+static PyObject *joined(PyObject *f, PyObject *lat, PyObject *ff)
+{
+	PyObject *vals[4] = {0};
+	if (ff != Py_None) {
+		for (int k = 0; k < 4; k++)
+			if (!(vals[k] = PyObject_GetAttrString(ff, J_FAIL_NAMES[k]))) {
+				for (int j = 0; j < k; j++)
+					Py_DECREF(vals[j]);
+				return NULL;
+			}
+	}
+	PyObject *g = alloc_flow();
+	if (!g)
+		goto out;
+	for (Py_ssize_t i = 0; i < S.nfields; i++)
+		put(g, i, Py_XNewRef(*(PyObject **)((char *)f + S.offset[i])));
+	if (ff == Py_None || lat != Py_None) {
+		PyObject **slot = (PyObject **)((char *)g + S.offset[J_LATENCY]);
+		Py_XSETREF(*slot, Py_NewRef(lat));
+	}
+	if (ff != Py_None)
+		for (int k = 0; k < 4; k++) {
+			PyObject **slot = (PyObject **)((char *)g + S.offset[J_FAIL[k]]);
+			Py_XSETREF(*slot, Py_NewRef(vals[k]));
+		}
+	untracked(g);
+out:
+	for (int k = 0; k < 4; k++)
+		Py_XDECREF(vals[k]);
+	return g;
+}
+
+/* d.pop(key, None) is not None */
+static int pop_some(PyObject *d, PyObject *key)
+{
+	PyObject *v = PyDict_GetItemWithError(d, key);
+	if (!v)
+		return PyErr_Occurred() ? -1 : 0;
+	int some = v != Py_None;
+	return PyDict_DelItem(d, key) < 0 ? -1 : some;
+}
+
+/* The value of `key` in `d` if truthy, else `fallback` (borrowed): `d.get(key) or fallback`. */
+static PyObject *get_or(PyObject *d, PyObject *key, PyObject *fallback, int *err)
+{
+	PyObject *v = PyDict_GetItemWithError(d, key);
+	if (!v) {
+		*err = PyErr_Occurred() != NULL;
+		return fallback;
+	}
+	int t = PyObject_IsTrue(v);
+	if (t < 0)
+		*err = 1;
+	return t > 0 ? v : fallback;
+}
+
+/* join_pass(ids, base, stages, failures, out, parts) -> changed: FlowJoin.update's loop. */
+static PyObject *join_pass(PyObject *self, PyObject *args)
+{
+	PyObject *ids, *base, *stages, *failures, *out, *parts, *it, *i;
+	int changed = 0;
+
+	if (!PyArg_ParseTuple(args, "OO!O!O!O!O!", &ids, &PyDict_Type, &base, &PyDict_Type, &stages, &PyDict_Type,
+			      &failures, &PyDict_Type, &out, &PyDict_Type, &parts))
+		return NULL;
+	if (!ready() || join_ready() < 0 || !(it = PyObject_GetIter(ids)))
+		return NULL;
+	while ((i = PyIter_Next(it))) {
+		int rc = -1, err = 0;
+		PyObject *f = PyDict_GetItemWithError(base, i);
+		if (!f) {
+			int a, b;
+			if (!PyErr_Occurred() && (a = pop_some(out, i)) >= 0 && (b = pop_some(parts, i)) >= 0) {
+				changed |= a;
+				rc = 0;
+			}
+			goto next;
+		}
+		Py_INCREF(f);
+		PyObject *prev = PyDict_GetItemWithError(parts, i);
+		if (!prev && PyErr_Occurred())
+			goto next_f;
+		if (prev && (!PyTuple_Check(prev) || PyTuple_GET_SIZE(prev) != 4)) {
+			PyErr_SetString(PyExc_TypeError, "join: parts are (flow, stages, failures, joined)");
+			goto next_f;
+		}
+		Py_XINCREF(prev);
+		PyObject *lat = get_or(stages, i, prev ? PyTuple_GET_ITEM(prev, 1) : Py_None, &err);
+		PyObject *ff = get_or(failures, i, prev ? PyTuple_GET_ITEM(prev, 2) : Py_None, &err);
+		if (err)
+			goto next_prev;
+		if (lat == Py_None && ff == Py_None) {
+			if (pop_some(parts, i) < 0)
+				goto next_prev;
+		} else if (prev && PyTuple_GET_ITEM(prev, 0) == f && PyTuple_GET_ITEM(prev, 1) == lat &&
+			   PyTuple_GET_ITEM(prev, 2) == ff) {
+			Py_SETREF(f, Py_NewRef(PyTuple_GET_ITEM(prev, 3)));
+		} else {
+			PyObject *g = joined(f, lat, ff);
+			PyObject *entry = g ? PyTuple_Pack(4, f, lat, ff, g) : NULL;
+			int bad = !entry || PyDict_SetItem(parts, i, entry) < 0;
+			Py_XDECREF(entry);
+			if (bad) {
+				Py_XDECREF(g);
+				goto next_prev;
+			}
+			Py_SETREF(f, g);
+		}
+		PyObject *shown = PyDict_GetItemWithError(out, i);
+		if (!shown && PyErr_Occurred())
+			goto next_prev;
+		if (shown != f) {
+			if (PyDict_SetItem(out, i, f) < 0)
+				goto next_prev;
+			changed = 1;
+		}
+		rc = 0;
+next_prev:
+		Py_XDECREF(prev);
+next_f:
+		Py_DECREF(f);
+next:
+		Py_DECREF(i);
+		if (rc < 0) {
+			Py_DECREF(it);
+			return NULL;
+		}
+	}
+	Py_DECREF(it);
+	if (PyErr_Occurred())
+		return NULL;
+	return PyBool_FromLong(changed);
+}
+
 static PyMethodDef methods[] = {
 	{"setup_tracks", setup_tracks, METH_VARARGS, "Tell apply_live about the flow engine's track."},
 	{"apply_live", apply_live, METH_VARARGS, "FlowEngine._apply's pass over a list of records."},
 	{"apply_finals", apply_finals, METH_VARARGS, "FlowEngine._apply_finals' pass over final records."},
 	{"tw_pass", tw_pass, METH_VARARGS, "FlowEngine._apply_finals' pass over the lookups of kept ends."},
+	{"join_pass", join_pass, METH_VARARGS, "FlowJoin.update's pass over the flows that changed."},
 	{"unpack_all", unpack_all, METH_VARARGS,
 	 "Every record of a buffer unpacked by a struct.Struct, as untracked tuples."},
 	{"setup", setup, METH_VARARGS, "Tell the decoder about model.Flow and the record layout."},

@@ -162,6 +162,7 @@ if _c is not None:
 else:
     with_fields, flow_of = py_with_fields, py_flow_of
 unpack_all = _c.unpack_all if _c is not None else py_unpack_all
+join_pass = _c.join_pass if _c is not None else None  # join.py's pass in C (join.py has the Python one)
 
 
 def live_passes(track_type: type, consts: dict[str, int]):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
+from tcptop.engines.core import flow_decode
 from tcptop.engines.core.flow_decode import with_fields
 from tcptop.model import Flow
 
 
 class FlowJoin:
-    def __init__(self) -> None:
+    def __init__(self, join_pass=None) -> None:
+        self._pass = join_pass or _join_pass  # the C one when it was built (py_join_pass otherwise)
         self._out: dict[int, Flow] = {}  # id -> the flow as listed
         self._parts: dict[int, tuple] = {}  # id -> (base, stages, failures, joined), flows with something attached
         self._listing: tuple[Flow, ...] = ()
@@ -36,28 +38,36 @@ class FlowJoin:
         ids = set(touched)
         ids.update(stages)
         ids.update(failures)
-        out, parts, changed = self._out, self._parts, False
-        for i in ids:
-            f = base.get(i)
-            if f is None:
-                changed |= out.pop(i, None) is not None
-                parts.pop(i, None)
-                continue
-            prev = parts.get(i)
-            lat = stages.get(i) or (prev[1] if prev else None)
-            ff = failures.get(i) or (prev[2] if prev else None)
-            if lat is None and ff is None:
-                parts.pop(i, None)
-            elif prev is not None and prev[0] is f and prev[1] is lat and prev[2] is ff:
-                f = prev[3]
-            else:
-                parts[i] = (f, lat, ff, f := _joined(f, lat, ff))
-            if out.get(i) is not f:
-                out[i] = f
-                changed = True
-        if changed:
-            self._listing = tuple(out.values())
+        join = self._pass if type(base) is dict and type(stages) is dict and type(failures) is dict else py_join_pass
+        if join(ids, base, stages, failures, self._out, self._parts):
+            self._listing = tuple(self._out.values())
         return self._listing
+
+
+def py_join_pass(ids, base: Mapping[int, Flow], stages: Mapping[int, dict], failures: Mapping[int, object],
+                 out: dict[int, Flow], parts: dict[int, tuple]) -> bool:
+    """FlowJoin.update's pass over the flows that changed: `out` and `parts` brought up to
+    date; True if what is listed changed. _flow_decode.join_pass does the same in C."""
+    changed = False
+    for i in ids:
+        f = base.get(i)
+        if f is None:
+            changed |= out.pop(i, None) is not None
+            parts.pop(i, None)
+            continue
+        prev = parts.get(i)
+        lat = stages.get(i) or (prev[1] if prev else None)
+        ff = failures.get(i) or (prev[2] if prev else None)
+        if lat is None and ff is None:
+            parts.pop(i, None)
+        elif prev is not None and prev[0] is f and prev[1] is lat and prev[2] is ff:
+            f = prev[3]
+        else:
+            parts[i] = (f, lat, ff, f := _joined(f, lat, ff))
+        if out.get(i) is not f:
+            out[i] = f
+            changed = True
+    return changed
 
 
 def _joined(f: Flow, lat: dict | None, ff) -> Flow:
@@ -68,3 +78,6 @@ def _joined(f: Flow, lat: dict | None, ff) -> Flow:
                            last_reset_reason=ff.last_reset_reason)
     return with_fields(f, latency=lat, drops=ff.drops, resets_sent=ff.resets_sent,
                        resets_received=ff.resets_received, last_reset_reason=ff.last_reset_reason)
+
+
+_join_pass = flow_decode.join_pass or py_join_pass
