@@ -11,6 +11,7 @@ sockets gone, owners known, unknown or nameless, files shared, namespaces changi
 from __future__ import annotations
 
 import collections
+import gc
 from unittest import mock
 
 from hypothesis import given, settings
@@ -130,6 +131,8 @@ def test_c_pass_equals_python(case):
             engines.append(e)
             checks.append(got)
     assert checks[0] == checks[1]
+    # tracks, however made, are out of the cyclic collector's sight (they cannot be in a cycle)
+    assert not any(gc.is_tracked(tr) for tr in engines[0]._tracks.values())
     c, py = (_state(e) for e in engines)
     assert c.keys() == py.keys()
     for k in c:
@@ -175,3 +178,20 @@ def test_a_kept_end_changes_only_when_its_state_or_timer_moves():
         assert flows[3].state == "FIN_WAIT2" and flows[3].tw_expires_ts == flows[2].tw_expires_ts
         seen[name] = [(f.state, f.tw_expires_ts, f.pid) for f in flows]
     assert seen["C"] == seen["Python"]
+
+
+def test_untrack_takes_only_objects_of_plain_slotted_classes():
+    """The failure engine's tallies and the flow engine's tracks leave the collector's sight;
+    anything that could hold a cycle (a dict, a list, an object with a __dict__) is refused."""
+    import pytest
+
+    from tcptop.engines.core.failures import _Sock
+
+    assert not gc.is_tracked(_Sock()) and not gc.is_tracked(_engine(None, (), ())._track(5, 0))
+
+    class Open:
+        pass
+
+    for obj in ({}, [], Open(), object()):
+        with pytest.raises(TypeError, match="plain slotted class"):
+            fd.untrack(obj)

@@ -441,6 +441,7 @@ class FlowEngine:
         tr = self._tracks.get(cookie)
         if tr is None:
             tr = self._tracks[cookie] = _Track()
+            _untrack(tr)
             tr.born_ns = born_ns
         return tr
 
@@ -967,6 +968,9 @@ _C_PASSES = fd.live_passes(_Track, {
     "REC_TIMED_OUT": REC_TIMED_OUT, "ST_FIN_WAIT1": ST_FIN_WAIT1, "ST_FIN_WAIT2": ST_FIN_WAIT2,
     "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED})
 _live_pass, _finals_pass, _tw_pass = _C_PASSES or (py_apply_live, py_apply_finals, py_tw_pass)
+# A track can never be part of a cycle (it holds a record, a Flow, bytes and numbers): out of
+# the collector's sight, as the C passes make theirs.
+_untrack = fd.untrack
 
 
 _comm = fd.comm_of
