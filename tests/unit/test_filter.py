@@ -152,3 +152,18 @@ def test_sieve_keeps_what_the_filter_keeps_and_asks_only_about_changed_flows():
     assert sorted(asked) == [2, 3, 99]
     asked.clear()
     assert sieve(flows) == got and asked == []
+
+
+def test_ors_of_ports_and_long_chains_keep_their_meaning():
+    """`port a or port b ...` is one set lookup and chains of more than 16 terms are loops:
+    the same answers as term by term."""
+    flows = [make_flow(i, lport=1000 + i % 7, rport=2000 + i % 5, comm=f"c{i % 20}") for i in range(60)]
+    cases = {
+        "port 1001 or port 2003 or comm c4": lambda f: f.lport == 1001 or f.rport == 2003 or f.comm == "c4",
+        "port 1001 or (port 2003 and comm c3) or port 9": lambda f: f.lport == 1001 or (f.rport == 2003 and f.comm == "c3"),
+        " or ".join(f"comm c{i}" for i in range(0, 40, 2)): lambda f: int(f.comm[1:]) % 2 == 0,
+        " and ".join(f"not comm c{i}" for i in range(0, 40, 2)): lambda f: int(f.comm[1:]) % 2 == 1,
+    }
+    for expr, want in cases.items():
+        pred = compile_filter(expr)
+        assert [bool(pred(f)) for f in flows] == [want(f) for f in flows], expr
