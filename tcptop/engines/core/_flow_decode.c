@@ -949,6 +949,12 @@ static void ctx_close(struct live_ctx *c)
 		Py_CLEAR(*ctx_slot(c, i));
 }
 
+/* A pass that decoded a flow tells the engine its listing changed (FlowEngine._changed). */
+static int ctx_changed(struct live_ctx *c)
+{
+	return c->changed ? PyObject_SetAttrString(c->eng, "_changed", Py_True) : 0;
+}
+
 static int ctx_open(struct live_ctx *c, const char *who)
 {
 	if (!T.ready) {
@@ -988,7 +994,7 @@ static PyObject *apply_live(PyObject *self, PyObject *args)
 		if (rc < 0)
 			goto out;
 	}
-	if (c.changed && PyObject_SetAttrString(c.eng, "_changed", Py_True) < 0)
+	if (ctx_changed(&c) < 0)
 		goto out;
 	ret = Py_NewRef(Py_None);
 out:
@@ -1074,7 +1080,7 @@ one_done:
 		if (rc < 0)
 			goto out;
 	}
-	if (c.changed && PyObject_SetAttrString(c.eng, "_changed", Py_True) < 0)
+	if (ctx_changed(&c) < 0)
 		goto out;
 	ret = Py_NewRef(checks);
 out:
@@ -1124,7 +1130,7 @@ static PyObject *tw_pass(PyObject *self, PyObject *args)
 		if (rc < 0 || PySet_Add(found, cookie) < 0)
 			goto out;
 	}
-	if (c.changed && PyObject_SetAttrString(c.eng, "_changed", Py_True) < 0)
+	if (ctx_changed(&c) < 0)
 		goto out;
 	ret = Py_NewRef(found);
 out:
