@@ -28,8 +28,8 @@ FLAGS = (F.REC_QUIESCENT, F.REC_SEEN_BIRTH, F.REC_CLIENT, F.REC_SERVER, F.REC_NO
 SLOTS = F._Track.__slots__
 # a kept end's timer: near the last one seen (within 1 s: not a change) or not, or anything
 TW_LEFT = st.sampled_from([0, 900, 1500, 2500, 59999]) | st.integers(0, 2**32 - 1)
-PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals, fd._c.tw_pass),
-          "Python": (F.py_apply_live, F.py_apply_finals, F.py_tw_pass)}
+PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals, fd._c.tw_pass, fd._c.expire_pass),
+          "Python": (F.py_apply_live, F.py_apply_finals, F.py_tw_pass, F.py_expire_pass)}
 
 
 class _Owners:
@@ -96,7 +96,7 @@ def batches(draw):
             v[fd.I_TW_LEFT] = draw(TW_LEFT)
             v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
             kept.append(tuple(v))
-        out.append((finals, kept, batch, draw(st.booleans())))
+        out.append((finals, kept, batch, draw(st.booleans()), draw(st.integers(0, 3))))
     first = draw(st.none() | st.dictionaries(st.sampled_from(cookies), st.sampled_from([100, 200, 400])))
     some = st.sets(st.sampled_from(cookies))
     return out, first, draw(some), draw(some)
@@ -112,7 +112,7 @@ def _state(e) -> dict:
 
 def test_the_c_passes_are_used():
     """`make setup` builds them; without them the engine works, ~3x slower a busy poll."""
-    assert (F._live_pass, F._finals_pass, F._tw_pass) == PASSES["C"]
+    assert (F._live_pass, F._finals_pass, F._tw_pass, F._expire_pass) == PASSES["C"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -121,13 +121,17 @@ def test_c_pass_equals_python(case):
     polls, first, redecode, no_counters = case
     with mock.patch("time.time", return_value=1764612345.5):
         engines, checks = [], []
-        for live_pass, finals_pass, tw_pass in PASSES.values():
+        for live_pass, finals_pass, tw_pass, expire_pass in PASSES.values():
             e = _engine(first, redecode, no_counters)
             got = []
-            for finals, kept, recs, lookups_ok in polls:
+            for finals, kept, recs, lookups_ok, later in polls:
+                e.touched = set()  # as refresh() starts a poll: what changed, poll by poll
                 got.append(finals_pass(list(finals), e, lookups_ok))
                 got.append(tw_pass(list(kept), e))
                 live_pass(list(recs), e, first)
+                e._polls += later  # closed flows stay listed closed_keep_polls polls, then go
+                expire_pass(e)
+                got.append(sorted(e.touched))
             engines.append(e)
             checks.append(got)
     assert checks[0] == checks[1]
@@ -161,7 +165,7 @@ def test_a_kept_end_changes_only_when_its_state_or_timer_moves():
     base = list(fd.RECORD.unpack(bytes(fd.RECORD.size)))
     base[fd.I_COOKIE], base[fd.I_KIND], base[fd.I_PID], base[fd.I_FAMILY] = 7, F.KIND_TW, 100, 2
     seen = {}
-    for name, (live_pass, _finals, tw_pass) in PASSES.items():
+    for name, (live_pass, _finals, tw_pass, _expire) in PASSES.items():
         e = _engine(None, (), ())
         flows = []
         with mock.patch("time.time", return_value=1764612345.5):

@@ -1306,12 +1306,91 @@ next:
 	return PyBool_FromLong(changed);
 }
 
+/* FlowEngine._forget(cookie) of a track the caller holds. */
+static int forget(struct live_ctx *c, PyObject *cookie, PyObject *tr)
+{
+	int a, b;
+	if ((a = pop_some(c->tracks, cookie)) < 0 || (b = pop_some(c->flows, cookie)) < 0 ||
+	    PySet_Add(c->touched, cookie) < 0 || PySet_Discard(c->no_counters, cookie) < 0)
+		return -1;
+	PyObject *ns = tget(tr, TS_NETNS);
+	int t = PyObject_IsTrue(ns);
+	if (t < 0 || (t && count_add(c->ns_count, ns, -1) < 0))
+		return -1;
+	PyObject *f = tget(tr, TS_FLOW);
+	if (f && f != Py_None) {
+		PyObject *pid = *(PyObject **)((char *)f + S.offset[7]);	/* Flow.pid */
+		if ((t = PyObject_IsTrue(pid)) < 0 || (t && repoint(c, cookie, pid, S.zero) < 0))
+			return -1;
+	}
+	c->changed = 1;
+	return 0;
+}
+
+/* expire_pass(engine): FlowEngine._expire's pass: closed flows whose polls to stay listed
+ * are over are forgotten (py_expire_pass in flows.py). */
+static PyObject *expire_pass(PyObject *self, PyObject *eng)
+{
+	PyObject *closing = NULL, *polls = NULL, *ret = NULL;
+	struct live_ctx c = {.first = Py_None, .eng = eng};
+
+	if (ctx_open(&c, "expire_pass") < 0)
+		return NULL;
+	if (!(closing = PyObject_GetAttrString(eng, "_closing")) || !(polls = PyObject_GetAttrString(eng, "_polls")))
+		goto out;
+	for (;;) {
+		Py_ssize_t n = PyObject_Length(closing);
+		if (n < 0)
+			goto out;
+		if (!n)
+			break;
+		PyObject *head = PySequence_GetItem(closing, 0);
+		if (!head)
+			goto out;
+		if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 2) {
+			Py_DECREF(head);
+			PyErr_SetString(PyExc_TypeError, "expire_pass: closing holds (poll, cookie)");
+			goto out;
+		}
+		int due = PyObject_RichCompareBool(PyTuple_GET_ITEM(head, 0), polls, Py_LT);
+		if (due <= 0) {
+			Py_DECREF(head);
+			if (due < 0)
+				goto out;
+			break;
+		}
+		PyObject *r = PyObject_CallMethod(closing, "popleft", NULL);
+		Py_XDECREF(r);
+		PyObject *cookie = PyTuple_GET_ITEM(head, 1);
+		PyObject *tr = r ? PyDict_GetItemWithError(c.tracks, cookie) : NULL;
+		int rc = r && !PyErr_Occurred() ? 0 : -1;
+		if (tr) {
+			Py_INCREF(tr);
+			long kind = PyLong_AsLong(tget(tr, TS_KIND));
+			rc = kind == -1 && PyErr_Occurred() ? -1 : kind == T.kind_closed ? forget(&c, cookie, tr) : 0;
+			Py_DECREF(tr);
+		}
+		Py_DECREF(head);
+		if (rc < 0)
+			goto out;
+	}
+	if (ctx_changed(&c) < 0)
+		goto out;
+	ret = Py_NewRef(Py_None);
+out:
+	ctx_close(&c);
+	Py_XDECREF(closing);
+	Py_XDECREF(polls);
+	return ret;
+}
+
 static PyMethodDef methods[] = {
 	{"setup_tracks", setup_tracks, METH_VARARGS, "Tell apply_live about the flow engine's track."},
 	{"apply_live", apply_live, METH_VARARGS, "FlowEngine._apply's pass over a list of records."},
 	{"apply_finals", apply_finals, METH_VARARGS, "FlowEngine._apply_finals' pass over final records."},
 	{"tw_pass", tw_pass, METH_VARARGS, "FlowEngine._apply_finals' pass over the lookups of kept ends."},
 	{"join_pass", join_pass, METH_VARARGS, "FlowJoin.update's pass over the flows that changed."},
+	{"expire_pass", expire_pass, METH_O, "FlowEngine._expire's pass over the closed flows due to go."},
 	{"untrack", untrack, METH_O, "An object of a plain slotted class out of the cyclic collector's sight."},
 	{"unpack_all", unpack_all, METH_VARARGS,
 	 "Every record of a buffer unpacked by a struct.Struct, as untracked tuples."},

@@ -175,12 +175,12 @@ untrack = _c.untrack if _c is not None else py_untrack
 
 
 def live_passes(track_type: type, consts: dict[str, int]):
-    """The C apply_live, apply_finals and tw_pass, set up for the flow engine's track type
-    (None without the C helper)."""
+    """The C apply_live, apply_finals, tw_pass and expire_pass, set up for the flow engine's
+    track type (None without the C helper)."""
     if _c is None:
         return None
     try:
         _c.setup_tracks(track_type, R, consts, comm_of)
     except (TypeError, ValueError, KeyError):
         return None
-    return _c.apply_live, _c.apply_finals, _c.tw_pass
+    return _c.apply_live, _c.apply_finals, _c.tw_pass, _c.expire_pass

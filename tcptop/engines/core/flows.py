@@ -807,12 +807,7 @@ class FlowEngine:
         return self._flows
 
     def _expire(self) -> None:
-        closing, tracks = self._closing, self._tracks
-        while closing and closing[0][0] < self._polls:
-            _, cookie = closing.popleft()
-            tr = tracks.get(cookie)
-            if tr is not None and tr.kind == KIND_CLOSED:
-                self._forget(cookie)
+        _expire_pass(self)
         self.flows_without_counters = len(self._no_counters)
 
     # Owners.
@@ -939,6 +934,17 @@ def py_tw_pass(recs: list[tuple], eng: FlowEngine) -> set[int]:
     return found
 
 
+def py_expire_pass(eng: FlowEngine) -> None:
+    """Closed flows whose polls to stay listed are over are forgotten.
+    _flow_decode.expire_pass does the same in C."""
+    closing, tracks = eng._closing, eng._tracks
+    while closing and closing[0][0] < eng._polls:
+        _, cookie = closing.popleft()
+        tr = tracks.get(cookie)
+        if tr is not None and tr.kind == KIND_CLOSED:
+            eng._forget(cookie)
+
+
 def py_apply_finals(finals: list[tuple], eng: FlowEngine, lookups_ok: bool) -> list[int]:
     """FlowEngine._apply_finals' pass over final records: each closes its flow, except a
     FIN_WAIT or CLOSING end the kernel may still keep (returned, to be looked up); a late read
@@ -967,7 +973,8 @@ _C_PASSES = fd.live_passes(_Track, {
     "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS, "REC_RESET_RCVD": REC_RESET_RCVD,
     "REC_TIMED_OUT": REC_TIMED_OUT, "ST_FIN_WAIT1": ST_FIN_WAIT1, "ST_FIN_WAIT2": ST_FIN_WAIT2,
     "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED})
-_live_pass, _finals_pass, _tw_pass = _C_PASSES or (py_apply_live, py_apply_finals, py_tw_pass)
+_live_pass, _finals_pass, _tw_pass, _expire_pass = _C_PASSES or (py_apply_live, py_apply_finals, py_tw_pass,
+                                                                 py_expire_pass)
 # A track can never be part of a cycle (it holds a record, a Flow, bytes and numbers): out of
 # the collector's sight, as the C passes make theirs.
 _untrack = fd.untrack
