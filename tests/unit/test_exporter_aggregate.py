@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from factories import make_flow, make_snapshot
 from tcptop.filter import compile_filter
-from tcptop.frontends.exporter.aggregate import (FLOW_SERIES, GROUP_SERIES, RTT_BOUNDS_US, STAGE_BOUNDS_NS,
+from tcptop.frontends.exporter.aggregate import (FLOW_SERIES, GROUP_SERIES, OVERFLOW_SERIES, RTT_BOUNDS_US, STAGE_BOUNDS_NS,
                                                  Aggregator, Hist, bucket_delta)
 from tcptop.frontends.exporter.groups import OVERFLOW_KEY, group_key, remote_net, service_side
 from tcptop.frontends.exporter.metrics import FrameCollector
@@ -191,7 +191,7 @@ def test_series_stay_under_the_cap_and_the_rest_is_counted_in_the_overflow_group
 def test_groups_without_live_connections_make_room_for_new_ones():
     cap = 1000
     agg = Aggregator(max_series=cap, remote_mode="addr")
-    room = (cap - agg.fixed_series(snap([])) - GROUP_SERIES - 13 - 1) // (GROUP_SERIES + 1)
+    room = (cap - agg.fixed_series(snap([])) - OVERFLOW_SERIES) // (GROUP_SERIES + 1)
     old = [client(i, raddr=f"10.1.0.{i}", bytes_sent=1) for i in range(room)]
     agg.update(snap(old, 1))
     agg.update(snap([], 2))
@@ -200,6 +200,45 @@ def test_groups_without_live_connections_make_room_for_new_ones():
     f = agg.update(snap(new, 4))
     assert f.evicted == 5 and f.overflowed == 0
     assert len(samples(f)) <= cap
+
+
+def test_the_cap_holds_when_stage_series_arrive_after_the_groups_and_totals_move_to_the_overflow():
+    """The packet engine's first window comes after the first polls (it loads in the
+    background): its stage histograms must not push an exposition over the cap."""
+    cap = 1000
+    agg = Aggregator(max_series=cap, remote_mode="addr")
+    flows = [client(i, raddr=f"10.1.{i // 4}.{i % 4}", bytes_sent=10 + i, retrans_packets=i % 3)
+             for i in range(400)]
+    first = agg.update(snap(flows, 1))
+    assert first.series <= cap and first.overflowed > 0  # the budget is full
+    own = lambda frame: {r.key for r in frame.groups} - {OVERFLOW_KEY}  # noqa: E731
+    groups_before = own(first)
+    stages = {"rx": {s: {"count": 1, "mean_us": 1.0, "buckets": [[1024, 1]]} for s in ("driver", "ip", "tcp", "app")},
+              "tx": {s: {"count": 1, "mean_us": 1.0, "buckets": [[1024, 1]]} for s in ("tcp", "ip", "qdisc")},
+              "window": {"id": 1}}
+    moved = [dataclasses.replace(f, bytes_sent=f.bytes_sent + 1) for f in flows[:5]] + flows[5:]
+    f = agg.update(snap(moved, 2, latency=stages))
+    s = samples(f)
+    assert f.series == len(s) <= cap
+    assert own(f) < groups_before and f.folded == len(groups_before - own(f))
+    assert f.folded >= 6  # 7 stages x 29 series need at least 6 groups' room (37 each)
+    assert s[("tcptop_exporter_folded_groups_total", frozenset())] == f.folded
+    # Nothing was lost or counted twice: every connection and byte once, in its group or the overflow.
+    assert sum(v for (n, _), v in s.items() if n == "tcptop_connections") == 400
+    assert sum(v for (n, _), v in s.items() if n == "tcptop_sent_bytes_total") == sum(10 + i for i in range(400)) + 5
+    assert sum(v for (n, _), v in s.items() if n == "tcptop_retransmitted_segments_total") == sum(i % 3 for i in range(400))
+    # A folded group's connections go on counting in the overflow group.
+    overflow = frozenset(zip(("comm", "role", "port", "remote", "netns", "container"), OVERFLOW_KEY))
+    before = s[("tcptop_sent_bytes_total", overflow)]
+    in_overflow = [g for g in flows if group_key(g, "addr") in groups_before - own(f)]
+    assert in_overflow
+    bump = {g.id for g in in_overflow[:3]}
+    more = [dataclasses.replace(g, bytes_sent=g.bytes_sent + 100) if g.id in bump else g for g in moved]
+    f3 = agg.update(snap(more, 3, latency=stages))
+    s3 = samples(f3)
+    assert len(s3) <= cap
+    assert s3[("tcptop_sent_bytes_total", overflow)] == before + 300
+    assert sum(v for (n, _), v in s3.items() if n == "tcptop_connections") == 400
 
 
 def test_top_flows_are_the_ones_retransmitting_now():

@@ -13,7 +13,11 @@ costs a fixed number of series (GROUP_SERIES) plus one `tcptop_connections` seri
 state it has; a new group is admitted only while the budget has room, else the least
 recently active group without a live connection is evicted (its series disappear: that
 is a counter reset for Prometheus if it comes back), else the connection is counted in the
-overflow group (every label `_overflow_`), which is always budgeted.
+overflow group (every label `_overflow_`), which is always budgeted. What does not depend on
+the traffic can still grow after groups were admitted (the packet engine's first window
+brings its stage histograms, a new service its listener series): then the groups with the
+fewest live connections are folded into the overflow group — their totals and connections
+move there, their own series disappear — so the cap holds for every exposition.
 
 The exported histogram buckets are a fixed subset of the kernel's own bucket bounds
 (powers of two), so every cumulative count is exact: a kernel bucket is never split,
@@ -58,7 +62,7 @@ STAGE_SERIES = len(STAGE_BOUNDS_NS) + 3
 FLOW_SERIES = 7
 # Series that do not depend on the traffic: build info, engine health (besides one per
 # hook), the exporter's own counters (metrics.py emits exactly these).
-FIXED_SERIES = 1 + 3 + 8
+FIXED_SERIES = 1 + 3 + 9
 
 ZERO_WINDOW_STATES = frozenset({"ESTABLISHED"})
 
@@ -138,6 +142,7 @@ class Frame:
     series_limit: int = 0
     overflowed: int = 0              # connections ever counted in the overflow group
     evicted: int = 0                 # idle groups removed to make room
+    folded: int = 0                  # live groups folded into the overflow group when the room shrank
     failures: FailureSeries = FailureSeries()  # listeners, failed connects, unmatched (exporter/failures.py)
 
 
@@ -213,6 +218,7 @@ class Aggregator:
         self._seq = 0
         self.overflowed = 0
         self.evicted = 0
+        self.folded = 0
         self._overflow_used = False  # the overflow group is shown once something was counted in it
         self._idle: list[GroupKey] | None = None
         self._failures = FailureSeries()
@@ -280,6 +286,8 @@ class Aggregator:
         for sk in _stage_state(snap.latency):  # every stage the series budget counted is exposed
             if sk not in self._stages:
                 self._stages[sk] = Hist(STAGE_BOUNDS_NS)
+        room = self._group_room(snap)  # the flows' own stages may have added series
+        self._fit_groups(room)
         connections = self._fit_connections(room)
         return self._frame(snap, connections, t0 - engine_s)
 
@@ -391,6 +399,48 @@ class Aggregator:
         and flows carry the same stages, so this is known before the flows are counted."""
         return set(_stage_state(snap.latency)) | set(self._stages)
 
+    def _fit_groups(self, room: int) -> None:
+        """Make the admitted groups fit a room that shrank: idle groups are evicted first,
+        then the live groups with the fewest connections are folded into the overflow group."""
+        over = (len(self._groups) - 1) * (GROUP_SERIES + 1) - room
+        if over <= 0:
+            return
+        n = -(-over // (GROUP_SERIES + 1))
+        while n and self._evict_one():
+            n -= 1
+        if not n:
+            return
+        live = sorted((k for k in self._groups if k != OVERFLOW_KEY), key=lambda k: self._groups[k].live)
+        folding = set(live[:n])
+        into = self._groups[OVERFLOW_KEY]
+        for k in folding:
+            g = self._groups.pop(k)
+            into.counters = [a + b for a, b in zip(into.counters, g.counters)]
+            into.closed += g.closed
+            into.live += g.live
+            if g.rtt is not None:
+                if into.rtt is None:
+                    into.rtt = Hist(RTT_BOUNDS_US)
+                into.rtt.counts = [a + b for a, b in zip(into.rtt.counts, g.rtt.counts)]
+                into.rtt.sum += g.rtt.sum
+            for gauge in (self._zero_window, self._send_queue):
+                v = gauge.pop(k, 0)
+                if v:
+                    gauge[OVERFLOW_KEY] = gauge.get(OVERFLOW_KEY, 0) + v
+        for (k, state) in [ck for ck in self._conns if ck[0] in folding]:
+            ok = (OVERFLOW_KEY, state)
+            self._conns[ok] = self._conns.get(ok, 0) + self._conns.pop((k, state))
+        for t in self._tracks.values():
+            if t.key in folding:
+                t.key = OVERFLOW_KEY
+                if t.live_key is not None:
+                    t.live_key = OVERFLOW_KEY
+                if not t.overflowed:
+                    t.overflowed = True
+                    self.overflowed += 1
+        self.folded += len(folding)
+        self._overflow_used = True
+
     def _fit_connections(self, room: int) -> tuple[tuple[GroupKey, str, int], ...]:
         """(group, state, n) series; what the budget has no room for is counted in the overflow group."""
         allowance = room - (len(self._groups) - 1) * GROUP_SERIES
@@ -422,7 +472,7 @@ class Aggregator:
             seq=self._seq, ts=snap.ts, groups=groups, connections=connections, stages=stages,
             stage_source="flows" if self.stages_from_flows else "host", flows=flows, run=snap.run,
             host=snap.host, kernel=snap.kernel, polls=self._seq, series=series, series_limit=self.max_series,
-            overflowed=self.overflowed, evicted=self.evicted, poll_s=time.perf_counter() - started,
+            overflowed=self.overflowed, evicted=self.evicted, folded=self.folded, poll_s=time.perf_counter() - started,
             failures=self._failures)
 
     def _top_flows(self) -> tuple[FlowRow, ...]:

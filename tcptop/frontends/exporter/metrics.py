@@ -195,3 +195,7 @@ def health_metrics(frame: Frame) -> Iterator[Metric]:
     yield CounterMetricFamily("tcptop_exporter_evicted_groups",
                               "Groups with no live connection removed to make room for new ones (their totals "
                               "left the exposition).", value=frame.evicted)
+    yield CounterMetricFamily("tcptop_exporter_folded_groups",
+                              "Groups with live connections folded into the overflow group because series that "
+                              "do not depend on the traffic (stage histograms, listeners) grew after they were "
+                              "admitted (their totals and connections moved there).", value=frame.folded)
