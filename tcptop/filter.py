@@ -33,7 +33,7 @@ from tcptop.model import TCP_STATES, Flow
 Predicate = Callable[[Flow], bool]
 
 __all__ = ["FilterError", "compile_filter", "normalize_state", "STATE_NAMES", "Predicate", "MAX_LENGTH",
-           "MAX_DEPTH", "FlowSieve"]
+           "MAX_DEPTH"]
 
 MAX_LENGTH = 4096  # characters: hundreds of primitives, far beyond anything typed
 MAX_DEPTH = 50     # nested parentheses
@@ -348,28 +348,3 @@ def compile_filter(expr: str | None) -> Predicate:
     if len(expr) > MAX_LENGTH:
         raise FilterError(f"filter longer than {MAX_LENGTH} characters", MAX_LENGTH)
     return _Parser(expr).parse()
-
-
-class FlowSieve:
-    """A predicate over successive snapshots' flows that asks it again only about flows that
-    changed. An engine hands back the very Flow object of a connection that did not change,
-    and a predicate reads nothing but the flow's own fields, so the answer for the same
-    object stands. A filter of a few terms costs ~3 us a flow in Python: at 100,000 flows,
-    0.6 s a poll; or, under a churn of connections, more than the engine itself."""
-
-    def __init__(self, keep: Predicate) -> None:
-        self.keep = keep
-        self._seen: dict[int, tuple[Flow, bool]] = {}  # id -> (the flow last asked about, its answer)
-
-    def __call__(self, flows) -> tuple[Flow, ...]:
-        seen, keep, out = self._seen, self.keep, []
-        get, put = seen.get, out.append
-        for f in flows:
-            e = get(f.id)
-            if e is None or e[0] is not f:
-                e = seen[f.id] = (f, keep(f))
-            if e[1]:
-                put(f)
-        if len(seen) > 2 * len(flows) + 1024:  # forget flows no longer listed
-            self._seen = {f.id: seen[f.id] for f in flows}
-        return tuple(out)

@@ -425,6 +425,56 @@ done:
 	return out;
 }
 
+/* sieve(flows, seen, keep) -> [flows keep() keeps]: keep() is asked only about a flow that is
+ * not the very object `seen` (id -> (flow, answer)) has for its id, and `seen` is updated. Under
+ * a churn of connections this loop over every listed flow (~90,000) cost ~80 ms of Python a line. */
+static PyObject *sieve(PyObject *self, PyObject *args)
+{
+	PyObject *flows, *seen, *keep, *seq, *kept = NULL;
+
+	if (!PyArg_ParseTuple(args, "OO!O", &flows, &PyDict_Type, &seen, &keep))
+		return NULL;
+	if (!(seq = PySequence_Fast(flows, "flows: a sequence")))
+		return NULL;
+	if (!(kept = PyList_New(0)))
+		goto done;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+		PyObject *id = id_of(f), *answer = NULL;
+		if (!id)
+			goto fail;
+		PyObject *e = PyDict_GetItemWithError(seen, id);
+		if (e && PyTuple_CheckExact(e) && PyTuple_GET_SIZE(e) == 2 && PyTuple_GET_ITEM(e, 0) == f) {
+			answer = Py_NewRef(PyTuple_GET_ITEM(e, 1));
+		} else if (!PyErr_Occurred()) {
+			PyObject *got = PyObject_CallOneArg(keep, f);
+			int truth = got ? PyObject_IsTrue(got) : -1;
+			Py_XDECREF(got);
+			if (truth >= 0) {
+				answer = Py_NewRef(truth ? Py_True : Py_False);
+				PyObject *entry = PyTuple_Pack(2, f, answer);
+				if (!entry || PyDict_SetItem(seen, id, entry) < 0)
+					Py_CLEAR(answer);
+				Py_XDECREF(entry);
+			}
+		}
+		Py_DECREF(id);
+		if (!answer)
+			goto fail;
+		int rc = answer == Py_True ? PyList_Append(kept, f) : 0;
+		Py_DECREF(answer);
+		if (rc < 0)
+			goto fail;
+	}
+	goto done;
+fail:
+	Py_CLEAR(kept);
+done:
+	Py_DECREF(seq);
+	return kept;
+}
+
 /* round(x, 3) as float.__round__ computes it: the correctly rounded 3-decimal string of x,
  * read back (both through the same dtoa Python uses). */
 static double round3(double x)
@@ -555,6 +605,7 @@ done:
 static PyMethodDef methods[] = {
 	{"flows_text", flows_text, METH_VARARGS, "The flows' JSON texts joined, each with its age."},
 	{"pieces", pieces, METH_VARARGS, "A Flow's compact JSON, split around its duration's value."},
+	{"sieve", sieve, METH_VARARGS, "The flows keep() keeps, asking it only about flows not `seen` as that object."},
 	{"delta", delta, METH_VARARGS, "(changed flows, ids gone) since `shown`, which is updated."},
 	{NULL, NULL, 0, NULL},
 };

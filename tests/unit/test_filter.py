@@ -121,39 +121,6 @@ def test_state_spellings_fold_together():
     assert normalize_state("closed") == normalize_state("CLOSE")
 
 
-def test_sieve_keeps_what_the_filter_keeps_and_asks_only_about_changed_flows():
-    """Over successive snapshots the sieve lists exactly the flows the filter keeps, in order,
-    and asks the filter only about flows it has not seen as that very object."""
-    import dataclasses
-
-    from tcptop.filter import FlowSieve
-
-    asked = []
-    pred = compile_filter("lport 80 or comm redis*")
-
-    def keep(f):
-        asked.append(f.id)
-        return pred(f)
-
-    sieve = FlowSieve(keep)
-    flows = [make_flow(i, lport=80 if i % 3 == 0 else 1000 + i, comm="redis-server" if i % 5 == 0 else "curl")
-             for i in range(1, 31)]
-    assert sieve(flows) == tuple(f for f in flows if pred(f))
-    assert sorted(asked) == list(range(1, 31))
-    asked.clear()
-    # two change (one now kept, one no longer), one goes, one comes, the rest are the same objects
-    flows[1] = dataclasses.replace(flows[1], lport=80)
-    flows[2] = dataclasses.replace(flows[2], lport=2000)
-    del flows[10]
-    flows.append(make_flow(99, lport=80))
-    got = sieve(flows)
-    assert got == tuple(f for f in flows if pred(f))
-    assert flows[1] in got and flows[2] not in got and got[-1].id == 99
-    assert sorted(asked) == [2, 3, 99]
-    asked.clear()
-    assert sieve(flows) == got and asked == []
-
-
 def test_ors_of_ports_and_long_chains_keep_their_meaning():
     """`port a or port b ...` is one set lookup and chains of more than 16 terms are loops:
     the same answers as term by term."""

@@ -3,11 +3,14 @@
 import dataclasses
 from types import MappingProxyType
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcptop.frontends import json as json_frontend
-from tcptop.frontends.json import LineEncoder
+from factories import make_flow
+from tcptop.filter import compile_filter
+from tcptop.frontends.json import FlowSieve, LineEncoder
 from tcptop.model import METRICS, Flow, JsonEncoder, Snapshot, snapshot_from_json
 
 
@@ -99,3 +102,80 @@ def test_the_c_line_equals_pythons_across_snapshots(flows, stamps):
     for n, ts in enumerate(stamps):
         snap = Snapshot(ts=ts, interval_s=1.0, flows=tuple(flows[n:]) + tuple(flows[:n]))
         assert c.encode(snap) == py.encode(snap) == snap.to_json()
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+def test_sieve_keeps_what_the_filter_keeps_and_asks_only_about_changed_flows(impl, monkeypatch):
+    """Over successive snapshots the sieve lists exactly the flows the filter keeps, in order,
+    and asks the filter only about flows it has not seen as that very object."""
+    if impl == "python":
+        monkeypatch.setattr(json_frontend, "_c", None)
+    else:
+        assert json_frontend.C_WHY == ""
+    asked = []
+    pred = compile_filter("lport 80 or comm redis*")
+
+    def keep(f):
+        asked.append(f.id)
+        return pred(f)
+
+    sieve = FlowSieve(keep)
+    flows = [make_flow(i, lport=80 if i % 3 == 0 else 1000 + i, comm="redis-server" if i % 5 == 0 else "curl")
+             for i in range(1, 31)]
+    assert sieve(flows) == tuple(f for f in flows if pred(f))
+    assert sorted(asked) == list(range(1, 31))
+    asked.clear()
+    # two change (one now kept, one no longer), one goes, one comes, the rest are the same objects
+    flows[1] = dataclasses.replace(flows[1], lport=80)
+    flows[2] = dataclasses.replace(flows[2], lport=2000)
+    del flows[10]
+    flows.append(make_flow(99, lport=80))
+    got = sieve(flows)
+    assert got == tuple(f for f in flows if pred(f))
+    assert flows[1] in got and flows[2] not in got and got[-1].id == 99
+    assert sorted(asked) == [2, 3, 99]
+    asked.clear()
+    assert sieve(flows) == got and asked == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), max_size=25), min_size=1, max_size=6), st.randoms())
+def test_the_c_sieve_equals_pythons(polls, rnd):
+    """The same kept flows (the very objects), the same questions, the same `seen`, poll after poll."""
+    from tcptop.frontends.json import _c, py_sieve
+    objects: dict[int, Flow] = {}
+    seen_c: dict = {}
+    seen_py: dict = {}
+    for ids in polls:
+        flows = []
+        for i in dict.fromkeys(ids):
+            if i not in objects or rnd.random() < 0.3:
+                objects[i] = flow(i, bytes_sent=rnd.randrange(1000))
+            flows.append(objects[i])
+        asked_c, asked_py = [], []
+
+        def keep(f, asked):
+            asked.append(f.id)
+            return f.bytes_sent % 2 == 0 and 1 or 0  # a truthy int, not a bool
+
+        c = _c.sieve(tuple(flows), seen_c, lambda f: keep(f, asked_c))
+        py = py_sieve(tuple(flows), seen_py, lambda f: keep(f, asked_py))
+        assert len(c) == len(py) and all(a is b for a, b in zip(c, py))
+        assert asked_c == asked_py
+        assert seen_c.keys() == seen_py.keys()
+        assert all(seen_c[i][0] is seen_py[i][0] and seen_c[i][1] is seen_py[i][1] for i in seen_c)
+
+
+def test_an_error_in_the_filter_comes_out_of_the_c_sieve_and_keeps_what_was_learnt():
+    from tcptop.frontends.json import _c
+    flows = tuple(flow(i) for i in range(5))
+    seen: dict = {}
+
+    def keep(f):
+        if f.id == 3:
+            raise ValueError("boom")
+        return True
+
+    with pytest.raises(ValueError, match="boom"):
+        _c.sieve(flows, seen, keep)
+    assert sorted(seen) == [0, 1, 2] and all(seen[i] == (flows[i], True) for i in seen)
