@@ -28,15 +28,39 @@ FLAGS = (F.REC_QUIESCENT, F.REC_SEEN_BIRTH, F.REC_CLIENT, F.REC_SERVER, F.REC_NO
 SLOTS = F._Track.__slots__
 # a kept end's timer: near the last one seen (within 1 s: not a change) or not, or anything
 TW_LEFT = st.sampled_from([0, 900, 1500, 2500, 59999]) | st.integers(0, 2**32 - 1)
-PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals, fd._c.tw_pass, fd._c.expire_pass),
-          "Python": (F.py_apply_live, F.py_apply_finals, F.py_tw_pass, F.py_expire_pass)}
+PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals, fd._c.tw_pass, fd._c.expire_pass, fd._c.take_notices),
+          "Python": (F.py_apply_live, F.py_apply_finals, F.py_tw_pass, F.py_expire_pass, F.py_take_notices)}
 
 
 class _Owners:
-    """Who holds what, as the engine's Owners would find it in /proc (fixed here)."""
+    """Who holds what, as the engine's Owners would find it in /proc (fixed here); the names
+    the kernel gave (note, exec, exit, fork), kept as Owners keeps them."""
+
+    def __init__(self):
+        self.names: dict[int, str] = {}
+        self.calls = 0
 
     def lookup(self, pid):
         return OWNERS.get(pid)
+
+    def note(self, pid, comm, exec_=False):
+        self.calls += 1
+        if not pid:
+            return False
+        got = self.names.get(pid)
+        if got is not None and not exec_:
+            if comm and got != comm:
+                self.names[pid] = comm
+                return True
+            return False
+        self.names[pid] = comm or "?"
+        return got is None or got != self.names[pid]
+
+    def exited(self, pid):
+        self.names.pop(pid, None)
+
+    def born(self, pid):
+        self.names.pop(pid, None)
 
     def pid_of_inode(self, ino):
         return 300 if ino % 3 == 0 else 0
@@ -51,6 +75,7 @@ def _engine(first, redecode, no_counters):
     e._closing, e._tw_due = collections.deque(), []
     e._boot_offset, e._changed, e._polls, e.closed_keep_polls = 1764600000.25, False, 2, 3
     e.owners, e.hooks, e._first_holders = _Owners(), {}, first
+    e._forks = []
     return e
 
 
@@ -96,7 +121,21 @@ def batches(draw):
             v[fd.I_TW_LEFT] = draw(TW_LEFT)
             v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
             kept.append(tuple(v))
-        out.append((finals, kept, batch, draw(st.booleans()), draw(st.integers(0, 3))))
+        notices = []
+        for _ in range(draw(st.integers(0, 10))):
+            n = list(F.NOTICE.unpack(bytes(F.NOTICE.size)))
+            n[0] = draw(st.sampled_from(cookies + [v[fd.I_COOKIE] for v in finals]))
+            n[F._NK] = draw(st.sampled_from([F.NOTE_DIRTY] * 4 + [F.NOTE_OWNER] * 4 +
+                                            [F.NOTE_EXEC, F.NOTE_EXIT, F.NOTE_FORK]))
+            n[F._NPID] = draw(st.sampled_from([0, 100, 200, 300]))
+            n[F._NNS] = draw(st.sampled_from([4026531840, 4026532999]))
+            n[F._NFAM] = draw(st.sampled_from([2, 10]))
+            n[F._NV4] = draw(st.integers(0, 1))
+            n[F._NSPORT], n[F._NDPORT] = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
+            n[F._NSADDR], n[F._NDADDR] = draw(st.binary(min_size=16, max_size=16)), draw(st.binary(min_size=16, max_size=16))
+            n[F._NCOMM] = draw(st.sampled_from([b"redis-server\0\0\0\0", bytes(16), b"curl" + bytes(12)]))
+            notices.append(tuple(n))
+        out.append((finals, kept, batch, draw(st.booleans()), draw(st.integers(0, 3)), notices))
     first = draw(st.none() | st.dictionaries(st.sampled_from(cookies), st.sampled_from([100, 200, 400])))
     some = st.sets(st.sampled_from(cookies))
     return out, first, draw(some), draw(some)
@@ -112,7 +151,7 @@ def _state(e) -> dict:
 
 def test_the_c_passes_are_used():
     """`make setup` builds them; without them the engine works, ~3x slower a busy poll."""
-    assert (F._live_pass, F._finals_pass, F._tw_pass, F._expire_pass) == PASSES["C"]
+    assert (F._live_pass, F._finals_pass, F._tw_pass, F._expire_pass, F._notices_pass) == PASSES["C"]
 
 
 @settings(max_examples=400, deadline=None)
@@ -121,11 +160,13 @@ def test_c_pass_equals_python(case):
     polls, first, redecode, no_counters = case
     with mock.patch("time.time", return_value=1764612345.5):
         engines, checks = [], []
-        for live_pass, finals_pass, tw_pass, expire_pass in PASSES.values():
+        for live_pass, finals_pass, tw_pass, expire_pass, notices_pass in PASSES.values():
             e = _engine(first, redecode, no_counters)
             got = []
-            for finals, kept, recs, lookups_ok, later in polls:
+            for n, (finals, kept, recs, lookups_ok, later, notices) in enumerate(polls):
                 e.touched = set()  # as refresh() starts a poll: what changed, poll by poll
+                notices_pass(list(notices), list(finals), e, 10**9 * n)
+                got.append((sorted(e._redecode), sorted(e._watch), e.owners.names, list(e._forks)))
                 got.append(finals_pass(list(finals), e, lookups_ok))
                 got.append(tw_pass(list(kept), e))
                 live_pass(list(recs), e, first)
@@ -165,7 +206,7 @@ def test_a_kept_end_changes_only_when_its_state_or_timer_moves():
     base = list(fd.RECORD.unpack(bytes(fd.RECORD.size)))
     base[fd.I_COOKIE], base[fd.I_KIND], base[fd.I_PID], base[fd.I_FAMILY] = 7, F.KIND_TW, 100, 2
     seen = {}
-    for name, (live_pass, _finals, tw_pass, _expire) in PASSES.items():
+    for name, (live_pass, _finals, tw_pass, _expire, _notices) in PASSES.items():
         e = _engine(None, (), ())
         flows = []
         with mock.patch("time.time", return_value=1764612345.5):
@@ -199,3 +240,26 @@ def test_untrack_takes_only_objects_of_plain_slotted_classes():
     for obj in ({}, [], Open(), object()):
         with pytest.raises(TypeError, match="plain slotted class"):
             fd.untrack(obj)
+
+
+def test_a_process_named_again_after_its_exec_is_noted_again():
+    """OWNER, EXEC, OWNER of one pid with the same name: the second OWNER is not the repeat
+    of the first (the exec renamed the process in between), in both passes."""
+    def notice(kind, cookie, comm=b"redis-server\0\0\0\0"):
+        n = list(F.NOTICE.unpack(bytes(F.NOTICE.size)))
+        n[0], n[F._NK], n[F._NPID], n[F._NNS], n[F._NFAM], n[F._NCOMM] = cookie, kind, 100, 4026531840, 2, comm
+        return tuple(n)
+
+    seen = {}
+    for name, passes in PASSES.items():
+        e = _engine(None, (), ())
+        e._by_pid = {100: {41, 42}}
+        with mock.patch.object(F, "read_comm", return_value="sleep"):
+            passes[4]([notice(F.NOTE_OWNER, 1)], [], e, 0)
+            e._redecode.clear()
+            passes[4]([notice(F.NOTE_OWNER, 2), notice(F.NOTE_EXEC, 0), notice(F.NOTE_OWNER, 3)], [], e, 0)
+        assert e.owners.names[100] == "redis-server"  # not "sleep": the last OWNER named it
+        assert e._redecode == {2, 3, 41, 42}
+        assert e._tracks[3].owner == 100
+        seen[name] = (dict(e.owners.names), sorted(e._redecode))
+    assert seen["C"] == seen["Python"]

@@ -615,11 +615,11 @@ static int count_add(PyObject *counter, PyObject *key, long by)
 	return rc;
 }
 
-/* FlowEngine._set_place(tr, b"", ns) */
-static int set_place(struct live_ctx *c, PyObject *tr, PyObject *ns)
+/* FlowEngine._set_place(tr, want, ns) (want borrowed) */
+static int set_place_want(struct live_ctx *c, PyObject *tr, PyObject *want, PyObject *ns)
 {
 	PyObject *was = tget(tr, TS_NETNS);
-	tset(tr, TS_WANT, T.empty_bytes);
+	tset(tr, TS_WANT, want);
 	int same = PyObject_RichCompareBool(was, ns, Py_EQ);
 	if (same)
 		return same < 0 ? -1 : 0;
@@ -628,6 +628,12 @@ static int set_place(struct live_ctx *c, PyObject *tr, PyObject *ns)
 		return -1;
 	tset(tr, TS_NETNS, ns);
 	return 0;
+}
+
+/* FlowEngine._set_place(tr, b"", ns) */
+static int set_place(struct live_ctx *c, PyObject *tr, PyObject *ns)
+{
+	return set_place_want(c, tr, T.empty_bytes, ns);
 }
 
 /* FlowEngine._repoint(cookie, old_pid, pid) */
@@ -1139,6 +1145,249 @@ out:
 	return ret;
 }
 
+/* ---- The flow engine's pass over notices (FlowEngine._take_notices) --------------------
+ *
+ * Under a churn of 10,000 connections a second, a poll takes ~20,000 notices: a socket to
+ * look up (DIRTY) and the process that accepted or connected it (OWNER). Those two are
+ * applied here; exec, exit and fork go, in order, to the engine's _notice_other.
+ * py_take_notices in flows.py is the same pass in Python (tests/unit/test_flow_apply_c.py). */
+
+static struct {
+	Py_ssize_t i_kind, i_netns, i_pid, i_sport, i_dport, i_family, i_v4, i_saddr, i_daddr, i_comm, len;
+	Py_ssize_t w_cookie, w_sport, w_dport, w_v4, w_saddr, w_daddr, w_size;
+	long dirty, owner;
+	PyObject *note_s, *other_s;
+	int ready;
+} NT;
+
+/* setup_notices(positions, want_offsets, want_size, consts): where a notice tuple's fields
+ * are (flow_layout.N) and where a struct flow_want's members go (the FlowWant mirror, which
+ * is checked against the object's BTF at load). */
+static PyObject *setup_notices(PyObject *self, PyObject *args)
+{
+	PyObject *positions, *want, *consts;
+	Py_ssize_t want_size;
+	int ok = 1;
+
+	if (!PyArg_ParseTuple(args, "O!O!nO!", &PyDict_Type, &positions, &PyDict_Type, &want, &want_size,
+			      &PyDict_Type, &consts))
+		return NULL;
+	struct { Py_ssize_t *at; const char *name; } pos[] = {
+		{&NT.i_kind, "kind"}, {&NT.i_netns, "netns"}, {&NT.i_pid, "pid"}, {&NT.i_sport, "sport"},
+		{&NT.i_dport, "dport"}, {&NT.i_family, "family"}, {&NT.i_v4, "lookup_v4"}, {&NT.i_saddr, "saddr"},
+		{&NT.i_daddr, "daddr"}, {&NT.i_comm, "comm"},
+	}, off[] = {
+		{&NT.w_cookie, "cookie"}, {&NT.w_sport, "sport"}, {&NT.w_dport, "dport"}, {&NT.w_v4, "lookup_v4"},
+		{&NT.w_saddr, "saddr"}, {&NT.w_daddr, "daddr"},
+	};
+	NT.len = 0;
+	for (size_t i = 0; i < sizeof(pos) / sizeof(pos[0]); i++) {
+		if ((*pos[i].at = index_arg(positions, pos[i].name)) < 0)
+			return NULL;
+		if (*pos[i].at + 1 > NT.len)
+			NT.len = *pos[i].at + 1;
+	}
+	NT.w_size = want_size;
+	for (size_t i = 0; i < sizeof(off) / sizeof(off[0]); i++) {
+		if ((*off[i].at = index_arg(want, off[i].name)) < 0)
+			return NULL;
+		Py_ssize_t width = off[i].at == &NT.w_cookie ? 8 : off[i].at == &NT.w_saddr || off[i].at == &NT.w_daddr ? 16 : 2;
+		if (*off[i].at + width > want_size) {
+			PyErr_SetString(PyExc_ValueError, "a want member outside the want");
+			return NULL;
+		}
+	}
+	NT.dirty = (long)const_of(consts, "NOTE_DIRTY", &ok);
+	NT.owner = (long)const_of(consts, "NOTE_OWNER", &ok);
+	if (!ok || PyErr_Occurred())
+		return NULL;
+	if (!NT.note_s && !(NT.note_s = PyUnicode_InternFromString("note")))
+		return NULL;
+	if (!NT.other_s && !(NT.other_s = PyUnicode_InternFromString("_notice_other")))
+		return NULL;
+	NT.ready = 1;
+	Py_RETURN_NONE;
+}
+
+static void put_le(char *p, unsigned long long v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (char)(v >> (8 * i));
+}
+
+/* flows._want_of_notice: the struct flow_want that looks a noticed socket up. */
+static PyObject *want_of(PyObject *const *it)
+{
+	unsigned long long cookie = PyLong_AsUnsignedLongLong(it[0]);
+	unsigned long sport = PyLong_AsUnsignedLong(it[NT.i_sport]), dport = PyLong_AsUnsignedLong(it[NT.i_dport]);
+	long family = PyLong_AsLong(it[NT.i_family]);
+	int mapped = PyObject_IsTrue(it[NT.i_v4]);
+	PyObject *sa = it[NT.i_saddr], *da = it[NT.i_daddr];
+	if (PyErr_Occurred() || mapped < 0)
+		return NULL;
+	if (!PyBytes_CheckExact(sa) || !PyBytes_CheckExact(da) || PyBytes_GET_SIZE(sa) != 16 || PyBytes_GET_SIZE(da) != 16) {
+		PyErr_SetString(PyExc_ValueError, "a notice's addresses are 16 bytes");
+		return NULL;
+	}
+	PyObject *w = PyBytes_FromStringAndSize(NULL, NT.w_size);
+	if (!w)
+		return NULL;
+	char *p = PyBytes_AS_STRING(w);
+	memset(p, 0, NT.w_size);
+	put_le(p + NT.w_cookie, cookie, 8);
+	put_le(p + NT.w_sport, sport, 2);
+	put_le(p + NT.w_dport, dport, 2);
+	put_le(p + NT.w_v4, family == 2 || mapped, 2);
+	int v4_in_v6 = family != 2 && mapped;	/* IPv4 in the first four bytes, as the lookup reads it */
+	memcpy(p + NT.w_saddr, PyBytes_AS_STRING(sa) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
+	memcpy(p + NT.w_daddr, PyBytes_AS_STRING(da) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
+	return w;
+}
+
+/* FlowEngine._track(cookie, now_ns): a new reference. */
+static PyObject *track_of(struct live_ctx *c, PyObject *cookie, PyObject *now_ns)
+{
+	PyObject *tr = PyDict_GetItemWithError(c->tracks, cookie);
+	if (tr)
+		return Py_NewRef(tr);
+	if (PyErr_Occurred() || !(tr = new_track()))
+		return NULL;
+	tset(tr, TS_BORN, now_ns);
+	if (PyDict_SetItem(c->tracks, cookie, tr) < 0) {
+		Py_DECREF(tr);
+		return NULL;
+	}
+	return tr;
+}
+
+static int set_update(PyObject *set, PyObject *items)
+{
+	PyObject *it = PyObject_GetIter(items), *x;
+	if (!it)
+		return -1;
+	while ((x = PyIter_Next(it))) {
+		int rc = PySet_Add(set, x);
+		Py_DECREF(x);
+		if (rc < 0)
+			break;
+	}
+	Py_DECREF(it);
+	return PyErr_Occurred() ? -1 : 0;
+}
+
+/* One OWNER notice. The owners' note() is asked once per (pid, comm) in a row: asked again
+ * with the same names it changes nothing and answers False (an exec between the two would
+ * have gone to _notice_other, which forgets the last one). */
+static int owner_notice(struct live_ctx *c, PyObject *owners, PyObject *const *it, PyObject *cookie,
+			PyObject *now_ns, PyObject **last_pid, PyObject **last_comm)
+{
+	PyObject *pid = it[NT.i_pid], *raw = it[NT.i_comm];
+	int same = *last_pid && *last_comm ? PyObject_RichCompareBool(pid, *last_pid, Py_EQ) : 0;
+	if (same > 0)
+		same = PyObject_RichCompareBool(raw, *last_comm, Py_EQ);
+	if (same < 0)
+		return -1;
+	if (!same) {
+		PyObject *comm = PyObject_CallOneArg(T.comm_of, raw);
+		PyObject *r = comm ? PyObject_CallMethodObjArgs(owners, NT.note_s, pid, comm, NULL) : NULL;
+		Py_XDECREF(comm);
+		int changed = r ? PyObject_IsTrue(r) : -1;
+		Py_XDECREF(r);
+		if (changed < 0)
+			return -1;
+		Py_XSETREF(*last_pid, Py_NewRef(pid));
+		Py_XSETREF(*last_comm, Py_NewRef(raw));
+		if (changed) {
+			PyObject *pids = PyDict_GetItemWithError(c->by_pid, pid);
+			if ((!pids && PyErr_Occurred()) || (pids && set_update(c->redecode, pids) < 0))
+				return -1;
+		}
+	}
+	PyObject *tr = track_of(c, cookie, now_ns);
+	if (!tr)
+		return -1;
+	tset(tr, TS_OWNER, pid);
+	Py_DECREF(tr);
+	return PySet_Add(c->redecode, cookie);
+}
+
+/* take_notices(notices, finals, engine, now_ns): FlowEngine._take_notices. */
+static PyObject *take_notices(PyObject *self, PyObject *args)
+{
+	PyObject *notices, *finals, *now_ns, *ended = NULL, *owners = NULL, *last_pid = NULL, *last_comm = NULL,
+		 *ret = NULL;
+	struct live_ctx c = {.first = Py_None};
+
+	if (!NT.ready) {
+		PyErr_SetString(PyExc_RuntimeError, "_flow_decode.setup_notices() was not called");
+		return NULL;
+	}
+	if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &notices, &PyList_Type, &finals, &c.eng, &now_ns) ||
+	    ctx_open(&c, "take_notices") < 0)
+		return NULL;
+	if (!(owners = PyObject_GetAttrString(c.eng, "owners")) || !(ended = PySet_New(NULL)))
+		goto out;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(finals); i++) {
+		PyObject *v = PyList_GET_ITEM(finals, i);
+		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
+			PyErr_SetString(PyExc_ValueError, "take_notices: not a whole record");
+			goto out;
+		}
+		if (PySet_Add(ended, PyTuple_GET_ITEM(v, S.i_cookie)) < 0)
+			goto out;
+	}
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(notices); i++) {
+		PyObject *v = PyList_GET_ITEM(notices, i);
+		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < NT.len) {
+			PyErr_SetString(PyExc_ValueError, "take_notices: not a whole notice");
+			goto out;
+		}
+		Py_INCREF(v);
+		PyObject *const *it = ((PyTupleObject *)v)->ob_item;
+		PyObject *cookie = it[0];
+		long kind = PyLong_AsLong(it[NT.i_kind]);
+		int rc = -1;
+		if (kind == -1 && PyErr_Occurred()) {
+			rc = -1;
+		} else if (kind == NT.dirty) {
+			int gone = PySet_Contains(ended, cookie);
+			rc = gone < 0 ? -1 : 0;
+			if (gone == 0) {
+				PyObject *tr = track_of(&c, cookie, now_ns);
+				rc = tr ? 0 : -1;
+				if (tr && PyLong_AsLong(tget(tr, TS_KIND)) != T.kind_closed) {
+					PyObject *want = PyErr_Occurred() ? NULL : want_of(it);
+					rc = want && set_place_want(&c, tr, want, it[NT.i_netns]) == 0 &&
+					     PySet_Add(c.watch, cookie) == 0 ? 0 : -1;
+					Py_XDECREF(want);
+				} else if (PyErr_Occurred()) {
+					rc = -1;
+				}
+				Py_XDECREF(tr);
+			}
+		} else if (kind == NT.owner) {
+			rc = owner_notice(&c, owners, it, cookie, now_ns, &last_pid, &last_comm);
+		} else {
+			Py_CLEAR(last_pid);
+			Py_CLEAR(last_comm);
+			PyObject *r = PyObject_CallMethodOneArg(c.eng, NT.other_s, v);
+			rc = r ? 0 : -1;
+			Py_XDECREF(r);
+		}
+		Py_DECREF(v);
+		if (rc < 0)
+			goto out;
+	}
+	ret = Py_NewRef(Py_None);
+out:
+	ctx_close(&c);
+	Py_XDECREF(owners);
+	Py_XDECREF(ended);
+	Py_XDECREF(last_pid);
+	Py_XDECREF(last_comm);
+	return ret;
+}
+
 /* ---- FlowJoin's pass over the flows that changed (join.py) ------------------------------
  * Under a churn of 10,000 connections a second ~40,000 flows change a poll and those that
  * failed get their failures attached: ~3-5 us each in Python. py_join_pass is the same in
@@ -1390,6 +1639,8 @@ static PyMethodDef methods[] = {
 	{"apply_finals", apply_finals, METH_VARARGS, "FlowEngine._apply_finals' pass over final records."},
 	{"tw_pass", tw_pass, METH_VARARGS, "FlowEngine._apply_finals' pass over the lookups of kept ends."},
 	{"join_pass", join_pass, METH_VARARGS, "FlowJoin.update's pass over the flows that changed."},
+	{"setup_notices", setup_notices, METH_VARARGS, "Tell take_notices about the notice and want layouts."},
+	{"take_notices", take_notices, METH_VARARGS, "FlowEngine._take_notices' pass over a poll's notices."},
 	{"expire_pass", expire_pass, METH_O, "FlowEngine._expire's pass over the closed flows due to go."},
 	{"untrack", untrack, METH_O, "An object of a plain slotted class out of the cyclic collector's sight."},
 	{"unpack_all", unpack_all, METH_VARARGS,

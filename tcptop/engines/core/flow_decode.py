@@ -174,13 +174,15 @@ def py_untrack(obj) -> None:
 untrack = _c.untrack if _c is not None else py_untrack
 
 
-def live_passes(track_type: type, consts: dict[str, int]):
-    """The C apply_live, apply_finals, tw_pass and expire_pass, set up for the flow engine's
-    track type (None without the C helper)."""
+def live_passes(track_type: type, consts: dict[str, int], notice_positions: dict[str, int],
+                want_offsets: dict[str, int], want_size: int):
+    """The C apply_live, apply_finals, tw_pass, expire_pass and take_notices, set up for the
+    flow engine's track type and the notice and want layouts (None without the C helper)."""
     if _c is None:
         return None
     try:
         _c.setup_tracks(track_type, R, consts, comm_of)
+        _c.setup_notices(notice_positions, want_offsets, want_size, consts)
     except (TypeError, ValueError, KeyError):
         return None
-    return _c.apply_live, _c.apply_finals, _c.tw_pass, _c.expire_pass
+    return _c.apply_live, _c.apply_finals, _c.tw_pass, _c.expire_pass, _c.take_notices

@@ -30,7 +30,7 @@ from tcptop.engines.core import flow_decode as fd
 from tcptop.engines.core.flow_decode import (I_COMM, I_EST, I_FLAGS, I_INO, I_KIND, I_NETNS, I_NOW,
                                               I_PID, I_REFS, I_STATE, comm_of, flow_of, records)
 from tcptop.engines.core.flow_layout import (ENUM_MIRRORS, HOLDER, HOLDER_SIZE, MIRRORS, N, NOTICE,
-                                             REC_SIZE, WANT, FlowCtl, FlowHolder, NoticeKind,
+                                             REC_SIZE, WANT, FlowCtl, FlowHolder, FlowWant, NoticeKind,
                                              RecordFlag, RecordKind, Stat)
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, IterReader, KernelBtf, Link, RingBuffer,
                                         iter_chunks, iter_read, object_path, refused_program)
@@ -44,7 +44,7 @@ REC_CLIENT, REC_SERVER, REC_NO_COUNTERS = int(RecordFlag.REC_CLIENT), int(Record
 REC_RESET_RCVD, REC_TIMED_OUT, REC_LOOKUP_V4 = int(RecordFlag.REC_RESET_RCVD), int(RecordFlag.REC_TIMED_OUT), int(
     RecordFlag.REC_LOOKUP_V4)
 NOTE_DIRTY, NOTE_OWNER, NOTE_EXEC, NOTE_EXIT, NOTE_FORK = map(int, NoticeKind)
-_NK, _NPID, _NNS = N["kind"], N["pid"], N["netns"]
+_NK, _NPID, _NNS, _NCOMM = N["kind"], N["pid"], N["netns"], N["comm"]
 ST_FIN_WAIT1, ST_FIN_WAIT2, ST_TIME_WAIT, ST_CLOSED, ST_CLOSING = 4, 5, 6, 7, 11  # kernel TCP states (model.TCP_STATES)
 GOT_MAX = 8192  # GOT_MAX in bpf/flows.bpf.c: lookups per test run
 # wants and got are read and written in place: entry i at i * size (array entries are 8-aligned)
@@ -455,38 +455,26 @@ class FlowEngine:
             tr.netns = ns
 
     def _take_notices(self, notices: list[tuple], finals: list[tuple]) -> None:
-        ended = {v[0] for v in finals}  # its final record is in: no need to look it up
-        now_ns = time.monotonic_ns()
-        for v in notices:
-            kind, cookie, pid = v[_NK], v[0], v[_NPID]
-            if kind == NOTE_DIRTY:
-                if cookie in ended:
-                    continue
-                tr = self._track(cookie, now_ns)
-                if tr.kind != KIND_CLOSED:
-                    self._set_place(tr, _want_of_notice(v), v[_NNS])
-                    self._watch.add(cookie)
-            elif kind == NOTE_OWNER:
-                if self.owners.note(pid, _comm(v[N["comm"]])):
-                    self._redecode.update(self._by_pid.get(pid, ()))
-                tr = self._track(cookie, now_ns)
-                tr.owner = pid
-                self._redecode.add(cookie)
-            elif kind == NOTE_EXEC:
-                # the name now, not the one at exec (a later prctl or exec may have changed it)
-                self.owners.note(pid, read_comm(pid) or _comm(v[N["comm"]]), exec_=True)
-                self._redecode.update(self._by_pid.get(pid, ()))
-            elif kind == NOTE_FORK:
-                self.owners.born(cookie)  # the child's pid (a pid that exited may be given again)
-                self._forks.append((pid, cookie))  # looked at once this poll's records are in
-            elif kind == NOTE_EXIT:
-                self.owners.exited(pid)
-                for cookie in self._by_pid.get(pid, ()):
-                    tr = self._tracks.get(cookie)
-                    if tr is not None and tr.kind == KIND_LIVE:
-                        tr.owner = 0
-                        tr.refs = -2  # verify again, whatever its file references say
-                        self._redecode.add(cookie)
+        _notices_pass(notices, finals, self, time.monotonic_ns())
+
+    def _notice_other(self, v: tuple) -> None:
+        """A notice that is neither DIRTY nor OWNER (rare: exec, exit, fork), in its order."""
+        kind, cookie, pid = v[_NK], v[0], v[_NPID]
+        if kind == NOTE_EXEC:
+            # the name now, not the one at exec (a later prctl or exec may have changed it)
+            self.owners.note(pid, read_comm(pid) or _comm(v[N["comm"]]), exec_=True)
+            self._redecode.update(self._by_pid.get(pid, ()))
+        elif kind == NOTE_FORK:
+            self.owners.born(cookie)  # the child's pid (a pid that exited may be given again)
+            self._forks.append((pid, cookie))  # looked at once this poll's records are in
+        elif kind == NOTE_EXIT:
+            self.owners.exited(pid)
+            for cookie in self._by_pid.get(pid, ()):
+                tr = self._tracks.get(cookie)
+                if tr is not None and tr.kind == KIND_LIVE:
+                    tr.owner = 0
+                    tr.refs = -2  # verify again, whatever its file references say
+                    self._redecode.add(cookie)
 
     def _lookup_set(self, finals: list[tuple]) -> set[int]:
         """Sockets to look up now: noticed or not quiescent, minus those whose final record came
@@ -967,14 +955,39 @@ def py_apply_finals(finals: list[tuple], eng: FlowEngine, lookups_ok: bool) -> l
     return tw_checks
 
 
+def py_take_notices(notices: list[tuple], finals: list[tuple], eng: "FlowEngine", now_ns: int) -> None:
+    """FlowEngine._take_notices' pass (the reference for _flow_decode.take_notices): a socket
+    to look up (DIRTY; not one whose final record is in) and who accepted or connected it
+    (OWNER); anything else to the engine's _notice_other, in order."""
+    ended = {v[0] for v in finals}  # its final record is in: no need to look it up
+    for v in notices:
+        kind, cookie, pid = v[_NK], v[0], v[_NPID]
+        if kind == NOTE_DIRTY:
+            if cookie in ended:
+                continue
+            tr = eng._track(cookie, now_ns)
+            if tr.kind != KIND_CLOSED:
+                eng._set_place(tr, _want_of_notice(v), v[_NNS])
+                eng._watch.add(cookie)
+        elif kind == NOTE_OWNER:
+            if eng.owners.note(pid, _comm(v[_NCOMM])):
+                eng._redecode.update(eng._by_pid.get(pid, ()))
+            tr = eng._track(cookie, now_ns)
+            tr.owner = pid
+            eng._redecode.add(cookie)
+        else:
+            eng._notice_other(v)
+
+
 _C_PASSES = fd.live_passes(_Track, {
     "KIND_LIVE": KIND_LIVE, "KIND_CLOSED": KIND_CLOSED, "KIND_LATE": KIND_LATE, "KIND_TW": KIND_TW,
     "REC_QUIESCENT": REC_QUIESCENT, "REC_SEEN_BIRTH": REC_SEEN_BIRTH, "REC_CLIENT": REC_CLIENT,
     "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS, "REC_RESET_RCVD": REC_RESET_RCVD,
     "REC_TIMED_OUT": REC_TIMED_OUT, "ST_FIN_WAIT1": ST_FIN_WAIT1, "ST_FIN_WAIT2": ST_FIN_WAIT2,
-    "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED})
-_live_pass, _finals_pass, _tw_pass, _expire_pass = _C_PASSES or (py_apply_live, py_apply_finals, py_tw_pass,
-                                                                 py_expire_pass)
+    "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED, "NOTE_DIRTY": NOTE_DIRTY, "NOTE_OWNER": NOTE_OWNER},
+    N, {name: getattr(FlowWant, name).offset for name, _ in FlowWant._fields_}, WANT.size)
+_live_pass, _finals_pass, _tw_pass, _expire_pass, _notices_pass = _C_PASSES or (
+    py_apply_live, py_apply_finals, py_tw_pass, py_expire_pass, py_take_notices)
 # A track can never be part of a cycle (it holds a record, a Flow, bytes and numbers): out of
 # the collector's sight, as the C passes make theirs.
 _untrack = fd.untrack
