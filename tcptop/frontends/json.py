@@ -48,19 +48,44 @@ class LineEncoder(JsonEncoder):
 
 class DeltaEncoder(LineEncoder):
     """Lines with only what changed since the previous one (the engine hands back the same Flow
-    object for an unchanged connection, so a change is a different object)."""
+    object for an unchanged connection, so a change is a different object). `keep`: the
+    --filter, applied here so that it too is asked only about what changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Callable[[Flow], bool] | None = None) -> None:
         super().__init__()
         self._shown: dict[int, Flow] | None = None
+        self._keep = keep
+        self._sieve = FlowSieve(keep) if keep is not None else None
 
     def encode(self, snap: Snapshot) -> str:
         if self._shown is None:
-            self._shown = {f.id: f for f in snap.flows}
-            return super().encode(snap)
-        changed, gone = (_c.delta if _c is not None else py_delta)(self._shown, snap.flows)
-        line = super().encode(dataclasses.replace(snap, flows=tuple(changed)))
+            flows = self._sieve(snap.flows) if self._sieve is not None else snap.flows
+            self._shown = {f.id: f for f in flows}
+            return super().encode(dataclasses.replace(snap, flows=flows, changes=None))
+        if snap.changes is not None:  # the source says what changed: no pass over every flow
+            changed, gone = snap.changes
+            if self._keep is not None:
+                answers = [(f, self._keep(f)) for f in changed]
+                changed = [f for f, kept in answers if kept]
+                gone = gone + tuple(f.id for f, kept in answers if not kept)
+            changed, gone = apply_changes(self._shown, changed, gone)
+        else:
+            flows = self._sieve(snap.flows) if self._sieve is not None else snap.flows
+            changed, gone = (_c.delta if _c is not None else py_delta)(self._shown, flows)
+        line = super().encode(dataclasses.replace(snap, flows=tuple(changed), changes=None))
         return line[:-1] + f',"delta":true,"gone":{json.dumps(gone)}' + "}"
+
+
+def apply_changes(shown: dict[int, Flow], changed, gone) -> tuple[list[Flow], list[int]]:
+    """What a line carries, from the source's own (changed flows, ids gone): the flows that are
+    not the very object `shown` has for their id, and the ids `shown` has among `gone`; `shown`
+    brought up to date. Costs what changed; py_delta finds the same by a pass over every flow."""
+    out = []
+    for f in changed:
+        if shown.get(f.id) is not f:
+            shown[f.id] = f
+            out.append(f)
+    return out, [i for i in gone if shown.pop(i, None) is not None]
 
 
 def py_delta(shown: dict[int, Flow], flows: tuple[Flow, ...]) -> tuple[list[Flow], list[int]]:
@@ -158,8 +183,9 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
     def stopped() -> bool:
         return state.stop
 
-    encoder = DeltaEncoder() if getattr(args, "changes", False) else LineEncoder()
-    sieve = FlowSieve(keep) if keep is not None else None
+    delta = getattr(args, "changes", False)
+    encoder = DeltaEncoder(keep) if delta else LineEncoder()
+    sieve = FlowSieve(keep) if keep is not None and not delta else None  # DeltaEncoder filters its own
     out = sys.stdout  # not None: the CLI refuses to start with stdout closed
     n = 0
     next_at = time.monotonic()
@@ -169,10 +195,10 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
         except OSError as e:  # includes BpfError: say it in one line, exit 1 (the caller detaches)
             sys.stderr.write(f"tcptop: reading the kernel failed: {e}\n")
             return 1
-        if keep is not None and sieve is not None:  # listeners and failed connects answer the filter language too
-            snap = dataclasses.replace(snap, flows=sieve(snap.flows),
-                                       listeners=tuple(x for x in snap.listeners if keep(x)),
-                                       failures=tuple(x for x in snap.failures if keep(x)))
+        if keep is not None:  # listeners and failed connects answer the filter language too
+            snap = dataclasses.replace(snap, listeners=tuple(x for x in snap.listeners if keep(x)),
+                                       failures=tuple(x for x in snap.failures if keep(x)),
+                                       **({"flows": sieve(snap.flows), "changes": None} if sieve else {}))
         line = encoder.encode(snap) + "\n"
         try:
             state.writing = True

@@ -110,3 +110,10 @@ def test_the_c_pass_equals_pythons(polls):
         kept_c = {f.id for f in c if any(f is g for g in prev["C"])}
         kept_py = {f.id for f in py if any(f is g for g in prev["Python"])}
         assert kept_c == kept_py
+        # `changes` is exactly the difference between the two listings, in both passes
+        for name, j in joins.items():
+            before = {f.id: f for f in prev[name]}
+            new, gone = j.changes
+            assert sorted(f.id for f in new) == sorted(f.id for f in listed[name] if before.get(f.id) is not f)
+            assert all(any(f is g for g in listed[name]) for f in new)
+            assert sorted(gone) == sorted(set(before) - {f.id for f in listed[name]})

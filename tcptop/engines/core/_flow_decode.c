@@ -1473,14 +1473,16 @@ static PyObject *get_or(PyObject *d, PyObject *key, PyObject *fallback, int *err
 	return t > 0 ? v : fallback;
 }
 
-/* join_pass(ids, base, stages, failures, out, parts) -> changed: FlowJoin.update's loop. */
+/* join_pass(ids, base, stages, failures, out, parts, new, gone) -> changed: FlowJoin.update's
+ * loop; the flows it lists anew are appended to `new`, the ids it stops listing to `gone`. */
 static PyObject *join_pass(PyObject *self, PyObject *args)
 {
-	PyObject *ids, *base, *stages, *failures, *out, *parts, *it, *i;
+	PyObject *ids, *base, *stages, *failures, *out, *parts, *new, *gone, *it, *i;
 	int changed = 0;
 
-	if (!PyArg_ParseTuple(args, "OO!O!O!O!O!", &ids, &PyDict_Type, &base, &PyDict_Type, &stages, &PyDict_Type,
-			      &failures, &PyDict_Type, &out, &PyDict_Type, &parts))
+	if (!PyArg_ParseTuple(args, "OO!O!O!O!O!O!O!", &ids, &PyDict_Type, &base, &PyDict_Type, &stages, &PyDict_Type,
+			      &failures, &PyDict_Type, &out, &PyDict_Type, &parts, &PyList_Type, &new, &PyList_Type,
+			      &gone))
 		return NULL;
 	if (!ready() || join_ready() < 0 || !(it = PyObject_GetIter(ids)))
 		return NULL;
@@ -1489,7 +1491,8 @@ static PyObject *join_pass(PyObject *self, PyObject *args)
 		PyObject *f = PyDict_GetItemWithError(base, i);
 		if (!f) {
 			int a, b;
-			if (!PyErr_Occurred() && (a = pop_some(out, i)) >= 0 && (b = pop_some(parts, i)) >= 0) {
+			if (!PyErr_Occurred() && (a = pop_some(out, i)) >= 0 && (b = pop_some(parts, i)) >= 0 &&
+			    (!a || PyList_Append(gone, i) == 0)) {
 				changed |= a;
 				rc = 0;
 			}
@@ -1533,7 +1536,7 @@ static PyObject *join_pass(PyObject *self, PyObject *args)
 		if (!shown && PyErr_Occurred())
 			goto next_prev;
 		if (shown != f) {
-			if (PyDict_SetItem(out, i, f) < 0)
+			if (PyDict_SetItem(out, i, f) < 0 || PyList_Append(new, f) < 0)
 				goto next_prev;
 			changed = 1;
 		}

@@ -157,7 +157,8 @@ class CoreEngine:
         if report is not None:
             extra = dict(listeners=report.listeners, failures=report.failures, unmatched=report.unmatched)
         return Snapshot(ts=round(ts, 6), interval_s=round(interval, 6), flows=flows, seq=self._seq,
-                        host=self.host, kernel=self.kernel, run=run, latency=host_latency, **extra)
+                        host=self.host, kernel=self.kernel, run=run, latency=host_latency,
+                        changes=self._join.changes, **extra)
 
     def program_ids(self) -> list[int]:
         self._started()

@@ -21,6 +21,8 @@ class FlowJoin:
         self._out: dict[int, Flow] = {}  # id -> the flow as listed
         self._parts: dict[int, tuple] = {}  # id -> (base, stages, failures, joined), flows with something attached
         self._listing: tuple[Flow, ...] = ()
+        # What the last update changed in the listing: (flows listed anew, ids no longer listed).
+        self.changes: tuple[tuple[Flow, ...], tuple[int, ...]] = ((), ())
 
     def update(self, base: Mapping[int, Flow], touched: Collection[int], stages: Mapping[int, dict],
                failures: Mapping[int, object]) -> tuple[Flow, ...]:
@@ -32,27 +34,36 @@ class FlowJoin:
         if not self._parts and not stages and not failures and len(touched) > len(base) // 16:
             # nothing attached anywhere and much changed (a first poll: every flow): the listing
             # is the flow engine's, copied in C rather than joined flow by flow
-            self._out = dict(base)
+            old, self._out = self._out, dict(base)
             self._listing = tuple(self._out.values())
+            self.changes = (self._listing, ()) if not old else (
+                tuple(f for i in touched if (f := base.get(i)) is not None and old.get(i) is not f),
+                tuple(i for i in touched if i not in base and i in old))
             return self._listing
         ids = set(touched)
         ids.update(stages)
         ids.update(failures)
         join = self._pass if type(base) is dict and type(stages) is dict and type(failures) is dict else py_join_pass
-        if join(ids, base, stages, failures, self._out, self._parts):
+        new: list[Flow] = []
+        gone: list[int] = []
+        if join(ids, base, stages, failures, self._out, self._parts, new, gone):
             self._listing = tuple(self._out.values())
+        self.changes = (tuple(new), tuple(gone))
         return self._listing
 
 
 def py_join_pass(ids, base: Mapping[int, Flow], stages: Mapping[int, dict], failures: Mapping[int, object],
-                 out: dict[int, Flow], parts: dict[int, tuple]) -> bool:
+                 out: dict[int, Flow], parts: dict[int, tuple], new: list[Flow], gone: list[int]) -> bool:
     """FlowJoin.update's pass over the flows that changed: `out` and `parts` brought up to
-    date; True if what is listed changed. _flow_decode.join_pass does the same in C."""
+    date, the flows listed anew appended to `new`, the ids no longer listed to `gone`; True if
+    what is listed changed. _flow_decode.join_pass does the same in C."""
     changed = False
     for i in ids:
         f = base.get(i)
         if f is None:
-            changed |= out.pop(i, None) is not None
+            if out.pop(i, None) is not None:
+                changed = True
+                gone.append(i)
             parts.pop(i, None)
             continue
         prev = parts.get(i)
@@ -66,6 +77,7 @@ def py_join_pass(ids, base: Mapping[int, Flow], stages: Mapping[int, dict], fail
             parts[i] = (f, lat, ff, f := _joined(f, lat, ff))
         if out.get(i) is not f:
             out[i] = f
+            new.append(f)
             changed = True
     return changed
 
