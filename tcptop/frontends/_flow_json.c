@@ -126,12 +126,57 @@ static int put_int(struct buf *b, PyObject *v)
 	return put_ascii(b, PyLong_Type.tp_repr(v));
 }
 
+/* repr(x) without dtoa's shortest-digits search, for 1e-4 <= |x| < 2**32 when x is the double
+ * nearest to some number of 6 decimals (timestamps to the microsecond, ages to the
+ * millisecond): 0 when it does not apply. Why it is repr's text: m / 1e6 is divided exactly
+ * rounded, so `c == x` says the 6-decimal text of m reads back as x; below 2**32 half an ulp
+ * is under 0.5e-6, so no other text of at most 6 decimals reads back as x, and the shortest
+ * one (repr's) is that text without its trailing zeros. Two such floats in a flow's text
+ * took ~1.3 of its ~4 us through dtoa. */
+static int put_float_fast(struct buf *b, double x)
+{
+	double ax = fabs(x);
+	if (!(ax >= 1e-4 && ax < 4294967296.0))
+		return 0;
+	long long m = llround(ax * 1e6);
+	if ((double)m / 1e6 != ax)
+		return 0;
+	char tmp[32];
+	int n = 0;
+	if (x < 0)
+		tmp[n++] = '-';
+	long long ip = m / 1000000, frac = m % 1000000;
+	char digits[24];
+	int k = 0;
+	do {
+		digits[k++] = (char)('0' + ip % 10);
+		ip /= 10;
+	} while (ip);
+	while (k)
+		tmp[n++] = digits[--k];
+	tmp[n++] = '.';
+	int places = 6;
+	while (places > 1 && frac % 10 == 0) {
+		frac /= 10;
+		places--;
+	}
+	for (int i = places - 1; i >= 0; i--) {
+		tmp[n + i] = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	n += places;
+	return put(b, tmp, n) < 0 ? -1 : 1;
+}
+
 static int put_float(struct buf *b, double x)
 {
 	if (isnan(x))
 		return PUT(b, "NaN");
 	if (isinf(x))
 		return x > 0 ? PUT(b, "Infinity") : PUT(b, "-Infinity");
+	int fast = put_float_fast(b, x);
+	if (fast)
+		return fast < 0 ? -1 : 0;
 	/* as float.__repr__ writes it */
 	char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
 	if (!s)

@@ -221,3 +221,20 @@ def test_delta_lines_from_the_sources_changes_equal_those_found_by_a_pass_over_e
         assert sorted(a["flows"], key=lambda d: d["id"]) == sorted(b["flows"], key=lambda d: d["id"])
         assert sorted(a.get("gone", [])) == sorted(b.get("gone", []))
         assert a.keys() == b.keys()
+
+
+_NEAR = [1e-4, 9.999999999999999e-05, 0.00010000000000000002, 2.0**32, 4294967295.999999, 4294967295.9999995,
+         1796169625.979005, 1796169625.9790051, 0.5, 1.0, 123.456, 1e-4 * 3, 2.0**32 - 2**-21]
+_FLOATS = (st.integers(0, 2**32 * 10**6).map(lambda m: m / 1e6) | st.integers(0, 2**32 * 10**3).map(lambda m: m / 1e3)
+           | st.floats(0, 2.0**33) | st.sampled_from(_NEAR) | st.floats(-1e3, 0))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_FLOATS, _FLOATS, st.floats(1e9, 2e9))
+def test_floats_written_as_repr_writes_them(est, closed, ts):
+    """Timestamps to the microsecond and ages to the millisecond take a shortcut past dtoa:
+    every float still reads as repr() writes it, at the shortcut's bounds and away from them."""
+    f = flow(1, established_ts=est, closed_ts=closed, closed=bool(closed % 2 > 1))
+    assert LineEncoder()._pieces(f) == JsonEncoder()._pieces(f)
+    snap = Snapshot(ts=ts, interval_s=1.0, flows=(f,))
+    assert LineEncoder().encode(snap) == JsonEncoder().encode(snap)
