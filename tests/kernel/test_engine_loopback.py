@@ -238,6 +238,7 @@ def test_closed_record_overflow_is_counted_not_silent():
     from tcptop.engines.core.flow_layout import REC_SIZE
 
     e = CoreEngine(EngineOptions(interval_s=0.2, max_closed=64))
+    e.flows.stop_keeper()  # what a full ring does: nothing takes records out between polls
     room = e.flows._closed_ring.size // (REC_SIZE + 8)
     pairs = [loopback_pair() for _ in range(150)]
     try:
@@ -426,3 +427,37 @@ def test_bytes_past_four_gib_are_counted_whole(engine):
     assert fs.bytes_received == tcp_info(s)["bytes_received"] == total
     c.close()
     s.close()
+
+
+def test_final_records_are_taken_between_late_polls_and_none_is_lost():
+    """Room for ~100 final records, and 150 connections (300 records) closing in batches over
+    3 s with no poll in between: the engine takes the ring's records out as it fills, so the
+    poll that comes late has every end with its final values, and none is counted lost."""
+    e = CoreEngine(EngineOptions(interval_s=1, max_closed=64, latency="off"))
+    pairs = [loopback_pair() for _ in range(150)]
+    try:
+        for i, (c, s) in enumerate(pairs):
+            c.send(b"x" * (i + 1))
+        mine = {sock_cookie(x) for pair in pairs for x in pair}
+        clients = {sock_cookie(c): i + 1 for i, (c, _) in enumerate(pairs)}
+        deadline = time.monotonic() + 10
+        while True:
+            snap = e.poll()
+            if sum(1 for f in snap.flows if f.id in mine) == 300:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        lost_before = snap.run.events_lost
+        assert e.flows.closed_room < 300
+        for b in range(0, 150, 10):  # 20 records each 0.2 s: the ring never fills between looks
+            for c, s in pairs[b:b + 10]:
+                s.close()
+                c.close()
+            time.sleep(0.2)
+        snap = e.poll()
+        ends = {f.id: f for f in snap.flows if f.id in mine}
+        assert len(ends) == 300 and all(f.ended for f in ends.values())
+        assert all(ends[cookie].bytes_sent == n for cookie, n in clients.items())
+        assert snap.run.events_lost == lost_before
+    finally:
+        e.close()

@@ -24,6 +24,7 @@ import ctypes
 import gc
 import heapq
 import os
+import threading
 import time
 
 from tcptop.engines.core import flow_decode as fd
@@ -161,6 +162,11 @@ class FlowEngine:
         self._last_walk = time.monotonic()
         self._obj: BpfObject | None = None
         self._rings: list[RingBuffer] = []
+        # Final records taken out of the closed ring between polls (see _keep_finals).
+        self._finals_lock = threading.Lock()
+        self._early_finals: list[tuple] = []
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
         self._ctl_map = None
         self._wants_mem = self._got_mem = None
         self._cgroup = CgroupRoot()
@@ -174,6 +180,29 @@ class FlowEngine:
         except BaseException:
             self.close()
             raise
+        self._keeper = threading.Thread(target=self._keep_finals, name="tcptop-closed-ring", daemon=True)
+        self._keeper.start()
+
+    def _keep_finals(self) -> None:
+        """Between polls, take the closed ring's records out once it is a quarter full. A poll
+        that comes late (a churn of connections on a busy host can stretch one to several
+        seconds) then no longer loses final records: the ring holds ~100,000 of them by
+        default, five seconds of 10,000 connections a second. Otherwise this only reads two
+        positions four times a second."""
+        ring = self._closed_ring
+        limit = ring.size // 4
+        while not self._keeper_stop.wait(KEEPER_PERIOD_S):
+            if ring.pending_bytes() >= limit:
+                with self._finals_lock:
+                    if not self._keeper_stop.is_set():
+                        self._early_finals += ring.drain_unpacked(fd.RECORD, fd.unpack_all)
+
+    def _take_finals(self) -> list[tuple]:
+        """Final records in the order the kernel wrote them: those the keeper took, then the ring's."""
+        with self._finals_lock:
+            out, self._early_finals = self._early_finals, []
+            out += self._closed_ring.drain_unpacked(fd.RECORD, fd.unpack_all)
+        return out
 
     # -- set-up -------------------------------------------------------------
 
@@ -288,7 +317,15 @@ class FlowEngine:
     def program_ids(self) -> list[int]:
         return self._obj.program_ids() if self._obj else []
 
+    def stop_keeper(self) -> None:
+        """No more final records taken between polls (close; tests of what a full ring does)."""
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+            self._keeper = None
+
     def close(self) -> None:
+        self.stop_keeper()
         for link in self._links:
             link.destroy()
         self._links.clear()
@@ -358,7 +395,7 @@ class FlowEngine:
         if self._polls > 1:
             records += self._walk_slice()
         # final records that came in meanwhile: a kept end the walk saw needs its connection's
-        finals += self._closed_ring.drain_unpacked(fd.RECORD, fd.unpack_all)
+        finals += self._take_finals()
         self.read_ts = time.time()
         t4 = time.perf_counter()
         big = sum(len(b) for b in records) > 2000 * REC_SIZE
@@ -434,7 +471,7 @@ class FlowEngine:
         notices = self._notice_ring.drain_unpacked(NOTICE, fd.unpack_all)
         self._ctl.gen += 1
         notices += self._notice_ring.drain_unpacked(NOTICE, fd.unpack_all)
-        finals = self._closed_ring.drain_unpacked(fd.RECORD, fd.unpack_all)
+        finals = self._take_finals()
         return notices, finals
 
     def _track(self, cookie: int, born_ns: int) -> _Track:
@@ -1047,6 +1084,7 @@ def _lookup_addr(family: int, mapped: int, raw: bytes) -> bytes:
     return raw
 
 
+KEEPER_PERIOD_S = 0.25  # how often _keep_finals looks at the closed ring
 _RING_REC = (REC_SIZE + 8 + 7) // 8 * 8  # a record in a ring buffer: 8-byte header, 8-byte aligned
 
 

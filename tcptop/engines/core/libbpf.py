@@ -616,6 +616,10 @@ class RingBuffer:
         self._data = memoryview(self._prod)[page:]
         self._page = page
 
+    def pending_bytes(self) -> int:
+        """Bytes the producers have reserved and we have not consumed yet."""
+        return struct.unpack_from("<Q", self._prod, 0)[0] - struct.unpack_from("<Q", self._cons, 0)[0]
+
     def drain(self) -> list[bytes]:
         """Every committed record, oldest first; their room is given back to the producers."""
         cons = struct.unpack_from("<Q", self._cons, 0)[0]
