@@ -22,3 +22,17 @@ def make_snapshot(flows, ts: float = 1000.0, interval_s: float = 1.0, seq: int =
     kw.setdefault("kernel", "6.18.0-test")
     kw.setdefault("run", RunInfo(engine="core"))
     return Snapshot(ts=ts, interval_s=interval_s, flows=tuple(flows), seq=seq, **kw)
+
+
+def next_poll(base: dict, present, changing, make) -> set[int]:
+    """One poll of a flow table as an engine keeps it: ids not `present` go, new ones come and
+    those `changing` get a new object (`make(i)`); returns the ids whose flow changed or went."""
+    touched = set(base) ^ set(present)
+    for i in list(base):
+        if i not in present:
+            del base[i]
+    for i in present:
+        if i not in base or i in changing:
+            base[i] = make(i)
+            touched.add(i)
+    return touched

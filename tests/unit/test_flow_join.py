@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from tcptop.engines.core.failures import FlowFailures
 from tcptop.engines.core.join import FlowJoin
-from tests.factories import make_flow
+from tests.factories import make_flow, next_poll
 
 
 def _failures(resets_sent: int, last_reset_reason: str) -> FlowFailures:
@@ -90,14 +90,7 @@ def test_the_c_pass_equals_pythons(polls):
     base: dict[int, object] = {}
     listed = {name: () for name in joins}
     for n, (present, changing, stages, failures) in enumerate(polls):
-        touched = set(base) ^ present
-        for i in list(base):
-            if i not in present:
-                del base[i]
-        for i in present:
-            if i not in base or i in changing:
-                base[i] = make_flow(i, bytes_sent=n)
-                touched.add(i)
+        touched = next_poll(base, present, changing, lambda i: make_flow(i, bytes_sent=n))
         st_ = {i: stage_kinds[k] for i, k in stages.items()}
         ff = {i: _failures(k, f"reason {k}") for i, k in failures.items()}
         prev = dict(listed)

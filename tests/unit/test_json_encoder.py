@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcptop.frontends import json as json_frontend
-from factories import make_flow
+from factories import make_flow, next_poll
 from tcptop.filter import compile_filter
 from tcptop.frontends.json import FlowSieve, LineEncoder
 from tcptop.model import METRICS, Flow, JsonEncoder, Snapshot, snapshot_from_json
@@ -203,14 +203,7 @@ def test_delta_lines_from_the_sources_changes_equal_those_found_by_a_pass_over_e
     join, base = FlowJoin(), {}
     fast, slow = DeltaEncoder(keep if filtered else None), DeltaEncoder(keep if filtered else None)
     for n, (present, changing) in enumerate(polls):
-        touched = set(base) ^ present
-        for i in list(base):
-            if i not in present:
-                del base[i]
-        for i in present:
-            if i not in base or i in changing:
-                base[i] = flow(i, bytes_sent=n + i)
-                touched.add(i)
+        touched = next_poll(base, present, changing, lambda i: flow(i, bytes_sent=n + i))
         listing = join.update(dict(base), touched, {}, {})
         snap = Snapshot(ts=2000.0 + n, interval_s=1.0, flows=listing, changes=join.changes)
         asked.clear()
