@@ -547,6 +547,15 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 	Py_RETURN_NONE;
 }
 
+/* 0 if `v` is a tuple of at least `len` items; else -1 with "who: not a whole what". */
+static int whole(PyObject *v, Py_ssize_t len, const char *who, const char *what)
+{
+	if (PyTuple_Check(v) && PyTuple_GET_SIZE(v) >= len)
+		return 0;
+	PyErr_Format(PyExc_ValueError, "%s: not a whole %s", who, what);
+	return -1;
+}
+
 /* What one apply_live call works with: the engine's containers, fetched once. */
 struct live_ctx {
 	PyObject *eng, *tracks, *flows, *touched, *watch, *verify, *no_counters, *redecode, *pinfo, *boot;
@@ -876,10 +885,8 @@ static int to_tw(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObject *v
 /* One record, as the loop in py_apply_live. */
 static int apply_one(struct live_ctx *c, PyObject *v)
 {
-	if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
-		PyErr_SetString(PyExc_ValueError, "apply_live: not a whole record");
+	if (whole(v, S.record_len, "apply_live", "record") < 0)
 		return -1;
-	}
 	PyObject *const *it = ((PyTupleObject *)v)->ob_item;
 	PyObject *cookie = it[S.i_cookie];
 	long kind = PyLong_AsLong(it[T.i_kind]);
@@ -1028,10 +1035,8 @@ static PyObject *apply_finals(PyObject *self, PyObject *args)
 		goto out;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
 		PyObject *v = PyList_GET_ITEM(recs, i);
-		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
-			PyErr_SetString(PyExc_ValueError, "apply_finals: not a whole record");
+		if (whole(v, S.record_len, "apply_finals", "record") < 0)
 			goto out;
-		}
 		PyObject *const *it = ((PyTupleObject *)v)->ob_item;
 		PyObject *cookie = it[S.i_cookie];
 		long kind = PyLong_AsLong(it[T.i_kind]), state = PyLong_AsLong(it[T.i_state]);
@@ -1112,10 +1117,8 @@ static PyObject *tw_pass(PyObject *self, PyObject *args)
 		goto out;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
 		PyObject *v = PyList_GET_ITEM(recs, i);
-		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
-			PyErr_SetString(PyExc_ValueError, "tw_pass: not a whole record");
+		if (whole(v, S.record_len, "tw_pass", "record") < 0)
 			goto out;
-		}
 		PyObject *cookie = PyTuple_GET_ITEM(v, S.i_cookie);
 		long kind = PyLong_AsLong(PyTuple_GET_ITEM(v, T.i_kind));
 		if (kind == -1 && PyErr_Occurred())
@@ -1329,19 +1332,15 @@ static PyObject *take_notices(PyObject *self, PyObject *args)
 		goto out;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(finals); i++) {
 		PyObject *v = PyList_GET_ITEM(finals, i);
-		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < S.record_len) {
-			PyErr_SetString(PyExc_ValueError, "take_notices: not a whole record");
+		if (whole(v, S.record_len, "take_notices", "record") < 0)
 			goto out;
-		}
 		if (PySet_Add(ended, PyTuple_GET_ITEM(v, S.i_cookie)) < 0)
 			goto out;
 	}
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(notices); i++) {
 		PyObject *v = PyList_GET_ITEM(notices, i);
-		if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) < NT.len) {
-			PyErr_SetString(PyExc_ValueError, "take_notices: not a whole notice");
+		if (whole(v, NT.len, "take_notices", "notice") < 0)
 			goto out;
-		}
 		Py_INCREF(v);
 		PyObject *const *it = ((PyTupleObject *)v)->ob_item;
 		PyObject *cookie = it[0];
