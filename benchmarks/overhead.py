@@ -15,8 +15,15 @@ Sections (--only, comma-separated; all by default):
   churn     --churn-rate connections/s for --churn-seconds (half FIN, half RST) under
             `tcptop --json --changes`: gaps between lines, closed connections reported against
             those made, final records lost, CPU.
+  screen    --connections idle connections under the real screen (`python -m tcptop --interval 1`,
+            each --latency mode) in a tmux pane 200x50 of a private tmux server, TERM=xterm-256color
+            COLORTERM=truecolor: time until the header counts the held sockets, then for
+            --screen-seconds the tcptop process's CPU (all its threads) and the refreshes seen by
+            capturing the pane every 0.1 s; then the same sorted by AGE (`s`, the picker), a column
+            that moves with the clock. Waits first until the TIME_WAIT ends of an earlier run are gone.
 
 Usage: benchmarks/overhead.py [--only S,...] [--latency MODE,...] [--engine core|bcc] [--quick].
+(`--latency` also lists the modes of the screen section: `default` is tcptop without --latency.)
 Prints Markdown.
 Run it under `flock -x /tmp/tcptop-machine.lock`; read medians and ratios, not single runs.
 """
@@ -24,9 +31,11 @@ Run it under `flock -x /tmp/tcptop-machine.lock`; read medians and ratios, not s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import statistics
@@ -60,10 +69,21 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def proc_cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int | str) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """tid -> utime+stime of each thread of a process (/proc/PID/task/TID/stat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = proc_cpu_s(f"{pid}/task/{tid}")
+        except OSError:  # the thread ended
+            pass
+    return out
 
 
 def proc_rss_mib(pid: int) -> float:
@@ -401,12 +421,217 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
         churn.close()
 
 
+# -- section: screen -----------------------------------------------------------------------
+
+def time_wait_sockets() -> int:
+    out = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True).stdout
+    return out.count("\n")
+
+
+def wait_time_wait_gone(most: int = 2000, limit_s: float = 90.0) -> tuple[int, int]:
+    """Wait (up to limit_s) until at most `most` TIME_WAIT sockets are left, e.g. the 100,000
+    ends of a run before: tcptop lists them too. (count before, count after)."""
+    before = n = time_wait_sockets()
+    end = time.monotonic() + limit_s
+    while n > most and time.monotonic() < end:
+        time.sleep(2)
+        n = time_wait_sockets()
+    return before, n
+
+
+class Screen:
+    """The real screen (`python -m tcptop ARGS`) in a pane of a private tmux server (-L NAME:
+    no one else's session is touched). The pane stays after tcptop exits, so its last words
+    can be read."""
+
+    WIDTH, HEIGHT = 200, 50
+
+    def __init__(self, args: list[str]):
+        self.name = f"tcptop-screenbench-{os.getpid()}-{int(time.monotonic() * 1000)}"
+        self.tmux = ["tmux", "-L", self.name, "-f", "/dev/null"]
+        cmd = (f"cd {shlex.quote(ROOT)} && exec env TERM=xterm-256color COLORTERM=truecolor "
+               + " ".join(map(shlex.quote, TCPTOP + ENGINE + args)))
+        self.started = time.monotonic()
+        subprocess.run(self.tmux + ["start-server", ";", "set-option", "-g", "remain-on-exit", "on", ";",
+                                    "new-session", "-d", "-s", "bench", "-x", str(self.WIDTH), "-y", str(self.HEIGHT),
+                                    cmd], check=True)
+        pids = self._display("#{pane_pid} #{pid}").split()
+        self.pid, self.server_pid = int(pids[0]), int(pids[1])
+
+    def _display(self, fmt: str) -> str:
+        return subprocess.run(self.tmux + ["display", "-p", "-t", "bench", fmt], capture_output=True,
+                              text=True).stdout.strip()
+
+    def capture(self) -> str:
+        return subprocess.run(self.tmux + ["capture-pane", "-p", "-t", "bench"], capture_output=True,
+                              text=True).stdout
+
+    def dead(self) -> bool:
+        return self._display("#{pane_dead}") != "0"
+
+    def keys(self, *keys: str) -> None:
+        for k in keys:
+            subprocess.run(self.tmux + ["send-keys", "-t", "bench", k], check=True)
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """The server killed (tcptop gets its SIGHUP and detaches), tcptop waited for, killed if it lingers."""
+        subprocess.run(self.tmux + ["kill-server"], capture_output=True)
+        end = time.monotonic() + 15
+        while os.path.exists(f"/proc/{self.pid}") and time.monotonic() < end:
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.1)
+        else:
+            if os.path.exists(f"/proc/{self.pid}"):
+                os.kill(self.pid, 9)
+        try:
+            os.unlink(f"/tmp/tmux-{os.getuid()}/{self.name}")
+        except OSError:
+            pass
+
+
+_HEADER_FLOWS = re.compile(r"([\d,]+)/([\d,]+) flows")
+
+
+def screen_flows(text: str) -> int | None:
+    """The flow total the header shows (`shown/total flows`), None before the first snapshot."""
+    m = _HEADER_FLOWS.search(text.split("\n", 1)[0])
+    return int(m.group(2).replace(",", "")) if m else None
+
+
+def watch_screen(scr: Screen, seconds: float) -> dict:
+    """For `seconds`: the pane captured every 0.1 s, tcptop's CPU read every second. A refresh is
+    a change of the pane's text; a change within 0.3 s of the one before is counted as part of
+    it (a frame that reached the terminal in pieces). Idle connections change nothing but
+    their AGE (and the latency pane's window line), which moves with every snapshot's clock."""
+    changes, last_hash = [], None
+    flows_at_start = screen_flows(scr.capture())
+    threads0 = thread_cpu_s(scr.pid)
+    cpu_marks = [(time.monotonic(), proc_cpu_s(scr.pid), proc_cpu_s(scr.server_pid))]
+    end = cpu_marks[0][0] + seconds
+    next_cpu = cpu_marks[0][0] + 1
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        h = hashlib.blake2b(scr.capture().encode(), digest_size=16).digest()
+        t = time.monotonic()
+        if h != last_hash:
+            if last_hash is not None:
+                changes.append(t)
+            last_hash = h
+        if t >= next_cpu:
+            cpu_marks.append((t, proc_cpu_s(scr.pid), proc_cpu_s(scr.server_pid)))
+            next_cpu += 1
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - now)))
+    cpu_marks.append((time.monotonic(), proc_cpu_s(scr.pid), proc_cpu_s(scr.server_pid)))
+    threads1 = thread_cpu_s(scr.pid)
+    flows_at_end = screen_flows(scr.capture())
+    refreshes = []
+    for t in changes:
+        if not refreshes or t - refreshes[-1] >= 0.3:
+            refreshes.append(t)
+    gaps = [b - a for a, b in zip(refreshes, refreshes[1:])]
+    per_s = [100 * (c1 - c0) / (t1 - t0) for (t0, c0, _), (t1, c1, _) in zip(cpu_marks, cpu_marks[1:])]
+    (t0, c0, s0), (t1, c1, s1) = cpu_marks[0], cpu_marks[-1]
+    return {"refreshes": len(refreshes), "changes": len(changes), "gaps": gaps,
+            "cpu_per_s": per_s, "cpu_mean": 100 * (c1 - c0) / (t1 - t0), "tmux_mean": 100 * (s1 - s0) / (t1 - t0),
+            "rss": proc_rss_mib(scr.pid), "seconds": t1 - t0, "flows": (flows_at_start, flows_at_end),
+            # the UI thread (the main one) and the rest (the worker that polls and builds frames, the
+            # engine's and Textual's own threads), in % of a core over the window
+            "ui_pct": 100 * (threads1.get(scr.pid, 0) - threads0.get(scr.pid, 0)) / (t1 - t0),
+            "others_pct": 100 * sum(c - threads0.get(tid, 0) for tid, c in threads1.items() if tid != scr.pid)
+            / (t1 - t0)}
+
+
+def measure_screen(n: int, latency: str, seconds: float, by_age: bool) -> dict:
+    tw_before, tw_after = wait_time_wait_gone()
+    out: dict = {"latency": latency, "time_wait": (tw_before, tw_after)}
+    args = ["--interval", "1"] + ([] if latency == "default" else ["--latency", latency])
+    t_hold = time.monotonic()
+    with workloads.held_connections(n):
+        out["hold_s"] = time.monotonic() - t_hold
+        scr = Screen(args)
+        try:
+            first = full = None
+            deadline = scr.started + 120
+            while time.monotonic() < deadline:
+                text = scr.capture()
+                total = screen_flows(text)
+                t = time.monotonic() - scr.started
+                if total is not None and first is None:
+                    first = (t, total)
+                if total is not None and total >= 2 * n:
+                    full = (t, total)
+                    break
+                if scr.dead():
+                    raise SystemExit(f"tcptop's screen ended:\n{text}")
+                time.sleep(0.05)
+            if full is None:
+                raise SystemExit(f"the screen never counted {2 * n:,} flows in 120 s:\n{scr.capture()}")
+            out["first"], out["full"], out["first_cpu_s"] = first, full, proc_cpu_s(scr.pid)
+            out["window"] = watch_screen(scr, seconds)
+            if by_age:
+                scr.keys("s", "End", "Up", "Up", "Up", "Enter")  # the picker lists AGE fourth from the end
+                t0 = time.monotonic()
+                while "sort AGE" not in scr.capture().split("\n", 1)[0]:
+                    if time.monotonic() - t0 > 30:
+                        raise SystemExit(f"the screen did not sort by AGE:\n{scr.capture()}")
+                    time.sleep(0.05)
+                out["sort_key_s"] = time.monotonic() - t0
+                time.sleep(1)
+                out["by_age"] = watch_screen(scr, seconds)
+            out["screen"] = scr.capture()
+        finally:
+            scr.close()
+    return out
+
+
+def print_screen(n: int, runs: list[dict]) -> None:
+    print(f"\n### the screen at {n:,} idle connections ({2 * n:,} sockets), tmux {Screen.WIDTH}x{Screen.HEIGHT}, "
+          "`tcptop --interval 1`\n")
+    print("| --latency | sort | time to first screen (all held sockets counted) | CPU % of a core: median of "
+          "1 s samples (mean) | refresh interval median / max | gaps > 1.5 s | refreshes seen | RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        for key, sort in (("window", "TX/s (default)"), ("by_age", "AGE")):
+            w = r.get(key)
+            if not w:
+                continue
+            gaps = w["gaps"]
+            first = f"{r['full'][0]:.1f} s" if key == "window" else f"key → sorted {r['sort_key_s']:.1f} s"
+            gap_txt = f"{statistics.median(gaps):.2f} / {max(gaps):.2f} s" if gaps else "-"
+            print(f"| {r['latency']} | {sort} | {first} | {statistics.median(w['cpu_per_s']):.1f} ({w['cpu_mean']:.1f}) | "
+                  f"{gap_txt} | {sum(1 for g in gaps if g > 1.5)} | {w['refreshes']} in {w['seconds']:.0f} s | "
+                  f"{w['rss']:.0f} |")
+    for r in runs:
+        w = r["window"]
+        print(f"\n- {r['latency']}: connections held in {r['hold_s']:.1f} s; TIME_WAIT sockets {r['time_wait'][0]:,} "
+              f"before the wait, {r['time_wait'][1]:,} at the start; first snapshot on screen after "
+              f"{r['first'][0]:.1f} s ({r['first'][1]:,} flows), all counted after {r['full'][0]:.1f} s "
+              f"({r['full'][1]:,}); tcptop's CPU by then {r['first_cpu_s']:.1f} s; the tmux server "
+              f"{w['tmux_mean']:.1f} % of a core; pane changes {w['changes']} (merged into {w['refreshes']} refreshes); "
+              f"1 s CPU samples {fmt_runs(w['cpu_per_s'], digits=0)}; intervals {fmt_runs(w['gaps'], digits=2)}")
+        for key, sort in (("window", "TX/s"), ("by_age", "AGE")):
+            w = r.get(key)
+            if w:
+                print(f"  sorted by {sort}: UI thread {w['ui_pct']:.1f} %, other threads (worker: polls, frames) "
+                      f"{w['others_pct']:.1f} % of a core; flows counted {w['flows'][0]:,} → {w['flows'][1]:,}"
+                      + (f"; 1 s CPU samples {fmt_runs(w['cpu_per_s'], digits=0)}; intervals {fmt_runs(w['gaps'], digits=2)}"
+                         if key == "by_age" else ""))
+
+
 # -- main ------------------------------------------------------------------------------------
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="requests,poll,scale,churn")
-    ap.add_argument("--latency", default="default,off", help="tcptop modes for 'requests' (default = no --latency)")
+    ap.add_argument("--only", default="requests,poll,scale,churn,screen")
+    ap.add_argument("--latency", default="default,off", help="tcptop modes for 'requests' and 'screen' (default = no --latency)")
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--warmup", type=float, default=0.0, metavar="S",
                     help="requests: run the workload S seconds with tcptop attached before the bpf_stats run "
@@ -415,6 +640,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4, help="iperf3 run length")
     ap.add_argument("--busy", type=int, default=1000)
     ap.add_argument("--connections", type=int, default=100000)
+    ap.add_argument("--screen-seconds", type=float, default=20, help="screen: seconds measured (each sort)")
+    ap.add_argument("--screen-sorts", choices=("default", "both"), default="both",
+                    help="screen: the default sort only, or then sorted by AGE as well")
     ap.add_argument("--churn-rate", type=float, default=10000)
     ap.add_argument("--churn-seconds", type=float, default=10)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script works")
@@ -423,9 +651,10 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.pairs, a.requests, a.seconds, a.busy, a.connections, a.churn_rate, a.churn_seconds = 1, 20000, 1, 50, 2000, 500, 2
+        a.screen_seconds = 5
     if os.geteuid() != 0:
         sys.exit("overhead.py: run as root (it loads tcptop's BPF programs)")
-    for tool in ("iperf3", "redis-server", "redis-benchmark", "bpftool", "ss"):
+    for tool in ("iperf3", "redis-server", "redis-benchmark", "bpftool", "ss", "tmux"):
         if not shutil.which(tool):
             sys.exit(f"overhead.py: {tool} missing; run `make setup`")
     only = set(a.only.split(","))
@@ -481,6 +710,9 @@ def main() -> int:
               f"final records lost (events_lost): {r['lost']}")
         print(f"- longest gap between lines {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
               f"tcptop used {r['cpu_pct']:.1f} % of a core")
+    if "screen" in only:
+        runs = [measure_screen(a.connections, mode, a.screen_seconds, a.screen_sorts == "both") for mode in modes]
+        print_screen(a.connections, runs)
     return 0
 
 
