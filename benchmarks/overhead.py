@@ -20,7 +20,8 @@ Sections (--only, comma-separated; all by default):
             COLORTERM=truecolor: time until the header counts the held sockets, then for
             --screen-seconds the tcptop process's CPU (all its threads) and the refreshes seen by
             capturing the pane every 0.1 s; then the same sorted by AGE (`s`, the picker), a column
-            that moves with the clock. Waits first until the TIME_WAIT ends of an earlier run are gone.
+            that moves with the clock. Waits first until the TIME_WAIT ends of an earlier run are gone;
+            --screen-churn R: R connections/s come and go meanwhile (half FIN, half RST).
 
 Usage: benchmarks/overhead.py [--only S,...] [--latency MODE,...] [--engine core|bcc] [--quick].
 (`--latency` also lists the modes of the screen section: `default` is tcptop without --latency.)
@@ -31,6 +32,7 @@ Run it under `flock -x /tmp/tcptop-machine.lock`; read medians and ratios, not s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -549,12 +551,25 @@ def watch_screen(scr: Screen, seconds: float) -> dict:
             / (t1 - t0)}
 
 
-def measure_screen(n: int, latency: str, seconds: float, by_age: bool) -> dict:
+@contextlib.contextmanager
+def _killed(churn: workloads.Churn | None):
+    try:
+        yield
+    finally:
+        if churn is not None:
+            churn.kill()
+
+
+def measure_screen(n: int, latency: str, seconds: float, by_age: bool, churn_rate: float = 0.0) -> dict:
     tw_before, tw_after = wait_time_wait_gone()
-    out: dict = {"latency": latency, "time_wait": (tw_before, tw_after)}
+    out: dict = {"latency": latency, "time_wait": (tw_before, tw_after), "churn": churn_rate}
     args = ["--interval", "1"] + ([] if latency == "default" else ["--latency", latency])
+    churn = None
+    if churn_rate:  # for longer than the run can last; stopped when it is done
+        churn = workloads.Churn(churn_rate, 2 * seconds + 200, procs=2)
+        churn.start()
     t_hold = time.monotonic()
-    with workloads.held_connections(n):
+    with workloads.held_connections(n), _killed(churn):
         out["hold_s"] = time.monotonic() - t_hold
         scr = Screen(args)
         try:
@@ -593,8 +608,9 @@ def measure_screen(n: int, latency: str, seconds: float, by_age: bool) -> dict:
 
 
 def print_screen(n: int, runs: list[dict]) -> None:
+    churn = runs[0]["churn"] if runs else 0
     print(f"\n### the screen at {n:,} idle connections ({2 * n:,} sockets), tmux {Screen.WIDTH}x{Screen.HEIGHT}, "
-          "`tcptop --interval 1`\n")
+          f"`tcptop --interval 1`{f', {churn:g} connections/s coming and going' if churn else ''}\n")
     print("| --latency | sort | time to first screen (all held sockets counted) | CPU % of a core: median of "
           "1 s samples (mean) | refresh interval median / max | gaps > 1.5 s | refreshes seen | RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -643,6 +659,8 @@ def main() -> int:
     ap.add_argument("--screen-seconds", type=float, default=20, help="screen: seconds measured (each sort)")
     ap.add_argument("--screen-sorts", choices=("default", "both"), default="both",
                     help="screen: the default sort only, or then sorted by AGE as well")
+    ap.add_argument("--screen-churn", type=float, default=0.0, metavar="R",
+                    help="screen: R connections/s come and go during the run (default 0: idle)")
     ap.add_argument("--churn-rate", type=float, default=10000)
     ap.add_argument("--churn-seconds", type=float, default=10)
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the script works")
@@ -711,7 +729,8 @@ def main() -> int:
         print(f"- longest gap between lines {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
               f"tcptop used {r['cpu_pct']:.1f} % of a core")
     if "screen" in only:
-        runs = [measure_screen(a.connections, mode, a.screen_seconds, a.screen_sorts == "both") for mode in modes]
+        runs = [measure_screen(a.connections, mode, a.screen_seconds, a.screen_sorts == "both", a.screen_churn)
+                for mode in modes]
         print_screen(a.connections, runs)
     return 0
 
