@@ -408,3 +408,69 @@ def test_incremental_order_with_reused_flows_matches_a_full_sort(sort):
             store.set_sort(sort)
     # the path under test was taken (by retrans only while few flows' decayed counts are moving)
     assert moved_only_changes >= {"age": 0, "retrans": 10}.get(sort, 30)
+
+
+def _row_state(r):
+    return (r.id, r.flow, r.prev, r.dt, r.born, r.history, r.retrans_recent, r.tx_bps, r.rx_bps, r.retrans_ps)
+
+
+@pytest.mark.parametrize("sort,expr", [("tx", ""), ("retrans", "not port 80"), ("age", ""), ("comm", "lport 40005"),
+                                        ("rtt", "")])
+def test_frames_built_from_the_sources_changes_equal_frames_built_by_a_walk(sort, expr, monkeypatch):
+    """The engine says what changed (FlowJoin's Snapshot.changes): a frame built from that and
+    the last frame has the same rows (the very objects where the walk reuses them), order,
+    shown ids, visible set and totals as one built by walking every flow; flows settle over
+    a few frames, retransmissions decay, watched rows keep history, snapshots get skipped."""
+    import dataclasses
+
+    from tcptop.engines.core.join import FlowJoin
+    from tcptop.frontends.screen import store as store_mod
+    from tcptop.frontends.screen.store import FrameBuilder, View
+
+    monkeypatch.setattr(store_mod, "HISTORY_ALL_MAX", 10)
+    rnd = random.Random(hash((sort, expr)) & 0xFFFF)
+    col = resolve_sort(sort)
+    view = View(col, compile_filter_or_all(expr), expr)
+    join, base = FlowJoin(), {}
+    fast, walk = FrameBuilder(), FrameBuilder()
+    followed = []
+    real_follow = fast._follow
+    monkeypatch.setattr(fast, "_follow", lambda *a: followed.append(1) or real_follow(*a))
+    prev_rows = None
+    seq = 0
+    for t in range(60):
+        for i in range(40 + t):  # flows come; some change, some close, a few go
+            if i not in base and rnd.random() < 0.8:
+                base[i] = make_flow(i, lport=40000 + i % 10, rport=rnd.choice([80, 443]), duration_s=rnd.choice([0.5, 50]),
+                                    established_ts=rnd.uniform(0, 50), comm=rnd.choice("abc"), srtt_us=rnd.randint(1, 9))
+            elif i in base and rnd.random() < 0.08:
+                f = base[i]
+                base[i] = dataclasses.replace(f, bytes_sent=f.bytes_sent + rnd.randint(0, 3) * 100,
+                                              retrans_packets=f.retrans_packets + rnd.randint(0, 1),
+                                              closed=f.closed or rnd.random() < 0.1, srtt_us=rnd.randint(1, 9))
+            elif i in base and rnd.random() < 0.02:
+                del base[i]
+        listing = join.update(dict(base), set(base), {}, {}) if t == 0 else join.update(dict(base), _touched(join, base), {}, {})
+        seq += 2 if t == 30 else 1  # one snapshot the screen never saw: the next frame walks
+        snap = make_snapshot(listing, ts=100.0 + t, seq=seq, changes=join.changes)
+        watched = frozenset(rnd.sample(sorted(base), 2)) if base and t % 7 == 0 else frozenset()
+        a = fast.build(snap, view, watched)
+        b = walk.build(dataclasses.replace(snap, changes=None), view, watched)
+        assert a.rows.keys() == b.rows.keys()
+        assert all(_row_state(a.rows[i]) == _row_state(b.rows[i]) for i in a.rows)
+        if prev_rows is not None:  # reused where the walk reuses
+            assert {i for i in a.rows if prev_rows[0].get(i) is a.rows[i]} == \
+                   {i for i in b.rows if prev_rows[1].get(i) is b.rows[i]}
+        prev_rows = (a.rows, b.rows)
+        assert (a.by_id, a.order, a.shown, a.visible, a.totals) == (b.by_id, b.order, b.shown, b.visible, b.totals)
+    assert len(followed) >= 50  # all but the first frame and the one after the skipped snapshot
+
+def compile_filter_or_all(expr):
+    from tcptop.filter import compile_filter
+    return compile_filter(expr or None)
+
+
+def _touched(join, base):
+    """Ids whose flow changed or went since the join's last update (as the flow engine keeps them)."""
+    listed = {f.id: f for f in join._listing}
+    return {i for i in listed.keys() | base.keys() if listed.get(i) is not base.get(i)}
