@@ -532,7 +532,7 @@ class FailureEngine:
         forgotten only after GONE_AFTER_POLLS polls without it."""
         socks, shown = self._socks, self._shown_flows
         maybe = shown if touched is None else shown.intersection(touched)
-        for cookie in [c for c in maybe if not index.is_flow(c)]:
+        for cookie in maybe.difference(index.ids()) if maybe else ():  # one C-level pass (churn: ~20,000 a poll)
             shown.discard(cookie)
             socks.pop(cookie, None)
         missing = {}
