@@ -141,6 +141,37 @@ def _moved_ids(by_id: list[int], gone: list[int], new: list[int]) -> list[int]:
     return out
 
 
+class _Sums:
+    """What a frame's totals sum over the flows its filter lets through, and which those are
+    (`visible`; None: every flow)."""
+
+    __slots__ = ("visible", "tx", "rx", "re", "retrans", "closed")
+
+    def __init__(self, visible: set[int] | None, retrans: int = 0, closed: int = 0) -> None:
+        self.visible = visible
+        self.tx = self.rx = self.re = 0  # bytes and retransmissions since the last sighting
+        self.retrans, self.closed = retrans, closed
+
+    def count(self, f, dtx: int, drx: int, dre: int) -> None:
+        """A flow the filter lets through, with what it moved since its last sighting."""
+        if self.visible is not None:
+            self.visible.add(f.id)
+        self.tx += dtx
+        self.rx += drx
+        self.re += dre
+        self.retrans += f.retrans_packets
+        self.closed += f.closed
+
+    def uncount(self, o: Row) -> None:
+        """Take out a row of the last frame (its flow went or is made anew): what it added there."""
+        if self.visible is not None:
+            if o.id not in self.visible:
+                return
+            self.visible.discard(o.id)
+        self.retrans -= o.flow.retrans_packets
+        self.closed -= o.flow.closed
+
+
 class _RowMaker:
     """Makes a row anew for one build: a new flow, one that changed, or one whose rates or
     retransmission count are still settling; also notes what the sort index must move
@@ -148,7 +179,7 @@ class _RowMaker:
     (`unsettled`)."""
 
     __slots__ = ("dt", "ts", "first", "incremental", "flow_only", "rate_only", "keep_history", "watched", "decay",
-                 "tail", "added", "changed", "changed_rows", "unsettled")
+                 "tail", "new_ids", "changed", "unsettled")
 
     def __init__(self, dt: float, ts: float, first: bool, incremental: bool, depends: str, keep_history: bool,
                  watched) -> None:
@@ -157,9 +188,8 @@ class _RowMaker:
         self.keep_history, self.watched = keep_history, watched
         self.decay = 0.5 ** (dt / RETRANS_HALF_LIFE_S)
         self.tail = HISTORY_LEN - 1
-        self.added = 0
-        self.changed: list[Row] = []       # rows whose sort value may differ from the one in the index
-        self.changed_rows: list[Row] = []  # every row made
+        self.new_ids: list[int] = []     # flows not in the last frame
+        self.changed: list[Row] = []     # rows whose sort value may differ from the one in the index
         self.unsettled: set[int] = set()
 
     def __call__(self, f, o: Row | None) -> tuple[Row, int, int, int]:
@@ -171,7 +201,7 @@ class _RowMaker:
         row.flow = f
         row.dt = dt
         if o is None:
-            self.added += 1
+            self.new_ids.append(fid)
             row.prev = None
             history = None
             # Born during this interval: everything it counted happened within dt.
@@ -209,7 +239,6 @@ class _RowMaker:
             point = HistoryPoint(self.ts, row.tx_bps, row.rx_bps, f.cwnd, f.srtt_us or f.rtt_mean_us)
             history = (history[-self.tail:] if history else ()) + (point,)
         row.history = history
-        self.changed_rows.append(row)
         if row.prev is not f or row.retrans_recent:
             self.unsettled.add(fid)
         return row, dtx, drx, dre
@@ -284,17 +313,17 @@ class FrameBuilder:
         if (snap.changes is not None and not make.keep_history and last is not None and prev_snap is not None
                 and last.snapshot is prev_snap and snap.seq == prev_snap.seq + 1 and last.view.pred is view.pred
                 and self._sums_pred is view.pred):  # (a re-filtered frame keeps its build's totals)
-            rows, visible, sums, gone = self._follow(snap, old, last, make, view.pred, watched)
+            rows, sums, gone = self._follow(snap, old, last, make, view.pred, watched)
         else:
-            rows, visible, sums = self._walk(snap, old, make, view.pred, watched)
-        tx_sum, rx_sum, re_sum, re_total, closed = sums
+            rows, sums = self._walk(snap, old, make, view.pred, watched)
+        visible = sums.visible
         self._unsettled = make.unsettled
         self._sums_pred = view.pred
-        same_flows = not make.added and len(rows) == len(old) and last is not None and last.rows is old
+        same_flows = not make.new_ids and len(rows) == len(old) and last is not None and last.rows is old
         if same_flows:
             by_id = last.by_id
-        elif gone is not None and last is not None and len(gone) + make.added <= _INSERT_MAX:
-            by_id = _moved_ids(last.by_id, gone, [r.id for r in make.changed_rows if r.prev is None and r.id not in old])
+        elif gone is not None and last is not None and len(gone) + len(make.new_ids) <= _INSERT_MAX:
+            by_id = _moved_ids(last.by_id, gone, make.new_ids)
         else:
             by_id = sorted(rows)
         order = self._order(rows, by_id, old, col, snap.ts, make.changed if incremental else None,
@@ -303,16 +332,16 @@ class FrameBuilder:
         self.rows = rows
         self.snapshot = snap
         return Frame(snap, view, rows, by_id, order, shown, None if visible is None else frozenset(visible),
-                     Totals(tx_sum / dt, rx_sum / dt, re_sum / dt, re_total, closed))
+                     Totals(sums.tx / dt, sums.rx / dt, sums.re / dt, sums.retrans, sums.closed))
 
     def _walk(self, snap: Snapshot, old: dict[int, Row], make: "_RowMaker", pred: Predicate, watched):
         """Every flow of the snapshot: an idle row serves again, the others are made anew."""
         rows: dict[int, Row] = {}
         match_all = pred is _MATCH_ALL
         keep_history = make.keep_history
-        tx_sum = rx_sum = re_sum = 0
-        re_total = closed = 0
-        visible: set[int] | None = None if match_all else set()
+        sums = _Sums(None if match_all else set())
+        visible = sums.visible
+        re_total = closed = 0  # of the rows that serve again (the many), summed here
         for f in snap.flows:
             fid = f.id
             o = old.get(fid)
@@ -330,14 +359,10 @@ class FrameBuilder:
             row, dtx, drx, dre = make(f, o)
             rows[fid] = row
             if match_all or pred(f):
-                if visible is not None:
-                    visible.add(fid)
-                tx_sum += dtx
-                rx_sum += drx
-                re_sum += dre
-                re_total += f.retrans_packets
-                closed += f.closed
-        return rows, visible, (tx_sum, rx_sum, re_sum, re_total, closed)
+                sums.count(f, dtx, drx, dre)
+        sums.retrans += re_total
+        sums.closed += closed
+        return rows, sums
 
     def _follow(self, snap: Snapshot, old: dict[int, Row], last: Frame, make: "_RowMaker", pred: Predicate,
                 watched):
@@ -349,20 +374,14 @@ class FrameBuilder:
         changed, gone_ids = snap.changes  # type: ignore[misc]
         match_all = pred is _MATCH_ALL
         rows = dict(old)
-        visible: set[int] | None = None if match_all else set(last.visible if last.visible is not None else old)
-        t = last.totals
-        re_total, closed = t.retrans_packets, t.closed
-        tx_sum = rx_sum = re_sum = 0
+        sums = _Sums(None if match_all else set(last.visible if last.visible is not None else old),
+                     last.totals.retrans_packets, last.totals.closed)
         gone = []
         for fid in gone_ids:
             o = rows.pop(fid, None)
             if o is not None:
                 gone.append(fid)
-                if visible is None or fid in visible:
-                    if visible is not None:
-                        visible.discard(fid)
-                    re_total -= o.flow.retrans_packets
-                    closed -= o.flow.closed
+                sums.uncount(o)
         todo = {f.id: f for f in changed}
         for fid in (self._unsettled | watched) if watched else self._unsettled:
             if fid not in todo:
@@ -371,22 +390,13 @@ class FrameBuilder:
                     todo[fid] = o.flow
         for fid, f in todo.items():
             o = old.get(fid)
-            if o is not None and (visible is None or fid in visible):
-                if visible is not None:
-                    visible.discard(fid)
-                re_total -= o.flow.retrans_packets
-                closed -= o.flow.closed
+            if o is not None:
+                sums.uncount(o)
             row, dtx, drx, dre = make(f, o)
             rows[fid] = row
             if match_all or pred(f):
-                if visible is not None:
-                    visible.add(fid)
-                tx_sum += dtx
-                rx_sum += drx
-                re_sum += dre
-                re_total += f.retrans_packets
-                closed += f.closed
-        return rows, visible, (tx_sum, rx_sum, re_sum, re_total, closed), gone
+                sums.count(f, dtx, drx, dre)
+        return rows, sums, gone
 
     def _order(self, rows: dict[int, Row], by_id: list[int], old: dict[int, Row], col: Column, now: float,
                changed: list[Row] | None, last_order: list[int] | None, gone: list[int] | None = None) -> list[int]:
