@@ -179,8 +179,10 @@ static __always_inline void count_sock_drop(__u64 cookie, __u32 reason)
 		add(v);
 		return;
 	}
-	if (!bpf_map_update_elem(map, &k, &one, BPF_NOEXIST))
+	if (!bpf_map_update_elem(map, &k, &one, BPF_NOEXIST)) {
+		stat_inc(FS_ENTERED);
 		return;
+	}
 	v = bpf_map_lookup_elem(map, &k); /* another CPU inserted it meanwhile */
 	if (v)
 		add(v);
@@ -196,7 +198,8 @@ static __always_inline struct sock_events *events_of(__u64 cookie)
 	e = bpf_map_lookup_elem(map, &cookie);
 	if (e)
 		return e;
-	bpf_map_update_elem(map, &cookie, &zero, BPF_NOEXIST);
+	if (!bpf_map_update_elem(map, &cookie, &zero, BPF_NOEXIST))
+		stat_inc(FS_ENTERED);
 	e = bpf_map_lookup_elem(map, &cookie);
 	if (!e)
 		stat_inc(FS_SOCK_FULL);
@@ -222,8 +225,10 @@ static __always_inline void count_tuple(struct tuple_key *k)
 		add(v);
 		return;
 	}
-	if (!bpf_map_update_elem(map, k, &one, BPF_NOEXIST))
+	if (!bpf_map_update_elem(map, k, &one, BPF_NOEXIST)) {
+		stat_inc(FS_ENTERED);
 		return;
+	}
 	v = bpf_map_lookup_elem(map, k);
 	if (v) {
 		add(v);
@@ -427,8 +432,14 @@ int BPF_PROG(fail_error, const struct sock *sk)
 	f.netns = netns_of(sk);
 	cookie = bpf_get_socket_cookie((struct sock *)sk);
 	map = odd_generation() ? (void *)&connect_fails_1 : (void *)&connect_fails_0;
-	if (bpf_map_update_elem(map, &cookie, &f, BPF_NOEXIST) == -E2BIG)
+	switch (bpf_map_update_elem(map, &cookie, &f, BPF_NOEXIST)) {
+	case 0:
+		stat_inc(FS_ENTERED);
+		break;
+	case -E2BIG:
 		stat_inc(FS_CONNECT_FULL);
+		break;
+	}
 	return 0;
 }
 

@@ -30,6 +30,8 @@ enum fail_stat {
 	FS_DROPS,           /* TCP drops with a reason, all of them */
 	FS_RESETS_SENT,     /* resets sent, all of them */
 	FS_LISTENERS,       /* listeners the iterators emitted (sanity) */
+	FS_ENTERED,         /* entries made in the event maps of any generation: how full the
+	                     * current one may be, read between polls to drain it in time */
 	FS_MAX,
 };
 

@@ -24,10 +24,11 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 from tcptop.engines.core.flow_decode import untrack
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, IterReader, KernelBtf, Link, iter_read, object_path,
@@ -58,7 +59,8 @@ class FailStat(enum.IntEnum):
     FS_DROPS = 3
     FS_RESETS_SENT = 4
     FS_LISTENERS = 5
-    FS_MAX = 6
+    FS_ENTERED = 6
+    FS_MAX = 7
 
 
 TK_DROP, TK_RESET_SENT = map(int, TupleKind)
@@ -149,6 +151,7 @@ ITERATORS = {
 }
 OPTIONAL = frozenset(HOOKS) | frozenset(ITERATORS)
 
+KEEPER_PERIOD_S = 0.25  # how often _keep_generations looks at FS_ENTERED
 # A socket whose cookie is unknown to the flows and listeners this many polls in a row is gone
 # (or never shown): its totals are forgotten, and counted host-wide. One poll is not enough: a
 # socket born after the flow engine's walk and before this engine's read is unknown once.
@@ -275,12 +278,20 @@ class FailureEngine:
             missing = {prog: tp for prog, (_, tp, _) in HOOKS.items() if not btf.has_tracepoint(tp)}
         finally:
             btf.close()
+        # Generations the keeper drained between polls, for the next poll (see _keep_generations).
+        self._drain_lock = threading.Lock()
+        self._early: list[_Drained] = []
+        self._entered = 0  # FS_ENTERED at the last drain
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
         try:
             self._load(object_path or default_object_path(), missing)
             self._attach()
         except BaseException:
             self.close()
             raise
+        self._keeper = threading.Thread(target=self._keep_generations, name="tcptop-failure-maps", daemon=True)
+        self._keeper.start()
 
     # -- set-up -------------------------------------------------------------
 
@@ -359,7 +370,15 @@ class FailureEngine:
     def program_ids(self) -> list[int]:
         return self._obj.program_ids() if self._obj else []
 
+    def stop_keeper(self) -> None:
+        """No more drains between polls (close, and tests of what full maps do)."""
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+            self._keeper = None
+
     def close(self) -> None:
+        self.stop_keeper()
         for link in self._links:
             link.destroy()
         self._links.clear()
@@ -388,7 +407,7 @@ class FailureEngine:
         records = self._read_listeners()
         index = _Index(flows, records, by_id)
         self._forget_gone(index, records, touched)
-        events, drops, tuples, fails = self._drain_generation()
+        events, drops, tuples, fails = self._take_generations()
         big = sum(len(vb) for _, vb in events) // _EVENTS.size + sum(len(vb) for _, vb in drops) // 8 > 2000
         if big:  # thousands of new objects, none in a cycle: the cyclic collector would walk them for nothing
             gc.disable()
@@ -618,18 +637,43 @@ class FailureEngine:
 
     # packet-keyed events
 
-    def _drain_generation(self) -> tuple[list, list, list[tuple[TupleKey, int]], list[tuple[int, ConnectFail]]]:
+    def _keep_generations(self) -> None:
+        """Between polls, drain the event maps once a quarter of the smallest could be taken
+        since the last drain (FS_ENTERED counts the entries the programs made). A poll that
+        comes late — a churn of connections reset by the thousand a second can stretch one to
+        seconds — then no longer finds the maps full: 32,768 sockets a generation are three
+        seconds of 10,000 resets a second. Otherwise this reads one counter four times a second."""
+        assert self._obj is not None
+        stats, limit = self._obj.maps["stats"], min(self._max.values()) // 4
+        while not self._keeper_stop.wait(KEEPER_PERIOD_S):
+            if stats.percpu_sum(FailStat.FS_ENTERED) - self._entered >= limit:
+                with self._drain_lock:
+                    if not self._keeper_stop.is_set():
+                        self._early.append(self._drain_generation())
+
+    def _take_generations(self) -> "_Drained":
+        """What every generation since the last poll holds, oldest first: those the keeper
+        drained, then the current one."""
+        with self._drain_lock:
+            parts, self._early = self._early, []
+            parts.append(self._drain_generation())
+        if len(parts) == 1:
+            return parts[0]
+        return _Drained(*([x for part in parts for x in part[i]] for i in range(4)))
+
+    def _drain_generation(self) -> "_Drained":
         """Per-socket counts (events, drops: batches of raw keys and values), packet-keyed events and failed connects since the
         last drain. The kernel is switched to the other maps first and a grace period passes,
         so nothing is written into what is being deleted. A poll after which nothing failed
         reads nothing but four empty maps' first keys."""
         assert self._obj is not None
         maps = self._obj.maps
+        self._entered = maps["stats"].percpu_sum(FailStat.FS_ENTERED)
         cur = self._gen & 1
         names = {f"sock_events_{cur}": 8, f"sock_drops_{cur}": ctypes.sizeof(SockDropKey),
                  f"tuples_{cur}": ctypes.sizeof(TupleKey), f"connect_fails_{cur}": 8}
         if all(maps[name].is_empty(size) for name, size in names.items()):
-            return [], [], [], []
+            return _Drained([], [], [], [])
         self._gen += 1
         maps["tuple_gen"].update(ctypes.c_uint32(0), ctypes.c_uint32(self._gen))
         rcu_grace_period()
@@ -642,7 +686,7 @@ class FailureEngine:
         for keys, values, n in maps[f"connect_fails_{cur}"].batches(ctypes.c_uint64, ConnectFail, delete=True,
                                                                     batch=1024):
             out_f.extend((keys[i], ConnectFail.from_buffer_copy(values[i])) for i in range(n))
-        return events, drops, out_t, out_f
+        return _Drained(events, drops, out_t, out_f)
 
     def _match_tuples(self, tuples: list[tuple[TupleKey, int]], index: "_Index", changed: set[int]) -> None:
         now = time.monotonic_ns()
@@ -711,6 +755,15 @@ class FailureEngine:
                    for k, n in self._fail_counts.items()]
             out.sort(key=lambda f: (-f.count, f.raddr, f.rport, f.pid, f.reason))
             self._failures = tuple(out)
+
+
+class _Drained(NamedTuple):
+    """One or more generations of the event maps, as _drain_generation reads them."""
+
+    events: list[tuple[bytes, bytes]]        # per-socket events: batches of raw keys and values
+    drops: list[tuple[bytes, bytes]]         # per-socket drops by reason: the same
+    tuples: list[tuple[TupleKey, int]]       # packet-keyed events and their counts
+    fails: list[tuple[int, ConnectFail]]     # failed connects by cookie
 
 
 class _Index:

@@ -372,11 +372,12 @@ class Map:
 
     def percpu_sums(self, count: int) -> list[int]:
         """Keys 0..count-1 of a per-CPU array of u64 counters, each summed over every possible CPU."""
-        out = []
-        for i in range(count):
-            vals = (ctypes.c_uint64 * possible_cpus())()
-            out.append(sum(vals) if self.lookup(ctypes.c_uint32(i), vals) else 0)
-        return out
+        return [self.percpu_sum(i) for i in range(count)]
+
+    def percpu_sum(self, key: int) -> int:
+        """One key of a per-CPU array of u64 counters, summed over every possible CPU."""
+        vals = (ctypes.c_uint64 * possible_cpus())()
+        return sum(vals) if self.lookup(ctypes.c_uint32(key), vals) else 0
 
     def mmap(self) -> mmap.mmap:
         """The live memory of an array map created with BPF_F_MMAPABLE (a global-data map such
