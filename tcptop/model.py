@@ -264,6 +264,9 @@ class RunInfo:
     engine: str = "core"
     flows_evicted: int = 0      # flows the kernel maps had no room for
     events_lost: int = 0        # kernel updates dropped (map full, closed-flow overflow)
+    # events_lost by cause, every cause the engine counts (zeros too; empty in replays of files
+    # written before it existed): which map or ring had no room says what to raise.
+    events_lost_by: Mapping[str, int] = field(default_factory=dict)
     hooks: Mapping[str, str] = field(default_factory=dict)  # hook -> "ok" or why not
     degraded: tuple[str, ...] = ()  # human sentences: metric and reason
     # Milliseconds each part of the poll took (e.g. "kernel_read", "decode"); empty in replays
@@ -275,6 +278,7 @@ class RunInfo:
             "engine": self.engine,
             "flows_evicted": self.flows_evicted,
             "events_lost": self.events_lost,
+            "events_lost_by": dict(self.events_lost_by),
             "hooks": dict(self.hooks),
             "degraded": list(self.degraded),
             "timing": dict(self.timing),
@@ -530,10 +534,17 @@ def _run_from_dict(run: Any) -> RunInfo:
         engine=_check_str("run", "engine", run.get("engine", "replay")),
         flows_evicted=_check_int("run", "flows_evicted", run.get("flows_evicted", 0)),
         events_lost=_check_int("run", "events_lost", run.get("events_lost", 0)),
+        events_lost_by=_lost_by(run.get("events_lost_by", {})),
         hooks=dict(hooks),
         degraded=tuple(degraded),
         timing=_timing(run.get("timing", {})),
     )
+
+
+def _lost_by(lost: Any) -> dict[str, int]:
+    if not isinstance(lost, Mapping):
+        raise _bad("run", "events_lost_by", "not an object")
+    return {str(k): _check_int("run", f"events_lost_by.{k}", v) for k, v in lost.items()}
 
 
 def _timing(timing: Any) -> dict[str, float]:

@@ -32,7 +32,8 @@ def run_warnings(snap: Snapshot | None) -> list[str]:
     if run.flows_evicted:
         out.append(f"{run.flows_evicted:,} flows evicted (maps full)")
     if run.events_lost:
-        out.append(f"{run.events_lost:,} events lost")
+        causes = ", ".join(f"{cause.replace('_', ' ')} {n:,}" for cause, n in run.events_lost_by.items() if n)
+        out.append(f"{run.events_lost:,} events lost" + (f" ({causes})" if causes else ""))
     return out
 
 

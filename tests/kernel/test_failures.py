@@ -459,7 +459,7 @@ def test_failure_maps_drained_between_late_polls_lose_no_reset():
             assert got.last_reset_reason == ("sent TCP_STATE" if end == "client" else "received ECONNRESET")
         engine.stop_keeper()
         report, ends = _reset_many(engine, 400)
-        assert report.lost >= len(ends) - 256
+        assert report.lost["failure_sockets"] >= len(ends) - 256
         assert len(report.per_flow.keys() & ends.keys()) <= 256
     finally:
         engine.close()

@@ -342,8 +342,10 @@ async def test_corrupt_replay_lines_are_reported_in_the_header(tmp_path):
 
 
 async def test_run_warnings_are_always_in_the_header():
-    run = RunInfo(engine="core", flows_evicted=3, events_lost=7, hooks={"tp/tcp_probe": "ok",
-                  "sockops": "cgroup2 not mounted"}, degraded=("read_bytes: since start only",))
+    run = RunInfo(engine="core", flows_evicted=3, events_lost=7,
+                  events_lost_by={"closed_records": 5, "notices": 0, "failure_sockets": 2},
+                  hooks={"tp/tcp_probe": "ok", "sockops": "cgroup2 not mounted"},
+                  degraded=("read_bytes: since start only",))
     src = CountingSource(run=run)
     app = TcptopApp(src)
     async with app.run_test(size=(220, 30)) as pilot:
@@ -351,7 +353,8 @@ async def test_run_warnings_are_always_in_the_header():
         await pilot.pause()
         header = widget_text(app.query_one(HeaderBar)).replace("\n", "")
         assert "sockops: cgroup2 not mounted" in header
-        assert "3 flows evicted" in header and "7 events lost" in header
+        assert "3 flows evicted" in header
+        assert "7 events lost (closed records 5, failure sockets 2)" in header
         assert "read_bytes: since start only" in header
         assert "tp/tcp_probe" not in header
 

@@ -282,6 +282,8 @@ _DELETE = object()
     ({"run__hooks": ["ok"]}, "run field hooks is not an object of strings"),
     ({"run__flows_evicted": True}, "run field flows_evicted is not an integer"),
     ({"run__events_lost": -1}, "run field events_lost is out of range (0 to 2^64-1)"),
+    ({"run__events_lost_by": [1]}, "run field events_lost_by is not an object"),
+    ({"run__events_lost_by": {"notices": -2}}, "run field events_lost_by.notices is out of range (0 to 2^64-1)"),
     ({"run__engine": 5}, "run field engine is not a string"),
     ({"run": []}, "snapshot field run is not an object"),
     ({"seq": "7"}, "snapshot field seq is not an integer"),
@@ -336,6 +338,16 @@ def test_old_replay_files_stay_readable():
     minimal = {k: v for k, v in json.loads(LINES[0]).items() if k in ("ts", "interval_s", "flows")}
     snap = snapshot_from_json(json.dumps(minimal))
     assert snap.run.engine == "replay" and snap.seq == 0 and snap.flows[0].role == ""
+
+
+def test_losses_by_cause_round_trip_and_old_lines_have_none():
+    d = json.loads(LINES[0])
+    d["run"]["events_lost"] = 7
+    d["run"]["events_lost_by"] = {"closed_records": 5, "notices": 0, "failure_sockets": 2}
+    run = snapshot_from_json(json.dumps(d)).run
+    assert run.events_lost == 7 and run.events_lost_by == d["run"]["events_lost_by"]
+    assert run.to_dict()["events_lost_by"] == d["run"]["events_lost_by"]
+    assert snapshot_from_json(LINES[0]).run.events_lost_by == {}
 
 
 def test_fields_a_newer_tcptop_adds_are_ignored():

@@ -85,14 +85,16 @@ class BccEngine:
         flows = self.flows.poll()
         host_latency = self.latency.poll()[0] if self.latency is not None else None
         stats = self.flows.stats()
+        lost = {"closed_records": stats[STAT_CLOSED_FULL] + self.flows.finals_missing,
+                "recovery_entries": stats[STAT_ADDR_FULL], "rtt_samples": stats[STAT_RTT_FULL]}
         now = time.monotonic()
         interval, self._last = now - self._last, now
         self._seq += 1
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=stats[STAT_NO_STORAGE],
-            events_lost=(stats[STAT_CLOSED_FULL] + stats[STAT_ADDR_FULL] + stats[STAT_RTT_FULL]
-                         + self.flows.finals_missing),
+            events_lost=sum(lost.values()),
+            events_lost_by=lost,
             hooks={**self.hooks, **self.flows.hooks, **self._lat_hooks},
             degraded=tuple(self.flows.degraded) + self._lat_degraded,
         )

@@ -21,6 +21,10 @@ from tcptop.engines.core.join import FlowJoin
 from tcptop.engines.core.libbpf import BpfError
 from tcptop.model import RunInfo, Snapshot
 
+# run.events_lost_by: the flow engine's loss counters by the name each cause has there.
+LOST_CAUSES = {"flow_counters": Stat.STAT_COUNTERS_FULL, "closed_records": Stat.STAT_CLOSED_LOST,
+               "notices": Stat.STAT_NOTICES_LOST, "lookups": Stat.STAT_GOT_FULL}
+
 
 def preflight() -> None:
     """What the CO-RE engine needs beyond privileges: the kernel's BTF."""
@@ -141,14 +145,16 @@ class CoreEngine:
         flows = self._join.update(self.flows.by_id, self.flows.touched, stages, report.per_flow if report else {})
         timing["join_ms"] = (time.perf_counter() - t0) * 1e3
         stats = self.flows.last_stats
+        lost = {cause: stats[i] for cause, i in LOST_CAUSES.items()}
+        if report is not None:
+            lost.update(report.lost)
         interval, self._last_ts = ts - self._last_ts, ts
         self._seq += 1
         run = RunInfo(
             engine=self.engine_name,
             flows_evicted=self.flows.flows_without_counters,
-            events_lost=sum(stats[i] for i in (Stat.STAT_COUNTERS_FULL, Stat.STAT_CLOSED_LOST,
-                                               Stat.STAT_NOTICES_LOST, Stat.STAT_GOT_FULL))
-            + (report.lost if report else 0),
+            events_lost=sum(lost.values()),
+            events_lost_by=lost,
             hooks={**self.flows.hooks, **self._lat_hooks, **self._fail_hooks},
             degraded=tuple(self.flows.degraded) + self._lat_degraded + self._fail_degraded,
             timing={k: round(v, 3) for k, v in timing.items()},

@@ -214,7 +214,7 @@ class FailureReport:
     listeners: tuple[Listener, ...]
     failures: tuple[Failure, ...]
     unmatched: Mapping[str, Mapping[str, int]]
-    lost: int  # events that could not be counted where they belong (maps full)
+    lost: Mapping[str, int]  # events that could not be counted where they belong (maps full), by map
 
 
 @dataclass(slots=True)
@@ -423,7 +423,7 @@ class FailureEngine:
         if len(self._listener_cache) > len(records):
             self._listener_cache = {c: v for c, v in self._listener_cache.items() if c in records}
         stats = self.stats()
-        lost = stats[FailStat.FS_SOCK_FULL] + stats[FailStat.FS_CONNECT_FULL]
+        lost = {"failure_sockets": stats[FailStat.FS_SOCK_FULL], "failed_connects": stats[FailStat.FS_CONNECT_FULL]}
         return FailureReport(per_flow, listeners, self._failures, self._unmatched_now(stats[FailStat.FS_TUPLE_FULL]),
                              lost)
 

@@ -61,8 +61,9 @@ STAGE_SERIES = len(STAGE_BOUNDS_NS) + 3
 # Per-connection series of one top-K flow (metrics.FLOW_METRICS).
 FLOW_SERIES = 7
 # Series that do not depend on the traffic: build info, engine health (besides one per
-# hook), the exporter's own counters (metrics.py emits exactly these).
-FIXED_SERIES = 1 + 3 + 9
+# hook and one per cause of lost events), the exporter's own counters (metrics.py emits
+# exactly these).
+FIXED_SERIES = 1 + 2 + 9
 
 ZERO_WINDOW_STATES = frozenset({"ESTABLISHED"})
 
@@ -226,7 +227,8 @@ class Aggregator:
     # -- budget --------------------------------------------------------------
 
     def fixed_series(self, snap: Snapshot) -> int:
-        return (FIXED_SERIES + sum(hook_up(v) is not None for v in snap.run.hooks.values()) + STAGE_SERIES * len(self._stage_keys(snap))
+        return (FIXED_SERIES + sum(hook_up(v) is not None for v in snap.run.hooks.values())
+                + max(1, len(snap.run.events_lost_by)) + STAGE_SERIES * len(self._stage_keys(snap))
                 + self._failures.series)
 
     def _group_room(self, snap: Snapshot) -> int:

@@ -171,10 +171,13 @@ def health_metrics(frame: Frame) -> Iterator[Metric]:
     yield GaugeMetricFamily("tcptop_engine_degraded_metrics",
                             "Metrics this kernel cannot provide fully (see tcptop --json run.degraded for why).",
                             value=len(run.degraded))
-    yield CounterMetricFamily("tcptop_engine_events_lost",
-                              "Kernel counter updates and closed-connection records the engine dropped for lack of "
-                              "room (raise --max-closed for bursts of closing connections).",
-                              value=run.events_lost)
+    lost = CounterMetricFamily("tcptop_engine_events_lost",
+                               "Kernel counter updates and closed-connection records the engine dropped for lack of "
+                               "room, by the map or ring that had none (closed_records: raise --max-closed).",
+                               labels=("cause",))
+    for cause, n in (run.events_lost_by or {"unknown": run.events_lost}).items():
+        lost.add_metric((cause,), n)
+    yield lost
     yield GaugeMetricFamily("tcptop_engine_flows_without_counters",
                             "Live connections the kernel could not give event counters (their kernel-kept numbers "
                             "are still exact).", value=run.flows_evicted)
