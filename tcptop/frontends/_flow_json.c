@@ -470,6 +470,73 @@ done:
 	return out;
 }
 
+/* follow(shown, changed, gone, keep) -> (flows for the line, ids gone): a --changes line from
+ * the source's own changes. A changed flow keep() refuses (keep None: none) is gone; of the
+ * rest, those that are not the very object `shown` has for their id; of the ids gone, those
+ * `shown` had. `shown` is brought up to date. Under a churn of connections ~20,000 flows a
+ * line change: this loop in Python cost ~45 ms a line, the filter's own calls aside. */
+static PyObject *follow(PyObject *self, PyObject *args)
+{
+	PyObject *shown, *changed, *gone, *keep, *cseq, *gseq = NULL, *out = NULL, *refused = NULL, *left = NULL;
+
+	if (!PyArg_ParseTuple(args, "O!OOO", &PyDict_Type, &shown, &changed, &gone, &keep))
+		return NULL;
+	if (!(cseq = PySequence_Fast(changed, "changed: a sequence")))
+		return NULL;
+	if (!(gseq = PySequence_Fast(gone, "gone: a sequence")) || !(out = PyList_New(0))
+	    || !(refused = PyList_New(0)) || !(left = PyList_New(0)))
+		goto fail;
+	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(cseq); i++) {
+		PyObject *f = PySequence_Fast_GET_ITEM(cseq, i), *id = id_of(f);
+		int rc = id ? 0 : -1, kept = 1;
+		if (!rc && keep != Py_None) {
+			PyObject *answer = PyObject_CallOneArg(keep, f);
+			kept = answer ? PyObject_IsTrue(answer) : -1;
+			Py_XDECREF(answer);
+			if (kept < 0)
+				rc = -1;
+			else if (!kept)
+				rc = PyList_Append(refused, id);
+		}
+		if (!rc && kept) {
+			PyObject *prev = PyDict_GetItemWithError(shown, id);
+			if (!prev && PyErr_Occurred())
+				rc = -1;
+			else if (prev != f)
+				rc = (PyDict_SetItem(shown, id, f) < 0 || PyList_Append(out, f) < 0) ? -1 : 0;
+		}
+		Py_XDECREF(id);
+		if (rc < 0)
+			goto fail;
+	}
+	for (int pass = 0; pass < 2; pass++) {	/* the source's gone ids, then the refused ones */
+		PyObject *ids = pass ? refused : gseq;
+		Py_ssize_t n = pass ? PyList_GET_SIZE(refused) : PySequence_Fast_GET_SIZE(gseq);
+		for (Py_ssize_t i = 0; i < n; i++) {
+			PyObject *id = pass ? PyList_GET_ITEM(ids, i) : PySequence_Fast_GET_ITEM(ids, i);
+			PyObject *prev = PyDict_GetItemWithError(shown, id);
+			if (!prev && PyErr_Occurred())
+				goto fail;
+			if (prev && (PyList_Append(left, id) < 0 || PyDict_DelItem(shown, id) < 0))
+				goto fail;
+		}
+	}
+	PyObject *pair = PyTuple_Pack(2, out, left);
+	Py_DECREF(out);
+	Py_DECREF(left);
+	Py_DECREF(refused);
+	Py_DECREF(gseq);
+	Py_DECREF(cseq);
+	return pair;
+fail:
+	Py_XDECREF(out);
+	Py_XDECREF(left);
+	Py_XDECREF(refused);
+	Py_XDECREF(gseq);
+	Py_DECREF(cseq);
+	return NULL;
+}
+
 /* sieve(flows, seen, keep) -> [flows keep() keeps]: keep() is asked only about a flow that is
  * not the very object `seen` (id -> (flow, answer)) has for its id, and `seen` is updated. Under
  * a churn of connections this loop over every listed flow (~90,000) cost ~80 ms of Python a line. */
@@ -652,6 +719,7 @@ static PyMethodDef methods[] = {
 	{"pieces", pieces, METH_VARARGS, "A Flow's compact JSON, split around its duration's value."},
 	{"sieve", sieve, METH_VARARGS, "The flows keep() keeps, asking it only about flows not `seen` as that object."},
 	{"delta", delta, METH_VARARGS, "(changed flows, ids gone) since `shown`, which is updated."},
+	{"follow", follow, METH_VARARGS, "A --changes line's (flows, ids gone) from the source's changes."},
 	{NULL, NULL, 0, NULL},
 };
 

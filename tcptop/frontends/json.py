@@ -63,12 +63,7 @@ class DeltaEncoder(LineEncoder):
             self._shown = {f.id: f for f in flows}
             return super().encode(dataclasses.replace(snap, flows=flows, changes=None))
         if snap.changes is not None:  # the source says what changed: no pass over every flow
-            changed, gone = snap.changes
-            if self._keep is not None:
-                answers = [(f, self._keep(f)) for f in changed]
-                changed = [f for f, kept in answers if kept]
-                gone = gone + tuple(f.id for f, kept in answers if not kept)
-            changed, gone = apply_changes(self._shown, changed, gone)
+            changed, gone = (_c.follow if _c is not None else py_follow)(self._shown, *snap.changes, self._keep)
         else:
             flows = self._sieve(snap.flows) if self._sieve is not None else snap.flows
             changed, gone = (_c.delta if _c is not None else py_delta)(self._shown, flows)
@@ -76,16 +71,19 @@ class DeltaEncoder(LineEncoder):
         return line[:-1] + f',"delta":true,"gone":{json.dumps(gone)}' + "}"
 
 
-def apply_changes(shown: dict[int, Flow], changed, gone) -> tuple[list[Flow], list[int]]:
-    """What a line carries, from the source's own (changed flows, ids gone): the flows that are
-    not the very object `shown` has for their id, and the ids `shown` has among `gone`; `shown`
-    brought up to date. Costs what changed; py_delta finds the same by a pass over every flow."""
-    out = []
+def py_follow(shown: dict[int, Flow], changed, gone, keep: Callable[[Flow], bool] | None) -> tuple[list[Flow], list[int]]:
+    """What a line carries, from the source's own (changed flows, ids gone): a changed flow
+    keep() refuses is gone; of the rest, the flows that are not the very object `shown` has for
+    their id; of the ids gone, those `shown` had; `shown` brought up to date. Costs what
+    changed (py_delta finds the same by a pass over every flow). _flow_json.follow in Python."""
+    out, refused = [], []
     for f in changed:
-        if shown.get(f.id) is not f:
+        if keep is not None and not keep(f):
+            refused.append(f.id)
+        elif shown.get(f.id) is not f:
             shown[f.id] = f
             out.append(f)
-    return out, [i for i in gone if shown.pop(i, None) is not None]
+    return out, [i for i in (*gone, *refused) if shown.pop(i, None) is not None]
 
 
 def py_delta(shown: dict[int, Flow], flows: tuple[Flow, ...]) -> tuple[list[Flow], list[int]]:

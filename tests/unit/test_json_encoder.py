@@ -93,6 +93,34 @@ def test_the_c_delta_equals_pythons(polls, rnd):
         assert shown_c == shown_py and all(shown_c[i] is shown_py[i] for i in shown_c)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 30), max_size=25), st.sets(st.integers(0, 40))), min_size=1,
+                max_size=6), st.randoms(), st.booleans())
+def test_the_c_follow_equals_pythons(polls, rnd, filtered):
+    """Changed flows (new objects, or the very one shown), gone ids (shown or not), a filter
+    that refuses some: the same line and the same `shown` from C and Python, and the filter
+    asked the same questions in the same order."""
+    from tcptop.frontends.json import _c, py_follow
+    objects: dict[int, Flow] = {}
+    shown = {"c": {}, "py": {}}
+    asked = {"c": [], "py": []}
+    for ids, gone in polls:
+        changed = []
+        for i in dict.fromkeys(ids):
+            if i not in objects or rnd.random() < 0.5:
+                objects[i] = flow(i, bytes_sent=rnd.randrange(1000))
+            changed.append(objects[i])
+        gone = tuple(i for i in gone if i not in ids)
+        out = {}
+        for impl, fn in (("c", _c.follow), ("py", py_follow)):
+            keep = (lambda f, who=impl: asked[who].append(f.id) or f.bytes_sent % 3 != 0) if filtered else None
+            out[impl] = fn(shown[impl], tuple(changed), gone, keep)
+        assert [f.id for f in out["c"][0]] == [f.id for f in out["py"][0]]
+        assert all(f is g for f, g in zip(out["c"][0], out["py"][0]))
+        assert out["c"][1] == out["py"][1] and asked["c"] == asked["py"]
+        assert shown["c"] == shown["py"] and all(shown["c"][i] is shown["py"][i] for i in shown["c"])
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(any_flow(), max_size=6), st.lists(st.floats(0, 4e9), min_size=1, max_size=3))
 def test_the_c_line_equals_pythons_across_snapshots(flows, stamps):
