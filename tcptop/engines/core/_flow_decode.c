@@ -561,6 +561,7 @@ struct live_ctx {
 	PyObject *eng, *tracks, *flows, *touched, *watch, *verify, *no_counters, *redecode, *pinfo, *boot;
 	PyObject *ns_count, *by_pid, *tw_due;
 	PyObject *first;
+	PyObject *owners;	/* the engine's Owners, fetched when first needed */
 	int changed;
 };
 
@@ -676,7 +677,42 @@ static int repoint(struct live_ctx *c, PyObject *cookie, PyObject *old_pid, PyOb
 	return PySet_Check(pids) ? PySet_Add(pids, cookie) : (PyErr_SetString(PyExc_TypeError, "by_pid"), -1);
 }
 
-/* FlowEngine._decode of a track (from its vals) whose owner is known; the rest goes to
+/* FlowEngine._pid_info(pid): (comm, cgroup, container), a new reference; NULL with no error
+ * when it is not such a tuple (the caller leaves that case to Python). */
+static PyObject *pid_info(struct live_ctx *c, PyObject *pid)
+{
+	PyObject *info = PyDict_GetItemWithError(c->pinfo, pid);
+	if (info)
+		Py_INCREF(info);
+	else if (PyErr_Occurred() || !(info = PyObject_CallMethod(c->eng, "_pid_info", "O", pid)))
+		return NULL;
+	if (!PyTuple_Check(info) || PyTuple_GET_SIZE(info) != 3)
+		Py_CLEAR(info);
+	return info;
+}
+
+/* _decode's owner by the socket's inode, when neither the record nor the track names one (a
+ * socket accepted or made before its process was known; under a churn of connections
+ * thousands a poll): sets *pid and returns its info, new references; NULL with no error when
+ * Python must decide. */
+static PyObject *owner_by_inode(struct live_ctx *c, PyObject *ino, PyObject **pid)
+{
+	static PyObject *name;
+	if (!name && !(name = PyUnicode_InternFromString("pid_of_inode")))
+		return NULL;
+	if (!c->owners && !(c->owners = PyObject_GetAttrString(c->eng, "owners")))
+		return NULL;
+	if (!(*pid = PyObject_CallMethodOneArg(c->owners, name, ino)))
+		return NULL;
+	int known = PyObject_IsTrue(*pid);
+	PyObject *info = known > 0 ? pid_info(c, *pid) : known == 0 ? PyTuple_Pack(3, S.empty_str, S.empty_str, S.empty_str)
+									: NULL;
+	if (!info)
+		Py_CLEAR(*pid);
+	return info;
+}
+
+/* FlowEngine._decode of a track (from its vals); what it cannot tell as _decode would goes to
  * _decode itself. */
 static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr)
 {
@@ -704,18 +740,16 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr)
 				    *(PyObject **)((char *)old + S.offset[33]), *(PyObject **)((char *)old + S.offset[34]));
 		if (!info)
 			return -1;
-	} else if (PyObject_IsTrue(pid)) {
-		info = PyDict_GetItemWithError(c->pinfo, pid);
-		if (info)
-			Py_INCREF(info);
-		else if (PyErr_Occurred() || !(info = PyObject_CallMethod(c->eng, "_pid_info", "O", pid)))
+		Py_INCREF(pid);
+	} else {
+		if (PyObject_IsTrue(pid) && !(info = pid_info(c, pid)) && PyErr_Occurred())
 			return -1;
+		if (info) {
+			Py_INCREF(pid);
+		} else if (!(info = owner_by_inode(c, it[T.i_ino], &pid))) {	/* no owner known: by inode */
+			return PyErr_Occurred() ? -1 : call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
+		}
 	}
-	if (!info || !PyTuple_Check(info) || PyTuple_GET_SIZE(info) != 3) {	/* no owner known: by inode */
-		Py_XDECREF(info);
-		return call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
-	}
-	Py_INCREF(pid);
 	PyObject *since = Py_True;
 	if (flags & T.seen_birth) {
 		if (PyObject_IsTrue(it[T.i_est]))
@@ -725,20 +759,21 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr)
 	tset(tr, TS_SINCE, since);
 	long long refs = PyLong_AsLongLong(it[T.i_refs]);
 	long long trefs = PyLong_AsLongLong(tget(tr, TS_REFS));
-	if (PyErr_Occurred())
+	int has_pid = PyObject_IsTrue(pid);
+	if (PyErr_Occurred() || has_pid < 0)
 		goto out;
 	if (!live) {
 		/* an ended socket's file references say nothing of its owner */
-	} else if (trefs == -1) {
+	} else if (trefs == -1 && has_pid) {
 		tset(tr, TS_REFS, it[T.i_refs]);
-	} else if (trefs == -2 || (trefs != refs && trefs >= 0)) {
+	} else if (trefs == -2 || (trefs != refs && (!has_pid || trefs >= 0))) {
 		if (PySet_Add(c->verify, cookie) < 0)
 			goto out;
 	}
 	PyObject *comm = PyTuple_GET_ITEM(info, 0);
 	PyObject *comm_new = NULL;
 	if (!PyObject_IsTrue(comm)) {
-		int same = PyObject_RichCompareBool(pid, it[T.i_pid], Py_EQ);
+		int same = has_pid ? PyObject_RichCompareBool(pid, it[T.i_pid], Py_EQ) : 0;
 		if (same < 0)
 			goto out;
 		comm = same ? (comm_new = PyObject_CallOneArg(T.comm_of, it[T.i_comm])) : S.empty_str;
@@ -960,6 +995,7 @@ static void ctx_close(struct live_ctx *c)
 {
 	for (size_t i = 0; i < CTX_N; i++)
 		Py_CLEAR(*ctx_slot(c, i));
+	Py_CLEAR(c->owners);
 }
 
 /* A pass that decoded a flow tells the engine its listing changed (FlowEngine._changed). */
