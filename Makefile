@@ -51,13 +51,14 @@ $(BUILD)/test/%.bpf.o: tests/kernel/bpf/%.bpf.c bpf/*.bpf.c bpf/*.h $(BUILD)/vml
 
 test-bpf: $(TEST_BPF_OBJS)
 
-# C twins of the per-flow hot paths (the record decoder, the JSON text), built for the venv's
+# C twins of the per-flow hot paths (the record decoder, the JSON text, the failure tallies), built for the venv's
 # Python; without them tcptop runs the Python versions, ~10x slower a flow.
-NATIVE := $(BUILD)/_flow_decode.so $(BUILD)/_flow_json.so
+NATIVE := $(BUILD)/_flow_decode.so $(BUILD)/_flow_json.so $(BUILD)/_failure_tally.so
 native: $(NATIVE)
 
 $(BUILD)/_flow_decode.so: tcptop/engines/core/_flow_decode.c
 $(BUILD)/_flow_json.so: tcptop/frontends/_flow_json.c
+$(BUILD)/_failure_tally.so: tcptop/engines/core/_failure_tally.c
 $(NATIVE): $(VENV)/.installed
 	$(CLANG) -O2 -Wall -Werror -fPIC -shared \
 		-I"$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" $(filter %.c,$^) -o $@

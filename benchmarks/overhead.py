@@ -14,7 +14,7 @@ Sections (--only, comma-separated; all by default):
             lines: size and CPU.
   churn     --churn-rate connections/s for --churn-seconds (half FIN, half RST) under
             `tcptop --json --changes`: gaps between lines, closed connections reported against
-            those made, final records lost, CPU.
+            those made, events lost (by cause), CPU.
   screen    --connections idle connections under the real screen (`python -m tcptop --interval 1`,
             each --latency mode) in a tmux pane 200x50 of a private tmux server, TERM=xterm-256color
             COLORTERM=truecolor: time until the header counts the held sockets, then for
@@ -414,11 +414,12 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
                 if f["closed"] or f["state"] == "TIME_WAIT":
                     ends.add((f["id"], f["rport"]))  # by socket: 100,000 connections reuse local ports
         lost = last["run"]["events_lost"] if last else -1
+        lost_by = {k: n for k, n in last["run"].get("events_lost_by", {}).items() if n} if last else {}
         client_ends = {e for e in ends if e[1] in ports}
         return {"made": made, "rate": made / seconds, "client_ends": len(client_ends), "all_ends": len(ends),
                 "caught_up_s": caught_up - done if caught_up else None,
                 "max_gap": max(gaps), "gaps_over": sum(1 for g in gaps if g > 1.5), "cpu_pct": 100 * cpu / wall,
-                "lost": lost}
+                "lost": lost, "lost_by": lost_by}
     finally:
         churn.close()
 
@@ -725,7 +726,8 @@ def main() -> int:
         caught = f"{r['caught_up_s']:.1f} s" if r["caught_up_s"] is not None else "not within 20 s"
         print(f"- caught up (two lines without a new end) {caught} after the churn stopped")
         print(f"- client ends reported closed (or kept in TIME_WAIT): {r['client_ends']:,} of {r['made']:,}; "
-              f"final records lost (events_lost): {r['lost']}")
+              f"events lost: {r['lost']:,}" + (f" ({', '.join(f'{k} {n:,}' for k, n in r['lost_by'].items())})"
+                                               if r["lost_by"] else ""))
         print(f"- longest gap between lines {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
               f"tcptop used {r['cpu_pct']:.1f} % of a core")
     if "screen" in only:

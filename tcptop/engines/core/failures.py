@@ -28,8 +28,9 @@ import threading
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping, NamedTuple
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
+from tcptop import native
 from tcptop.engines.core.flow_decode import untrack
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, IterReader, KernelBtf, Link, iter_read, object_path,
                                         refused_program)
@@ -517,31 +518,7 @@ class FailureEngine:
     def _take_counts(self, events: list[tuple[bytes, bytes]], drops: list[tuple[bytes, bytes]]) -> set[int]:
         """Add one drained generation of the kernel's per-socket counts (raw batches of keys and
         values) to the totals; returns the sockets whose totals changed."""
-        socks, changed, now = self._socks, set(), self._polls
-        for kb, vb in events:
-            for (cookie,), (sent, received, synack, ns, reason, direction) in zip(_COOKIE.iter_unpack(kb),
-                                                                                   _EVENTS.iter_unpack(vb)):
-                t = socks.get(cookie)
-                if t is None:
-                    t = socks[cookie] = _Sock()
-                t.resets_sent += sent
-                t.resets_received += received
-                t.synack_retrans += synack
-                if sent:  # one reason per socket and generation: its resets are counted under the last
-                    t.sent_reasons = _added(t.sent_reasons, reason if direction == RD_SENT else 0, sent)
-                if direction != RD_NONE and ns >= t.last_reset[0]:
-                    t.last_reset = (ns, direction, reason)
-                t.version = now
-                changed.add(cookie)
-        for kb, vb in drops:
-            for (cookie, reason, _), (n,) in zip(_DROP_KEY.iter_unpack(kb), _COUNT.iter_unpack(vb)):
-                t = socks.get(cookie)
-                if t is None:
-                    t = socks[cookie] = _Sock()
-                t.drops = _added(t.drops, reason, n)
-                t.version = now
-                changed.add(cookie)
-        return changed
+        return take_counts(events, drops, self._socks, self._polls)
 
     def _forget_gone(self, index: "_Index", records: dict[int, ListenerRecord], touched: Iterable[int] | None) -> None:
         """Forget the totals of flows and listeners that were shown and are no longer listed
@@ -572,19 +549,12 @@ class FailureEngine:
         """Match the sockets whose totals changed, and those not found yet, to flows and
         listeners: FlowFailures of each such flow. One unknown GONE_AFTER_POLLS polls in a row
         is forgotten, its counts host-wide unless it was ever shown."""
-        socks, unknown, flows = self._socks, self._unknown, index.ids()
-        per_flow: dict[int, FlowFailures] = {}
-        for cookie in changed.union(unknown) if unknown else changed:
-            t = socks.get(cookie)
-            if t is None:
-                unknown.pop(cookie, None)
-                continue
-            if cookie in flows:
-                t.shown = True
-                self._shown_flows.add(cookie)
-                unknown.pop(cookie, None)
-                per_flow[cookie] = self._flow_failures(t)
-            elif index.is_listener(cookie):
+        socks, unknown = self._socks, self._unknown
+        per_flow, rest = settle_flows(changed.union(unknown) if unknown else changed, socks, index.ids(),
+                                      self._shown_flows, unknown, self._ff_cache, self._flow_failures)
+        for cookie in rest:
+            t = socks[cookie]
+            if index.is_listener(cookie):
                 t.shown = True
                 self._shown_listeners.add(cookie)
                 unknown.pop(cookie, None)
@@ -605,10 +575,10 @@ class FailureEngine:
     def _flow_failures(self, t: _Sock) -> FlowFailures:
         """One FlowFailures per distinct value, shared (it is immutable): under churn thousands
         of flows a poll carry the same one (one reset sent, or one received)."""
-        _, direction, reason = t.last_reset
-        key = (t.drops and tuple(t.drops.items()), t.resets_sent, t.resets_received, direction, reason)
+        key = _ff_key(t)
         ff = self._ff_cache.get(key)
         if ff is None:
+            _, direction, reason = t.last_reset
             last = self._reset_text(direction, reason) if direction != RD_NONE else ""
             ff = FlowFailures(self._reason_table(t), t.resets_sent, t.resets_received, last)
             if len(self._ff_cache) >= FF_CACHE_SIZE:
@@ -755,6 +725,80 @@ class FailureEngine:
                    for k, n in self._fail_counts.items()]
             out.sort(key=lambda f: (-f.count, f.raddr, f.rport, f.pid, f.reason))
             self._failures = tuple(out)
+
+
+def py_take_counts(events: list[tuple[bytes, bytes]], drops: list[tuple[bytes, bytes]], socks: dict[int, _Sock],
+                   now: int) -> set[int]:
+    """FailureEngine._take_counts' loop (what _failure_tally.take_counts does in C): one drained
+    generation of sock_events and sock_drops added to the tallies by cookie (made on first use);
+    the cookies whose tallies changed."""
+    changed = set()
+    for kb, vb in events:
+        for (cookie,), (sent, received, synack, ns, reason, direction) in zip(_COOKIE.iter_unpack(kb),
+                                                                               _EVENTS.iter_unpack(vb)):
+            t = socks.get(cookie)
+            if t is None:
+                t = socks[cookie] = _Sock()
+            t.resets_sent += sent
+            t.resets_received += received
+            t.synack_retrans += synack
+            if sent:  # one reason per socket and generation: its resets are counted under the last
+                t.sent_reasons = _added(t.sent_reasons, reason if direction == RD_SENT else 0, sent)
+            if direction != RD_NONE and ns >= t.last_reset[0]:
+                t.last_reset = (ns, direction, reason)
+            t.version = now
+            changed.add(cookie)
+    for kb, vb in drops:
+        for (cookie, reason, _), (n,) in zip(_DROP_KEY.iter_unpack(kb), _COUNT.iter_unpack(vb)):
+            t = socks.get(cookie)
+            if t is None:
+                t = socks[cookie] = _Sock()
+            t.drops = _added(t.drops, reason, n)
+            t.version = now
+            changed.add(cookie)
+    return changed
+
+
+def py_settle_flows(cookies: Iterable[int], socks: dict[int, _Sock], flows: Mapping[int, Flow], shown: set[int],
+                    unknown: dict[int, int], ff_cache: dict[tuple, FlowFailures],
+                    flow_failures: Callable[[_Sock], FlowFailures]) -> tuple[dict[int, FlowFailures], list[int]]:
+    """FailureEngine._settle's common case (_failure_tally.settle_flows in C): each cookie with a
+    tally that `flows` lists is shown and no longer unknown, with its FlowFailures (the cached
+    one for the same values, else flow_failures(t)); one without a tally is no longer unknown;
+    the rest (listeners, sockets not known yet) are returned in order for _settle."""
+    per_flow: dict[int, FlowFailures] = {}
+    rest = []
+    for cookie in cookies:
+        t = socks.get(cookie)
+        if t is None:
+            unknown.pop(cookie, None)
+        elif cookie in flows:
+            t.shown = True
+            shown.add(cookie)
+            unknown.pop(cookie, None)
+            ff = ff_cache.get(_ff_key(t))
+            per_flow[cookie] = ff if ff is not None else flow_failures(t)
+        else:
+            rest.append(cookie)
+    return per_flow, rest
+
+
+def _ff_key(t: _Sock) -> tuple:
+    """What a FlowFailures is made of (the cache's key): drops by reason, resets, the last one."""
+    _, direction, reason = t.last_reset
+    return t.drops and tuple(t.drops.items()), t.resets_sent, t.resets_received, direction, reason
+
+
+def _load_c() -> tuple[Callable, Callable]:
+    """The C tallies built for this interpreter and set up for _Sock, or the Python twins."""
+    mod, _ = native.load("_failure_tally")
+    if mod is None:
+        return py_take_counts, py_settle_flows
+    mod.setup(_Sock, RD_NONE, RD_SENT)
+    return mod.take_counts, mod.settle_flows
+
+
+take_counts, settle_flows = _load_c()
 
 
 class _Drained(NamedTuple):
