@@ -90,6 +90,13 @@ static PyObject *setup(PyObject *self, PyObject *args)
 	Py_RETURN_NONE;
 }
 
+static int ready(void)
+{
+	if (!S.ready)
+		PyErr_SetString(PyExc_RuntimeError, "_failure_tally.setup() was not called");
+	return S.ready;
+}
+
 /* A new tally, as _Sock() makes it, out of the collector's sight (it holds numbers and
  * dicts of numbers: no cycle can go through it). */
 static PyObject *new_sock(void)
@@ -218,10 +225,8 @@ static PyObject *take_counts(PyObject *self, PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "O!O!O!O", &PyList_Type, &events, &PyList_Type, &drops, &PyDict_Type, &socks, &now))
 		return NULL;
-	if (!S.ready) {
-		PyErr_SetString(PyExc_RuntimeError, "_failure_tally.setup() was not called");
+	if (!ready())
 		return NULL;
-	}
 	if (!(changed = PySet_New(NULL)))
 		return NULL;
 	for (int kind = 0; kind < 2; kind++) {
@@ -306,10 +311,8 @@ static PyObject *settle_flows(PyObject *self, PyObject *args)
 	if (!PyArg_ParseTuple(args, "OO!OO!O!O!O", &cookies, &PyDict_Type, &socks, &flows, &PySet_Type, &shown,
 			      &PyDict_Type, &unknown, &PyDict_Type, &cache, &make))
 		return NULL;
-	if (!S.ready) {
-		PyErr_SetString(PyExc_RuntimeError, "_failure_tally.setup() was not called");
+	if (!ready())
 		return NULL;
-	}
 	if (!(it = PyObject_GetIter(cookies)))
 		return NULL;
 	if (!(per_flow = PyDict_New()) || !(rest = PyList_New(0)))
