@@ -18,7 +18,9 @@ from tcptop.model import SS_STATE_NAMES, Flow
 
 # What a column's sort value depends on, which decides when the store must re-key a row:
 # "flow": the Flow object alone (the same object, the same value); "rate": also the previous
-# sighting's Flow; "row": also the row's decayed retransmissions; "time": the snapshot's clock.
+# sighting's Flow; "row": also the row's decayed retransmissions; "time": also the snapshot's
+# clock (AGE: the store keeps its order with sort_index.AgeIndex; any other such column would
+# be sorted from scratch every frame).
 Depends = Literal["flow", "rate", "row", "time"]
 
 

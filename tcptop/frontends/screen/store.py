@@ -16,15 +16,16 @@ previous frame's lists on as they are. A re-sort (a key, on the UI thread) compu
 lets a stable sort over the rows in id order break ties; a filter keeps that order and
 only drops rows.
 
-Across frames the builder keeps the sort order of its column in a `SortedList` of
-(sort value, flow id). The engine hands back the very same Flow object for a connection
-whose kernel state did not change, so most flows of a real host are `is`-identical from
-one snapshot to the next, and so is their sort value: only flows that changed (or whose
-rates were not yet settled at zero) are re-keyed and moved, O(changes · log n) instead of
-a sort of every row. The frame's `order` list is made from it afresh (a walk, no
-comparisons); the sorted list itself never leaves the worker. A new column, a column
-whose value moves with the clock (age), or a snapshot where most values changed is
-sorted from scratch.
+Across frames the builder keeps the sort order of its column in an index (sort_index.py).
+The engine hands back the very same Flow object for a connection whose kernel state did
+not change, so most flows of a real host are `is`-identical from one snapshot to the next,
+and so is their sort value: only flows that changed (or whose rates were not yet settled
+at zero) are re-keyed and moved, O(changes · log n) instead of a sort of every row. AGE
+moves with the clock, but open flows all age alike: its index keeps them apart from the
+fixed ages of closed flows and merges the two at each frame's time. The frame's `order`
+list is made from the index afresh (a walk, no comparisons) or is the last one when
+nothing moved; the index itself never leaves the worker. A new column, a snapshot where
+most values changed, or an order the index cannot promise exactly is sorted from scratch.
 """
 
 from __future__ import annotations
@@ -32,13 +33,11 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, insort
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Callable
 
-from sortedcontainers import SortedList
-
-from tcptop.frontends.screen.columns import COLUMNS, Column, resolve_sort
+from tcptop.frontends.screen.columns import COLUMN_BY_ID, COLUMNS, Column, resolve_sort
 from tcptop.frontends.screen.row import HistoryPoint, Row, growth
+from tcptop.frontends.screen.sort_index import AgeIndex, ValueIndex
 from tcptop.filter import Predicate, compile_filter
 from tcptop.model import Snapshot
 
@@ -91,12 +90,8 @@ class Frame:
 
 
 _MATCH_ALL = compile_filter(None)
-_SECOND = itemgetter(1)
 # Above this share of re-keyed flows one sort is cheaper than moving each.
 _REBUILD_SHARE = 0.25
-
-
-_MISSING = object()
 
 
 def sort_key(col: Column, now: float) -> Callable[[Row], object]:
@@ -184,7 +179,8 @@ class _RowMaker:
     def __init__(self, dt: float, ts: float, first: bool, incremental: bool, depends: str, keep_history: bool,
                  watched) -> None:
         self.dt, self.ts, self.first, self.incremental = dt, ts, first, incremental
-        self.flow_only, self.rate_only = depends == "flow", depends == "rate"
+        # AGE ("time") moves only with its Flow and the clock, which the index follows itself.
+        self.flow_only, self.rate_only = depends in ("flow", "time"), depends == "rate"
         self.keep_history, self.watched = keep_history, watched
         self.decay = 0.5 ** (dt / RETRANS_HALF_LIFE_S)
         self.tail = HISTORY_LEN - 1
@@ -259,8 +255,7 @@ class FrameBuilder:
         self._lock = threading.Lock()
         # The order of `self.rows` by `_col`, kept across frames (None: sort from scratch next time).
         self._col: Column | None = None
-        self._index: SortedList | None = None   # (sort value, flow id), ascending
-        self._keys: dict[int, object] = {}      # flow id -> its sort value in `_index`
+        self._index: ValueIndex | AgeIndex | None = None  # its order (sort_index.py)
         self._sorted_ids: list[int] | None = None  # or, after a full sort, the ids to make it from
         self.rekeyed = 0                        # sort values computed by the last build (tests)
         self._unsettled: set[int] = set()       # ids of rows a next frame makes anew though their flow is the same
@@ -305,8 +300,7 @@ class FrameBuilder:
         old = self.rows
         last = self.frame
         col = view.column
-        incremental = ((self._index is not None or self._sorted_ids is not None) and col.depends != "time"
-                       and self._col is col)
+        incremental = (self._index is not None or self._sorted_ids is not None) and self._col is col
         make = _RowMaker(dt, snap.ts, prev_snap is None, incremental, col.depends,
                          len(snap.flows) <= HISTORY_ALL_MAX, watched)
         gone: list[int] | None = None
@@ -326,8 +320,7 @@ class FrameBuilder:
             by_id = _moved_ids(last.by_id, gone, make.new_ids)
         else:
             by_id = sorted(rows)
-        order = self._order(rows, by_id, old, col, snap.ts, make.changed if incremental else None,
-                            last.order if same_flows and last.view.column is col else None, gone)
+        order = self._order(rows, by_id, old, col, snap.ts, make.changed if incremental else None, gone)
         shown = order if visible is None else [fid for fid in order if fid in visible]
         self.rows = rows
         self.snapshot = snap
@@ -399,55 +392,52 @@ class FrameBuilder:
         return rows, sums, gone
 
     def _order(self, rows: dict[int, Row], by_id: list[int], old: dict[int, Row], col: Column, now: float,
-               changed: list[Row] | None, last_order: list[int] | None, gone: list[int] | None = None) -> list[int]:
-        """Flow ids ascending by (col.key, id): the kept index moved by `changed` rows (the last
-        order itself when nothing moved), or a full sort."""
-        key = sort_key(col, now)
+               changed: list[Row] | None, gone: list[int] | None = None) -> list[int]:
+        """Flow ids ascending by (col.key, id): the kept index moved by `changed` rows, or a full sort."""
         n = len(rows)
         try:
             if changed is not None and len(changed) <= n * _REBUILD_SHARE:
-                index, keys = self._index, self._keys
+                index = self._index
                 if index is None:
                     # Made when the flows settle after a full sort, not at every full sort:
-                    # while most flows keep changing it would only be thrown away. The values
-                    # are the last frame's; `changed` says which moved since.
-                    prev = self._sorted_ids
-                    ks = [key(old[fid]) for fid in prev]
-                    self._keys = keys = dict(zip(prev, ks))
-                    self._index = index = SortedList(zip(ks, prev))
+                    # while most flows keep changing it would only be thrown away. It is
+                    # made of the last frame's rows; `changed` says which moved since.
+                    index = self._index = _new_index(col, now, map(old.__getitem__, self._sorted_ids))
                     self._sorted_ids = None
-                    last_order = None
                 self.rekeyed = len(changed)
-                moved = False
                 matched = n - sum(1 for r in changed if r.prev is None)  # rows with an old row
                 if matched != len(old):  # some flows are gone
                     for fid in (old.keys() - rows.keys()) if gone is None else gone:
-                        index.remove((keys.pop(fid), fid))
-                    moved = True
+                        index.drop(fid)
                 for row in changed:
-                    fid = row.id
-                    k = key(row)
-                    was = keys.get(fid, _MISSING)
-                    if was is _MISSING:
-                        index.add((k, fid))
-                    elif was != k:
-                        index.remove((was, fid))
-                        index.add((k, fid))
-                    else:
-                        continue
-                    keys[fid] = k
-                    moved = True
-                if not moved and last_order is not None:
-                    return last_order
-                return list(map(_SECOND, index))
+                    index.place(row)
+                order = index.order(now)
+                if order is not None:
+                    return order
+                # The index cannot promise this frame's order; it stays, for the frames after.
+                self.rekeyed = n
+                return sort_ids(by_id, rows, col, now)
             self.rekeyed = n
-            self._index, self._keys = None, {}
+            self._index = None
             # The index for the next frame, if it needs one, is made from these ids then.
-            self._sorted_ids, self._col = (None, None) if col.depends == "time" else (by_id, col)
+            self._sorted_ids, self._col = (by_id, col) if _indexable(col) else (None, None)
             return sort_ids(by_id, rows, col, now)
         except BaseException:
-            self._index, self._keys, self._sorted_ids, self._col = None, {}, None, None  # sort from scratch next
+            self._index, self._sorted_ids, self._col = None, None, None  # sort from scratch next
             raise
+
+
+_AGE = COLUMN_BY_ID["age"]
+
+
+def _indexable(col: Column) -> bool:
+    """An index can keep this column's order across frames: its value is the row's alone, or AGE
+    (which moves with the clock in a way AgeIndex follows; other clock-moving values would not)."""
+    return col.depends != "time" or col is _AGE
+
+
+def _new_index(col: Column, now: float, rows) -> ValueIndex | AgeIndex:
+    return AgeIndex(rows) if col is _AGE else ValueIndex(sort_key(col, now), rows)
 
 
 class FlowStore:
