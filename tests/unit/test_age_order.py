@@ -9,6 +9,7 @@ import random
 import pytest
 from factories import make_flow, make_snapshot, next_poll
 
+from tcptop.frontends.screen import sort_index
 from tcptop.frontends.screen import store as store_mod
 from tcptop.frontends.screen.columns import COLUMN_BY_ID
 from tcptop.frontends.screen.store import FlowStore
@@ -46,8 +47,10 @@ def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch
     """Births, closes (ages frozen at the close), flows going, ties in establishment time and
     between frozen and moving ages, flows without an establishment time, flows established
     after the snapshot's clock (0 s old), skipped snapshots, filter and sort changes, a frame
-    where most flows change, a burst of closes: every frame's order is the full sort's."""
+    where most flows change, a burst of closes, a burst of births: every frame's order is the
+    full sort's."""
     monkeypatch.setattr(store_mod, "HISTORY_ALL_MAX", 10)  # frames follow the source's changes
+    monkeypatch.setattr(sort_index, "_EDITS_MAX", 16)  # the open run's lists edited, or made again
     rnd = random.Random(20261202 + descending)
     ts = T0
     closing_due: dict[int, int] = {}  # closed flow id -> the frame it goes in
@@ -74,7 +77,8 @@ def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch
     next_id, seq, from_index = 0, 0, 0
     for frame in range(80):
         present = [i for i in base if closing_due.get(i, frame + 1) > frame and rnd.random() > 0.01]
-        present += range(next_id, next_id + rnd.randint(0, 8) + (300 if frame == 0 else 0))
+        # 300 flows at first; once, more births than the open run's lists are edited for
+        present += range(next_id, next_id + rnd.randint(0, 8) + {0: 300, 45: 70}.get(frame, 0))
         next_id = max(present, default=-1) + 1
         if frame == 40:
             changing = set(rnd.sample(sorted(base), len(base) * 2 // 3))  # most flows change: sorted again
