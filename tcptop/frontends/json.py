@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 from tcptop import native
+from tcptop.frontends import stop_signals
 from tcptop.model import FLOW_FIELDS, Flow, JsonEncoder, Snapshot
 from tcptop.source import SnapshotSource
 
@@ -133,7 +134,7 @@ def py_sieve(flows, seen: dict[int, tuple[Flow, bool]], keep: Callable[[Flow], b
 
 
 def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow], bool] | None = None) -> int:
-    """Print snapshots until --count or SIGINT/SIGTERM/SIGHUP; the caller closes the source.
+    """Print snapshots until --count or SIGINT/SIGTERM/SIGHUP (not SIGHUP under nohup); the caller closes the source.
 
     Snapshots are due every interval from the first; a poll that overruns its slot moves
     the schedule, so the next snapshot is one interval after the late one, not a burst
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
     def on_alarm(signum, frame):
         if state.writing:  # a reader that does not read would block the write for ever: give it up
             raise _Stopped
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals()}
     previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
     try:
         return _print_until_stopped(args, source, keep, state)

@@ -58,9 +58,13 @@ def killed_at_end(p: subprocess.Popen):
             p.wait()
 
 
-def spawn(*args, **kw) -> subprocess.Popen:
+def _hangup_default() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # whatever the test runner was started under (nohup)
+
+
+def spawn(*args, hangup=_hangup_default, **kw) -> subprocess.Popen:
     return subprocess.Popen(TCPTOP + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, **kw)
+                            cwd=ROOT, preexec_fn=hangup, **kw)
 
 
 # -- signals to --json ----------------------------------------------------------------
@@ -118,6 +122,27 @@ def test_a_stop_signal_ends_a_run_whose_reader_stopped_reading(sig):
     ids = held.stop()
     err = p.stderr.read()
     assert rc == 0 and "Traceback" not in err, err
+    assert ids and not wait_released(ids), "programs outlived the process"
+
+
+def test_under_nohup_a_hang_up_is_ignored_and_a_stop_still_detaches():
+    """Started with SIGHUP ignored (`nohup tcptop --json > log &`), tcptop outlives its terminal:
+    a hang-up neither ends nor disturbs it (lines keep coming, one per interval), and SIGTERM
+    still ends it cleanly, detached."""
+    p = spawn("--json", "--interval", "0.2", "--latency", "off",
+              hangup=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    held = Holdings(p.pid)
+    with killed_at_end(p):
+        first = snapshot_from_json(p.stdout.readline())
+        p.send_signal(signal.SIGHUP)
+        seqs = [snapshot_from_json(p.stdout.readline()).seq for _ in range(5)]
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(20)
+    ids = held.stop()
+    err = p.stderr.read()
+    assert seqs == list(range(first.seq + 1, first.seq + 6))
+    assert rc == 0 and err == "", err
     assert ids and not wait_released(ids), "programs outlived the process"
 
 

@@ -107,3 +107,17 @@ def test_snapshots_are_json_lines(monkeypatch, capsys):
     run(monkeypatch, Source(Clock(), {}), count=2)
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["seq"] for line in lines] == [1, 2]
+
+
+def test_a_hang_up_stops_the_headless_front_ends_unless_it_was_ignored_at_start():
+    """--json and --serve stop on TERM, INT and HUP; under nohup (HUP ignored) not on HUP."""
+    import signal
+
+    from tcptop.frontends import stop_signals
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert set(stop_signals()) == {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert set(stop_signals()) == {signal.SIGTERM, signal.SIGINT}
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Callable
 
+from tcptop.frontends import stop_signals
 from tcptop.frontends.exporter.aggregate import Aggregator, Frame
 from tcptop.frontends.exporter.server import ListenError, MetricsServer, listen
 from tcptop.model import Flow
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, source: SnapshotSource, keep: Callable[[Flow],
                             max_series=args.serve_max_series)
     exporter = Exporter(source, server, aggregator, args.interval)
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a service's stop and hang-up
+        for signum in stop_signals():  # a service's stop and hang-up
             signal.signal(signum, lambda *_: exporter.stop())
 
     def ready() -> None:
