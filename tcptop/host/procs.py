@@ -48,6 +48,8 @@ class Owners:
 
     Process facts are cached for `info_ttl_s` (a process can move to another cgroup);
     comm is replaced whenever the kernel reports it (accept, exec, a file-table walk).
+    What was known of a process that exited stays (`last_known`) until its pid is given
+    again: the sockets it let go of by exiting still name it.
     """
 
     def __init__(self, min_scan_interval_s: float = 2.0, info_ttl_s: float = 30.0):
@@ -57,6 +59,7 @@ class Owners:
         self._info: dict[int, tuple[str, str, str, float]] = {}
         self._alive: dict[int, bool] = {}
         self._exited: set[int] = set()
+        self._last: dict[int, tuple[str, str, str]] = {}  # exited pid -> its last (comm, cgroup, container)
         self._alive_at = 0.0
         self._by_inode: dict[int, int] = {}
         self._last_scan = -1e9
@@ -76,17 +79,28 @@ class Owners:
         self._exited.discard(pid)
         return got is None or got[0] != self._info[pid][0]
 
-    def exited(self, pid: int) -> None:
-        """The kernel said this process exited (a zombie still has /proc/PID)."""
-        self._info.pop(pid, None)
+    def exited(self, pid: int, comm: str = "") -> None:
+        """The kernel said this process exited (a zombie still has /proc/PID), with the name
+        it had then (its last: a write to /proc/PID/comm or prctl renames without an exec)."""
+        got = self._info.pop(pid, None)
+        if got is not None or comm:
+            self._last[pid] = (comm or got[0], got[1], got[2]) if got else (comm, "", "")
         self._exited.add(pid)
         if len(self._exited) > 65536:
             self._exited.clear()
+            self._last.clear()
 
     def born(self, pid: int) -> None:
         """The kernel said this pid belongs to a new process."""
         self._exited.discard(pid)
         self._info.pop(pid, None)
+        self._last.pop(pid, None)
+
+    def last_known(self, pid: int) -> tuple[str, str, str]:
+        """(comm, cgroup, container) of a process that is gone, as last known; empty strings
+        for what was never read (a process that exited before anyone asked)."""
+        got = self._last.get(pid) or self._info.get(pid)
+        return got[:3] if got else ("", "", "")
 
     def alive(self, pid: int) -> bool:
         """Whether a process exists: not reported exited, and in /proc (asked once per pid per

@@ -56,11 +56,14 @@ class _Owners:
         self.names[pid] = comm or "?"
         return got is None or got != self.names[pid]
 
-    def exited(self, pid):
+    def exited(self, pid, comm=""):
         self.names.pop(pid, None)
 
     def born(self, pid):
         self.names.pop(pid, None)
+
+    def last_known(self, pid):
+        return (self.names.get(pid, ""), "", "")
 
     def pid_of_inode(self, ino):
         return 300 if ino % 3 == 0 else 0

@@ -505,11 +505,11 @@ class FlowEngine:
             self.owners.born(cookie)  # the child's pid (a pid that exited may be given again)
             self._forks.append((pid, cookie))  # looked at once this poll's records are in
         elif kind == NOTE_EXIT:
-            self.owners.exited(pid)
+            self.owners.exited(pid, _comm(v[N["comm"]]))
             for cookie in self._by_pid.get(pid, ()):
                 tr = self._tracks.get(cookie)
                 if tr is not None and tr.kind == KIND_LIVE:
-                    tr.owner = 0
+                    # it stays the owner unless the file tables name a process that still holds it
                     tr.refs = -2  # verify again, whatever its file references say
                     self._redecode.add(cookie)
 
@@ -732,8 +732,7 @@ class FlowEngine:
             pid = tr.owner or v[I_PID]
             info = self._pid_info(pid) if pid else None
             if info is None:
-                pid = self.owners.pid_of_inode(v[I_INO])
-                info = self._pid_info(pid) if pid else ("", "", "")
+                pid, info = self._owner_gone(pid, v[I_INO])
         refs = v[I_REFS]
         if kind == KIND_LIVE:
             if tr.refs == -1 and pid:
@@ -756,6 +755,22 @@ class FlowEngine:
             self._no_counters.add(cookie)
         elif self._no_counters:
             self._no_counters.discard(cookie)
+
+    def _owner_gone(self, pid: int, ino: int) -> tuple[int, tuple[str, str, str]]:
+        """The owner known (the process that connected or accepted, or a holder the file
+        tables named) is gone, or none is known: a holder /proc names, else the process
+        that held it last stays its owner, named as last known (the record's comm, the
+        kernel's at connect(), when nothing else was). A process's exit is what lets go of
+        a short-lived client's socket, often before any poll reads it: the ends the kernel
+        keeps and the closed flows still say whose they were. If another process still
+        holds the file, the file tables name it (the exit marked the flow to be verified)."""
+        holder = self.owners.pid_of_inode(ino)
+        info = self._pid_info(holder) if holder else None
+        if info is not None:
+            return holder, info
+        if pid:
+            return pid, self.owners.last_known(pid)
+        return 0, ("", "", "")
 
     def _pid_info(self, pid: int) -> tuple[str, str, str] | None:
         """owners.lookup, remembered for the rest of this poll (a process owns many flows)."""
