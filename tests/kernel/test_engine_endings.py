@@ -193,6 +193,38 @@ def test_orphan_left_in_fin_wait2_is_listed_with_its_timer(engine):
     assert f.state == "TIME_WAIT" and 55 <= f.tw_expires_ts - time.time() <= 60.5
 
 
+def test_a_connection_that_ends_between_the_first_walk_and_its_final_record_is_listed_as_it_ended():
+    """The first poll walks every socket, then takes the final records: a client that closes
+    in between (its end the kernel's now, FIN_WAIT2) is listed as the kernel keeps it, with
+    the values it ended with, not as the walk saw it alive a moment before."""
+    from tcptop.engines.core.flows import FlowEngine
+
+    c, s = loopback_pair()
+    exchange(c, s)
+    tup = four_tuple(c)
+    eng = FlowEngine()
+    first_owners = eng._first_owners
+    ti = {}
+
+    def then_close_the_client():
+        first_owners()
+        ti.update(tcp_info(c))
+        c.close()
+        deadline = time.monotonic() + 10
+        while ss_ends(tup[1]).get(tup, ("",))[0] != "FIN-WAIT-2" and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    eng._first_owners = then_close_the_client
+    try:
+        for _ in range(2):
+            f = next(f for f in eng.poll() if (f.laddr, f.lport, f.raddr, f.rport) == tup)
+            assert (f.state, f.closed, f.bytes_sent, f.bytes_received) == \
+                ("FIN_WAIT2", False, ti["bytes_sent"], ti["bytes_received"])
+    finally:
+        eng.close()
+        s.close()
+
+
 def test_data_read_after_the_connection_closed_is_counted(engine):
     """A FIN arrives behind data the application has not read: the socket closes (TIME_WAIT
     for the kernel), and the application reads the data afterwards. read_bytes counts it."""

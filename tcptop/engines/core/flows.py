@@ -672,6 +672,10 @@ class FlowEngine:
         if kind == KIND_TW:
             self._to_tw(cookie, tr, v)
             return
+        if tr.kind == KIND_TW and tr.vals is not None and v[fd.I_NOW] < tr.vals[fd.I_NOW]:
+            # read before the end the kernel keeps now: a poll applies the final records it
+            # took last before what its readers read earlier (the first walk, lookups)
+            return
         tr.vals = v  # live again: a tw check that found the socket still there
         tr.kind = KIND_LIVE
         self._set_place(tr, b"", v[fd.I_NETNS])
