@@ -386,6 +386,33 @@ def test_busy_flow_is_read_through_its_notices_alone(engine):
         engine.flows.walk_ms = walk
 
 
+def test_a_read_that_sends_no_segment_is_counted_at_the_next_poll(engine):
+    """Data waiting unread makes a socket not quiescent: it is looked up at every poll until a
+    record says quiescent, also after lookups that found nothing changed. The application
+    reading it later sends no segment the engine hears of (here the peer has closed, so the
+    reader is in CLOSE_WAIT, where no segment is heard of at all); the table walk gets no time."""
+    walk = engine.flows.walk_ms
+    engine.flows.walk_ms = 0.0
+    try:
+        c, s = loopback_pair()
+        c.sendall(b"r" * 5000)
+        c.close()
+        while tcp_info(s)["state"] != 8:  # CLOSE_WAIT: all the data and the FIN are in
+            time.sleep(0.005)
+        f = None
+        for _ in range(100):  # until a lookup finds it unchanged (the flow is not read again)
+            f, last = find_flow(engine.poll(), s), f
+            if f is last:
+                break
+        assert f is last and f.read_bytes == 0
+        assert recv_exactly(s, 5000) == 5000
+        f = find_flow(engine.poll(), s)
+        assert (f.state, f.read_bytes, f.bytes_received) == ("CLOSE_WAIT", 5000, tcp_info(s)["bytes_received"])
+        s.close()
+    finally:
+        engine.flows.walk_ms = walk
+
+
 def test_snapshot_time_is_when_the_kernel_was_read(engine):
     """ts lies between the poll's start and the end of the kernel reads, before decoding and
     before the packet-level engine is read."""

@@ -31,8 +31,8 @@ from tcptop.engines.core import flow_decode as fd
 from tcptop.engines.core.flow_decode import (I_COMM, I_EST, I_FLAGS, I_INO, I_KIND, I_NETNS, I_NOW,
                                               I_PID, I_REFS, I_STATE, comm_of, flow_of, records)
 from tcptop.engines.core.flow_layout import (ENUM_MIRRORS, HOLDER, HOLDER_SIZE, MIRRORS, N, NOTICE,
-                                             REC_SIZE, WANT, FlowCtl, FlowHolder, FlowWant, NoticeKind,
-                                             RecordFlag, RecordKind, Stat)
+                                             REC_SIZE, WANT, FlowCtl, FlowHolder, FlowRecord, FlowWant,
+                                             NoticeKind, RecordFlag, RecordKind, Stat)
 from tcptop.engines.core.libbpf import (BpfError, BpfObject, CgroupRoot, IterReader, KernelBtf, Link, RingBuffer,
                                         iter_chunks, iter_read, object_path, refused_program)
 from tcptop.host import netns
@@ -389,7 +389,8 @@ class FlowEngine:
         self._take_notices(notices, finals)
         lookups = self._lookup_set(finals)
         t2 = time.perf_counter()
-        records += self._lookup(lookups)
+        looked = self._lookup(lookups)
+        records += looked
         t3 = time.perf_counter()
         self.last_stats = self.stats()  # once a poll: the walk and the run info both read it
         if self._polls > 1:
@@ -411,6 +412,7 @@ class FlowEngine:
             # of the collector's sight, a full collection no longer costs ~40 ms a poll here.
             # They are still freed by reference counting when replaced.
             gc.freeze()
+        self._watch_unchanged(lookups, looked)
         t5 = time.perf_counter()
         self._resolve_owners()
         self._redecode_now()
@@ -528,6 +530,24 @@ class FlowEngine:
                 if tr is not None and tr.kind == KIND_TW:
                     want.add(cookie)
         return want
+
+    def _watch_unchanged(self, lookups: set[int], looked: list[bytes]) -> None:
+        """Sockets a lookup found unchanged send no record, and their last one stands: if it
+        was not quiescent, they are looked up again next poll. What moves such a socket may
+        send no notice (the application reading or writing, segments outside ESTABLISHED),
+        so only a record that says quiescent ends the watch, not a lookup that saw no change
+        yet."""
+        if not lookups:
+            return
+        sent = set()
+        for buf in looked:
+            sent.update(memoryview(buf).cast("Q")[_COOKIE_Q::REC_SIZE // 8].tolist())
+        tracks, watch = self._tracks, self._watch
+        for cookie in lookups - sent:
+            tr = tracks.get(cookie)
+            if tr is not None and tr.kind == KIND_LIVE and tr.vals is not None and \
+                    not tr.vals[I_FLAGS] & REC_QUIESCENT:
+                watch.add(cookie)
 
     def _lookups_ok(self) -> bool:
         return self.hooks.get("socket lookup") == "ok"
@@ -1090,6 +1110,7 @@ def _want(cookie: int, sport: int, dport: int, family: int, mapped: int, saddr: 
 
 
 _pack_want = WANT.pack
+_COOKIE_Q = FlowRecord.cookie.offset // 8  # a record's cookie, in 8-byte words
 _NSPORT, _NDPORT, _NFAM, _NV4 = N["sport"], N["dport"], N["family"], N["lookup_v4"]
 _NSADDR, _NDADDR = N["saddr"], N["daddr"]
 
