@@ -456,9 +456,8 @@ def test_processes_that_exit_mid_poll():
     assert polls >= 40 and len(client_ports) == 40
     # Another test's connection may use our listener's number as its ephemeral port: keep ours.
     clients_seen = {i: f for i, f in clients_seen.items() if f.lport in client_ports}
-    pids_seen = {f.pid for f in clients_seen.values() if f.pid}
-    assert pids_seen and pids_seen <= kid_pids, pids_seen - kid_pids  # owners are ours, never a stranger
-    assert len(clients_seen) == 40
+    # every client names the process that made it, also those gone before a poll read them
+    assert sorted(f.pid for f in clients_seen.values()) == sorted(kid_pids)
     # an exited client's end is the kernel's, waiting for the server's FIN: listed as ss lists it
     assert all((f.closed or f.state == "FIN_WAIT2") and f.bytes_sent == 777 for f in clients_seen.values()), \
         {(f.state, f.closed, f.bytes_sent) for f in clients_seen.values()}
