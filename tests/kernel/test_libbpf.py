@@ -113,3 +113,26 @@ def test_batch_read_of_a_loaded_map_returns_what_the_kernel_wrote():
         assert keys == list(range(STAT_MAX))
     finally:
         obj.close()
+
+
+def test_recursion_misses_are_read_where_the_kernel_keeps_them():
+    """A program's skipped runs come from struct bpf_prog_info: its recursion_misses member
+    is where this kernel's BTF puts it, and a loaded program reads 0 or more from there."""
+    import subprocess
+
+    from tcptop.engines.core import libbpf
+
+    dump = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"], capture_output=True,
+                          text=True, check=True).stdout
+    struct = dump[dump.index("STRUCT 'bpf_prog_info'"):]
+    member = next(line for line in struct.splitlines() if line.strip().startswith("'recursion_misses'"))
+    assert int(member.split("bits_offset=")[1]) == libbpf._PROG_INFO_RECURSION_MISSES * 8
+    obj = BpfObject(object_path("flows.bpf.o"))
+    try:
+        for name, prog in obj.programs.items():
+            if name != "tcptop_iter":
+                prog.set_autoload(False)
+        obj.load()
+        assert obj.recursion_misses() == 0  # never attached: never run, never skipped
+    finally:
+        obj.close()

@@ -146,6 +146,7 @@ class CoreEngine:
         timing["join_ms"] = (time.perf_counter() - t0) * 1e3
         stats = self.flows.last_stats
         lost = {cause: stats[i] for cause, i in LOST_CAUSES.items()}
+        lost["skipped_runs"] = self.flows.recursion_misses  # the kernel skipped a hook's run
         if report is not None:
             lost.update(report.lost)
         interval, self._last_ts = ts - self._last_ts, ts

@@ -122,8 +122,9 @@ class FlowEngine:
     def __init__(self, max_closed: int = 65536, closed_keep_polls: int = 3, object_path: str | None = None,
                  walk_ms: float = 10.0, walk_period_s: float = 10.0, notice_ring_bytes: int = 1 << 24):
         self.max_closed = max_closed
-        self._notices_lost = 0  # STAT_NOTICES_LOST at the last walk
+        self._notices_lost = 0  # STAT_NOTICES_LOST + recursion_misses at the last walk
         self.last_stats: list[int] = []  # stats() as read by the last poll
+        self.recursion_misses = 0  # runs of our programs the kernel skipped, as read by the last poll
         self.notice_ring_bytes = notice_ring_bytes
         self.closed_keep_polls = closed_keep_polls
         self.walk_ms = walk_ms
@@ -393,6 +394,7 @@ class FlowEngine:
         records += looked
         t3 = time.perf_counter()
         self.last_stats = self.stats()  # once a poll: the walk and the run info both read it
+        self.recursion_misses = self._obj.recursion_misses()
         if self._polls > 1:
             records += self._walk_slice()
         # final records that came in meanwhile: a kept end the walk saw needs its connection's
@@ -611,9 +613,10 @@ class FlowEngine:
         iterator stops itself after a budget of sockets and resumes there next poll."""
         ctl, out = self._ctl, []
         deadline = time.perf_counter() + self.walk_ms / 1e3
-        # Without lookups, or when notices were lost (the ring filled between two polls), only
-        # a whole pass finds every socket that changed.
-        lost = self.last_stats[Stat.STAT_NOTICES_LOST]
+        # Without lookups, or when notices were lost (the ring filled between two polls, or the
+        # kernel skipped a hook's run: recursion_misses), only a whole pass finds every socket
+        # that changed.
+        lost = self.last_stats[Stat.STAT_NOTICES_LOST] + self.recursion_misses
         unbounded = not self._lookups_ok() or lost != self._notices_lost
         self._notices_lost = lost
         now = time.monotonic()

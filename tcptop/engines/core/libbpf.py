@@ -289,6 +289,10 @@ class Link:
             self._ptr = None
 
 
+# struct bpf_prog_info.recursion_misses (UAPI: members are only ever appended, so its place holds)
+_PROG_INFO_RECURSION_MISSES = 208
+
+
 class Program:
     def __init__(self, ptr: int):
         self._ptr = ptr
@@ -302,13 +306,23 @@ class Program:
     def fd(self) -> int:
         return lib().bpf_program__fd(self._ptr)
 
-    def prog_id(self) -> int:
+    def _info(self) -> bytes:
+        """struct bpf_prog_info (its first 256 bytes; a kernel older than a field leaves it 0)."""
         info = (ctypes.c_uint8 * 256)()
         n = ctypes.c_uint32(len(info))
         if lib().bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(n)):
             raise BpfError(f"prog info {self.name}", _err())
+        return bytes(info)
+
+    def prog_id(self) -> int:
         # struct bpf_prog_info: __u32 type; __u32 id; ...
-        return int.from_bytes(bytes(info[4:8]), "little")
+        return int.from_bytes(self._info()[4:8], "little")
+
+    def recursion_misses(self) -> int:
+        """Runs the kernel skipped because this program was already running on that CPU: an
+        interrupt came while it ran, and the softirq after it hit the same hook (another
+        socket's state change, say). Each is an event lost (kernels >= 5.12 count them)."""
+        return int.from_bytes(self._info()[_PROG_INFO_RECURSION_MISSES:_PROG_INFO_RECURSION_MISSES + 8], "little")
 
     def attach(self) -> Link:
         p = lib().bpf_program__attach(self._ptr)
@@ -548,6 +562,10 @@ class BpfObject:
     def program_ids(self) -> list[int]:
         """Kernel ids of this object's loaded programs, so benchmarks and tests count only ours."""
         return [p.prog_id() for p in self.programs.values() if p.fd >= 0]
+
+    def recursion_misses(self) -> int:
+        """Runs of this object's programs the kernel skipped (Program.recursion_misses)."""
+        return sum(p.recursion_misses() for p in self.programs.values() if p.fd >= 0)
 
     def load(self) -> None:
         if lib().bpf_object__load(self._obj):
