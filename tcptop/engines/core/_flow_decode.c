@@ -742,10 +742,13 @@ static int decode_live(struct live_ctx *c, PyObject *cookie, PyObject *tr)
 			return -1;
 		Py_INCREF(pid);
 	} else {
-		if (PyObject_IsTrue(pid) && !(info = pid_info(c, pid)) && PyErr_Occurred())
+		int named = PyObject_IsTrue(pid);
+		if (named < 0 || (named && !(info = pid_info(c, pid)) && PyErr_Occurred()))
 			return -1;
 		if (info) {
 			Py_INCREF(pid);
+		} else if (named) {	/* its owner is gone: _decode (_owner_gone) says who it is now */
+			return call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
 		} else if (!(info = owner_by_inode(c, it[T.i_ino], &pid))) {	/* no owner known: by inode */
 			return PyErr_Occurred() ? -1 : call_method(c->eng, "_decode", cookie, tr, NULL, NULL);
 		}
