@@ -58,6 +58,8 @@ class CoreEngine:
         self._join = FlowJoin()
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._latency_args: tuple[str, float] | None = None  # the packet engine, until it is started
+        self._lat_starting: threading.Thread | None = None
         try:
             self.flows = FlowEngine(max_closed=max_closed, object_path=flows_object)
         except BpfError as e:
@@ -65,36 +67,56 @@ class CoreEngine:
             raise EngineError(_explain(e)) from None
         if latency == "off":  # said in the header, so an empty waterfall is not mistaken for a fault
             self._lat_hooks = {"packet-level engine": "off (--latency off)"}
-        # The failure and packet engines load (~0.3 s, mostly the kernel's verifier) while the
-        # flow engine takes its first walk and decodes it: a first snapshot of 200,000 sockets
-        # comes that much sooner on two cores. Every use of them waits for this first.
-        self._starting = threading.Thread(target=self._start_others, args=(latency, options.latency_budget_pct),
-                                          name="tcptop-engine-start", daemon=True)
+        else:
+            self._lat_hooks = {"packet-level engine": "loading (after the first snapshot)"}
+            self._latency_args = (latency, options.latency_budget_pct)
+        # The failure engine loads (~0.1 s, mostly the kernel's verifier) while the flow engine
+        # takes its first walk and decodes it; every use of it waits for this first. The packet
+        # engine (~0.3-0.5 s of verifier) loads only once the first snapshot is out: on two
+        # cores it slowed a first snapshot of 200,000 sockets by ~0.7 s, and its first window
+        # could not come sooner than a poll later anyway.
+        self._starting = threading.Thread(target=self._start_others, name="tcptop-engine-start", daemon=True)
         self._starting.start()
         self.host = socket.gethostname()
         self.kernel = platform.release()
         self._seq = 0
         self._last_ts = time.time()  # the previous snapshot's ts: rates divide by the time between reads
 
-    def _start_others(self, latency: str, budget_pct: float) -> None:
+    def _start_others(self, latency: tuple[str, float] | None = None) -> None:
         try:
-            self._start_failures()
-            if latency != "off":
-                self._start_latency(latency, budget_pct)
+            if latency is None:
+                self._start_failures()
+            else:
+                self._start_latency(*latency)
         except BaseException as e:  # noqa: BLE001 - raised again where the engine is used
             self._start_error = e
 
     def _started(self) -> None:
-        """Wait for the failure and packet engines to be loaded (or to have failed: raised here)."""
-        if self._starting is None:
-            return
-        self._starting.join()
-        self._starting = None
+        """Wait for the failure engine to be loaded (or to have failed: raised here)."""
+        self._starting = self._joined(self._starting, wait=True)
+
+    def _latency_ready(self, wait: bool) -> bool:
+        """Start the packet engine's load if it is due; whether it is done (waiting for it if
+        `wait`). Until then snapshots carry no packet timing and the hook says it is loading."""
+        if self._latency_args is not None:
+            args, self._latency_args = self._latency_args, None
+            self._lat_starting = threading.Thread(target=self._start_others, args=(args,),
+                                                  name="tcptop-packet-engine-start", daemon=True)
+            self._lat_starting.start()
+        self._lat_starting = self._joined(self._lat_starting, wait)
+        return self._lat_starting is None
+
+    def _joined(self, thread: threading.Thread | None, wait: bool) -> threading.Thread | None:
+        """None once `thread` (a load) has ended, raising what it raised; else the thread."""
+        if thread is None or (not wait and thread.is_alive()):
+            return thread
+        thread.join()
         if self._start_error is not None:
             e, self._start_error = self._start_error, None
             if isinstance(e, BpfError):
                 raise EngineError(_explain(e)) from None
             raise e
+        return None
 
     def _start_latency(self, mode: str, budget_pct: float) -> None:
         from tcptop.engines.core.latency import LatencyEngine
@@ -129,7 +151,7 @@ class CoreEngine:
         ts = self.flows.read_ts
         timing = dict(self.flows.timing)
         host_latency, stages = None, {}
-        if self.latency is not None:
+        if self._seq and self._latency_ready(wait=False) and self.latency is not None:
             t0 = time.perf_counter()
             host_latency, stages = self.latency.poll()
             if self._seq % 30 == 0:
@@ -163,20 +185,25 @@ class CoreEngine:
         extra = {}
         if report is not None:
             extra = dict(listeners=report.listeners, failures=report.failures, unmatched=report.unmatched)
+        if self._seq == 1:
+            self._latency_ready(wait=False)  # the first snapshot is out: the packet engine loads now
         return Snapshot(ts=round(ts, 6), interval_s=round(interval, 6), flows=flows, seq=self._seq,
                         host=self.host, kernel=self.kernel, run=run, latency=host_latency,
                         changes=self._join.changes, **extra)
 
     def program_ids(self) -> list[int]:
         self._started()
+        self._latency_ready(wait=True)
         ids = self.flows.program_ids() if getattr(self, "flows", None) else []
         ids += self.failures.program_ids() if self.failures else []
         return ids + (self.latency.program_ids() if self.latency else [])
 
     def close(self) -> None:
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
+        self._latency_args = None  # not started now
+        for thread in (self._starting, self._lat_starting):
+            if thread is not None:
+                thread.join()
+        self._starting = self._lat_starting = None
         if self.failures is not None:
             self.failures.close()
             self.failures = None
