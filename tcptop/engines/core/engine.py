@@ -13,6 +13,7 @@ import platform
 import socket
 import threading
 import time
+from typing import Callable
 
 from tcptop.engines import EngineError, EngineOptions, check_privileges
 from tcptop.engines.core.flow_layout import Stat
@@ -75,21 +76,22 @@ class CoreEngine:
         # engine (~0.3-0.5 s of verifier) loads only once the first snapshot is out: on two
         # cores it slowed a first snapshot of 200,000 sockets by ~0.7 s, and its first window
         # could not come sooner than a poll later anyway.
-        self._starting = threading.Thread(target=self._start_others, name="tcptop-engine-start", daemon=True)
-        self._starting.start()
+        self._starting = self._loading(self._start_failures)
         self.host = socket.gethostname()
         self.kernel = platform.release()
         self._seq = 0
         self._last_ts = time.time()  # the previous snapshot's ts: rates divide by the time between reads
 
-    def _start_others(self, latency: tuple[str, float] | None = None) -> None:
-        try:
-            if latency is None:
-                self._start_failures()
-            else:
-                self._start_latency(*latency)
-        except BaseException as e:  # noqa: BLE001 - raised again where the engine is used
-            self._start_error = e
+    def _loading(self, start: Callable[..., None], *args) -> threading.Thread:
+        """`start(*args)` in a thread; what it raises is raised again where the engine is used."""
+        def run() -> None:
+            try:
+                start(*args)
+            except BaseException as e:  # noqa: BLE001
+                self._start_error = e
+        thread = threading.Thread(target=run, name=f"tcptop-{start.__name__.strip('_')}", daemon=True)
+        thread.start()
+        return thread
 
     def _started(self) -> None:
         """Wait for the failure engine to be loaded (or to have failed: raised here)."""
@@ -100,9 +102,7 @@ class CoreEngine:
         `wait`). Until then snapshots carry no packet timing and the hook says it is loading."""
         if self._latency_args is not None:
             args, self._latency_args = self._latency_args, None
-            self._lat_starting = threading.Thread(target=self._start_others, args=(args,),
-                                                  name="tcptop-packet-engine-start", daemon=True)
-            self._lat_starting.start()
+            self._lat_starting = self._loading(self._start_latency, *args)
         self._lat_starting = self._joined(self._lat_starting, wait)
         return self._lat_starting is None
 
