@@ -2,8 +2,15 @@
 
 A frame's order is every flow id ascending by (sort value, flow id). Sorting the 200,000
 flows of 100,000 connections costs ~120 ms of Python a refresh; an index kept across
-frames costs O(changes · log n) and a copy of the list. Both indexes here give exactly what a full sort gives,
-ties included, or say they cannot (`order` returns None) and the store sorts from scratch.
+frames costs O(changes · log n) and a copy of the list. Both indexes here give exactly what
+a full sort gives, ties included, or say they cannot (`order` returns None) and the store
+sorts from scratch.
+
+Each keeps a plain list of flow ids in order beside a SortedList (`_SortedIds`; for AGE,
+of the open flows), edited in place by the few flows that moved between two frames:
+making it from the SortedList walks every entry, scattered in memory (20-40 ms at
+200,000). A frame's order is made from that list, or is the list itself, lent (the next
+edit works on a copy): it never changes once the frame has it.
 
 `ValueIndex` serves a column whose value is the row's alone: a row that did not change
 keeps its value and its place.
@@ -21,6 +28,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from math import inf, ulp
 from operator import itemgetter
+from time import thread_time_ns
 from typing import Callable, Iterable
 
 from sortedcontainers import SortedList
@@ -31,20 +39,101 @@ _SECOND = itemgetter(1)
 _MISSING = object()
 
 
+# An edit of a run's plain lists costs ~4 µs of Python (its place in the SortedList) and
+# ~0.2 ns per pointer it moves (those after its place, in each list: up to 200,000); making
+# the lists walks every entry, 20-150 ns each as the entries lie in memory (4 ms at 200,000
+# in id order, 20-40 ms scattered), timed (the worker's own CPU time) when made. The copy
+# of the ids a frame keeps costs a tenth of the walk.
+_EDIT_NS = 4_000
+_MOVE_NS = 0.2
+_clock = thread_time_ns
+
+
+class _SortedIds:
+    """Entries (sort value, flow id), ascending: a SortedList (edits in O(log n)), and the plain
+    list of their ids a frame's order is made from (and, with `with_entries`, of the entries
+    themselves, to search). Making the plain lists walks every entry of the SortedList; they
+    are edited in place instead while the edits since the last frame cost less than that walk
+    took, and dropped beyond, to be made again when next asked for. An entry's place in the
+    lists is its place in the SortedList.
+
+    A list of ids lent to a frame (`lend`) is the frame's: the next edit copies it first."""
+
+    __slots__ = ("sorted", "entries", "ids", "walk_ns", "spent_ns", "_lent", "_lists")
+
+    def __init__(self, entries: Iterable[tuple], with_entries: bool = False) -> None:
+        self.sorted = SortedList(entries)
+        self._lists = 2 if with_entries else 1
+        self.entries: list[tuple] | None = None  # None: made again when next asked for
+        self.ids: list[int] | None = None
+        self.walk_ns = 0   # what making the lists took, last time
+        self.spent_ns = 0.0  # what the edits since the last frame cost (estimated)
+        self._lent = False  # `ids` is a frame's
+
+    def add(self, e: tuple) -> None:
+        self.sorted.add(e)
+        if self.ids is not None:
+            i = self.sorted.bisect_left(e)
+            if self._editable(i):
+                self.ids.insert(i, e[1])
+                if self.entries is not None:
+                    self.entries.insert(i, e)
+
+    def remove(self, e: tuple) -> None:
+        i = self.sorted.bisect_left(e) if self.ids is not None else -1
+        self.sorted.remove(e)  # (raises before the lists are touched when `e` is not here)
+        if self.ids is not None and self._editable(i):
+            del self.ids[i]
+            if self.entries is not None:
+                del self.entries[i]
+
+    def _editable(self, i: int) -> bool:
+        """The lists may be edited at `i`; False when they were dropped instead."""
+        ids = self.ids
+        self.spent_ns += _EDIT_NS + (len(ids) - i) * self._lists * _MOVE_NS
+        if self.spent_ns > self.walk_ns:
+            self.entries = self.ids = None  # (a frame keeps the list it was lent)
+            return False
+        if self._lent:
+            self.ids = ids.copy()
+            self._lent = False
+        return True
+
+    def ids_now(self) -> list[int]:
+        """The flow ids as they are now, to be read before the next edit."""
+        if self.ids is None:
+            t = _clock()
+            if self._lists == 2:
+                self.entries = list(self.sorted)
+                self.ids = list(map(_SECOND, self.entries))
+            else:
+                self.ids = list(map(_SECOND, self.sorted))
+            self.walk_ns = _clock() - t
+            self._lent = False
+        self.spent_ns = 0.0
+        return self.ids
+
+    def lend(self) -> list[int]:
+        """The flow ids as they are now, for a frame to keep: never edited afterwards."""
+        ids = self.ids_now()
+        self._lent = True
+        return ids
+
+
 class ValueIndex:
     """(sort value, flow id) of every row, ascending, for a column whose value depends on the
     row alone (`key`)."""
 
-    __slots__ = ("_key", "_index", "_keys", "_out")
+    __slots__ = ("_key", "_run", "_keys", "_out")
 
     def __init__(self, key: Callable[[Row], object], rows: Iterable[Row]) -> None:
         self._key = key
-        self._keys = {r.id: key(r) for r in rows}  # flow id -> its sort value in `_index`
-        self._index = SortedList(zip(self._keys.values(), self._keys.keys()))
-        self._out: list[int] | None = None  # the last order made, while nothing moved since
+        self._keys = {r.id: key(r) for r in rows}  # flow id -> its sort value in `_run`
+        self._run = _SortedIds(zip(self._keys.values(), self._keys.keys()))
+        self._out: list[int] | None = None  # the order lent to the last frame, while nothing moved since
 
     def drop(self, fid: int) -> None:
-        self._index.remove((self._keys.pop(fid), fid))
+        self._run.remove((self._keys.pop(fid), fid))
         self._out = None
 
     def place(self, row: Row) -> None:
@@ -54,10 +143,10 @@ class ValueIndex:
         keys = self._keys
         was = keys.get(fid, _MISSING)
         if was is _MISSING:
-            self._index.add((k, fid))
+            self._run.add((k, fid))
         elif was != k:
-            self._index.remove((was, fid))
-            self._index.add((k, fid))
+            self._run.remove((was, fid))
+            self._run.add((k, fid))
         else:
             return
         keys[fid] = k
@@ -65,7 +154,7 @@ class ValueIndex:
 
     def order(self, now: float) -> list[int]:
         if self._out is None:
-            self._out = list(map(_SECOND, self._index))
+            self._out = self._run.lend()
         return self._out
 
 
@@ -83,55 +172,6 @@ def _age_entry(f) -> tuple[bool, tuple[float, int]] | None:
 
 # Above this many fixed ages per open flow, placing each by binary search costs more than a sort.
 _FIXED_SHARE = 1 / 32
-# Above this many open flows placed or taken out between two frames, the open run's lists
-# are made again rather than edited: an edit moves up to n pointers in each (0.1-0.2 ms at
-# 200,000), making them walks n scattered entries (~40 ms).
-_EDITS_MAX = 128
-
-
-class _OpenRun:
-    """Open flows' (-established_ts, id), ascending: a SortedList (edits in O(log n)), and the
-    same as two plain lists a frame reads (`entries` to search, `ids` to copy the order from),
-    kept up to date in place while edits are few: making them from the SortedList walks
-    every entry, scattered in memory (~40 ms at 200,000)."""
-
-    __slots__ = ("sorted", "entries", "ids", "edits")
-
-    def __init__(self, entries: list[tuple[float, int]]) -> None:
-        self.sorted = SortedList(entries)
-        self.entries: list[tuple[float, int]] | None = None
-        self.ids: list[int] | None = None
-        self.edits = 0
-
-    def add(self, e: tuple[float, int]) -> None:
-        self.sorted.add(e)
-        if self._editable():
-            i = bisect_left(self.entries, e)
-            self.entries.insert(i, e)
-            self.ids.insert(i, e[1])
-
-    def remove(self, e: tuple[float, int]) -> None:
-        self.sorted.remove(e)
-        if self._editable():
-            i = bisect_left(self.entries, e)
-            del self.entries[i], self.ids[i]
-
-    def _editable(self) -> bool:
-        if self.entries is None:
-            return False
-        self.edits += 1
-        if self.edits > _EDITS_MAX:
-            self.entries = self.ids = None
-            return False
-        return True
-
-    def lists(self) -> tuple[list[tuple[float, int]], list[int]]:
-        """(entries, ids) as they are now; the caller only reads them."""
-        if self.entries is None:
-            self.entries = list(self.sorted)
-            self.ids = list(map(_SECOND, self.entries))
-        self.edits = 0
-        return self.entries, self.ids
 
 
 class AgeIndex:
@@ -150,7 +190,7 @@ class AgeIndex:
                 self._nan.add(r.id)
             else:
                 (opened if e[0] else fixed).append(e[1])
-        self._open = _OpenRun(opened)
+        self._open = _SortedIds(opened, with_entries=True)
         self._fixed = SortedList(fixed)
         self._moved = True
         # (the last merge's places of the fixed ages, the order it made)
@@ -188,7 +228,8 @@ class AgeIndex:
         fixed = self._fixed
         if self._nan or len(fixed) > 64 + len(self._open.sorted) * _FIXED_SHARE:
             return None
-        entries, ids = self._open.lists()
+        ids = self._open.ids_now()
+        entries = self._open.entries
         if entries and not _exact_ages(now, -entries[-1][0]):
             return None
         # Open flows established at or after `now` are 0 s old (Flow.age_s clamps): a tie

@@ -23,9 +23,11 @@ and so is their sort value: only flows that changed (or whose rates were not yet
 at zero) are re-keyed and moved, O(changes · log n) instead of a sort of every row. AGE
 moves with the clock, but open flows all age alike: its index keeps them apart from the
 fixed ages of closed flows and merges the two at each frame's time. The frame's `order`
-list is made from the index afresh (a walk, no comparisons) or is the last one when
-nothing moved; the index itself never leaves the worker. A new column, a snapshot where
-most values changed, or an order the index cannot promise exactly is sorted from scratch.
+list is the index's own list, edited in place since the last frame, or the last frame's
+list when nothing moved; it is the frame's from then on (the index edits a copy), so a
+frame's order never changes once made, and the index itself never leaves the worker. A
+new column, a snapshot where most values changed, or an order the index cannot promise
+exactly is sorted from scratch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""The flow list sorted by AGE across frames: kept by an index that moves only what changed,
-and always exactly the order a full sort gives (ties by id, closed flows' ages frozen)."""
+"""The flow list's order kept across frames by an index that moves only what changed (by a value
+column, or by AGE), and always exactly the order a full sort gives (ties by id, closed flows'
+ages frozen); a frame's order never changes once the frame is made."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 
 import pytest
@@ -42,15 +44,133 @@ def changes_of(base: dict, touched: set[int]):
     return tuple(base[i] for i in sorted(touched) if i in base), tuple(i for i in touched if i not in base)
 
 
+def walks_timed_alike(monkeypatch, ns: int):
+    """Every making of an index's lists timed at `ns` (a clock that moves that much a reading),
+    so that which frames edit them and which make them again does not depend on the machine:
+    with a few hundred flows, edits beyond about ns / 4 µs between two frames make them again."""
+    monkeypatch.setattr(sort_index, "_clock", itertools.count(0, ns).__next__)
+
+
+class RunSpy:
+    """How each frame got its order's lists from a _SortedIds: edited in place since the frame
+    before, or made again from the SortedList (first, or `dropped` when edits cost too much)."""
+
+    def __init__(self, monkeypatch):
+        self.made = self.edited = self.unmoved = self.dropped = 0
+        real_now, real_editable = sort_index._SortedIds.ids_now, sort_index._SortedIds._editable
+
+        def ids_now(run):
+            if run.ids is None:
+                self.made += 1
+            elif run.spent_ns:
+                self.edited += 1
+            else:
+                self.unmoved += 1
+            return real_now(run)
+
+        def editable(run, i):
+            ok = real_editable(run, i)
+            self.dropped += not ok
+            return ok
+
+        monkeypatch.setattr(sort_index._SortedIds, "ids_now", ids_now)
+        monkeypatch.setattr(sort_index._SortedIds, "_editable", editable)
+
+
+class FramesKept:
+    """Every frame made so far, with what its order and shown ids were when it was made."""
+
+    def __init__(self):
+        self.frames = []
+
+    def add(self, frame):
+        self.frames.append((frame, tuple(frame.order), tuple(frame.shown)))
+
+    def unchanged(self) -> bool:
+        return all(tuple(f.order) == order and tuple(f.shown) == shown for f, order, shown in self.frames)
+
+
+@pytest.mark.parametrize("sort", ["tx", "retrans"])
+@pytest.mark.parametrize("descending", [True, False])
+def test_value_order_kept_across_frames_equals_a_full_sort(sort, descending, monkeypatch):
+    """Sorted by a value column (TX/s: rates that settle to zero; RETRANS: decaying counts, so a
+    retransmitting flow moves for frames after): births, closes, flows going, values changing,
+    many ties, skipped snapshots, filter and sort changes, a frame where most flows change,
+    bursts of births and of changes beyond the edits the order's list is edited for, frames
+    where flows only go. Every frame's order is the full sort's, and no frame's order changes
+    after it was made."""
+    monkeypatch.setattr(store_mod, "HISTORY_ALL_MAX", 10)  # frames follow the source's changes
+    walks_timed_alike(monkeypatch, 200_000)  # the order's list edited, or made again (~50 edits)
+    spy = RunSpy(monkeypatch)
+    rnd = random.Random(20261202 + 2 * descending + (sort == "retrans"))
+    ts = T0
+    going: dict[int, int] = {}  # closed flow id -> the frame it goes in
+
+    def born(i: int) -> object:
+        # few distinct values: ties, broken by id
+        return make_flow(i, bytes_sent=rnd.choice([0, 0, 0, 100, 1000]), retrans_packets=int(rnd.random() < 0.05),
+                         rport=rnd.choice([80, 443]), established_ts=ts - rnd.choice([0.0, 0.5, 30.0]))
+
+    def changed(i: int) -> object:
+        f = base[i]
+        grown = dict(bytes_sent=f.bytes_sent + rnd.choice([0, 100, 100, 1000]),
+                     retrans_packets=f.retrans_packets + rnd.choice([0] * 9 + [1, 3]))
+        if not f.closed and rnd.random() < 0.25:
+            going[i] = frame + rnd.randint(1, 3)
+            return dataclasses.replace(f, closed=True, state="CLOSE", closed_ts=ts, **grown)
+        return dataclasses.replace(f, **grown)
+
+    base: dict[int, object] = {}
+    store = FlowStore(sort=sort, descending=descending)
+    kept = FramesKept()
+    next_id, seq, from_index = 0, 0, 0
+    for frame in range(96):
+        if frame >= 85:  # quiet (the rows settle), then frames where flows only go
+            present = [i for i in base if frame < 90 or rnd.random() > 0.02]
+            changing = set()
+        else:
+            present = [i for i in base if going.get(i, frame + 1) > frame and rnd.random() > 0.01]
+            # 300 flows at first; bursts of births beyond the edits the order's list is edited for
+            present += range(next_id, next_id + rnd.randint(0, 6) + {0: 300, 45: 40, 70: 15}.get(frame, 0))
+            next_id = max(present, default=-1) + 1
+            if frame == 40:  # most flows change: sorted from scratch
+                changing = set(rnd.sample(sorted(base), len(base) * 2 // 3))
+            else:  # values changing: bursts beyond the bound, and near it
+                burst = {55: 30, 56: 12, 75: 20}.get(frame, 0)
+                changing = set(rnd.sample(sorted(base), min(len(base), rnd.randint(0, 6) + burst)))
+        touched = next_poll(base, present, changing, lambda i: changed(i) if i in base else born(i))
+        seq += 2 if frame in (25, 50) else 1  # the screen missed a snapshot: the next frame walks
+        store.update(make_snapshot(list(base.values()), ts=ts, seq=seq, changes=changes_of(base, touched)))
+        kept.add(store.builder.frame)
+        assert store.ids() == full_sort(store), f"frame {frame}"
+        assert store.builder.frame.order == all_flows_sorted(store), f"frame {frame}"
+        assert kept.unchanged(), f"frame {frame}: an earlier frame's order changed"
+        from_index += from_the_index(store) and store.sort_column == sort
+        if frame == 15:
+            store.set_filter("port 443")
+        elif frame == 30:
+            store.set_filter(None)
+        elif frame == 35:
+            store.set_sort("age")
+        elif frame == 36:
+            store.set_sort(sort, descending=descending)
+        if frame in (15, 30, 35, 36):
+            assert store.ids() == full_sort(store)
+        ts += rnd.choice([1.0, 1.0, 0.5, 2.0])
+    assert from_index >= 60  # the path under test was taken: all but the sorts from scratch
+    assert spy.edited >= 30 and spy.dropped >= 4, vars(spy)  # lists edited in place, and made again
+
+
 @pytest.mark.parametrize("descending", [True, False])
 def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch):
     """Births, closes (ages frozen at the close), flows going, ties in establishment time and
     between frozen and moving ages, flows without an establishment time, flows established
     after the snapshot's clock (0 s old), skipped snapshots, filter and sort changes, a frame
     where most flows change, a burst of closes, a burst of births: every frame's order is the
-    full sort's."""
+    full sort's, and stays as it was made."""
     monkeypatch.setattr(store_mod, "HISTORY_ALL_MAX", 10)  # frames follow the source's changes
-    monkeypatch.setattr(sort_index, "_EDITS_MAX", 16)  # the open run's lists edited, or made again
+    walks_timed_alike(monkeypatch, 80_000)  # the open run's lists edited, or made again (~20 edits)
+    spy = RunSpy(monkeypatch)
     rnd = random.Random(20261202 + descending)
     ts = T0
     closing_due: dict[int, int] = {}  # closed flow id -> the frame it goes in
@@ -74,11 +194,13 @@ def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch
 
     base: dict[int, object] = {}
     store = FlowStore(sort="age", descending=descending)
+    kept = FramesKept()
     next_id, seq, from_index = 0, 0, 0
     for frame in range(80):
         present = [i for i in base if closing_due.get(i, frame + 1) > frame and rnd.random() > 0.01]
-        # 300 flows at first; once, more births than the open run's lists are edited for
-        present += range(next_id, next_id + rnd.randint(0, 8) + {0: 300, 45: 70}.get(frame, 0))
+        # 300 flows at first; once, more births than the open run's lists are edited for (but few enough
+        # not to be sorted from scratch)
+        present += range(next_id, next_id + rnd.randint(0, 8) + {0: 300, 45: 40}.get(frame, 0))
         next_id = max(present, default=-1) + 1
         if frame == 40:
             changing = set(rnd.sample(sorted(base), len(base) * 2 // 3))  # most flows change: sorted again
@@ -92,8 +214,10 @@ def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch
         touched = next_poll(base, present, changing, lambda i: changed(i) if i in base else born(i))
         seq += 2 if frame in (25, 50) else 1  # the screen missed a snapshot: the next frame walks
         store.update(make_snapshot(list(base.values()), ts=ts, seq=seq, changes=changes_of(base, touched)))
+        kept.add(store.builder.frame)
         assert store.ids() == full_sort(store), f"frame {frame}"
         assert store.builder.frame.order == all_flows_sorted(store)
+        assert kept.unchanged(), f"frame {frame}: an earlier frame's order changed"
         from_index += from_the_index(store) and store.sort_column == "age"
         if frame == 15:
             store.set_filter("port 443")
@@ -107,6 +231,7 @@ def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch
             assert store.ids() == full_sort(store)
         ts += rnd.choice([1.0, 1.0, 0.5, 0.25, 2.0])
     assert from_index >= 55  # the path under test was taken: all but the sorts from scratch
+    assert spy.edited >= 50 and spy.dropped >= 1, vars(spy)  # lists edited in place, and made again
 
 
 def test_flows_established_after_the_snapshot_clock_are_0_s_old_and_tie_by_id():
