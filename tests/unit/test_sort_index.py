@@ -300,3 +300,22 @@ def test_idle_flows_sorted_by_age_are_not_rekeyed_and_the_order_is_passed_on():
     store.update(make_snapshot(flows, ts=T0 + 3))
     assert store.builder.rekeyed == 0 and store.builder.frame.order is before
     assert store.ids() == full_sort(store)
+
+
+def test_a_nan_value_sorts_as_a_full_sort_does_and_the_index_serves_again_without_it():
+    """A replay may carry NaN in a raw float field sorted by (here established_ts): no index can
+    hold it, so the frame is sorted from scratch, as before the index, whichever rows come, go
+    or change to or from NaN; once no row has one, the index serves again."""
+    nan = float("nan")
+    flows = {i: make_flow(i, established_ts=float(i % 4)) for i in range(20)}
+    flows[3] = make_flow(3, established_ts=nan)
+    store = FlowStore(sort="established_ts", descending=False)
+    for t, change in enumerate([{}, {3: nan, 5: nan}, {5: 1.0, 20: nan}, {3: 2.0, 7: nan}, {7: 0.5, 20: 3.0}, {}]):
+        for i, est in change.items():
+            flows[i] = make_flow(i, established_ts=est)
+        if t == 4:
+            del flows[11]
+        store.update(make_snapshot(list(flows.values()), ts=T0 + t))
+        assert sorted(store.ids()) == sorted(flows)
+        assert from_the_index(store) == (t >= 4), t  # (the first frame is always sorted from scratch)
+    assert store.ids() == full_sort(store)

@@ -122,19 +122,27 @@ class _SortedIds:
 
 class ValueIndex:
     """(sort value, flow id) of every row, ascending, for a column whose value depends on the
-    row alone (`key`)."""
+    row alone (`key`). A NaN value (a raw float field of a hand-made replay) sorts nowhere
+    consistently: while a row has one, `order` says it cannot promise the order."""
 
-    __slots__ = ("_key", "_run", "_keys", "_out")
+    __slots__ = ("_key", "_run", "_keys", "_nan", "_out")
 
     def __init__(self, key: Callable[[Row], object], rows: Iterable[Row]) -> None:
         self._key = key
-        self._keys = {r.id: key(r) for r in rows}  # flow id -> its sort value in `_run`
-        self._run = _SortedIds(zip(self._keys.values(), self._keys.keys()))
+        self._keys = keys = {r.id: key(r) for r in rows}  # flow id -> its sort value in `_run`
+        self._nan = {fid for fid, k in keys.items() if k != k}  # ids whose value is NaN: not in `_run`
+        self._run = _SortedIds((k, fid) for fid, k in keys.items() if k == k)
         self._out: list[int] | None = None  # the order lent to the last frame, while nothing moved since
 
     def drop(self, fid: int) -> None:
-        self._run.remove((self._keys.pop(fid), fid))
+        self._take(self._keys.pop(fid), fid)
         self._out = None
+
+    def _take(self, k, fid: int) -> None:
+        if k == k:
+            self._run.remove((k, fid))
+        else:
+            self._nan.discard(fid)
 
     def place(self, row: Row) -> None:
         """A new row, or one whose value may have changed."""
@@ -142,17 +150,20 @@ class ValueIndex:
         k = self._key(row)
         keys = self._keys
         was = keys.get(fid, _MISSING)
-        if was is _MISSING:
-            self._run.add((k, fid))
-        elif was != k:
-            self._run.remove((was, fid))
+        if was is not _MISSING:
+            if was == k:
+                return
+            self._take(was, fid)
+        if k == k:
             self._run.add((k, fid))
         else:
-            return
+            self._nan.add(fid)
         keys[fid] = k
         self._out = None
 
-    def order(self, now: float) -> list[int]:
+    def order(self, now: float) -> list[int] | None:
+        if self._nan:
+            return None
         if self._out is None:
             self._out = self._run.lend()
         return self._out
