@@ -141,24 +141,32 @@ def test_value_order_kept_across_frames_equals_a_full_sort(sort, descending, mon
         touched = next_poll(base, present, changing, lambda i: changed(i) if i in base else born(i))
         seq += 2 if frame in (25, 50) else 1  # the screen missed a snapshot: the next frame walks
         store.update(make_snapshot(list(base.values()), ts=ts, seq=seq, changes=changes_of(base, touched)))
-        kept.add(store.builder.frame)
-        assert store.ids() == full_sort(store), f"frame {frame}"
-        assert store.builder.frame.order == all_flows_sorted(store), f"frame {frame}"
-        assert kept.unchanged(), f"frame {frame}: an earlier frame's order changed"
-        from_index += from_the_index(store) and store.sort_column == sort
-        if frame == 15:
-            store.set_filter("port 443")
-        elif frame == 30:
-            store.set_filter(None)
-        elif frame == 35:
-            store.set_sort("age")
-        elif frame == 36:
-            store.set_sort(sort, descending=descending)
-        if frame in (15, 30, 35, 36):
-            assert store.ids() == full_sort(store)
+        from_index += frame_checked(store, kept, frame, sort, "age", descending)
         ts += rnd.choice([1.0, 1.0, 0.5, 2.0])
     assert from_index >= 60  # the path under test was taken: all but the sorts from scratch
     assert spy.edited >= 30 and spy.dropped >= 4, vars(spy)  # lists edited in place, and made again
+
+
+def frame_checked(store, kept: "FramesKept", frame: int, sort: str, other: str, descending: bool) -> int:
+    """The frame just built equals the full sort and leaves earlier frames' orders as they were;
+    then the view changes at fixed frames (a filter set and cleared, another sort and back), each
+    checked too. 1 if the frame came from the kept index of `sort`."""
+    kept.add(store.builder.frame)
+    assert store.ids() == full_sort(store), f"frame {frame}"
+    assert store.builder.frame.order == all_flows_sorted(store), f"frame {frame}"
+    assert kept.unchanged(), f"frame {frame}: an earlier frame's order changed"
+    from_index = int(bool(from_the_index(store)) and store.sort_column == sort)
+    if frame == 15:
+        store.set_filter("port 443")
+    elif frame == 30:
+        store.set_filter(None)
+    elif frame == 35:
+        store.set_sort(other)
+    elif frame == 36:
+        store.set_sort(sort, descending=descending)
+    if frame in (15, 30, 35, 36):
+        assert store.ids() == full_sort(store)
+    return from_index
 
 
 @pytest.mark.parametrize("descending", [True, False])
@@ -214,21 +222,7 @@ def test_age_order_kept_across_frames_equals_a_full_sort(descending, monkeypatch
         touched = next_poll(base, present, changing, lambda i: changed(i) if i in base else born(i))
         seq += 2 if frame in (25, 50) else 1  # the screen missed a snapshot: the next frame walks
         store.update(make_snapshot(list(base.values()), ts=ts, seq=seq, changes=changes_of(base, touched)))
-        kept.add(store.builder.frame)
-        assert store.ids() == full_sort(store), f"frame {frame}"
-        assert store.builder.frame.order == all_flows_sorted(store)
-        assert kept.unchanged(), f"frame {frame}: an earlier frame's order changed"
-        from_index += from_the_index(store) and store.sort_column == "age"
-        if frame == 15:
-            store.set_filter("port 443")
-        elif frame == 30:
-            store.set_filter(None)
-        elif frame == 35:
-            store.set_sort("tx")
-        elif frame == 36:
-            store.set_sort("age", descending=descending)
-        if frame in (15, 30, 35, 36):
-            assert store.ids() == full_sort(store)
+        from_index += frame_checked(store, kept, frame, "age", "tx", descending)
         ts += rnd.choice([1.0, 1.0, 0.5, 0.25, 2.0])
     assert from_index >= 55  # the path under test was taken: all but the sorts from scratch
     assert spy.edited >= 50 and spy.dropped >= 1, vars(spy)  # lists edited in place, and made again
