@@ -278,13 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if demo is not None:
             demo.start()
+        from tcptop.frontends import gc_tuning
         if args.json:
             from tcptop.frontends import json
+            gc_tuning.tune()
             return json.run(args, source, keep)
         if server is not None:
             if keep is None and args.filter:  # the demo's own filter
                 from tcptop.filter import compile_filter
                 keep = compile_filter(args.filter)
+            gc_tuning.tune()
             return exporter.run(args, source, keep, server=server)
         from tcptop.frontends.screen.app import run as run_screen
         return run_screen(args, source)

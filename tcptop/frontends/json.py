@@ -20,7 +20,7 @@ import time
 from typing import Callable
 
 from tcptop import native
-from tcptop.frontends import stop_signals
+from tcptop.frontends import gc_tuning, stop_signals
 from tcptop.model import FLOW_FIELDS, Flow, JsonEncoder, Snapshot
 from tcptop.source import SnapshotSource
 
@@ -198,6 +198,7 @@ def _print_until_stopped(args: argparse.Namespace, source: SnapshotSource, keep:
             snap = dataclasses.replace(snap, listeners=tuple(x for x in snap.listeners if keep(x)),
                                        failures=tuple(x for x in snap.failures if keep(x)),
                                        **({"flows": sieve(snap.flows), "changes": None} if sieve else {}))
+        gc_tuning.fit(len(snap.flows))
         line = encoder.encode(snap) + "\n"
         try:
             state.writing = True

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from tcptop.frontends import stop_signals
+from tcptop.frontends import gc_tuning, stop_signals
 from tcptop.frontends.exporter.aggregate import Aggregator, Frame
 from tcptop.frontends.exporter.server import ListenError, MetricsServer, listen
 from tcptop.model import Flow
@@ -40,6 +40,7 @@ class Exporter:
     def poll_once(self) -> Frame:
         t0 = time.perf_counter()
         snap = self.source.poll()
+        gc_tuning.fit(len(snap.flows))
         frame = self.aggregator.update(snap, engine_s=time.perf_counter() - t0)
         self.server.exposition.publish(frame)
         return frame

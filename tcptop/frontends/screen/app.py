@@ -22,7 +22,8 @@ from textual.reactive import reactive
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from tcptop.frontends.screen import gc_tuning, terminal
+from tcptop.frontends import gc_tuning
+from tcptop.frontends.screen import terminal
 
 from tcptop.frontends.screen.columns import COLUMNS, resolve_sort
 from tcptop.frontends.screen.keys import APP_BINDINGS
