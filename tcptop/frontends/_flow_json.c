@@ -43,14 +43,17 @@ static int put(struct buf *b, const char *s, Py_ssize_t n)
 
 #define PUT(b, lit) put(b, lit, sizeof(lit) - 1)
 
-/* An ASCII str (a repr or an encoded string) appended, and released. */
+/* An ASCII str (a repr or an encoded string) appended, and released; anything else is an
+ * error (the texts built here are ASCII by construction). */
 static int put_ascii(struct buf *b, PyObject *s)
 {
 	if (!s)
 		return -1;
-	Py_ssize_t n;
-	const char *p = PyUnicode_AsUTF8AndSize(s, &n);
-	int rc = p ? put(b, p, n) : -1;
+	int rc = -1;
+	if (!PyUnicode_Check(s) || !PyUnicode_IS_ASCII(s))
+		PyErr_SetString(PyExc_ValueError, "a JSON text that is not ASCII");
+	else
+		rc = put(b, (const char *)PyUnicode_1BYTE_DATA(s), PyUnicode_GET_LENGTH(s));
 	Py_DECREF(s);
 	return rc;
 }
@@ -331,39 +334,42 @@ static PyObject *field(PyObject *flow, Py_ssize_t i, PyObject *name)
 	return Py_NewRef(v);
 }
 
-/* pieces(flow, fields, duration_field) -> (text up to the duration's value, text after it),
- * or None when a value is left to Python. `fields`: the Flow's field names in order. */
-static PyObject *pieces(PyObject *self, PyObject *args)
+static int put_age(struct buf *b, PyObject *f, double ts);
+
+/* A flow's text appended to `b`: its duration's value as of `ts` (at_ts) or, not at_ts, left
+ * out and its place in `*cut`. 1: written; 0: a value this encoder leaves to Python (`b` is
+ * then back at its length before); -1: error. `fields`: the Flow's field names in order. */
+static int flow_text(struct buf *b, PyObject *flow, PyObject *fields, PyObject *duration, int at_ts, double ts,
+		     Py_ssize_t *cut)
 {
-	PyObject *flow, *fields, *duration, *out = NULL;
-	struct buf b = {0};
-	Py_ssize_t cut = -1;
+	Py_ssize_t start = b->len;
 	int rc = 1;
 
-	if (!PyArg_ParseTuple(args, "OO!U", &flow, &PyTuple_Type, &fields, &duration))
-		return NULL;
-	if (layout_for(Py_TYPE(flow), fields, duration) < 0 || PUT(&b, "{") < 0)
-		goto out;
+	if (layout_for(Py_TYPE(flow), fields, duration) < 0 || PUT(b, "{") < 0)
+		return -1;
 	Py_ssize_t n = PyTuple_GET_SIZE(fields);
 	int first = 1;
+	*cut = -1;
 	for (Py_ssize_t i = 0; i < n && rc > 0; i++) {
 		PyObject *name = PyTuple_GET_ITEM(fields, i);
 		PyObject *v = field(flow, i, name);
 		if (!v)
-			goto out;
+			return -1;
 		if (v == Py_None && L.kind[i] == F_LATENCY) {
 			Py_DECREF(v);
 			continue;
 		}
-		if ((!first && PUT(&b, ",") < 0) ||
-		    put(&b, PyBytes_AS_STRING(L.key[i]), PyBytes_GET_SIZE(L.key[i])) < 0) {
+		if ((!first && PUT(b, ",") < 0) ||
+		    put(b, PyBytes_AS_STRING(L.key[i]), PyBytes_GET_SIZE(L.key[i])) < 0) {
 			Py_DECREF(v);
-			goto out;
+			return -1;
 		}
 		first = 0;
 		if (L.kind[i] == F_DURATION) {
-			cut = b.len;
+			*cut = b->len;
 			Py_DECREF(v);
+			if (at_ts && put_age(b, flow, ts) < 0)
+				return -1;
 			continue;
 		}
 		if (L.kind[i] == F_DROPS && !PyDict_CheckExact(v)) {
@@ -372,28 +378,49 @@ static PyObject *pieces(PyObject *self, PyObject *args)
 			if (!d || PyDict_Update(d, v) < 0) {
 				Py_XDECREF(d);
 				Py_DECREF(v);
-				goto out;
+				return -1;
 			}
 			Py_SETREF(v, d);
 		}
-		rc = value(&b, v, 0);
+		rc = value(b, v, 0);
 		Py_DECREF(v);
 		if (rc < 0)
-			goto out;
+			return -1;
 	}
-	if (rc == 0 || cut < 0) {
-		out = Py_NewRef(Py_None);
-		goto out;
+	if (rc == 0 || *cut < 0) {
+		b->len = start;
+		return 0;
 	}
-	if (PUT(&b, "}") < 0)
-		goto out;
-	PyObject *head = PyUnicode_DecodeASCII(b.p, cut, NULL);
-	PyObject *tail = head ? PyUnicode_DecodeASCII(b.p + cut, b.len - cut, NULL) : NULL;
+	return PUT(b, "}") < 0 ? -1 : 1;
+}
+
+/* (text of b from `start` up to `cut`, text from `cut` on): a flow's two pieces. */
+static PyObject *head_tail(struct buf *b, Py_ssize_t start, Py_ssize_t cut)
+{
+	PyObject *out = NULL, *head = PyUnicode_DecodeASCII(b->p + start, cut - start, NULL);
+	PyObject *tail = head ? PyUnicode_DecodeASCII(b->p + cut, b->len - cut, NULL) : NULL;
 	if (head && tail)
 		out = PyTuple_Pack(2, head, tail);
 	Py_XDECREF(head);
 	Py_XDECREF(tail);
-out:
+	return out;
+}
+
+/* pieces(flow, fields, duration_field) -> (text up to the duration's value, text after it),
+ * or None when a value is left to Python. `fields`: the Flow's field names in order. */
+static PyObject *pieces(PyObject *self, PyObject *args)
+{
+	PyObject *flow, *fields, *duration, *out = NULL;
+	struct buf b = {0};
+	Py_ssize_t cut;
+
+	if (!PyArg_ParseTuple(args, "OO!U", &flow, &PyTuple_Type, &fields, &duration))
+		return NULL;
+	int rc = flow_text(&b, flow, fields, duration, 0, 0.0, &cut);
+	if (rc == 0)
+		out = Py_NewRef(Py_None);
+	else if (rc > 0)
+		out = head_tail(&b, 0, cut);
 	PyMem_Free(b.p);
 	return out;
 }
@@ -638,7 +665,11 @@ static int put_age(struct buf *b, PyObject *f, double ts)
 		if (!PyFloat_CheckExact(dur)) {  /* round(int, 3) is the int itself: as Python writes it */
 			PyObject *r = PyObject_CallFunctionObjArgs(round_fn, dur, three, NULL);
 			Py_DECREF(dur);
-			return r ? put_ascii(b, PyObject_Repr(r)) : -1;
+			if (!r)
+				return -1;
+			PyObject *text = PyObject_Repr(r);
+			Py_DECREF(r);
+			return put_ascii(b, text);
 		}
 		age = PyFloat_AS_DOUBLE(dur);
 		Py_DECREF(dur);
@@ -656,55 +687,103 @@ static int put_age(struct buf *b, PyObject *f, double ts)
 	return put_float(b, r);
 }
 
-/* flows_text(flows, cache, ts, pieces) -> (text, fresh): JsonEncoder._flows_text in C. `cache`
- * and `fresh`: id -> (flow, text before its age, text after); `pieces(flow)` makes an entry
- * for a flow the cache does not have as this very object. */
+/* One flow's entry (flow, text before its age, text after) of flows_text's cache: from C,
+ * or from `pieces_fn(flow)` where C leaves a value to Python. A new reference. */
+static PyObject *entry_of(PyObject *f, PyObject *fields, PyObject *duration, PyObject *pieces_fn)
+{
+	struct buf b = {0};
+	Py_ssize_t cut;
+	PyObject *out = NULL;
+	int rc = flow_text(&b, f, fields, duration, 0, 0.0, &cut);
+	if (rc > 0) {
+		PyObject *ht = head_tail(&b, 0, cut);
+		if (ht)
+			out = PyTuple_Pack(3, f, PyTuple_GET_ITEM(ht, 0), PyTuple_GET_ITEM(ht, 1));
+		Py_XDECREF(ht);
+	} else if (rc == 0) {
+		out = PyObject_CallOneArg(pieces_fn, f);
+		if (out && !(PyTuple_CheckExact(out) && PyTuple_GET_SIZE(out) == 3 && PyUnicode_Check(PyTuple_GET_ITEM(out, 1)) &&
+			     PyUnicode_Check(PyTuple_GET_ITEM(out, 2)))) {
+			Py_CLEAR(out);
+			PyErr_SetString(PyExc_TypeError, "pieces(flow) must give (flow, head, tail)");
+		}
+	}
+	PyMem_Free(b.p);
+	return out;
+}
+
+static int put_entry(struct buf *b, PyObject *f, PyObject *entry, double ts)
+{
+	if (put_ascii(b, Py_NewRef(PyTuple_GET_ITEM(entry, 1))) < 0 || put_age(b, f, ts) < 0)
+		return -1;
+	return put_ascii(b, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
+}
+
+/* flows_text(flows, cache, ts, pieces, fields, duration) -> (text, fresh): JsonEncoder._flows_text
+ * in C. `cache` and `fresh`: id -> (flow, text before its age, text after), the text of a flow
+ * the cache has as this very object reused. With cache None (a --changes line, whose flows all
+ * changed) each flow is written straight into the line, its age in place, and fresh is None:
+ * under a churn of connections ~20,000 flows a line, a cache entry and the call out to make it
+ * were a third of the line's cost. `pieces(flow)` makes an entry where C leaves a value to
+ * Python; `fields` and `duration` as for pieces(). */
 static PyObject *flows_text(PyObject *self, PyObject *args)
 {
-	PyObject *flows, *cache, *pieces_fn, *seq, *fresh = NULL, *out = NULL;
+	PyObject *flows, *cache, *pieces_fn, *fields, *duration, *seq, *fresh = NULL, *out = NULL;
 	double ts;
 	struct buf b = {0};
 
-	if (!PyArg_ParseTuple(args, "OO!dO", &flows, &PyDict_Type, &cache, &ts, &pieces_fn))
+	if (!PyArg_ParseTuple(args, "OOdOO!U", &flows, &cache, &ts, &pieces_fn, &PyTuple_Type, &fields, &duration))
 		return NULL;
+	if (cache != Py_None && !PyDict_Check(cache))
+		return PyErr_Format(PyExc_TypeError, "flows_text: cache is a dict or None");
 	if (!(seq = PySequence_Fast(flows, "flows: a sequence")))
 		return NULL;
-	if (!(fresh = PyDict_New()))
+	if (cache != Py_None && !(fresh = PyDict_New()))
 		goto done;
 	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	if (n && !(b.p = PyMem_Malloc(b.cap = n * 900))) {  /* a flow's text is ~800 bytes: no regrowth */
+		PyErr_NoMemory();
+		goto done;
+	}
 	for (Py_ssize_t i = 0; i < n; i++) {
-		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
-		PyObject *id = id_of(f);
-		if (!id)
+		PyObject *f = PySequence_Fast_GET_ITEM(seq, i), *entry = NULL;
+		Py_ssize_t cut;
+		if (i && PUT(&b, ",") < 0)
 			goto done;
-		PyObject *hit = PyDict_GetItemWithError(cache, id);
-		if (hit && (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 3 || PyTuple_GET_ITEM(hit, 0) != f))
-			hit = NULL;
-		if (hit)
-			Py_INCREF(hit);
-		else if (!PyErr_Occurred())
-			hit = PyObject_CallOneArg(pieces_fn, f);  /* LineEncoder._pieces: C, or Python's where C cannot */
-		int rc = hit && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 3 ? 0 : -1;
-		if (rc == 0 && !PyErr_Occurred())
-			rc = PyDict_SetItem(fresh, id, hit);
-		else if (rc < 0 && !PyErr_Occurred())
-			PyErr_SetString(PyExc_TypeError, "pieces(flow) must give (flow, head, tail)");
-		Py_DECREF(id);
-		if (rc == 0 && i && PUT(&b, ",") < 0)
-			rc = -1;
-		if (rc == 0)
-			rc = put_ascii(&b, Py_NewRef(PyTuple_GET_ITEM(hit, 1)));
-		if (rc == 0)
-			rc = put_age(&b, f, ts);
-		if (rc == 0)
-			rc = put_ascii(&b, Py_NewRef(PyTuple_GET_ITEM(hit, 2)));
-		Py_XDECREF(hit);
+		if (!fresh) {  /* no cache: straight into the line */
+			int rc = flow_text(&b, f, fields, duration, 1, ts, &cut);
+			if (rc < 0)
+				goto done;
+			if (rc > 0)
+				continue;
+			if (!(entry = entry_of(f, fields, duration, pieces_fn)))
+				goto done;
+		} else {
+			PyObject *id = id_of(f);
+			if (!id)
+				goto done;
+			entry = PyDict_GetItemWithError(cache, id);
+			if (entry && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 3 && PyTuple_GET_ITEM(entry, 0) == f)
+				Py_INCREF(entry);
+			else
+				entry = PyErr_Occurred() ? NULL : entry_of(f, fields, duration, pieces_fn);
+			int rc = entry ? PyDict_SetItem(fresh, id, entry) : -1;
+			Py_DECREF(id);
+			if (rc < 0) {
+				Py_XDECREF(entry);
+				goto done;
+			}
+		}
+		int rc = put_entry(&b, f, entry, ts);
+		Py_DECREF(entry);
 		if (rc < 0)
 			goto done;
 	}
-	PyObject *text = PyUnicode_DecodeASCII(b.p ? b.p : "", b.len, NULL);
+	PyObject *text = PyUnicode_New(b.len, 127);  /* ASCII by construction: copied, not checked */
 	if (text) {
-		out = PyTuple_Pack(2, text, fresh);
+		if (b.len)
+			memcpy(PyUnicode_1BYTE_DATA(text), b.p, b.len);
+		out = PyTuple_Pack(2, text, fresh ? fresh : Py_None);
 		Py_DECREF(text);
 	}
 done:

@@ -33,6 +33,8 @@ class LineEncoder(JsonEncoder):
     changes that many), and the line's flows, ages included, joined there too; the same
     text, or Python's where that leaves a value to it."""
 
+    reuse = True  # keep each flow's text for the next line, where the same object comes again
+
     def _pieces(self, f: Flow) -> tuple[Flow, str, str]:
         if _c is not None:
             p = _c.pieces(f, FLOW_FIELDS, "duration_s")
@@ -43,7 +45,10 @@ class LineEncoder(JsonEncoder):
     def _flows_text(self, flows: tuple[Flow, ...], ts: float) -> str:
         if _c is None:
             return super()._flows_text(flows, ts)
-        text, self._cache = _c.flows_text(flows, self._cache, ts, self._pieces)
+        text, fresh = _c.flows_text(flows, self._cache if self.reuse else None, ts,
+                                    super()._pieces, FLOW_FIELDS, "duration_s")
+        if fresh is not None:
+            self._cache = fresh
         return text
 
 
@@ -51,6 +56,8 @@ class DeltaEncoder(LineEncoder):
     """Lines with only what changed since the previous one (the engine hands back the same Flow
     object for an unchanged connection, so a change is a different object). `keep`: the
     --filter, applied here so that it too is asked only about what changed."""
+
+    reuse = False  # every flow of a line after the first changed: no text to keep
 
     def __init__(self, keep: Callable[[Flow], bool] | None = None) -> None:
         super().__init__()

@@ -132,6 +132,31 @@ def test_the_c_line_equals_pythons_across_snapshots(flows, stamps):
         assert c.encode(snap) == py.encode(snap) == snap.to_json()
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(any_flow(), max_size=6), st.floats(0, 4e9), st.integers(0, 5))
+def test_a_line_written_without_reuse_equals_pythons(flows, ts, odd):
+    """A --changes line's flows are written straight into the line, ages in place: the same
+    text, also with a flow among them whose value C leaves to Python (a key json turns into
+    a string)."""
+    flows = [dataclasses.replace(f, id=i) for i, f in enumerate(flows)]
+    if odd < len(flows):
+        flows[odd] = dataclasses.replace(flows[odd], latency={1: {"count": 2}})
+    snap = Snapshot(ts=ts, interval_s=1.0, flows=tuple(flows))
+    c = LineEncoder()
+    c.reuse = False
+    assert c.encode(snap) == JsonEncoder().encode(snap) == snap.to_json()
+    assert c._cache == {}  # nothing kept
+
+
+def test_a_flow_left_to_python_is_written_by_python_in_a_reused_line():
+    odd = flow(2, latency={1: {"count": 2}})
+    snap = Snapshot(ts=2000.0, interval_s=1.0, flows=(flow(1), odd, flow(3)))
+    c = LineEncoder()
+    for _ in range(2):  # written, then reused
+        assert c.encode(snap) == snap.to_json()
+    assert c._cache[2][0] is odd
+
+
 @pytest.mark.parametrize("impl", ["c", "python"])
 def test_sieve_keeps_what_the_filter_keeps_and_asks_only_about_changed_flows(impl, monkeypatch):
     """Over successive snapshots the sieve lists exactly the flows the filter keeps, in order,
