@@ -346,9 +346,15 @@ class JsonEncoder:
         return f, text[:i], text[i + 1:]
 
     def encode(self, snap: Snapshot) -> str:
-        head = json.dumps(snap.to_dict(with_flows=False), separators=(",", ":"))
+        return "".join(self.parts(snap))
+
+    def parts(self, snap: Snapshot, **more: Any) -> list[str]:
+        """The line in three parts, for a writer that writes them in turn: the flows' text,
+        ~90 MB at 100,000 flows, is not copied again to join them. `more`: keys after the
+        snapshot's own."""
+        head = json.dumps({**snap.to_dict(with_flows=False), **more}, separators=(",", ":"))
         i = head.index('"flows":[') + len('"flows":[')
-        return head[:i] + self._flows_text(snap.flows, snap.ts) + head[i:]
+        return [head[:i], self._flows_text(snap.flows, snap.ts), head[i:]]
 
     def _flows_text(self, flows: tuple[Flow, ...], ts: float) -> str:
         """The flows' texts joined by commas, each with its age as of `ts`; the cache keeps
