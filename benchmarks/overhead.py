@@ -56,6 +56,7 @@ import workloads  # noqa: E402
 from bpfstats import bpf_stats  # noqa: E402
 
 TCPTOP = [sys.executable, "-m", "tcptop"]
+LOADING = '"loading (after the first snapshot)"'  # the packet-level engine's hook until it has loaded
 ENGINE: list[str] = []  # ["--engine", NAME] when asked for; tcptop's own default otherwise
 CHANGES = True  # the checkout has --json --changes
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -133,12 +134,27 @@ class Tcptop:
         self.first_line_s = time.monotonic() - self.started
         self.lines = [(time.monotonic(), len(first), first)]
         self.keep = False
+        self.loaded_at: float | None = None if LOADING in first else self.lines[0][0]
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
     def _read(self) -> None:
         for line in self.p.stdout:
-            self.lines.append((time.monotonic(), len(line), line if self.keep else ""))
+            now = time.monotonic()
+            if self.loaded_at is None and LOADING not in line:
+                self.loaded_at = now
+            self.lines.append((now, len(line), line if self.keep else ""))
+
+    def wait_loaded(self, limit_s: float = 60.0) -> tuple[float, float]:
+        """Wait for the first line whose packet-level engine has loaded (it loads after the
+        first snapshot; its verifier time is this process's CPU): measure the steady state
+        from here. (seconds from start, CPU seconds used until now)."""
+        end = time.monotonic() + limit_s
+        while self.loaded_at is None and time.monotonic() < end and self.p.poll() is None:
+            time.sleep(0.05)
+        if self.loaded_at is None:
+            raise SystemExit(f"tcptop's packet-level engine did not load within {limit_s:g} s")
+        return self.loaded_at - self.started, proc_cpu_s(self.pid)
 
     @property
     def pid(self) -> int:
@@ -218,12 +234,13 @@ def measure_requests(w: Workload, modes: list[str], pairs: int, warmup_s: float 
     rows = []
     for mode in modes:
         args = [] if mode == "default" else ["--latency", mode]
-        off, on, busy_off, proc_on = [], [], [], []
+        off, on, busy_off, proc_on, startup = [], [], [], [], []
         for i in range(pairs):
             for attached in ((False, True) if i % 2 == 0 else (True, False)):
                 if attached:
                     with Tcptop("--interval", "1", *args) as t:
-                        c0 = proc_cpu_s(t.pid)
+                        loaded_s, c0 = t.wait_loaded()
+                        startup.append((t.first_line_s, loaded_s, c0))
                         units, secs = w.run()
                         proc_on.append((proc_cpu_s(t.pid) - c0) / units)
                     on.append(units / secs)
@@ -234,6 +251,7 @@ def measure_requests(w: Workload, modes: list[str], pairs: int, warmup_s: float 
                     off.append(units / secs)
         with Tcptop("--interval", "1", *args) as t:
             t.keep = True
+            t.wait_loaded()
             warm_until = time.monotonic() + warmup_s
             while time.monotonic() < warm_until:
                 try:
@@ -254,7 +272,7 @@ def measure_requests(w: Workload, modes: list[str], pairs: int, warmup_s: float 
             per_prog[name] = (a + ns - ns0, b + cnt - cnt0)
         rows.append({"mode": mode, "unit": w.unit, "off": off, "on": on, "busy": statistics.median(busy_off),
                      "busy_runs": busy_off, "proc": statistics.median(proc_on), "units": units, "progs": per_prog,
-                     "coverage": coverage})
+                     "coverage": coverage, "startup": startup})
     return rows
 
 
@@ -274,6 +292,11 @@ def print_requests(name: str, rows: list[dict]) -> None:
               f" / {all_ns / u:.0f} ns ({100 * all_ns / u / busy_ns:.2f} %) | {r['proc'] * 1e9:.0f} ns "
               f"({100 * r['proc'] / r['busy']:.2f} %) | {on_m / off_m:.3f} | {fmt_runs(r['off'], scale)} ({spread(r['off'])}) | "
               f"{fmt_runs(r['on'], scale)} ({spread(r['on'])}) |")
+    for r in rows:
+        first, loaded, cpu = (statistics.median(x) for x in zip(*r["startup"]))
+        print(f"\n{r['mode']}: measured from the first line whose packet-level engine had loaded; before it "
+              f"(not counted above): first line after {first:.2f} s, loaded after {loaded:.2f} s, "
+              f"{cpu:.2f} s of tcptop's CPU until then (medians of the paired runs)")
     for r in rows:
         cov = r.get("coverage")
         if cov:
@@ -395,7 +418,8 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
             args.append("--changes")
         with Tcptop(*args) as t:
             t.keep = True
-            time.sleep(1.5)
+            t.wait_loaded()
+            time.sleep(0.5)
             c0, w0 = proc_cpu_s(t.pid), time.monotonic()
             churn.start()
             made = churn.wait()
