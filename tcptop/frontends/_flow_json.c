@@ -373,7 +373,19 @@ static int flow_text(struct buf *b, PyObject *flow, PyObject *fields, PyObject *
 			continue;
 		}
 		if (L.kind[i] == F_DROPS && !PyDict_CheckExact(v)) {
-			/* a read-only mapping, written as the dict to_dict() copies it to */
+			/* a read-only mapping, written as the dict to_dict() copies it to (most flows
+			 * have none: no copy for those) */
+			Py_ssize_t len = PyObject_Length(v);
+			if (len < 0) {
+				Py_DECREF(v);
+				return -1;
+			}
+			if (len == 0) {
+				Py_DECREF(v);
+				if (PUT(b, "{}") < 0)
+					return -1;
+				continue;
+			}
 			PyObject *d = PyDict_New();
 			if (!d || PyDict_Update(d, v) < 0) {
 				Py_XDECREF(d);
@@ -615,9 +627,18 @@ done:
 }
 
 /* round(x, 3) as float.__round__ computes it: the correctly rounded 3-decimal string of x,
- * read back (both through the same dtoa Python uses). */
+ * read back (both through the same dtoa Python uses). The shortcut, for 0 <= x < 2**32 away
+ * from a tie: x * 1000 is within half an ulp of the exact product, so when its fraction is
+ * more than two ulps from one half the exact product rounds to the same integer m, and m / 1000
+ * (both exact, divided correctly rounded) is the double nearest the decimal Python reads
+ * back. The string round trip was ~10 % of writing a flow. */
 static double round3(double x)
 {
+	if (x >= 0.0 && x < 4294967296.0) {
+		double y = x * 1000.0, fl = floor(y);
+		if (fabs(y - fl - 0.5) > 2.0 * (nextafter(y, INFINITY) - y))
+			return (y - fl > 0.5 ? fl + 1.0 : fl) / 1000.0;
+	}
 	char *s = PyOS_double_to_string(x, 'f', 3, 0, NULL);
 	if (!s)
 		return -1.0;

@@ -284,3 +284,20 @@ def test_floats_written_as_repr_writes_them(est, closed, ts):
     assert LineEncoder()._pieces(f) == JsonEncoder()._pieces(f)
     snap = Snapshot(ts=ts, interval_s=1.0, flows=(f,))
     assert LineEncoder().encode(snap) == JsonEncoder().encode(snap)
+
+
+_TIES = st.integers(0, 4 * 10**9).flatmap(
+    lambda m: st.sampled_from([(m + 0.5) / 1000, m / 1000 + 0.0005, (m + 0.5) / 1000 + 1e-12, (m + 0.5) / 1000 - 1e-12]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_TIES, st.floats(0, 2e9), st.booleans())
+def test_ages_at_and_near_a_half_thousandth_round_as_python_rounds_them(age, est, by_duration):
+    """round(age, 3) has a shortcut away from ties: at a tie, and an ulp or two from one, the
+    age still reads as Python's round() and repr() write it."""
+    if by_duration:  # never established: the age is the duration itself
+        f = flow(1, established_ts=0.0, duration_s=age)
+    else:
+        f = flow(1, established_ts=est, closed_ts=est + age, closed=True, state="CLOSE")
+    snap = Snapshot(ts=est + 2 * age + 1, interval_s=1.0, flows=(f,))
+    assert LineEncoder().encode(snap) == JsonEncoder().encode(snap) == snap.to_json()
