@@ -428,21 +428,24 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
             cpu, wall = proc_cpu_s(t.pid) - c0, time.monotonic() - w0
         stamps = [ts for ts, _, _ in t.lines]
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        ends, lost, last = set(), 0, None
+        ends, lost, last, stamps_ts = set(), 0, None, []
         for _, _, line in t.lines:
             if not line:
                 continue
             d = json.loads(line)
             last = d
+            stamps_ts.append(d["ts"])
             for f in d["flows"]:
                 if f["closed"] or f["state"] == "TIME_WAIT":
                     ends.add((f["id"], f["rport"]))  # by socket: 100,000 connections reuse local ports
         lost = last["run"]["events_lost"] if last else -1
         lost_by = {k: n for k, n in last["run"].get("events_lost_by", {}).items() if n} if last else {}
         client_ends = {e for e in ends if e[1] in ports}
+        ts_gaps = [b - a for a, b in zip(stamps_ts, stamps_ts[1:])]  # when tcptop read the kernel
         return {"made": made, "rate": made / seconds, "client_ends": len(client_ends), "all_ends": len(ends),
                 "caught_up_s": caught_up - done if caught_up else None,
                 "max_gap": max(gaps), "gaps_over": sum(1 for g in gaps if g > 1.5), "cpu_pct": 100 * cpu / wall,
+                "max_ts_gap": max(ts_gaps), "ts_gaps_over": sum(1 for g in ts_gaps if g > 1.5),
                 "lost": lost, "lost_by": lost_by}
     finally:
         churn.close()
@@ -752,7 +755,8 @@ def main() -> int:
         print(f"- client ends reported closed (or kept in TIME_WAIT): {r['client_ends']:,} of {r['made']:,}; "
               f"events lost: {r['lost']:,}" + (f" ({', '.join(f'{k} {n:,}' for k, n in r['lost_by'].items())})"
                                                if r["lost_by"] else ""))
-        print(f"- longest gap between lines {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
+        print(f"- longest gap between snapshots (their ts) {r['max_ts_gap']:.2f} s ({r['ts_gaps_over']} over 1.5 s); "
+              f"between lines as they reached the reader {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
               f"tcptop used {r['cpu_pct']:.1f} % of a core")
     if "screen" in only:
         runs = [measure_screen(a.connections, mode, a.screen_seconds, a.screen_sorts == "both", a.screen_churn)
