@@ -91,3 +91,48 @@ def test_new_flow_is_an_ordinary_frozen_flow():
 def test_flow_of_refuses_a_short_record():
     with pytest.raises(ValueError, match="whole record"):
         fd.flow_of((1, 2, 3), 0, "", "", "", 0, 0.0, False, "", False, 1, 0.0)
+
+
+# unpack_all reads the formats struct_format() writes by a plan of its own (struct's
+# iter_unpack for any other): the same tuples as iter_unpack, for the real record layouts
+# with and without a ring's header, and for formats drawn from the codes it plans.
+
+_ITEM = st.tuples(st.integers(0, 40), st.sampled_from("QIHBsx"))
+
+
+def _fmt_of(items) -> str:
+    return "<" + "".join(f"{n if n != 1 else ''}{c}" for n, c in items)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ITEM, min_size=1, max_size=12), st.integers(0, 5), st.randoms(use_true_random=False),
+       st.booleans())
+def test_unpack_all_equals_struct_for_any_planned_format(items, nrec, rnd, view):
+    import struct
+    fmt = struct.Struct(_fmt_of(items))
+    if fmt.size == 0:
+        return
+    buf = bytes(rnd.getrandbits(8) for _ in range(fmt.size * nrec))
+    got = fd.unpack_all(fmt, memoryview(buf) if view else buf)
+    assert got == list(fmt.iter_unpack(buf))
+    assert not any(gc.is_tracked(t) for t in got)  # out of the collector's sight
+    if fmt.size > 1:  # a byte more is not a whole record
+        with pytest.raises(struct.error, match=f"multiple of {fmt.size} bytes"):
+            fd.unpack_all(fmt, buf + b"\0")
+
+
+@pytest.mark.parametrize("header", [False, True])
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_unpack_all_equals_struct_for_records_and_notices(header, data):
+    import struct
+
+    from tcptop.engines.core.flow_layout import NOTICE
+    from tcptop.engines.core.libbpf import _skip_header
+    for layout in (RECORD, NOTICE):
+        fmt = _skip_header(layout, (layout.size + 8 + 7) & ~7) if header else layout
+        buf = data.draw(st.binary(min_size=fmt.size * 3, max_size=fmt.size * 3))
+        assert fd.unpack_all(fmt, buf) == list(fmt.iter_unpack(buf))
+        assert len(fd.unpack_all(fmt, buf)[0]) == len(fmt.unpack_from(buf))
+    other = struct.Struct(">IH")  # not a format it plans: struct's own reading
+    assert fd.unpack_all(other, b"\0\0\0\1\0\2" * 2) == [(1, 2), (1, 2)]
