@@ -708,8 +708,21 @@ static int put_age(struct buf *b, PyObject *f, double ts)
 	return put_float(b, r);
 }
 
-/* One flow's entry (flow, text before its age, text after) of flows_text's cache: from C,
- * or from `pieces_fn(flow)` where C leaves a value to Python. A new reference. */
+/* A flow's entry (flow, text before its age, text after) made by `pieces_fn(flow)`, for a
+ * flow whose values C leaves to Python. A new reference. */
+static PyObject *python_entry(PyObject *f, PyObject *pieces_fn)
+{
+	PyObject *out = PyObject_CallOneArg(pieces_fn, f);
+	if (out && !(PyTuple_CheckExact(out) && PyTuple_GET_SIZE(out) == 3 && PyUnicode_Check(PyTuple_GET_ITEM(out, 1)) &&
+		     PyUnicode_Check(PyTuple_GET_ITEM(out, 2)))) {
+		Py_CLEAR(out);
+		PyErr_SetString(PyExc_TypeError, "pieces(flow) must give (flow, head, tail)");
+	}
+	return out;
+}
+
+/* One flow's entry of flows_text's cache: from C, or from Python where C leaves a value to
+ * it. A new reference. */
 static PyObject *entry_of(PyObject *f, PyObject *fields, PyObject *duration, PyObject *pieces_fn)
 {
 	struct buf b = {0};
@@ -722,12 +735,7 @@ static PyObject *entry_of(PyObject *f, PyObject *fields, PyObject *duration, PyO
 			out = PyTuple_Pack(3, f, PyTuple_GET_ITEM(ht, 0), PyTuple_GET_ITEM(ht, 1));
 		Py_XDECREF(ht);
 	} else if (rc == 0) {
-		out = PyObject_CallOneArg(pieces_fn, f);
-		if (out && !(PyTuple_CheckExact(out) && PyTuple_GET_SIZE(out) == 3 && PyUnicode_Check(PyTuple_GET_ITEM(out, 1)) &&
-			     PyUnicode_Check(PyTuple_GET_ITEM(out, 2)))) {
-			Py_CLEAR(out);
-			PyErr_SetString(PyExc_TypeError, "pieces(flow) must give (flow, head, tail)");
-		}
+		out = python_entry(f, pieces_fn);
 	}
 	PyMem_Free(b.p);
 	return out;
@@ -777,7 +785,7 @@ static PyObject *flows_text(PyObject *self, PyObject *args)
 				goto done;
 			if (rc > 0)
 				continue;
-			if (!(entry = entry_of(f, fields, duration, pieces_fn)))
+			if (!(entry = python_entry(f, pieces_fn)))  /* C has just left it to Python */
 				goto done;
 		} else {
 			PyObject *id = id_of(f);
