@@ -24,7 +24,7 @@ from tests.unit.test_flow_decode import _record
 
 OWNERS = {100: ("redis-server", "/system.slice/redis.service", ""), 200: ("", "/user.slice", ""),
           300: ("nginx", "/kubepods/pod1/abc", "abc")}  # 400: exited (lookup gives None)
-FLAGS = (F.REC_QUIESCENT, F.REC_SEEN_BIRTH, F.REC_CLIENT, F.REC_SERVER, F.REC_NO_COUNTERS)
+FLAGS = (F.REC_QUIESCENT, F.REC_SEEN_BIRTH, F.REC_CLIENT, F.REC_SERVER, F.REC_NO_COUNTERS, F.REC_LOOKUP_V4)
 SLOTS = F._Track.__slots__
 # a kept end's timer: near the last one seen (within 1 s: not a change) or not, or anything
 TW_LEFT = st.sampled_from([0, 900, 1500, 2500, 59999]) | st.integers(0, 2**32 - 1)
@@ -181,10 +181,21 @@ def test_c_pass_equals_python(case):
     assert checks[0] == checks[1]
     # tracks, however made, are out of the cyclic collector's sight (they cannot be in a cycle)
     assert not any(gc.is_tracked(tr) for tr in engines[0]._tracks.values())
+    # so are the (poll, cookie) of closed flows and the (time, cookie) of kept ends the C passes
+    # queue, and the kept ends' records they merge: under a sustained churn these were most of
+    # what each gen-0 collection walked (250-500 ms passes)
+    e = engines[0]
+    assert not any(gc.is_tracked(x) for x in e._closing) and not any(gc.is_tracked(x) for x in e._tw_due)
+    assert not any(gc.is_tracked(tr.vals) for tr in e._tracks.values() if tr.kind == F.KIND_TW and tr.vals
+                   and tr.vals[fd.I_KIND] != F.KIND_TW)
     c, py = (_state(e) for e in engines)
     assert c.keys() == py.keys()
     for k in c:
         assert c[k] == py[k], k
+    # the lookups' wants, by namespace, made from the tracks' records where no notice gave one
+    asked = sorted(engines[0]._tracks) + [12345678901]
+    assert fd._c.wants_by_ns(engines[0]._tracks, asked) == F.py_wants_by_ns(engines[1]._tracks, asked)
+    assert [tr.want for tr in engines[0]._tracks.values()] == [tr.want for tr in engines[1]._tracks.values()]
     for cookie, f in engines[0]._flows.items():  # the very values, types included (1 == 1.0 == True)
         g = engines[1]._flows[cookie]
         assert [type(getattr(f, n)) for n in fd.FIELDS] == [type(getattr(g, n)) for n in fd.FIELDS]
@@ -266,3 +277,19 @@ def test_a_process_named_again_after_its_exec_is_noted_again():
         assert e._tracks[3].owner == 100
         seen[name] = (dict(e.owners.names), sorted(e._redecode))
     assert seen["C"] == seen["Python"]
+
+
+def test_pair_and_replaced_leave_the_collector_only_what_cannot_be_in_a_cycle():
+    import pytest
+    p = fd.pair(3, 1.5)
+    assert p == (3, 1.5) and not gc.is_tracked(p)
+    with pytest.raises(TypeError, match="two ints or floats"):
+        fd.pair(3, [])
+    v = (1, b"ab", 2.5, True)
+    r = fd.replaced(v, 1, 7)
+    assert r == (1, 7, 2.5, True) and r is not v and not gc.is_tracked(r)
+    held = fd.replaced(v, 0, [])  # a list could lead back to the tuple: it stays in sight
+    assert held == ([], b"ab", 2.5, True) and gc.is_tracked(held)
+    for bad in ((v, 4, 0), (v, -1, 0), ([1, 2], 0, 0)):
+        with pytest.raises(TypeError, match="a tuple, an index"):
+            fd.replaced(*bad)

@@ -191,6 +191,7 @@ static int take_event(PyObject *t, const char *v)
 			PyObject *now = Py_BuildValue("(Kkk)", (unsigned long long)ns, direction, reason);
 			if (!now)
 				return -1;
+			PyObject_GC_UnTrack(now);	/* three numbers: never in a cycle */
 			sset(t, K_LAST_RESET, now);
 		}
 	}

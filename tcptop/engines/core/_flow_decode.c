@@ -59,6 +59,57 @@ static PyObject *untracked(PyObject *f)
 	return f;
 }
 
+/* (a, b) of two numbers, out of the collector's sight: the engine keeps one per closed flow
+ * and per kernel-held end (its _closing queue, its _tw_due heap). Tracked until a collection
+ * passed them, they were most of what each gen-0 pass walked under a sustained churn. */
+static PyObject *atomic_pair(PyObject *a, PyObject *b)
+{
+	PyObject *t = PyTuple_Pack(2, a, b);
+	if (t)
+		PyObject_GC_UnTrack(t);
+	return t;
+}
+
+/* replaced(record, i, value): the record with item i replaced, as a new tuple (the old one
+ * may be shared), out of the collector's sight when it holds numbers and bytes only, as the
+ * records unpack_all makes. */
+static PyObject *replaced(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	Py_ssize_t i;
+	if (nargs != 3 || !PyTuple_Check(args[0]) || (i = PyLong_AsSsize_t(args[1])) < 0 ||
+	    i >= PyTuple_GET_SIZE(args[0])) {
+		if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+			PyErr_Clear();
+			PyErr_SetString(PyExc_TypeError, "replaced: a tuple, an index in it and a value");
+		}
+		return NULL;
+	}
+	Py_ssize_t n = PyTuple_GET_SIZE(args[0]);
+	PyObject *t = PyTuple_New(n);
+	if (!t)
+		return NULL;
+	int atomic = 1;
+	for (Py_ssize_t k = 0; k < n; k++) {
+		PyObject *x = k == i ? args[2] : PyTuple_GET_ITEM(args[0], k);
+		atomic &= PyLong_CheckExact(x) || PyFloat_CheckExact(x) || PyBytes_CheckExact(x) || PyBool_Check(x);
+		PyTuple_SET_ITEM(t, k, Py_NewRef(x));
+	}
+	if (atomic)
+		PyObject_GC_UnTrack(t);
+	return t;
+}
+
+/* pair(a, b): atomic_pair for the engine's Python code; anything but numbers is refused. */
+static PyObject *pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 2 || !(PyLong_CheckExact(args[0]) || PyFloat_CheckExact(args[0])) ||
+	    !(PyLong_CheckExact(args[1]) || PyFloat_CheckExact(args[1]))) {
+		PyErr_SetString(PyExc_TypeError, "pair: two ints or floats");
+		return NULL;
+	}
+	return atomic_pair(args[0], args[1]);
+}
+
 static int ready(void)
 {
 	if (!S.ready)
@@ -574,7 +625,7 @@ static struct {
 	Py_ssize_t slot[TS_N];
 	Py_ssize_t i_kind, i_flags, i_pid, i_refs, i_ino, i_est, i_state, i_comm, i_tw_left;
 	long kind_live, kind_closed, kind_late, kind_tw, st_fin_wait1, st_fin_wait2, st_closing;
-	unsigned long quiescent, seen_birth, client, server, no_counters, reset_rcvd, timed_out;
+	unsigned long quiescent, seen_birth, client, server, no_counters, reset_rcvd, timed_out, lookup_v4;
 	PyObject *state_closed, *zero_f;	/* 7 (model.TCP_STATES' CLOSE), 0.0 */
 	PyObject *append_s;
 	PyObject *heappush, *time_mod, *time_s;	/* heapq.heappush; the time module, "time" */
@@ -646,6 +697,7 @@ static PyObject *setup_tracks(PyObject *self, PyObject *args)
 	T.st_closing = (long)const_of(consts, "ST_CLOSING", &ok);
 	T.reset_rcvd = const_of(consts, "REC_RESET_RCVD", &ok);
 	T.timed_out = const_of(consts, "REC_TIMED_OUT", &ok);
+	T.lookup_v4 = const_of(consts, "REC_LOOKUP_V4", &ok);
 	Py_XSETREF(T.state_closed, PyLong_FromUnsignedLong(const_of(consts, "ST_CLOSED", &ok)));
 	if (!T.zero_f && !(T.zero_f = PyFloat_FromDouble(0.0)))
 		return NULL;
@@ -1014,7 +1066,7 @@ static int to_tw(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObject *v
 	if (err)
 		return -1;
 	PyObject *due = PyFloat_FromDouble(state == T.st_fin_wait2 ? now : expires + 0.05);
-	PyObject *entry = due ? PyTuple_Pack(2, due, cookie) : NULL;
+	PyObject *entry = due ? atomic_pair(due, cookie) : NULL;
 	Py_XDECREF(due);
 	PyObject *r = entry ? PyObject_CallFunctionObjArgs(T.heappush, c->tw_due, entry, NULL) : NULL;
 	Py_XDECREF(entry);
@@ -1057,6 +1109,7 @@ static int to_tw(struct live_ctx *c, PyObject *cookie, PyObject *tr, PyObject *v
 			return -1;
 		for (Py_ssize_t i = 0; i < n; i++)
 			PyTuple_SET_ITEM(merged, i, Py_NewRef(i == T.i_state ? it[T.i_state] : PyTuple_GET_ITEM(base, i)));
+		PyObject_GC_UnTrack(merged);	/* a record's numbers and bytes, as unpack_all's tuples */
 		tset(tr, TS_VALS, merged);
 		Py_DECREF(merged);
 	}
@@ -1257,7 +1310,7 @@ static PyObject *apply_finals(PyObject *self, PyObject *args)
 			goto one_done;
 		}
 		/* FlowEngine._close */
-		PyObject *kc = PyLong_FromLong(T.kind_closed), *entry = PyTuple_Pack(2, due, cookie);
+		PyObject *kc = PyLong_FromLong(T.kind_closed), *entry = atomic_pair(due, cookie);
 		if (!kc || !entry) {
 			Py_XDECREF(kc);
 			Py_XDECREF(entry);
@@ -1434,6 +1487,106 @@ static PyObject *want_of(PyObject *const *it)
 	memcpy(p + NT.w_saddr, PyBytes_AS_STRING(sa) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
 	memcpy(p + NT.w_daddr, PyBytes_AS_STRING(da) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
 	return w;
+}
+
+/* flows._want_of_record: the struct flow_want that looks up the socket of a record. */
+static PyObject *want_of_record(PyObject *const *it)
+{
+	unsigned long long cookie = PyLong_AsUnsignedLongLong(it[S.i_cookie]);
+	unsigned long sport = PyLong_AsUnsignedLong(it[S.i_sport]), dport = PyLong_AsUnsignedLong(it[S.i_dport]);
+	unsigned long flags = PyLong_AsUnsignedLong(it[T.i_flags]);
+	long family = PyLong_AsLong(it[S.i_family]);
+	PyObject *sa = it[S.i_saddr], *da = it[S.i_daddr];
+	if (PyErr_Occurred())
+		return NULL;
+	if (!PyBytes_CheckExact(sa) || !PyBytes_CheckExact(da) || PyBytes_GET_SIZE(sa) != 16 || PyBytes_GET_SIZE(da) != 16) {
+		PyErr_SetString(PyExc_ValueError, "a record's addresses are 16 bytes");
+		return NULL;
+	}
+	int mapped = (flags & T.lookup_v4) != 0;
+	PyObject *w = PyBytes_FromStringAndSize(NULL, NT.w_size);
+	if (!w)
+		return NULL;
+	char *p = PyBytes_AS_STRING(w);
+	memset(p, 0, NT.w_size);
+	put_le(p + NT.w_cookie, cookie, 8);
+	put_le(p + NT.w_sport, sport, 2);
+	put_le(p + NT.w_dport, dport, 2);
+	put_le(p + NT.w_v4, family == 2 || mapped, 2);
+	int v4_in_v6 = family != 2 && mapped;	/* IPv4 in the first four bytes, as the lookup reads it */
+	memcpy(p + NT.w_saddr, PyBytes_AS_STRING(sa) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
+	memcpy(p + NT.w_daddr, PyBytes_AS_STRING(da) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
+	return w;
+}
+
+/* wants_by_ns(tracks, cookies) -> {netns: [want, ...]}: FlowEngine._lookup's grouping
+ * (py_wants_by_ns in flows.py); a track without a want gets its record's, kept. */
+static PyObject *wants_by_ns(PyObject *self, PyObject *args)
+{
+	PyObject *tracks, *cookies, *it, *cookie, *out;
+	if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &tracks, &cookies))
+		return NULL;
+	if (!T.track || !NT.ready) {
+		PyErr_SetString(PyExc_RuntimeError, "wants_by_ns: setup_tracks and setup_notices first");
+		return NULL;
+	}
+	if (!(out = PyDict_New()) || !(it = PyObject_GetIter(cookies))) {
+		Py_XDECREF(out);
+		return NULL;
+	}
+	while ((cookie = PyIter_Next(it))) {
+		int rc = -1;
+		PyObject *tr = PyDict_GetItemWithError(tracks, cookie);
+		if (!tr) {
+			rc = PyErr_Occurred() ? -1 : 0;
+			goto next;
+		}
+		PyObject *want = tget(tr, TS_WANT), *vals = tget(tr, TS_VALS);
+		int has = PyObject_IsTrue(want);
+		if (has < 0)
+			goto next;
+		if (!has && vals != Py_None) {
+			if (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) < S.record_len) {
+				PyErr_SetString(PyExc_ValueError, "wants_by_ns: a track's values are not a record");
+				goto next;
+			}
+			PyObject *w = want_of_record(((PyTupleObject *)vals)->ob_item);
+			if (!w)
+				goto next;
+			tset(tr, TS_WANT, w);
+			Py_DECREF(w);
+			want = tget(tr, TS_WANT);
+			has = 1;
+		}
+		if (has) {
+			PyObject *ns = tget(tr, TS_NETNS);
+			PyObject *lst = PyDict_GetItemWithError(out, ns);
+			if (!lst) {
+				if (PyErr_Occurred() || !(lst = PyList_New(0)))
+					goto next;
+				int bad = PyDict_SetItem(out, ns, lst) < 0;
+				Py_DECREF(lst);
+				if (bad)
+					goto next;
+			}
+			if (PyList_Append(lst, want) < 0)
+				goto next;
+		}
+		rc = 0;
+next:
+		Py_DECREF(cookie);
+		if (rc < 0) {
+			Py_DECREF(it);
+			Py_DECREF(out);
+			return NULL;
+		}
+	}
+	Py_DECREF(it);
+	if (PyErr_Occurred()) {
+		Py_DECREF(out);
+		return NULL;
+	}
+	return out;
 }
 
 /* FlowEngine._track(cookie, now_ns): a new reference. */
@@ -1834,6 +1987,10 @@ static PyMethodDef methods[] = {
 	{"take_notices", take_notices, METH_VARARGS, "FlowEngine._take_notices' pass over a poll's notices."},
 	{"expire_pass", expire_pass, METH_O, "FlowEngine._expire's pass over the closed flows due to go."},
 	{"untrack", untrack, METH_O, "An object of a plain slotted class out of the cyclic collector's sight."},
+	{"wants_by_ns", wants_by_ns, METH_VARARGS, "FlowEngine._lookup's wants, grouped by namespace."},
+	{"pair", (PyCFunction)(void (*)(void))pair, METH_FASTCALL, "(a, b) of two numbers, untracked."},
+	{"replaced", (PyCFunction)(void (*)(void))replaced, METH_FASTCALL,
+	 "A record with one item replaced, untracked when it holds numbers and bytes only."},
 	{"unpack_all", unpack_all, METH_VARARGS,
 	 "Every record of a buffer unpacked by a struct.Struct, as untracked tuples."},
 	{"setup", setup, METH_VARARGS, "Tell the decoder about model.Flow and the record layout."},

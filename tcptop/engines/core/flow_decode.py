@@ -172,6 +172,11 @@ def py_untrack(obj) -> None:
 # sight: the flow engine's tracks, the failure engine's per-socket tallies (~100,000 and
 # ~40,000 under a churn of connections; tracked, every gen-2 collection paused 100-190 ms).
 untrack = _c.untrack if _c is not None else py_untrack
+# (a, b) of two numbers, untracked: the (poll, cookie) of each closed flow and (time, cookie) of
+# each kept end the engine queues (under a sustained churn most of what a gen-0 pass walked).
+pair = _c.pair if _c is not None else lambda a, b: (a, b)
+# A record with item i replaced (untracked when it holds numbers and bytes only).
+replaced = _c.replaced if _c is not None else lambda v, i, x: v[:i] + (x,) + v[i + 1:]
 
 
 def live_passes(track_type: type, consts: dict[str, int], notice_positions: dict[str, int],

@@ -401,8 +401,10 @@ class FlowEngine:
         finals += self._take_finals()
         self.read_ts = time.time()
         t4 = time.perf_counter()
-        big = sum(len(b) for b in records) > 2000 * REC_SIZE
-        if big:  # tens of thousands of new objects: the cyclic collector would walk them again and again
+        # tens of thousands of new objects (a first walk; a churn's final records): the cyclic
+        # collector would walk them again and again, and a pass grows with the batch
+        big = sum(len(b) for b in records) + len(finals) * REC_SIZE > 2000 * REC_SIZE
+        if big:
             gc.disable()
         try:
             self._apply(records, finals)
@@ -560,16 +562,7 @@ class FlowEngine:
         reads the whole table every poll instead."""
         if not cookies or not self._lookups_ok():
             return []
-        by_ns: dict[int, list[bytes]] = collections.defaultdict(list)
-        tracks = self._tracks
-        for c in cookies:
-            tr = tracks.get(c)
-            if tr is None:
-                continue
-            if not tr.want and tr.vals is not None:
-                tr.want = _want_of_record(tr.vals)
-            if tr.want:
-                by_ns[tr.netns].append(tr.want)
+        by_ns = _wants_pass(self._tracks, cookies)
         out: list[bytes] = []
         for ns, wants in by_ns.items():
             if ns == self._host_netns or ns == 0:
@@ -733,10 +726,10 @@ class FlowEngine:
         if v[fd.I_KIND] == KIND_LATE:  # the application read more after the end
             if tr.vals is not None:
                 i = fd.R["read_bytes"]
-                tr.vals = tr.vals[:i] + (v[i],) + tr.vals[i + 1:]
+                tr.vals = fd.replaced(tr.vals, i, v[i])
                 self._decode(cookie, tr)
             return
-        tr.vals = v[:fd.I_STATE] + (tr.vals[fd.I_STATE],) + v[fd.I_STATE + 1:]
+        tr.vals = fd.replaced(v, fd.I_STATE, tr.vals[fd.I_STATE])
         self._decode(cookie, tr)
 
     def _decode(self, cookie: int, tr: _Track) -> None:
@@ -823,7 +816,7 @@ class FlowEngine:
         now = time.time()
         expires = round(now + v[fd.I_TW_LEFT] / 1000, 3)
         # A FIN_WAIT2 end becomes TIME_WAIT when the peer's FIN comes: looked at every poll.
-        heapq.heappush(self._tw_due, (now if v[fd.I_STATE] == ST_FIN_WAIT2 else expires + 0.05, cookie))
+        heapq.heappush(self._tw_due, fd.pair(now if v[fd.I_STATE] == ST_FIN_WAIT2 else expires + 0.05, cookie))
         if tr.kind == KIND_TW and tr.vals[fd.I_STATE] == v[fd.I_STATE] and abs(expires - tr.tw_expires_ts) < 1.0:
             return  # as it was
         tr.tw_expires_ts = expires
@@ -834,7 +827,7 @@ class FlowEngine:
             tr.vals = v
             tr.since_start = True
         else:
-            tr.vals = base[:fd.I_STATE] + (v[fd.I_STATE],) + base[fd.I_STATE + 1:]
+            tr.vals = fd.replaced(base, fd.I_STATE, v[fd.I_STATE])
         tr.kind = KIND_TW
         self._set_place(tr, b"", v[fd.I_NETNS])
         self._decode(cookie, tr)
@@ -852,7 +845,7 @@ class FlowEngine:
         tr.tw_expires_ts = 0.0
         self._watch.discard(cookie)
         self._verify.discard(cookie)
-        self._closing.append((self._polls + self.closed_keep_polls, cookie))
+        self._closing.append(fd.pair(self._polls + self.closed_keep_polls, cookie))
         self._decode(cookie, tr)
 
     def _forget(self, cookie: int) -> None:
@@ -1063,10 +1056,12 @@ _C_PASSES = fd.live_passes(_Track, {
     "REC_QUIESCENT": REC_QUIESCENT, "REC_SEEN_BIRTH": REC_SEEN_BIRTH, "REC_CLIENT": REC_CLIENT,
     "REC_SERVER": REC_SERVER, "REC_NO_COUNTERS": REC_NO_COUNTERS, "REC_RESET_RCVD": REC_RESET_RCVD,
     "REC_TIMED_OUT": REC_TIMED_OUT, "ST_FIN_WAIT1": ST_FIN_WAIT1, "ST_FIN_WAIT2": ST_FIN_WAIT2,
-    "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED, "NOTE_DIRTY": NOTE_DIRTY, "NOTE_OWNER": NOTE_OWNER},
+    "ST_CLOSING": ST_CLOSING, "ST_CLOSED": ST_CLOSED, "NOTE_DIRTY": NOTE_DIRTY, "NOTE_OWNER": NOTE_OWNER,
+    "REC_LOOKUP_V4": REC_LOOKUP_V4},
     N, {name: getattr(FlowWant, name).offset for name, _ in FlowWant._fields_}, WANT.size)
 _live_pass, _finals_pass, _tw_pass, _expire_pass, _notices_pass = _C_PASSES or (
     py_apply_live, py_apply_finals, py_tw_pass, py_expire_pass, py_take_notices)
+_wants_pass = fd._c.wants_by_ns if _C_PASSES else py_wants_by_ns
 # A track can never be part of a cycle (it holds a record, a Flow, bytes and numbers): out of
 # the collector's sight, as the C passes make theirs.
 _untrack = fd.untrack
@@ -1093,6 +1088,21 @@ def _holders_of(buf: bytes) -> tuple[dict[int, int], dict[int, bytes]]:
     last = dict(zip(pids, range(n)))  # pid -> index of its last record
     comms = {pid: buf[i * HOLDER_SIZE + at:i * HOLDER_SIZE + at + width] for pid, i in last.items()}
     return holders, comms
+
+
+def py_wants_by_ns(tracks: dict[int, _Track], cookies) -> dict[int, list[bytes]]:
+    """FlowEngine._lookup's wants by namespace; a track without a want gets its record's.
+    _flow_decode.wants_by_ns does the same in C."""
+    by_ns: dict[int, list[bytes]] = {}
+    for c in cookies:
+        tr = tracks.get(c)
+        if tr is None:
+            continue
+        if not tr.want and tr.vals is not None:
+            tr.want = _want_of_record(tr.vals)
+        if tr.want:
+            by_ns.setdefault(tr.netns, []).append(tr.want)
+    return by_ns
 
 
 def _want_of_record(v: tuple) -> bytes:
