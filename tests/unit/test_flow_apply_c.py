@@ -293,3 +293,16 @@ def test_pair_and_replaced_leave_the_collector_only_what_cannot_be_in_a_cycle():
     for bad in ((v, 4, 0), (v, -1, 0), ([1, 2], 0, 0)):
         with pytest.raises(TypeError, match="a tuple, an index"):
             fd.replaced(*bad)
+
+
+def test_without_the_c_helpers_the_engine_takes_its_python_passes():
+    """A host where the C modules did not build still imports and runs the engine (slower)."""
+    import subprocess
+    import sys
+    code = ("import tcptop.native as n; n.load = lambda name: (None, 'not built'); "
+            "import tcptop.engines.core.flows as F, tcptop.engines.core.flow_decode as fd; "
+            "assert fd.DECODER.startswith('Python') and F._wants_pass is F.py_wants_by_ns; "
+            "assert (F._live_pass, F._finals_pass) == (F.py_apply_live, F.py_apply_finals); "
+            "assert fd.pair(1, 2.5) == (1, 2.5) and fd.replaced((1, 2), 0, 3) == (3, 2); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
