@@ -422,19 +422,22 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
             time.sleep(0.5)
             c0, w0 = proc_cpu_s(t.pid), time.monotonic()
             churn.start()
+            sampler = _CpuSampler(t.pid, min(CHURN_WINDOW_S, seconds / 2))
             made = churn.wait()
             done = time.monotonic()
+            windows = sampler.stop()
             caught_up = _wait_caught_up(t, ports)  # the last ends reach a line (tcptop may lag)
             cpu, wall = proc_cpu_s(t.pid) - c0, time.monotonic() - w0
         stamps = [ts for ts, _, _ in t.lines]
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        ends, lost, last, stamps_ts = set(), 0, None, []
+        ends, lost, last, stamps_ts, first_ts = set(), 0, None, [], None
         for _, _, line in t.lines:
             if not line:
                 continue
             d = json.loads(line)
             last = d
             stamps_ts.append(d["ts"])
+            first_ts = first_ts or (d["ts"] if d["flows"] else None)
             for f in d["flows"]:
                 if f["closed"] or f["state"] == "TIME_WAIT":
                     ends.add((f["id"], f["rport"]))  # by socket: 100,000 connections reuse local ports
@@ -442,13 +445,44 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
         lost_by = {k: n for k, n in last["run"].get("events_lost_by", {}).items() if n} if last else {}
         client_ends = {e for e in ends if e[1] in ports}
         ts_gaps = [b - a for a, b in zip(stamps_ts, stamps_ts[1:])]  # when tcptop read the kernel
+        # how long the churn was held: from its first ends to the first snapshot late by over 1.5 s
+        late = [b for a, b in zip(stamps_ts, stamps_ts[1:]) if b - a > 1.5 and first_ts and b > first_ts]
+        held_s = (late[0] - 1.5 - first_ts) if late else None
         return {"made": made, "rate": made / seconds, "client_ends": len(client_ends), "all_ends": len(ends),
                 "caught_up_s": caught_up - done if caught_up else None,
                 "max_gap": max(gaps), "gaps_over": sum(1 for g in gaps if g > 1.5), "cpu_pct": 100 * cpu / wall,
                 "max_ts_gap": max(ts_gaps), "ts_gaps_over": sum(1 for g in ts_gaps if g > 1.5),
-                "lost": lost, "lost_by": lost_by}
+                "lost": lost, "lost_by": lost_by, "windows": windows, "window_s": min(CHURN_WINDOW_S, seconds / 2),
+                "held_s": held_s}
     finally:
         churn.close()
+
+
+CHURN_WINDOW_S = 10.0  # the churn's CPU is also told per window (half the churn if shorter): its steady state
+
+
+class _CpuSampler:
+    """A process's CPU in each `window_s` while the churn runs (% of a core per window):
+    the first window holds no expiry yet (closed flows go polls later, kept ends a minute
+    later), so a short churn's mean is below what a sustained one costs."""
+
+    def __init__(self, pid: int, window_s: float):
+        self.pid, self.window_s, self.out = pid, window_s, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        c0, w0 = proc_cpu_s(self.pid), time.monotonic()
+        while not self._stop.wait(self.window_s):
+            c, w = proc_cpu_s(self.pid), time.monotonic()
+            self.out.append(100 * (c - c0) / (w - w0))
+            c0, w0 = c, w
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._t.join(5)
+        return self.out
 
 
 # -- section: screen -----------------------------------------------------------------------
@@ -758,6 +792,13 @@ def main() -> int:
         print(f"- longest gap between snapshots (their ts) {r['max_ts_gap']:.2f} s ({r['ts_gaps_over']} over 1.5 s); "
               f"between lines as they reached the reader {r['max_gap']:.2f} s ({r['gaps_over']} over 1.5 s); "
               f"tcptop used {r['cpu_pct']:.1f} % of a core")
+        if r["windows"]:
+            steady = r["windows"][1:] or r["windows"]
+            print(f"- CPU in each {r['window_s']:g} s of the churn: {fmt_runs(r['windows'])} % of a core "
+                  f"(after the first window: median {statistics.median(steady):.1f} %)")
+        print("- snapshots held within 1.5 s of each other "
+              + (f"for {r['held_s']:.0f} s of the churn's ends" if r["held_s"] is not None
+                 else "throughout"))
     if "screen" in only:
         runs = [measure_screen(a.connections, mode, a.screen_seconds, a.screen_sorts == "both", a.screen_churn)
                 for mode in modes]
