@@ -1460,18 +1460,13 @@ static void put_le(char *p, unsigned long long v, int n)
 		p[i] = (char)(v >> (8 * i));
 }
 
-/* flows._want_of_notice: the struct flow_want that looks a noticed socket up. */
-static PyObject *want_of(PyObject *const *it)
+/* flows._want: a struct flow_want, IPv4 in the first four bytes as the lookup reads it
+ * (`what` names the addresses' owner in the error). */
+static PyObject *pack_want(unsigned long long cookie, unsigned long sport, unsigned long dport, long family,
+			   int mapped, PyObject *sa, PyObject *da, const char *what)
 {
-	unsigned long long cookie = PyLong_AsUnsignedLongLong(it[0]);
-	unsigned long sport = PyLong_AsUnsignedLong(it[NT.i_sport]), dport = PyLong_AsUnsignedLong(it[NT.i_dport]);
-	long family = PyLong_AsLong(it[NT.i_family]);
-	int mapped = PyObject_IsTrue(it[NT.i_v4]);
-	PyObject *sa = it[NT.i_saddr], *da = it[NT.i_daddr];
-	if (PyErr_Occurred() || mapped < 0)
-		return NULL;
 	if (!PyBytes_CheckExact(sa) || !PyBytes_CheckExact(da) || PyBytes_GET_SIZE(sa) != 16 || PyBytes_GET_SIZE(da) != 16) {
-		PyErr_SetString(PyExc_ValueError, "a notice's addresses are 16 bytes");
+		PyErr_Format(PyExc_ValueError, "a %s's addresses are 16 bytes", what);
 		return NULL;
 	}
 	PyObject *w = PyBytes_FromStringAndSize(NULL, NT.w_size);
@@ -1483,10 +1478,22 @@ static PyObject *want_of(PyObject *const *it)
 	put_le(p + NT.w_sport, sport, 2);
 	put_le(p + NT.w_dport, dport, 2);
 	put_le(p + NT.w_v4, family == 2 || mapped, 2);
-	int v4_in_v6 = family != 2 && mapped;	/* IPv4 in the first four bytes, as the lookup reads it */
+	int v4_in_v6 = family != 2 && mapped;
 	memcpy(p + NT.w_saddr, PyBytes_AS_STRING(sa) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
 	memcpy(p + NT.w_daddr, PyBytes_AS_STRING(da) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
 	return w;
+}
+
+/* flows._want_of_notice: the struct flow_want that looks a noticed socket up. */
+static PyObject *want_of(PyObject *const *it)
+{
+	unsigned long long cookie = PyLong_AsUnsignedLongLong(it[0]);
+	unsigned long sport = PyLong_AsUnsignedLong(it[NT.i_sport]), dport = PyLong_AsUnsignedLong(it[NT.i_dport]);
+	long family = PyLong_AsLong(it[NT.i_family]);
+	int mapped = PyObject_IsTrue(it[NT.i_v4]);
+	if (PyErr_Occurred() || mapped < 0)
+		return NULL;
+	return pack_want(cookie, sport, dport, family, mapped, it[NT.i_saddr], it[NT.i_daddr], "notice");
 }
 
 /* flows._want_of_record: the struct flow_want that looks up the socket of a record. */
@@ -1496,27 +1503,10 @@ static PyObject *want_of_record(PyObject *const *it)
 	unsigned long sport = PyLong_AsUnsignedLong(it[S.i_sport]), dport = PyLong_AsUnsignedLong(it[S.i_dport]);
 	unsigned long flags = PyLong_AsUnsignedLong(it[T.i_flags]);
 	long family = PyLong_AsLong(it[S.i_family]);
-	PyObject *sa = it[S.i_saddr], *da = it[S.i_daddr];
 	if (PyErr_Occurred())
 		return NULL;
-	if (!PyBytes_CheckExact(sa) || !PyBytes_CheckExact(da) || PyBytes_GET_SIZE(sa) != 16 || PyBytes_GET_SIZE(da) != 16) {
-		PyErr_SetString(PyExc_ValueError, "a record's addresses are 16 bytes");
-		return NULL;
-	}
-	int mapped = (flags & T.lookup_v4) != 0;
-	PyObject *w = PyBytes_FromStringAndSize(NULL, NT.w_size);
-	if (!w)
-		return NULL;
-	char *p = PyBytes_AS_STRING(w);
-	memset(p, 0, NT.w_size);
-	put_le(p + NT.w_cookie, cookie, 8);
-	put_le(p + NT.w_sport, sport, 2);
-	put_le(p + NT.w_dport, dport, 2);
-	put_le(p + NT.w_v4, family == 2 || mapped, 2);
-	int v4_in_v6 = family != 2 && mapped;	/* IPv4 in the first four bytes, as the lookup reads it */
-	memcpy(p + NT.w_saddr, PyBytes_AS_STRING(sa) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
-	memcpy(p + NT.w_daddr, PyBytes_AS_STRING(da) + (v4_in_v6 ? 12 : 0), v4_in_v6 ? 4 : 16);
-	return w;
+	return pack_want(cookie, sport, dport, family, (flags & T.lookup_v4) != 0, it[S.i_saddr], it[S.i_daddr],
+			 "record");
 }
 
 /* wants_by_ns(tracks, cookies) -> {netns: [want, ...]}: FlowEngine._lookup's grouping
