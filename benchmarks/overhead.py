@@ -445,9 +445,10 @@ def measure_churn(rate: float, seconds: float, latency: str) -> dict:
         lost_by = {k: n for k, n in last["run"].get("events_lost_by", {}).items() if n} if last else {}
         client_ends = {e for e in ends if e[1] in ports}
         ts_gaps = [b - a for a, b in zip(stamps_ts, stamps_ts[1:])]  # when tcptop read the kernel
-        # how long the churn was held: from its first ends to the first snapshot late by over 1.5 s
-        late = [b for a, b in zip(stamps_ts, stamps_ts[1:]) if b - a > 1.5 and first_ts and b > first_ts]
-        held_s = (late[0] - 1.5 - first_ts) if late else None
+        # how long the churn was held: from the snapshot with its first ends to the last one before
+        # the first gap over 1.5 s
+        late = [a for a, b in zip(stamps_ts, stamps_ts[1:]) if b - a > 1.5 and first_ts and a >= first_ts]
+        held_s = (late[0] - first_ts) if late else None
         return {"made": made, "rate": made / seconds, "client_ends": len(client_ends), "all_ends": len(ends),
                 "caught_up_s": caught_up - done if caught_up else None,
                 "max_gap": max(gaps), "gaps_over": sum(1 for g in gaps if g > 1.5), "cpu_pct": 100 * cpu / wall,
