@@ -280,3 +280,55 @@ def test_every_closed_connection_of_a_burst_has_one_final_record(linger):
         assert snap.run.events_lost == lost0
     finally:
         e.close()
+
+
+def test_a_time_wait_end_a_new_connection_takes_over_is_listed_closed_as_ss_drops_it(engine):
+    """A client that connects again from the same port (as a busy client cycling its ports
+    does) sends a SYN to the server's TIME_WAIT end of that 4-tuple; the kernel drops the end
+    with no event and the new connection takes its place. The end is listed closed (it was
+    listed in TIME_WAIT up to its 60 s timer before), the new connection ESTABLISHED, and
+    the TIME_WAIT ends listed for the server's port are those ss lists."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(8)
+    port = lst.getsockname()[1]
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("127.0.0.1", 0))
+    c.connect(("127.0.0.1", port))
+    s, _ = lst.accept()
+    exchange(c, s)
+    st = four_tuple(s)
+    s.close()  # the server closes first: its end is kept in TIME_WAIT
+    assert c.recv(10) == b""
+    c.close()
+    old = ended(engine, st, states=("TIME_WAIT",))
+    assert old.state == "TIME_WAIT" and not old.closed
+    assert ss_ends(port)[st][0] == "TIME-WAIT"
+    c2 = socket.socket()
+    c2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c2.bind(("127.0.0.1", st[3]))
+    c2.connect(("127.0.0.1", port))  # the SYN the TIME_WAIT end gives way to
+    s2, _ = lst.accept()
+    assert four_tuple(s2) == st and st not in ss_ends(port)
+
+    def both(snap):
+        by_id = {f.id: f for f in snap.flows}
+        new = [f for f in snap.flows if (f.laddr, f.lport, f.raddr, f.rport) == st and f.id != old.id]
+        gone = by_id.get(old.id)
+        return (gone, new[0]) if new and gone is not None and gone.closed else None
+    snap_pair = None
+    deadline = time.monotonic() + 10
+    while snap_pair is None:
+        snap = engine.poll()
+        snap_pair = both(snap)
+        assert snap_pair is not None or time.monotonic() < deadline, \
+            f"still listed: {[f for f in snap.flows if (f.laddr, f.lport, f.raddr, f.rport) == st]}"
+        time.sleep(0.05)
+    gone, new = snap_pair
+    assert gone.closed and gone.tw_expires_ts == 0 and new.state == "ESTABLISHED" and not new.closed
+    kept = {(f.laddr, f.lport, f.raddr, f.rport) for f in snap.flows
+            if f.state == "TIME_WAIT" and not f.closed and port in (f.lport, f.rport)}
+    assert kept == {t for t, (state, _) in ss_ends(port).items() if state == "TIME-WAIT"}
+    for x in (c2, s2, lst):
+        x.close()

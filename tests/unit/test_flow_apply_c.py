@@ -30,6 +30,7 @@ SLOTS = F._Track.__slots__
 TW_LEFT = st.sampled_from([0, 900, 1500, 2500, 59999]) | st.integers(0, 2**32 - 1)
 PASSES = {"C": (fd._c.apply_live, fd._c.apply_finals, fd._c.tw_pass, fd._c.expire_pass, fd._c.take_notices),
           "Python": (F.py_apply_live, F.py_apply_finals, F.py_tw_pass, F.py_expire_pass, F.py_take_notices)}
+SWEEPS = {"C": (fd._c.tw_sweep, fd._c.close_kept), "Python": (F.py_tw_sweep, F.py_close_kept)}
 
 
 class _Owners:
@@ -75,11 +76,21 @@ def _engine(first, redecode, no_counters):
     e.touched, e._watch, e._verify = set(), set(), set()
     e._redecode, e._no_counters = set(redecode), set(no_counters)
     e._ns_count = collections.Counter()
-    e._closing, e._tw_due = collections.deque(), []
+    e._closing, e._tw_due, e._tw_at, e._tw_keys = collections.deque(), [], {}, {}
     e._boot_offset, e._changed, e._polls, e.closed_keep_polls = 1764600000.25, False, 2, 3
     e.owners, e.hooks, e._first_holders = _Owners(), {}, first
     e._forks = []
     return e
+
+
+ADDRS = [bytes(range(16)), bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])]
+
+
+def _same_places(draw, v: list) -> None:
+    """A record's 4-tuple from a few, so sockets share places (a new socket where a kept end was)."""
+    v[fd.I_SPORT], v[fd.I_DPORT] = draw(st.sampled_from([80, 5000])), draw(st.sampled_from([80, 5000]))
+    v[fd.I_SADDR], v[fd.I_DADDR] = draw(st.sampled_from(ADDRS)), draw(st.sampled_from(ADDRS))
+    v[fd.I_FAMILY] = draw(st.sampled_from([2, 10]))
 
 
 @st.composite
@@ -104,6 +115,8 @@ def batches(draw):
             v[fd.I_INO] = draw(st.integers(1, 30))
             v[fd.I_COMM] = draw(st.sampled_from([b"redis-server\0\0\0\0", bytes(16), b"curl" + bytes(12)]))
             v[fd.I_TW_LEFT] = draw(TW_LEFT)
+            if draw(st.booleans()):
+                _same_places(draw, v)
             batch.append(tuple(v))
         finals = []
         for _ in range(draw(st.integers(0, 6))):
@@ -123,6 +136,8 @@ def batches(draw):
             v[fd.I_STATE] = draw(st.sampled_from([5, 6]))
             v[fd.I_TW_LEFT] = draw(TW_LEFT)
             v[fd.I_NETNS] = draw(st.sampled_from([4026531840, 4026532999]))
+            if draw(st.booleans()):
+                _same_places(draw, v)
             kept.append(tuple(v))
         notices = []
         for _ in range(draw(st.integers(0, 10))):
@@ -163,7 +178,7 @@ def test_c_pass_equals_python(case):
     polls, first, redecode, no_counters = case
     with mock.patch("time.time", return_value=1764612345.5):
         engines, checks = [], []
-        for live_pass, finals_pass, tw_pass, expire_pass, notices_pass in PASSES.values():
+        for impl, (live_pass, finals_pass, tw_pass, expire_pass, notices_pass) in PASSES.items():
             e = _engine(first, redecode, no_counters)
             got = []
             for n, (finals, kept, recs, lookups_ok, later, notices) in enumerate(polls):
@@ -173,6 +188,10 @@ def test_c_pass_equals_python(case):
                 got.append(finals_pass(list(finals), e, lookups_ok))
                 got.append(tw_pass(list(kept), e))
                 live_pass(list(recs), e, first)
+                sweep, close = SWEEPS[impl]
+                kills = sweep(e._tracks, set(e.touched), e._tw_at, e._tw_keys)
+                got.append((sorted(kills), dict(e._tw_at), dict(e._tw_keys)))
+                close(sorted(kills), e)
                 e._polls += later  # closed flows stay listed closed_keep_polls polls, then go
                 expire_pass(e)
                 got.append(sorted(e.touched))
@@ -306,3 +325,43 @@ def test_without_the_c_helpers_the_engine_takes_its_python_passes():
             "assert fd.pair(1, 2.5) == (1, 2.5) and fd.replaced((1, 2), 0, 3) == (3, 2); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_kept_end_goes_when_a_socket_takes_its_place():
+    """A TIME_WAIT end is dropped by the kernel, with no event, when a new socket takes its
+    4-tuple (a SYN reusing it, a connect reusing its port): a socket born after it ended closes
+    it; one born before does not; of two kept ends of one place the later stays."""
+    base = list(fd.RECORD.unpack(bytes(fd.RECORD.size)))
+    base[fd.I_FAMILY], base[fd.I_SPORT], base[fd.I_DPORT] = 2, 5000, 41000
+    base[fd.I_SADDR] = base[fd.I_DADDR] = bytes([127, 0, 0, 1]) + bytes(12)
+    base[fd.I_NETNS], base[fd.I_PID] = 4026531840, 100
+
+    def rec(cookie, kind, now, state=1, est=0, sport=5000):
+        v = list(base)
+        v[fd.I_COOKIE], v[fd.I_KIND], v[fd.I_NOW], v[fd.I_STATE], v[fd.I_SPORT] = cookie, kind, now, state, sport
+        v[fd.I_EST], v[fd.I_FLAGS] = est, F.REC_SEEN_BIRTH if est else 0
+        return tuple(v)
+
+    for impl, (live_pass, _finals, _tw, _expire, _notices) in PASSES.items():
+        e = _engine(None, (), ())
+
+        def poll(recs, kept=()):  # kept ends as the walk finds them
+            e.touched = set()
+            live_pass(list(kept) + list(recs), e, None)
+            sweep, close = SWEEPS[impl]
+            close(sweep(e._tracks, set(e.touched), e._tw_at, e._tw_keys), e)
+
+        with mock.patch("time.time", return_value=1764612345.5):
+            poll([], [rec(1, F.KIND_TW, 1000, state=6)])          # kept end, ended at 1000
+            poll([rec(2, F.KIND_LIVE, 900, est=900, sport=6000)])  # another place: nothing
+            poll([rec(3, F.KIND_LIVE, 950, est=500)])              # born before it ended: stays
+            assert e._flows[1].state == "TIME_WAIT" and not e._flows[1].closed, impl
+            poll([rec(4, F.KIND_LIVE, 2000, est=1500)])            # born after: the kernel dropped it
+            assert e._flows[1].closed and e._flows[4].state == "ESTABLISHED", impl
+            assert e._tw_at == {} and e._tw_keys == {}, impl
+            poll([], [rec(5, F.KIND_TW, 3000, state=6)])
+            poll([], [rec(6, F.KIND_TW, 2500, state=6)])          # ended first, its record late: gone
+            assert not e._flows[5].closed and e._flows[6].closed, impl
+            poll([], [rec(7, F.KIND_TW, 4000, state=6)])          # a later one there: 5 goes
+            assert e._flows[5].closed and not e._flows[7].closed, impl
+            assert list(e._tw_keys) == [7] and list(e._tw_at.values()) == [7], impl

@@ -1262,6 +1262,28 @@ out:
  * except where the kernel may keep a TIME_WAIT or FIN_WAIT2 end (returned: the engine looks
  * those up); a late read and a final record after the walk saw the kernel's end go to the
  * engine's _final_other. */
+/* FlowEngine._close of a track the caller holds: listed closed until poll `due`. */
+static int close_track(struct live_ctx *c, PyObject *closing, PyObject *due, PyObject *cookie, PyObject *tr)
+{
+	PyObject *kc = PyLong_FromLong(T.kind_closed), *entry = atomic_pair(due, cookie);
+	if (!kc || !entry) {
+		Py_XDECREF(kc);
+		Py_XDECREF(entry);
+		return -1;
+	}
+	tset(tr, TS_KIND, kc);
+	Py_DECREF(kc);
+	tset(tr, TS_TW, T.zero_f);
+	PyObject *r = NULL;
+	if (PySet_Discard(c->watch, cookie) >= 0 && PySet_Discard(c->verify, cookie) >= 0)
+		r = PyObject_CallMethodOneArg(closing, T.append_s, entry);
+	Py_DECREF(entry);
+	if (!r)
+		return -1;
+	Py_DECREF(r);
+	return decode_live(c, cookie, tr);
+}
+
 static PyObject *apply_finals(PyObject *self, PyObject *args)
 {
 	PyObject *recs, *closing = NULL, *polls = NULL, *keep = NULL, *due = NULL, *checks = NULL, *ret = NULL;
@@ -1309,24 +1331,7 @@ static PyObject *apply_finals(PyObject *self, PyObject *args)
 			rc = PyList_Append(checks, cookie);
 			goto one_done;
 		}
-		/* FlowEngine._close */
-		PyObject *kc = PyLong_FromLong(T.kind_closed), *entry = atomic_pair(due, cookie);
-		if (!kc || !entry) {
-			Py_XDECREF(kc);
-			Py_XDECREF(entry);
-			goto one_done;
-		}
-		tset(tr, TS_KIND, kc);
-		Py_DECREF(kc);
-		tset(tr, TS_TW, T.zero_f);
-		PyObject *r = NULL;
-		if (PySet_Discard(c.watch, cookie) >= 0 && PySet_Discard(c.verify, cookie) >= 0)
-			r = PyObject_CallMethodOneArg(closing, T.append_s, entry);
-		Py_DECREF(entry);
-		if (r) {
-			Py_DECREF(r);
-			rc = decode_live(&c, cookie, tr);
-		}
+		rc = close_track(&c, closing, due, cookie, tr);
 one_done:
 		Py_XDECREF(tr);
 		Py_DECREF(v);
@@ -1577,6 +1582,224 @@ next:
 		return NULL;
 	}
 	return out;
+}
+
+/* A track's place for tw_sweep: (netns, its want without the cookie), a new reference; None
+ * when neither a notice nor a record says where it is. The want made from the record is kept. */
+static PyObject *place_of(PyObject *tr)
+{
+	PyObject *want = tget(tr, TS_WANT), *vals = tget(tr, TS_VALS);
+	int has = PyObject_IsTrue(want);
+	if (has < 0)
+		return NULL;
+	if (!has) {
+		if (vals == Py_None)
+			Py_RETURN_NONE;
+		if (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) < S.record_len) {
+			PyErr_SetString(PyExc_ValueError, "tw_sweep: a track's values are not a record");
+			return NULL;
+		}
+		PyObject *w = want_of_record(((PyTupleObject *)vals)->ob_item);
+		if (!w)
+			return NULL;
+		tset(tr, TS_WANT, w);
+		Py_DECREF(w);
+		want = tget(tr, TS_WANT);
+	}
+	if (!PyBytes_Check(want) || PyBytes_GET_SIZE(want) < 8) {
+		PyErr_SetString(PyExc_ValueError, "tw_sweep: a want is a struct flow_want");
+		return NULL;
+	}
+	PyObject *rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(want) + 8, PyBytes_GET_SIZE(want) - 8);
+	PyObject *key = rest ? PyTuple_Pack(2, tget(tr, TS_NETNS), rest) : NULL;
+	Py_XDECREF(rest);
+	if (key)
+		PyObject_GC_UnTrack(key);
+	return key;
+}
+
+/* When a kept end stopped being a full socket: its record's time (monotonic ns), or -1. */
+static long long ended_ns(PyObject *tr)
+{
+	PyObject *vals = tget(tr, TS_VALS);
+	if (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) < S.record_len)
+		return -1;
+	long long t = PyLong_AsLongLong(PyTuple_GET_ITEM(vals, S.i_now));
+	return t == -1 && PyErr_Occurred() ? -2 : t;
+}
+
+/* tw_sweep(tracks, touched, at, keys) -> cookies: FlowEngine._sweep_kept's pass (py_tw_sweep in
+ * flows.py). `at` maps each kept end's place to its cookie, `keys` the cookie back. A place holds
+ * one socket in the kernel: a socket born after a kept end of its place ended (a SYN that
+ * reused the 4-tuple, a connect that reused a TIME_WAIT port), or a later kept end of the same
+ * place, means the kernel dropped the older end. Those ends are returned, to close. */
+static PyObject *tw_sweep(PyObject *self, PyObject *args)
+{
+	PyObject *tracks, *touched, *at, *keys, *it, *c, *kills;
+	if (!PyArg_ParseTuple(args, "O!OO!O!", &PyDict_Type, &tracks, &touched, &PyDict_Type, &at, &PyDict_Type, &keys))
+		return NULL;
+	if (!T.track || !NT.ready) {
+		PyErr_SetString(PyExc_RuntimeError, "tw_sweep: setup_tracks and setup_notices first");
+		return NULL;
+	}
+	if (!(kills = PyList_New(0)))
+		return NULL;
+	/* the kept ends first, then the sockets that may have taken their places */
+	for (int pass = 0; pass < 2; pass++) {
+	if (!(it = PyObject_GetIter(touched))) {
+		Py_DECREF(kills);
+		return NULL;
+	}
+	while ((c = PyIter_Next(it))) {
+		int rc = -1;
+		PyObject *k = NULL, *tr = PyDict_GetItemWithError(tracks, c);
+		if (!tr && PyErr_Occurred())
+			goto next;
+		long kind = tr ? PyLong_AsLong(tget(tr, TS_KIND)) : -1;
+		if (kind == -1 && PyErr_Occurred())
+			goto next;
+		if (kind == T.kind_tw) {
+			if (pass == 1) {
+				rc = 0;
+				goto next;
+			}
+			int known = PyDict_Contains(keys, c);
+			if (known) {
+				rc = known < 0 ? -1 : 0;
+				goto next;
+			}
+			if (!(k = place_of(tr)))
+				goto next;
+			if (k == Py_None) {
+				rc = 0;
+				goto next;
+			}
+			PyObject *old = PyDict_GetItemWithError(at, k);
+			if (!old && PyErr_Occurred())
+				goto next;
+			if (old) {	/* two kept ends of one place: the one that ended first is gone */
+				Py_INCREF(old);
+				PyObject *otr = PyDict_GetItemWithError(tracks, old);
+				long long t_old = otr ? ended_ns(otr) : -1, t_new = ended_ns(tr);
+				int bad = t_old == -2 || t_new == -2 || PyErr_Occurred();
+				if (!bad && t_new < t_old) {	/* this one ended first (its record came late) */
+					bad = PyList_Append(kills, c) < 0;
+					Py_DECREF(old);
+					rc = bad ? -1 : 0;
+					goto next;
+				}
+				bad = bad || PyDict_DelItem(keys, old) < 0 || (otr && PyList_Append(kills, old) < 0);
+				Py_DECREF(old);
+				if (bad)
+					goto next;
+			}
+			if (PyDict_SetItem(at, k, c) < 0 || PyDict_SetItem(keys, c, k) < 0)
+				goto next;
+			rc = 0;
+			goto next;
+		}
+		if (pass == 0) {	/* no longer kept: out of the index */
+			k = PyDict_GetItemWithError(keys, c);
+			if (!k && PyErr_Occurred())
+				goto next;
+			if (!k) {
+				rc = 0;
+				goto next;
+			}
+			Py_INCREF(k);
+			PyObject *there = PyDict_GetItemWithError(at, k);
+			if (!there && PyErr_Occurred())
+				goto next;
+			int same = there ? PyObject_RichCompareBool(there, c, Py_EQ) : 0;
+			if (same < 0 || (same && PyDict_DelItem(at, k) < 0) || PyDict_DelItem(keys, c) < 0)
+				goto next;
+			rc = 0;
+			goto next;
+		}
+		if (!tr || PyDict_GET_SIZE(at) == 0) {
+			rc = 0;
+			goto next;
+		}
+		if (!(k = place_of(tr)))
+			goto next;
+		PyObject *old = k == Py_None ? NULL : PyDict_GetItemWithError(at, k);
+		if (!old) {
+			rc = PyErr_Occurred() ? -1 : 0;
+			goto next;
+		}
+		PyObject *otr = PyDict_GetItemWithError(tracks, old);
+		long long born = PyLong_AsLongLong(tget(tr, TS_BORN)), t_old = otr ? ended_ns(otr) : -1;
+		if (PyErr_Occurred() || t_old == -2)
+			goto next;
+		if (born > t_old) {	/* born after the kept end ended: the kernel dropped that end */
+			Py_INCREF(old);
+			int bad = PyList_Append(kills, old) < 0 || PyDict_DelItem(keys, old) < 0 || PyDict_DelItem(at, k) < 0;
+			Py_DECREF(old);
+			if (bad)
+				goto next;
+		}
+		rc = 0;
+next:
+		Py_XDECREF(k);
+		Py_DECREF(c);
+		if (rc < 0) {
+			Py_DECREF(it);
+			Py_DECREF(kills);
+			return NULL;
+		}
+	}
+	Py_DECREF(it);
+	if (PyErr_Occurred()) {
+		Py_DECREF(kills);
+		return NULL;
+	}
+	}
+	return kills;
+}
+
+/* close_kept(cookies, engine): FlowEngine._sweep_kept's closing of the kept ends tw_sweep
+ * found dropped (py_close_kept in flows.py): each still kept is closed as _gone closes it. */
+static PyObject *close_kept(PyObject *self, PyObject *args)
+{
+	PyObject *kills, *closing = NULL, *polls = NULL, *keep = NULL, *due = NULL, *ret = NULL;
+	struct live_ctx c = {.first = Py_None};
+	if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &kills, &c.eng) || ctx_open(&c, "close_kept") < 0)
+		return NULL;
+	if (!(closing = PyObject_GetAttrString(c.eng, "_closing")) || !(polls = PyObject_GetAttrString(c.eng, "_polls")) ||
+	    !(keep = PyObject_GetAttrString(c.eng, "closed_keep_polls")) || !(due = PyNumber_Add(polls, keep)))
+		goto out;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(kills); i++) {
+		PyObject *cookie = PyList_GET_ITEM(kills, i);
+		PyObject *tr = PyDict_GetItemWithError(c.tracks, cookie);
+		if (!tr) {
+			if (PyErr_Occurred())
+				goto out;
+			continue;
+		}
+		Py_INCREF(tr);
+		Py_INCREF(cookie);
+		long kind = PyLong_AsLong(tget(tr, TS_KIND));
+		int rc = 0;
+		if (kind == -1 && PyErr_Occurred())
+			rc = -1;
+		else if (kind == T.kind_tw)
+			rc = tget(tr, TS_VALS) == Py_None ? call_method(c.eng, "_gone", cookie, tr, NULL, NULL)
+							  : close_track(&c, closing, due, cookie, tr);
+		Py_DECREF(cookie);
+		Py_DECREF(tr);
+		if (rc < 0)
+			goto out;
+	}
+	if (ctx_changed(&c) < 0)
+		goto out;
+	ret = Py_NewRef(Py_None);
+out:
+	ctx_close(&c);
+	Py_XDECREF(closing);
+	Py_XDECREF(polls);
+	Py_XDECREF(keep);
+	Py_XDECREF(due);
+	return ret;
 }
 
 /* FlowEngine._track(cookie, now_ns): a new reference. */
@@ -1978,6 +2201,8 @@ static PyMethodDef methods[] = {
 	{"expire_pass", expire_pass, METH_O, "FlowEngine._expire's pass over the closed flows due to go."},
 	{"untrack", untrack, METH_O, "An object of a plain slotted class out of the cyclic collector's sight."},
 	{"wants_by_ns", wants_by_ns, METH_VARARGS, "FlowEngine._lookup's wants, grouped by namespace."},
+	{"tw_sweep", tw_sweep, METH_VARARGS, "FlowEngine._sweep_kept's pass: kept ends the kernel dropped."},
+	{"close_kept", close_kept, METH_VARARGS, "FlowEngine._sweep_kept's closing of those ends."},
 	{"pair", (PyCFunction)(void (*)(void))pair, METH_FASTCALL, "(a, b) of two numbers, untracked."},
 	{"replaced", (PyCFunction)(void (*)(void))replaced, METH_FASTCALL,
 	 "A record with one item replaced, untracked when it holds numbers and bytes only."},
