@@ -1514,6 +1514,28 @@ static PyObject *want_of_record(PyObject *const *it)
 			 "record");
 }
 
+/* A track's want (borrowed), made from its record when no notice gave one and kept; empty
+ * when neither says where the socket is; NULL on error. */
+static PyObject *track_want(PyObject *tr)
+{
+	PyObject *want = tget(tr, TS_WANT), *vals = tget(tr, TS_VALS);
+	int has = PyObject_IsTrue(want);
+	if (has < 0)
+		return NULL;
+	if (has || vals == Py_None)
+		return want;
+	if (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) < S.record_len) {
+		PyErr_SetString(PyExc_ValueError, "a track's values are not a record");
+		return NULL;
+	}
+	PyObject *w = want_of_record(((PyTupleObject *)vals)->ob_item);
+	if (!w)
+		return NULL;
+	tset(tr, TS_WANT, w);
+	Py_DECREF(w);
+	return tget(tr, TS_WANT);
+}
+
 /* wants_by_ns(tracks, cookies) -> {netns: [want, ...]}: FlowEngine._lookup's grouping
  * (py_wants_by_ns in flows.py); a track without a want gets its record's, kept. */
 static PyObject *wants_by_ns(PyObject *self, PyObject *args)
@@ -1536,24 +1558,10 @@ static PyObject *wants_by_ns(PyObject *self, PyObject *args)
 			rc = PyErr_Occurred() ? -1 : 0;
 			goto next;
 		}
-		PyObject *want = tget(tr, TS_WANT), *vals = tget(tr, TS_VALS);
-		int has = PyObject_IsTrue(want);
-		if (has < 0)
+		PyObject *want = track_want(tr);
+		if (!want)
 			goto next;
-		if (!has && vals != Py_None) {
-			if (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) < S.record_len) {
-				PyErr_SetString(PyExc_ValueError, "wants_by_ns: a track's values are not a record");
-				goto next;
-			}
-			PyObject *w = want_of_record(((PyTupleObject *)vals)->ob_item);
-			if (!w)
-				goto next;
-			tset(tr, TS_WANT, w);
-			Py_DECREF(w);
-			want = tget(tr, TS_WANT);
-			has = 1;
-		}
-		if (has) {
+		if (PyBytes_Check(want) && PyBytes_GET_SIZE(want)) {
 			PyObject *ns = tget(tr, TS_NETNS);
 			PyObject *lst = PyDict_GetItemWithError(out, ns);
 			if (!lst) {
@@ -1588,24 +1596,11 @@ next:
  * when neither a notice nor a record says where it is. The want made from the record is kept. */
 static PyObject *place_of(PyObject *tr)
 {
-	PyObject *want = tget(tr, TS_WANT), *vals = tget(tr, TS_VALS);
-	int has = PyObject_IsTrue(want);
-	if (has < 0)
+	PyObject *want = track_want(tr);
+	if (!want)
 		return NULL;
-	if (!has) {
-		if (vals == Py_None)
-			Py_RETURN_NONE;
-		if (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) < S.record_len) {
-			PyErr_SetString(PyExc_ValueError, "tw_sweep: a track's values are not a record");
-			return NULL;
-		}
-		PyObject *w = want_of_record(((PyTupleObject *)vals)->ob_item);
-		if (!w)
-			return NULL;
-		tset(tr, TS_WANT, w);
-		Py_DECREF(w);
-		want = tget(tr, TS_WANT);
-	}
+	if (PyObject_IsTrue(want) == 0)
+		Py_RETURN_NONE;
 	if (!PyBytes_Check(want) || PyBytes_GET_SIZE(want) < 8) {
 		PyErr_SetString(PyExc_ValueError, "tw_sweep: a want is a struct flow_want");
 		return NULL;
