@@ -167,7 +167,7 @@ class FlowEngine:
         self._obj: BpfObject | None = None
         self._rings: list[RingBuffer] = []
         # Final records and notices taken out of their rings between polls (see _keep_rings).
-        self._finals_lock = threading.Lock()
+        self._keeper_lock = threading.Lock()
         self._early_finals: list[tuple] = []
         self._early_notices: list[tuple] = []
         self._keeper: threading.Thread | None = None
@@ -201,7 +201,7 @@ class FlowEngine:
             take_finals = closed.pending_bytes() >= closed.size // 4
             take_notices = notices.pending_bytes() >= notices.size // 4
             if take_finals or take_notices:
-                with self._finals_lock:
+                with self._keeper_lock:
                     if self._keeper_stop.is_set():
                         break
                     if take_finals:
@@ -211,7 +211,7 @@ class FlowEngine:
 
     def _take_finals(self) -> list[tuple]:
         """Final records in the order the kernel wrote them: those the keeper took, then the ring's."""
-        with self._finals_lock:
+        with self._keeper_lock:
             out, self._early_finals = self._early_finals, []
             out += self._closed_ring.drain_unpacked(fd.RECORD, fd.unpack_all)
         return out
@@ -486,7 +486,7 @@ class FlowEngine:
     def _drain(self) -> tuple[list[tuple], list[tuple]]:
         """Notices, then a new generation, then notices again (an event between the first
         drain and the new generation sent its notice under the old one), then final records."""
-        with self._finals_lock:  # the keeper waits: what it takes later is the next generation's
+        with self._keeper_lock:  # the keeper waits: what it takes later is the next generation's
             notices, self._early_notices = self._early_notices, []
             notices += self._notice_ring.drain_unpacked(NOTICE, fd.unpack_all)
             self._ctl.gen += 1
