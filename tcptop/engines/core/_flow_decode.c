@@ -1262,6 +1262,21 @@ out:
  * except where the kernel may keep a TIME_WAIT or FIN_WAIT2 end (returned: the engine looks
  * those up); a late read and a final record after the walk saw the kernel's end go to the
  * engine's _final_other. */
+/* The engine's queue of closed flows and the poll until which a flow closed now stays listed
+ * (_polls + closed_keep_polls): both new references, NULL on error. */
+static PyObject *closing_due(PyObject *eng, PyObject **closing)
+{
+	PyObject *polls = NULL, *keep = NULL, *due = NULL;
+	if ((*closing = PyObject_GetAttrString(eng, "_closing")) && (polls = PyObject_GetAttrString(eng, "_polls")) &&
+	    (keep = PyObject_GetAttrString(eng, "closed_keep_polls")))
+		due = PyNumber_Add(polls, keep);
+	Py_XDECREF(polls);
+	Py_XDECREF(keep);
+	if (!due)
+		Py_CLEAR(*closing);
+	return due;
+}
+
 /* FlowEngine._close of a track the caller holds: listed closed until poll `due`. */
 static int close_track(struct live_ctx *c, PyObject *closing, PyObject *due, PyObject *cookie, PyObject *tr)
 {
@@ -1286,16 +1301,14 @@ static int close_track(struct live_ctx *c, PyObject *closing, PyObject *due, PyO
 
 static PyObject *apply_finals(PyObject *self, PyObject *args)
 {
-	PyObject *recs, *closing = NULL, *polls = NULL, *keep = NULL, *due = NULL, *checks = NULL, *ret = NULL;
+	PyObject *recs, *closing = NULL, *due = NULL, *checks = NULL, *ret = NULL;
 	struct live_ctx c = {.first = Py_None};
 	int lookups_ok;
 
 	if (!PyArg_ParseTuple(args, "O!Op", &PyList_Type, &recs, &c.eng, &lookups_ok) ||
 	    ctx_open(&c, "apply_finals") < 0)
 		return NULL;
-	if (!(closing = PyObject_GetAttrString(c.eng, "_closing")) || !(polls = PyObject_GetAttrString(c.eng, "_polls")) ||
-	    !(keep = PyObject_GetAttrString(c.eng, "closed_keep_polls")) || !(due = PyNumber_Add(polls, keep)) ||
-	    !(checks = PyList_New(0)))
+	if (!(due = closing_due(c.eng, &closing)) || !(checks = PyList_New(0)))
 		goto out;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(recs); i++) {
 		PyObject *v = PyList_GET_ITEM(recs, i);
@@ -1344,8 +1357,6 @@ one_done:
 out:
 	ctx_close(&c);
 	Py_XDECREF(closing);
-	Py_XDECREF(polls);
-	Py_XDECREF(keep);
 	Py_XDECREF(due);
 	Py_XDECREF(checks);
 	return ret;
@@ -1536,60 +1547,69 @@ static PyObject *track_want(PyObject *tr)
 	return tget(tr, TS_WANT);
 }
 
+/* fn(item, ctx) for each item of `iterable`, until one fails (-1). */
+static int for_each(PyObject *iterable, int (*fn)(PyObject *item, void *ctx), void *ctx)
+{
+	PyObject *it = PyObject_GetIter(iterable), *item;
+	if (!it)
+		return -1;
+	int rc = 0;
+	while (rc == 0 && (item = PyIter_Next(it))) {
+		rc = fn(item, ctx);
+		Py_DECREF(item);
+	}
+	Py_DECREF(it);
+	return rc < 0 || PyErr_Occurred() ? -1 : 0;
+}
+
+static int tracks_ready(const char *who)
+{
+	if (T.track && NT.ready)
+		return 0;
+	PyErr_Format(PyExc_RuntimeError, "%s: setup_tracks and setup_notices first", who);
+	return -1;
+}
+
+struct wants_ctx {
+	PyObject *tracks, *out;
+};
+
+static int want_one(PyObject *cookie, void *ctx)
+{
+	struct wants_ctx *w = ctx;
+	PyObject *tr = PyDict_GetItemWithError(w->tracks, cookie);
+	if (!tr)
+		return PyErr_Occurred() ? -1 : 0;
+	PyObject *want = track_want(tr);
+	if (!want)
+		return -1;
+	if (!PyBytes_Check(want) || !PyBytes_GET_SIZE(want))
+		return 0;
+	PyObject *ns = tget(tr, TS_NETNS);
+	PyObject *lst = PyDict_GetItemWithError(w->out, ns);
+	if (!lst) {
+		if (PyErr_Occurred() || !(lst = PyList_New(0)))
+			return -1;
+		int bad = PyDict_SetItem(w->out, ns, lst) < 0;
+		Py_DECREF(lst);
+		if (bad)
+			return -1;
+	}
+	return PyList_Append(lst, want);
+}
+
 /* wants_by_ns(tracks, cookies) -> {netns: [want, ...]}: FlowEngine._lookup's grouping
  * (py_wants_by_ns in flows.py); a track without a want gets its record's, kept. */
 static PyObject *wants_by_ns(PyObject *self, PyObject *args)
 {
-	PyObject *tracks, *cookies, *it, *cookie, *out;
-	if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &tracks, &cookies))
+	struct wants_ctx w;
+	PyObject *cookies;
+	if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &w.tracks, &cookies) || tracks_ready("wants_by_ns") < 0 ||
+	    !(w.out = PyDict_New()))
 		return NULL;
-	if (!T.track || !NT.ready) {
-		PyErr_SetString(PyExc_RuntimeError, "wants_by_ns: setup_tracks and setup_notices first");
-		return NULL;
-	}
-	if (!(out = PyDict_New()) || !(it = PyObject_GetIter(cookies))) {
-		Py_XDECREF(out);
-		return NULL;
-	}
-	while ((cookie = PyIter_Next(it))) {
-		int rc = -1;
-		PyObject *tr = PyDict_GetItemWithError(tracks, cookie);
-		if (!tr) {
-			rc = PyErr_Occurred() ? -1 : 0;
-			goto next;
-		}
-		PyObject *want = track_want(tr);
-		if (!want)
-			goto next;
-		if (PyBytes_Check(want) && PyBytes_GET_SIZE(want)) {
-			PyObject *ns = tget(tr, TS_NETNS);
-			PyObject *lst = PyDict_GetItemWithError(out, ns);
-			if (!lst) {
-				if (PyErr_Occurred() || !(lst = PyList_New(0)))
-					goto next;
-				int bad = PyDict_SetItem(out, ns, lst) < 0;
-				Py_DECREF(lst);
-				if (bad)
-					goto next;
-			}
-			if (PyList_Append(lst, want) < 0)
-				goto next;
-		}
-		rc = 0;
-next:
-		Py_DECREF(cookie);
-		if (rc < 0) {
-			Py_DECREF(it);
-			Py_DECREF(out);
-			return NULL;
-		}
-	}
-	Py_DECREF(it);
-	if (PyErr_Occurred()) {
-		Py_DECREF(out);
-		return NULL;
-	}
-	return out;
+	if (for_each(cookies, want_one, &w) < 0)
+		Py_CLEAR(w.out);
+	return w.out;
 }
 
 /* A track's place for tw_sweep: (netns, its want without the cookie), a new reference; None
@@ -1623,145 +1643,134 @@ static long long ended_ns(PyObject *tr)
 	return t == -1 && PyErr_Occurred() ? -2 : t;
 }
 
+struct sweep_ctx {
+	PyObject *tracks, *at, *keys, *kills;
+};
+
+/* The track of a cookie (borrowed, NULL if none) and whether it is a kept end; -1 on error. */
+static int kept_track(struct sweep_ctx *w, PyObject *c, PyObject **tr)
+{
+	*tr = PyDict_GetItemWithError(w->tracks, c);
+	if (!*tr)
+		return PyErr_Occurred() ? -1 : 0;
+	long kind = PyLong_AsLong(tget(*tr, TS_KIND));
+	return kind == -1 && PyErr_Occurred() ? -1 : kind == T.kind_tw;
+}
+
+/* First pass: a kept end touched this poll goes into the index (of two ends of one place, the
+ * one that ended first is gone); a socket that is no longer one leaves it. */
+static int index_one(PyObject *c, void *ctx)
+{
+	struct sweep_ctx *w = ctx;
+	PyObject *tr, *k;
+	int kept = kept_track(w, c, &tr);
+	if (kept < 0)
+		return -1;
+	if (!kept) {
+		if (!(k = PyDict_GetItemWithError(w->keys, c)))
+			return PyErr_Occurred() ? -1 : 0;
+		Py_INCREF(k);
+		PyObject *there = PyDict_GetItemWithError(w->at, k);
+		int same = there ? PyObject_RichCompareBool(there, c, Py_EQ) : PyErr_Occurred() ? -1 : 0;
+		int rc = same < 0 || (same && PyDict_DelItem(w->at, k) < 0) || PyDict_DelItem(w->keys, c) < 0 ? -1 : 0;
+		Py_DECREF(k);
+		return rc;
+	}
+	int known = PyDict_Contains(w->keys, c);
+	if (known)
+		return known < 0 ? -1 : 0;
+	if (!(k = place_of(tr)))
+		return -1;
+	int rc = -1;
+	if (k == Py_None) {
+		rc = 0;
+		goto out;
+	}
+	PyObject *old = PyDict_GetItemWithError(w->at, k);
+	if (!old && PyErr_Occurred())
+		goto out;
+	if (old) {
+		Py_INCREF(old);
+		PyObject *otr = PyDict_GetItemWithError(w->tracks, old);
+		long long t_old = otr ? ended_ns(otr) : -1, t_new = ended_ns(tr);
+		int bad = t_old == -2 || t_new == -2 || PyErr_Occurred();
+		if (!bad && t_new < t_old) {	/* this one ended first (its record came late) */
+			Py_DECREF(old);
+			rc = PyList_Append(w->kills, c);
+			goto out;
+		}
+		bad = bad || PyDict_DelItem(w->keys, old) < 0 || (otr && PyList_Append(w->kills, old) < 0);
+		Py_DECREF(old);
+		if (bad)
+			goto out;
+	}
+	rc = PyDict_SetItem(w->at, k, c) < 0 || PyDict_SetItem(w->keys, c, k) < 0 ? -1 : 0;
+out:
+	Py_DECREF(k);
+	return rc;
+}
+
+/* Second pass: a socket born after a kept end of its place ended took the place; the kernel
+ * dropped that end. */
+static int taken_one(PyObject *c, void *ctx)
+{
+	struct sweep_ctx *w = ctx;
+	PyObject *tr;
+	int kept = kept_track(w, c, &tr);
+	if (kept != 0 || !tr || PyDict_GET_SIZE(w->at) == 0)
+		return kept < 0 ? -1 : 0;
+	PyObject *k = place_of(tr);
+	if (!k)
+		return -1;
+	int rc = -1;
+	PyObject *old = k == Py_None ? NULL : PyDict_GetItemWithError(w->at, k);
+	if (!old) {
+		rc = PyErr_Occurred() ? -1 : 0;
+		goto out;
+	}
+	PyObject *otr = PyDict_GetItemWithError(w->tracks, old);
+	long long born = PyLong_AsLongLong(tget(tr, TS_BORN)), t_old = otr ? ended_ns(otr) : -1;
+	if (PyErr_Occurred() || t_old == -2)
+		goto out;
+	rc = 0;
+	if (born > t_old) {
+		Py_INCREF(old);
+		if (PyList_Append(w->kills, old) < 0 || PyDict_DelItem(w->keys, old) < 0 || PyDict_DelItem(w->at, k) < 0)
+			rc = -1;
+		Py_DECREF(old);
+	}
+out:
+	Py_DECREF(k);
+	return rc;
+}
+
 /* tw_sweep(tracks, touched, at, keys) -> cookies: FlowEngine._sweep_kept's pass (py_tw_sweep in
  * flows.py). `at` maps each kept end's place to its cookie, `keys` the cookie back. A place holds
  * one socket in the kernel: a socket born after a kept end of its place ended (a SYN that
  * reused the 4-tuple, a connect that reused a TIME_WAIT port), or a later kept end of the same
- * place, means the kernel dropped the older end. Those ends are returned, to close. */
+ * place, means the kernel dropped the older end. Those ends are returned, to close. The kept
+ * ends are indexed first, so a socket and the end it replaced may come in one poll. */
 static PyObject *tw_sweep(PyObject *self, PyObject *args)
 {
-	PyObject *tracks, *touched, *at, *keys, *it, *c, *kills;
-	if (!PyArg_ParseTuple(args, "O!OO!O!", &PyDict_Type, &tracks, &touched, &PyDict_Type, &at, &PyDict_Type, &keys))
+	struct sweep_ctx w;
+	PyObject *touched;
+	if (!PyArg_ParseTuple(args, "O!OO!O!", &PyDict_Type, &w.tracks, &touched, &PyDict_Type, &w.at, &PyDict_Type,
+			      &w.keys) || tracks_ready("tw_sweep") < 0 || !(w.kills = PyList_New(0)))
 		return NULL;
-	if (!T.track || !NT.ready) {
-		PyErr_SetString(PyExc_RuntimeError, "tw_sweep: setup_tracks and setup_notices first");
-		return NULL;
-	}
-	if (!(kills = PyList_New(0)))
-		return NULL;
-	/* the kept ends first, then the sockets that may have taken their places */
-	for (int pass = 0; pass < 2; pass++) {
-	if (!(it = PyObject_GetIter(touched))) {
-		Py_DECREF(kills);
-		return NULL;
-	}
-	while ((c = PyIter_Next(it))) {
-		int rc = -1;
-		PyObject *k = NULL, *tr = PyDict_GetItemWithError(tracks, c);
-		if (!tr && PyErr_Occurred())
-			goto next;
-		long kind = tr ? PyLong_AsLong(tget(tr, TS_KIND)) : -1;
-		if (kind == -1 && PyErr_Occurred())
-			goto next;
-		if (kind == T.kind_tw) {
-			if (pass == 1) {
-				rc = 0;
-				goto next;
-			}
-			int known = PyDict_Contains(keys, c);
-			if (known) {
-				rc = known < 0 ? -1 : 0;
-				goto next;
-			}
-			if (!(k = place_of(tr)))
-				goto next;
-			if (k == Py_None) {
-				rc = 0;
-				goto next;
-			}
-			PyObject *old = PyDict_GetItemWithError(at, k);
-			if (!old && PyErr_Occurred())
-				goto next;
-			if (old) {	/* two kept ends of one place: the one that ended first is gone */
-				Py_INCREF(old);
-				PyObject *otr = PyDict_GetItemWithError(tracks, old);
-				long long t_old = otr ? ended_ns(otr) : -1, t_new = ended_ns(tr);
-				int bad = t_old == -2 || t_new == -2 || PyErr_Occurred();
-				if (!bad && t_new < t_old) {	/* this one ended first (its record came late) */
-					bad = PyList_Append(kills, c) < 0;
-					Py_DECREF(old);
-					rc = bad ? -1 : 0;
-					goto next;
-				}
-				bad = bad || PyDict_DelItem(keys, old) < 0 || (otr && PyList_Append(kills, old) < 0);
-				Py_DECREF(old);
-				if (bad)
-					goto next;
-			}
-			if (PyDict_SetItem(at, k, c) < 0 || PyDict_SetItem(keys, c, k) < 0)
-				goto next;
-			rc = 0;
-			goto next;
-		}
-		if (pass == 0) {	/* no longer kept: out of the index */
-			k = PyDict_GetItemWithError(keys, c);
-			if (!k && PyErr_Occurred())
-				goto next;
-			if (!k) {
-				rc = 0;
-				goto next;
-			}
-			Py_INCREF(k);
-			PyObject *there = PyDict_GetItemWithError(at, k);
-			if (!there && PyErr_Occurred())
-				goto next;
-			int same = there ? PyObject_RichCompareBool(there, c, Py_EQ) : 0;
-			if (same < 0 || (same && PyDict_DelItem(at, k) < 0) || PyDict_DelItem(keys, c) < 0)
-				goto next;
-			rc = 0;
-			goto next;
-		}
-		if (!tr || PyDict_GET_SIZE(at) == 0) {
-			rc = 0;
-			goto next;
-		}
-		if (!(k = place_of(tr)))
-			goto next;
-		PyObject *old = k == Py_None ? NULL : PyDict_GetItemWithError(at, k);
-		if (!old) {
-			rc = PyErr_Occurred() ? -1 : 0;
-			goto next;
-		}
-		PyObject *otr = PyDict_GetItemWithError(tracks, old);
-		long long born = PyLong_AsLongLong(tget(tr, TS_BORN)), t_old = otr ? ended_ns(otr) : -1;
-		if (PyErr_Occurred() || t_old == -2)
-			goto next;
-		if (born > t_old) {	/* born after the kept end ended: the kernel dropped that end */
-			Py_INCREF(old);
-			int bad = PyList_Append(kills, old) < 0 || PyDict_DelItem(keys, old) < 0 || PyDict_DelItem(at, k) < 0;
-			Py_DECREF(old);
-			if (bad)
-				goto next;
-		}
-		rc = 0;
-next:
-		Py_XDECREF(k);
-		Py_DECREF(c);
-		if (rc < 0) {
-			Py_DECREF(it);
-			Py_DECREF(kills);
-			return NULL;
-		}
-	}
-	Py_DECREF(it);
-	if (PyErr_Occurred()) {
-		Py_DECREF(kills);
-		return NULL;
-	}
-	}
-	return kills;
+	if (for_each(touched, index_one, &w) < 0 || for_each(touched, taken_one, &w) < 0)
+		Py_CLEAR(w.kills);
+	return w.kills;
 }
 
 /* close_kept(cookies, engine): FlowEngine._sweep_kept's closing of the kept ends tw_sweep
  * found dropped (py_close_kept in flows.py): each still kept is closed as _gone closes it. */
 static PyObject *close_kept(PyObject *self, PyObject *args)
 {
-	PyObject *kills, *closing = NULL, *polls = NULL, *keep = NULL, *due = NULL, *ret = NULL;
+	PyObject *kills, *closing = NULL, *due = NULL, *ret = NULL;
 	struct live_ctx c = {.first = Py_None};
 	if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &kills, &c.eng) || ctx_open(&c, "close_kept") < 0)
 		return NULL;
-	if (!(closing = PyObject_GetAttrString(c.eng, "_closing")) || !(polls = PyObject_GetAttrString(c.eng, "_polls")) ||
-	    !(keep = PyObject_GetAttrString(c.eng, "closed_keep_polls")) || !(due = PyNumber_Add(polls, keep)))
+	if (!(due = closing_due(c.eng, &closing)))
 		goto out;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(kills); i++) {
 		PyObject *cookie = PyList_GET_ITEM(kills, i);
@@ -1791,8 +1800,6 @@ static PyObject *close_kept(PyObject *self, PyObject *args)
 out:
 	ctx_close(&c);
 	Py_XDECREF(closing);
-	Py_XDECREF(polls);
-	Py_XDECREF(keep);
 	Py_XDECREF(due);
 	return ret;
 }
