@@ -36,6 +36,9 @@ char LICENSE[] SEC("license") = "GPL";
 #ifndef FILE_SOCK
 #define FILE_SOCK(sock) ((sock)->sk)
 #endif
+#ifndef FILES_EXTRA_CHECK
+#define FILES_EXTRA_CHECK(sock) 0
+#endif
 #ifndef DROP_SK
 #define DROP_SK(sk) (sk)
 #endif
@@ -517,8 +520,13 @@ int fail_listener_files(struct bpf_iter__task_file *ctx)
 	sock = bpf_sock_from_file(file);
 	if (!sock)
 		return 0;
+	if (FILES_EXTRA_CHECK(sock))
+		return 0;
 	sk = FILE_SOCK(sock);
 	if (!sk || sk->__sk_common.skc_state != TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	return emit_listener(ctx->meta->seq, sk, bpf_get_socket_cookie(sk), ctx->task);
+	/* The cookie as the socket holds it, not from bpf_get_socket_cookie: some kernel builds
+	 * (6.18.44-fc-v1045) take sock->sk for untrusted and refuse it to any helper. 0 where no
+	 * one has asked for it yet; user space then walks that namespace once, which sets it. */
+	return emit_listener(ctx->meta->seq, sk, BPF_CORE_READ(sk, __sk_common.skc_cookie.counter), ctx->task);
 }

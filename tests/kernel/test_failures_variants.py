@@ -46,6 +46,33 @@ def test_refused_listener_files_iterator_walks_every_namespace_instead():
         pair.close()
 
 
+SO_COOKIE = 57
+
+
+def test_untrusted_file_socket_still_names_every_listener_by_its_cookie():
+    """The socket reached from a file is untrusted (as on 6.18.44-fc-v1045): the listeners'
+    task_file program loads all the same and reads the cookie the socket holds. A listener
+    nobody asked a cookie of (0 there) gets its own from one walk of its namespace: listed
+    once, under the id SO_COOKIE gives, with its owner, at the first poll that sees it."""
+    fe = FailureEngine(object_path=variant("failures_untrusted_files"))
+    pair = NsPair.create("fvuntr")
+    try:
+        assert fe.hooks["iterator task_file (listeners)"] == "ok" and fe.degraded == []
+        lsn = pair.socket_in(pair.b)
+        lsn.bind((pair.addr_b, 0))
+        lsn.listen(5)
+        port = lsn.getsockname()[1]
+        mine = [x for x in fe.poll(()).listeners if x.netns == pair.inode(pair.b) and x.lport == port]
+        cookie = int.from_bytes(lsn.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
+        assert [(x.id, x.pid, x.accept_queue_max) for x in mine] == [(cookie, os.getpid(), 5)]
+        again = [x for x in fe.poll(()).listeners if x.netns == pair.inode(pair.b) and x.lport == port]
+        assert [(x.id, x.pid) for x in again] == [(cookie, os.getpid())]
+        lsn.close()
+    finally:
+        fe.close()
+        pair.close()
+
+
 def test_refused_drop_program_loses_only_drop_reasons():
     """kfree_skb refused: drops by reason are reported lost with the verifier's reason; failed
     connects and resets are still counted exactly."""

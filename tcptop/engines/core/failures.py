@@ -481,7 +481,7 @@ class FailureEngine:
 
     def _walk_now(self) -> bytes:
         if self._files is not None:
-            return iter_read(self._files)
+            return self._with_cookies(iter_read(self._files))
         # Without the file-table iterator: the TCP iterator in each namespace, which passes
         # over the whole connection hash (shared by all namespaces) before its first socket.
         it, home, denied = self._iter, netns.current_inode(), set()
@@ -490,6 +490,34 @@ class FailureEngine:
             self._denied_said = True
             self.degraded.append(netns.denied_sentence(denied, "listeners"))
         return buf
+
+    def _with_cookies(self, buf: bytes) -> bytes:
+        """The file walk reads a listener's cookie as the socket holds it (some kernel builds
+        let no helper take a socket reached from a file), and that is 0 until something asks
+        for one: a TCP walk of each namespace holding such listeners gives them theirs
+        (bpf_get_socket_cookie keeps the one it makes), so this happens once per listener."""
+        recs = _records(buf)
+        unset = {r.netns for r in recs if not r.cookie}
+        if not unset:
+            return buf
+        home, paths, cookies = netns.current_inode(), None, {}
+        for ns in unset:
+            try:
+                if ns == home:
+                    chunk = _listeners_here(self._iter)
+                else:
+                    paths = netns.namespace_paths() if paths is None else paths
+                    if ns not in paths:
+                        continue
+                    with netns.entered(paths[ns]):
+                        chunk = _listeners_here(self._iter)
+            except OSError:  # gone meanwhile, or not ours to enter: its listeners wait for the next walk
+                continue
+            cookies.update(((r.netns, r.sock_ino), r.cookie) for r in _records(chunk))
+        for r in recs:
+            if not r.cookie:
+                r.cookie = cookies.get((r.netns, r.sock_ino), 0)
+        return b"".join(bytes(r) for r in recs if r.cookie)
 
     def _listener(self, r: ListenerRecord) -> Listener:
         tally = self._socks.get(r.cookie)
