@@ -640,14 +640,19 @@ def test_budget_mode_keeps_its_cost_within_its_share_of_busy_cpu():
     c, s = loopback_pair()
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        stop = time.monotonic() + 5
+        # 5 s at least, and until a second window has opened: when the window thread's own CPU
+        # per window exceeds its share of busy CPU the period grows (~8 s for a 10 ms cycle here)
+        start = time.monotonic()
         next_poll = 0.0
-        while time.monotonic() < stop:
+        while True:
             c.send(b"p")
             s.recv(1)
             if time.monotonic() > next_poll:  # someone looks: windows open after polls
-                lat.poll()
+                host, _ = lat.poll()
                 next_poll = time.monotonic() + 0.25
+                waited = time.monotonic() - start
+                if waited > 30 or (waited > 5 and host["matching"]["windows"] >= 2):
+                    break
         host, flows = lat.poll()
     finally:
         c.close()
@@ -657,9 +662,7 @@ def test_budget_mode_keeps_its_cost_within_its_share_of_busy_cpu():
     assert cov["mode"] == "budget" and cov["budget_pct"] == 0.5
     assert cov["cost_pct"] <= 0.5 * 1.5, cov
     assert 0 < cov["timed_fraction"] < 0.5, cov
-    # Windows keep opening after the first. How many fit in 5 s depends on the machine's load:
-    # when the window thread's own CPU per window exceeds the budget's share, the period grows
-    # (4 windows under a parallel suite, 5+ alone).
+    # Windows keep opening after the first (within 30 s: how many fit depends on the machine's load).
     assert host["matching"]["windows"] >= 2
 
 

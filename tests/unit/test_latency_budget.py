@@ -2,7 +2,7 @@
 
 import pytest
 
-from tcptop.engines.core.latency_budget import AIM, MIN_WINDOW_S, NS_PER_RUN, OWN_FLOOR_NS_PER_S, Budget, Cycle
+from tcptop.engines.core.latency_budget import AIM, MIN_WINDOW_S, NS_PER_RUN, OWN_FLOOR_NS_PER_S, OWN_SHARE, Budget, Cycle
 
 BUSY_2_CPUS = 1_600_000_000  # ns of busy CPU per second: a machine at 80 % of two CPUs
 
@@ -48,6 +48,20 @@ def test_windows_grow_at_most_twofold_a_cycle_and_shrink_at_once():
     assert b.plan.window_s < w0 / 2
 
 
+def test_windows_spaced_out_by_the_threads_own_cost_grow_per_base_period():
+    """A quiet host: each cycle's attach and detach (10 ms) spaces cycles ~10 s apart at the
+    floor; windows grow twofold per second of that (at most 16-fold a cycle), so timing is
+    continuous after four cycles (~30 s) rather than after eleven (~two minutes)."""
+    b = Budget(0.5, period_s=1.0)
+    cycles = 0
+    while not b.plan.continuous:
+        w0, p0 = b.plan.window_s, b.plan.period_s
+        b.observe(cycle(100, w0, elapsed_s=p0, busy_per_s=50_000_000, own_ns=10_000_000))
+        cycles += 1
+        assert b.plan.continuous or b.plan.window_s == pytest.approx(w0 * min(2 ** p0, 16))
+    assert cycles <= 4
+
+
 def test_traffic_too_heavy_for_the_shortest_window_spaces_windows_out():
     b = Budget(0.5, period_s=1.0)
     runs = 100_000_000  # a 5 ms window costs more than a second's budget
@@ -58,16 +72,16 @@ def test_traffic_too_heavy_for_the_shortest_window_spaces_windows_out():
 
 
 def test_an_expensive_summary_spaces_windows_out_and_lengthens_them():
-    """The engine's own thread spent 40 ms on a window's flows: at 0.4 % of 1.6 CPUs (6.4 ms a
-    second) windows come every ~6 s instead of every second, each longer, so the share of time
-    timed stays what the BPF budget allows."""
+    """The engine's own thread spent 40 ms on a window's flows: at a quarter of 0.5 % of 1.6
+    CPUs (2 ms a second) windows come every ~20 s instead of every second, each longer, so the
+    share of time timed stays what the BPF budget allows."""
     runs = 1_300_000
     cheap, costly = Budget(0.5, period_s=1.0), Budget(0.5, period_s=1.0)
     for _ in range(10):
         cheap.observe(cycle(runs, cheap.plan.window_s, own_ns=1_000_000))
         costly.observe(cycle(runs, costly.plan.window_s, elapsed_s=costly.plan.period_s, own_ns=40_000_000))
     assert cheap.plan.period_s == 1.0
-    assert costly.plan.period_s == pytest.approx(40_000_000 / (AIM * 0.005 * BUSY_2_CPUS), rel=0.01)
+    assert costly.plan.period_s == pytest.approx(40_000_000 / (OWN_SHARE * 0.005 * BUSY_2_CPUS), rel=0.01)
     assert costly.plan.window_s / costly.plan.period_s == pytest.approx(cheap.plan.window_s, rel=0.05)
 
 

@@ -14,9 +14,9 @@ kernel.bpf_stats is not needed and not touched), busy CPU comes from /proc/stat,
 segment counters of /proc/net/snmp say whether the traffic grew since the last window (then
 the next one shrinks in proportion before it opens, rather than after it overspent).
 
-The engine's own thread (attaching, draining, summarising a window's flows) is held to the
-same share: when its CPU per window would exceed it, windows come less often and are longer,
-so the share of packets timed stays what the BPF budget allows.
+The engine's own thread (attaching, draining, summarising a window's flows) is held to a
+quarter of that share: when its CPU per window would exceed it, windows come less often and
+are longer, so the share of packets timed stays what the BPF budget allows.
 """
 
 from __future__ import annotations
@@ -36,10 +36,17 @@ AIM = 0.8
 MIN_WINDOW_S = 0.005    # shorter windows time too few packets to be worth the attach
 MAX_PERIOD_S = 60.0     # at most this long without a window, however busy the machine
 RECENT_S = 60.0         # coverage and cost are reported over about this much of the past
-GROWTH = 2.0            # a window at most doubles from one cycle to the next
-# The engine's own thread may always spend this much (0.5 % of one CPU): on a quiet host the
-# budget's share of its little busy CPU would leave no room for the fixed cost of a window.
-OWN_FLOOR_NS_PER_S = 5_000_000
+GROWTH = 2.0            # a window at most doubles per base period (one cycle, unless they were spaced out)
+MAX_GROWTH = 16.0       # and at most this much from one cycle to the next
+# The engine's own thread (attaching and detaching ~13 programs, ~5 ms a cycle; taking and
+# summarising a window) gets this fraction of the budget's share of busy CPU: with the same
+# share as the programs (it had AIM), it cost as much as they did (6.5 ms a second on redis
+# GET, 2 s periods), and the tcptop process's own share went past 1 %. Windows come less
+# often and are longer: the share of packets timed is the programs' budget, unchanged.
+OWN_SHARE = 0.25
+# It may always spend this much (0.1 % of one CPU): on a quiet host the budget's share of its
+# little busy CPU would leave no room for the fixed cost of a window.
+OWN_FLOOR_NS_PER_S = 1_000_000
 
 
 def busy_cpu_ns() -> int:
@@ -116,7 +123,7 @@ class Budget:
         # when that would take more than the budget's share, windows come less often (and,
         # with the same BPF share, each is longer).
         per_s = AIM * self.budget * busy_rate
-        own_per_s = max(per_s, OWN_FLOOR_NS_PER_S)
+        own_per_s = max(OWN_SHARE * self.budget * busy_rate, OWN_FLOOR_NS_PER_S)
         period = max(self.base_period_s, min(MAX_PERIOD_S, c.own_ns / own_per_s))
         allowed = per_s * period
         if open_rate <= 0:
@@ -124,7 +131,10 @@ class Budget:
         else:
             window = (allowed - drain) / open_rate
         if not self.plan.continuous:
-            window = min(window, self.plan.window_s * GROWTH)
+            # Per base period, not per cycle: when the thread's own cost spaces cycles out (a
+            # quiet host, ~10 s apart), windows still grow to continuous timing within seconds.
+            periods = max(1.0, c.elapsed_s / self.base_period_s)
+            window = min(window, self.plan.window_s * min(GROWTH ** periods, MAX_GROWTH))
         if window >= period:
             self.plan = Plan(period, period)
         elif window >= MIN_WINDOW_S:
