@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import heapq
 from unittest import mock
 
 from hypothesis import given, settings
@@ -77,6 +78,7 @@ def _engine(first, redecode, no_counters):
     e._redecode, e._no_counters = set(redecode), set(no_counters)
     e._ns_count = collections.Counter()
     e._closing, e._tw_due, e._tw_at, e._tw_keys = collections.deque(), [], {}, {}
+    e._tw_due_room = F.TW_DUE_SLACK
     e._boot_offset, e._changed, e._polls, e.closed_keep_polls = 1764600000.25, False, 2, 3
     e.owners, e.hooks, e._first_holders = _Owners(), {}, first
     e._forks = []
@@ -365,3 +367,28 @@ def test_a_kept_end_goes_when_a_socket_takes_its_place():
             poll([], [rec(7, F.KIND_TW, 4000, state=6)])          # a later one there: 5 goes
             assert e._flows[5].closed and not e._flows[7].closed, impl
             assert list(e._tw_keys) == [7] and list(e._tw_at.values()) == [7], impl
+
+
+def test_the_due_heap_drops_entries_of_ends_no_longer_kept_and_looks_up_the_same():
+    """Entries of ends closed or taken over, and repeats of one end, stay in the heap until due
+    unless dropped: past its room the heap keeps only entries of ends still kept, and a poll
+    after they are due looks up exactly the sockets it would have looked up without that."""
+    wanted = {}
+    for room in (10**9, 20):
+        e = _engine(None, (), ())
+        e._watch, e._tw_due_room = set(), room
+        for cookie in range(1, 301):
+            tr = F._Track()
+            tr.kind = F.KIND_TW if cookie % 10 == 0 else F.KIND_CLOSED  # 30 still kept
+            e._tracks[cookie] = tr
+            for repeat in range(2):  # an end seen again as it was adds an entry
+                heapq.heappush(e._tw_due, fd.pair(1000.0 + cookie + repeat, cookie))
+        e._tracks.pop(150)  # forgotten since
+        with mock.patch("time.time", return_value=900.0):
+            assert e._lookup_set([]) == set()
+        if room == 20:
+            assert len(e._tw_due) == 2 * 29 and e._tw_due_room == 2 * 58 + F.TW_DUE_SLACK
+            assert all(e._tracks[c].kind == F.KIND_TW for _, c in e._tw_due)
+        with mock.patch("time.time", return_value=2000.0):
+            wanted[room] = e._lookup_set([])
+    assert wanted[20] == wanted[10**9] == {c for c in range(10, 301, 10) if c != 150}

@@ -142,6 +142,7 @@ class FlowEngine:
         self._watch: set[int] = set()  # looked up at every poll until quiescent
         self._closing: collections.deque = collections.deque()  # (poll number it goes, cookie)
         self._tw_due: list = []  # heap of (time to look again, cookie) of kernel-held ends
+        self._tw_due_room = TW_DUE_SLACK  # its length past which entries of ends gone are dropped
         self._tw_at: dict[tuple, int] = {}  # (netns, 4-tuple as a want) -> the kept end there
         self._tw_keys: dict[int, tuple] = {}  # and back
         self._verify: set[int] = set()  # cookies whose holders the file tables should name
@@ -540,6 +541,9 @@ class FlowEngine:
         self._watch = set()
         if want and finals:  # one C-level pass (a churn poll has ~20,000 final records)
             want.difference_update(map(_first, finals))
+        if len(self._tw_due) > self._tw_due_room:
+            self._tw_due[:] = _due_kept(self._tw_due, self._tracks)  # in place: the C passes hold it
+            self._tw_due_room = 2 * max(len(self._tw_due), len(self._tw_keys)) + TW_DUE_SLACK
         if self._tw_due and self._tw_due[0][0] <= time.time():
             now = time.time()
             while self._tw_due and self._tw_due[0][0] <= now:
@@ -1221,6 +1225,18 @@ def _want(cookie: int, sport: int, dport: int, family: int, mapped: int, saddr: 
 
 
 _pack_want = WANT.pack
+def _due_kept(heap: list, tracks: dict) -> list:
+    """The entries of ends still kept, as a heap. An end that closes or that a new socket takes
+    over leaves its entry until it is due (a minute for TIME_WAIT), and an end seen again as it
+    was adds one: under a churn of 10,000 connections/s the heap held 226,000 entries for
+    28,000 kept ends after 30 s, and kept growing."""
+    kept = [e for e in heap if (tr := tracks.get(e[1])) is not None and tr.kind == KIND_TW]
+    heapq.heapify(kept)
+    return kept
+
+
+TW_DUE_SLACK = 4096  # entries past twice the kept ends before _due_kept runs (amortised: rarely)
+
 _first = operator.itemgetter(0)  # a record's cookie
 _COOKIE_Q = FlowRecord.cookie.offset // 8  # a record's cookie, in 8-byte words
 _NSPORT, _NDPORT, _NFAM, _NV4 = N["sport"], N["dport"], N["family"], N["lookup_v4"]
