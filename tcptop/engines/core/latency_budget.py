@@ -36,17 +36,17 @@ AIM = 0.8
 MIN_WINDOW_S = 0.005    # shorter windows time too few packets to be worth the attach
 MAX_PERIOD_S = 60.0     # at most this long without a window, however busy the machine
 RECENT_S = 60.0         # coverage and cost are reported over about this much of the past
-GROWTH = 2.0            # a window at most doubles per base period (one cycle, unless they were spaced out)
-MAX_GROWTH = 16.0       # and at most this much from one cycle to the next
+GROWTH = 2.0            # a window at most doubles from one cycle to the next
 # The engine's own thread (attaching and detaching ~13 programs, ~5 ms a cycle; taking and
 # summarising a window) gets this fraction of the budget's share of busy CPU: with the same
 # share as the programs (it had AIM), it cost as much as they did (6.5 ms a second on redis
 # GET, 2 s periods), and the tcptop process's own share went past 1 %. Windows come less
 # often and are longer: the share of packets timed is the programs' budget, unchanged.
 OWN_SHARE = 0.25
-# It may always spend this much (0.1 % of one CPU): on a quiet host the budget's share of its
-# little busy CPU would leave no room for the fixed cost of a window.
-OWN_FLOOR_NS_PER_S = 1_000_000
+# It may always spend this much (0.2 % of one CPU): on a quiet host the budget's share of its
+# little busy CPU would leave no room for the fixed cost of a window (~10 ms: a cycle every
+# ~5 s, so windows still reach continuous timing within about a minute).
+OWN_FLOOR_NS_PER_S = 2_000_000
 
 
 def busy_cpu_ns() -> int:
@@ -131,10 +131,9 @@ class Budget:
         else:
             window = (allowed - drain) / open_rate
         if not self.plan.continuous:
-            # Per base period, not per cycle: when the thread's own cost spaces cycles out (a
-            # quiet host, ~10 s apart), windows still grow to continuous timing within seconds.
-            periods = max(1.0, c.elapsed_s / self.base_period_s)
-            window = min(window, self.plan.window_s * min(GROWTH ** periods, MAX_GROWTH))
+            # Per cycle, however far apart: growing per second of a spaced-out cycle (16-fold a
+            # cycle) reached the budget's window in one step and overspent it (0.81 % of 0.5 %)
+            window = min(window, self.plan.window_s * GROWTH)
         if window >= period:
             self.plan = Plan(period, period)
         elif window >= MIN_WINDOW_S:
