@@ -500,10 +500,10 @@ class FailureEngine:
         unset = {r.netns for r in recs if not r.cookie}
         if not unset:
             return buf
-        home, paths, cookies = netns.current_inode(), None, {}
+        paths, cookies = None, {}
         for ns in unset:
             try:
-                if ns == home:
+                if ns == self._host_netns:
                     chunk = _listeners_here(self._iter)
                 else:
                     paths = netns.namespace_paths() if paths is None else paths

@@ -1225,6 +1225,12 @@ def _want(cookie: int, sport: int, dport: int, family: int, mapped: int, saddr: 
 
 
 _pack_want = WANT.pack
+_first = operator.itemgetter(0)  # a record's cookie
+_COOKIE_Q = FlowRecord.cookie.offset // 8  # a record's cookie, in 8-byte words
+_NSPORT, _NDPORT, _NFAM, _NV4 = N["sport"], N["dport"], N["family"], N["lookup_v4"]
+_NSADDR, _NDADDR = N["saddr"], N["daddr"]
+
+
 def _due_kept(heap: list, tracks: dict) -> list:
     """The entries of ends still kept, as a heap. An end that closes or that a new socket takes
     over leaves its entry until it is due (a minute for TIME_WAIT), and an end seen again as it
@@ -1236,11 +1242,6 @@ def _due_kept(heap: list, tracks: dict) -> list:
 
 
 TW_DUE_SLACK = 4096  # entries past twice the kept ends before _due_kept runs (amortised: rarely)
-
-_first = operator.itemgetter(0)  # a record's cookie
-_COOKIE_Q = FlowRecord.cookie.offset // 8  # a record's cookie, in 8-byte words
-_NSPORT, _NDPORT, _NFAM, _NV4 = N["sport"], N["dport"], N["family"], N["lookup_v4"]
-_NSADDR, _NDADDR = N["saddr"], N["daddr"]
 
 
 def _lookup_addr(family: int, mapped: int, raw: bytes) -> bytes:

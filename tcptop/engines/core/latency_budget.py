@@ -131,8 +131,6 @@ class Budget:
         else:
             window = (allowed - drain) / open_rate
         if not self.plan.continuous:
-            # Per cycle, however far apart: growing per second of a spaced-out cycle (16-fold a
-            # cycle) reached the budget's window in one step and overspent it (0.81 % of 0.5 %)
             window = min(window, self.plan.window_s * GROWTH)
         if window >= period:
             self.plan = Plan(period, period)
