@@ -59,17 +59,20 @@ def find_flow(snap: Snapshot, s: socket.socket) -> Flow | None:
 
 
 def poll_until(engine, pick: Callable[[Snapshot], Flow | None], ok: Callable[[Flow], bool] = lambda f: True,
-               timeout: float = 5.0) -> Flow:
-    """Poll the engine until `pick` finds a flow that satisfies `ok`; return it (or fail clearly)."""
-    deadline = time.monotonic() + timeout
+               timeout: float | Callable[[], float] = 5.0, context: Callable[[], str] = lambda: "") -> Flow:
+    """Poll the engine until `pick` finds a flow that satisfies `ok`; return it (or fail clearly).
+    `timeout` may be a callable, asked at every poll (a wait that depends on the engine's own
+    pace); `context` says what else the failure message should show."""
+    start = time.monotonic()
     last = None
     while True:
         snap = engine.poll()
         last = pick(snap)
         if last is not None and ok(last):
             return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no matching flow after {timeout}s; last seen: {last}")
+        limit = timeout() if callable(timeout) else timeout
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"no matching flow after {limit:.1f}s; last seen: {last}; {context()}")
         time.sleep(0.05)
 
 

@@ -277,6 +277,21 @@ def test_handshake_gives_one_rtt_sample_equal_to_srtt(engine):
     s.close()
 
 
+def _latency_period(engine) -> float:
+    lat = engine.latency
+    return lat.budget.plan.period_s if lat is not None else 0.0
+
+
+def _latency_state(engine) -> str:
+    """What the packet-level engine was doing, for a failure message."""
+    lat = engine.latency
+    if lat is None:
+        return f"packet-level engine not running; degraded: {engine._lat_degraded}"
+    cycles = [f"open {c.open_s * 1000:.0f} ms of {c.elapsed_s:.1f} s, own {c.own_ns / 1e6:.1f} ms"
+              for c, _ in lat.budget._cycles()[-5:]]
+    return f"plan {lat.budget.plan}; last cycles: {cycles}; degraded: {lat.degraded}"
+
+
 def test_snapshot_carries_packet_latency_for_the_flow_and_the_host(engine):
     """The wired-in packet-level engine (by default it times packets in windows, within a
     budget): a flow that keeps moving data gets rx app samples in its own latency, the
@@ -295,10 +310,11 @@ def test_snapshot_carries_packet_latency_for_the_flow_and_the_host(engine):
     mover.start()
     try:
         # windows come every few seconds once the window thread's own cost spaces them out (its
-        # share is a quarter of the budget's): wait for one, not for a fixed few polls
+        # share is a quarter of the budget's; on a slow machine further apart): wait for the
+        # next two, however far apart the budget places them, not for a fixed time
         f = poll_until(engine, lambda snap: find_flow(snap, s),
                        lambda f: f.latency is not None and (f.latency["rx"]["app"]["count"] or 0) >= 1,
-                       timeout=20)
+                       timeout=lambda: 10 + 2 * _latency_period(engine), context=lambda: _latency_state(engine))
         snap = engine.poll()
     finally:
         stop.set()

@@ -82,6 +82,7 @@ class LatStat(enum.IntEnum):
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
 PEND_RX_TCP, PEND_RX_APP, PEND_TX_TCP, PEND_QDISC, PEND_MAX = map(int, LatPending)
 # The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
+SEGS_SPAN_S = 0.5  # a segment rate is measured over at least this long
 STAT_NAMES = tuple(m.name[3:].lower() for m in LatStat if m is not LatStat.LS_MAX)
 
 
@@ -340,6 +341,8 @@ class LatencyEngine:
         self._gso_unmatched_seen = 0    # GSO skbs queued but not matched, as of the last tx_skbs scan
         self._gso_at_open = 0           # ... as of the window's opening
         self._windows = 0
+        self._segs_seen: tuple[float, int] | None = None  # (when, segments) of the last rate's end
+        self._segs_per_s: float | None = None
         try:
             self._start()
         except BaseException:
@@ -745,10 +748,17 @@ class LatencyEngine:
         grew past what the budget allows, and return True at once if so."""
         earliest = self._cycle_start + 0.8 * period_s
         armed = False  # polls count from `earliest` on
-        watching = watch is not None and self.mode == "budget" and self.fixed_window_s is None
+        planned = self.mode == "budget" and self.fixed_window_s is None
+        watching = watch is not None and planned
         # Without a watch, one wait for `earliest` and one for the poll (close() sets both
         # events): waking every 0.1 s cost this thread ~1.5 ms of CPU a second on a quiet host.
+        # A period the traffic's cost stretched is looked at again once a base period: if the
+        # traffic fell, the window comes sooner (reading /proc/net/snmp costs ~0.2 ms here, so
+        # not when the thread's own cost set the period, as on a quiet host).
         step = 0.1 if watching else None
+        replan = planned and watch is None and self.budget.spaced_by_traffic()
+        if replan:
+            step = self.period_s
         while not self._stop.is_set():
             if watching:
                 spent = (self._runs() - watch[1]) * self.budget.ns_per_run
@@ -756,6 +766,9 @@ class LatencyEngine:
                 if busy > 0 and spent > 2 * self.budget.budget * busy:
                     self._cycle_start = time.monotonic()
                     return True
+            rate = self._segs_rate() if replan and not armed else None
+            if rate is not None:
+                earliest = self._cycle_start + 0.8 * self.budget.period_now(rate)
             now = time.monotonic()
             if not armed and now >= earliest:
                 self._polled.clear()
@@ -773,15 +786,19 @@ class LatencyEngine:
             return Plan(self.period_s, self.period_s)
         if self.fixed_window_s is not None:
             return Plan(self.fixed_window_s, self.period_s)
-        return self.budget.adjust_for_load(self._segs_rate())
+        return self.budget.adjust_for_load(self._segs_rate() or 0.0)
 
-    def _segs_rate(self) -> float:
+    def _segs_rate(self) -> float | None:
+        """This namespace's TCP segments a second since the last look at least SEGS_SPAN_S
+        before (a shorter span would count a few segments as a rate); None until known."""
         now, segs = time.monotonic(), tcp_segments()
-        prev = getattr(self, "_segs_seen", None)
-        self._segs_seen = (now, segs)
-        if prev is None or now <= prev[0]:
-            return 0.0
-        return (segs - prev[1]) / (now - prev[0])
+        prev = self._segs_seen
+        if prev is None:
+            self._segs_seen = (now, segs)
+        elif now - prev[0] >= SEGS_SPAN_S:
+            self._segs_seen = (now, segs)
+            self._segs_per_s = (segs - prev[1]) / (now - prev[0])
+        return self._segs_per_s
 
     # -- reading a window's figures -------------------------------------------
 

@@ -107,6 +107,10 @@ class Budget:
         self.plan = Plan(min(first_window_s, period_s), period_s)
         self.last: Cycle | None = None
         self._recent: deque[tuple[Cycle, int]] = deque()  # (cycle, BPF ns the model says it spent)
+        # What the last plan's period was made of: BPF ns allowed a second, the period the
+        # thread's own cost asks for, BPF ns per open second and of the drain, at what rate
+        # of segments a second (period_now scales the traffic's part to the rate now).
+        self._basis: tuple[float, float, float, float, float] | None = None
 
     def observe(self, c: Cycle) -> Plan:
         """Account one finished cycle and plan the next."""
@@ -124,7 +128,8 @@ class Budget:
         # with the same BPF share, each is longer).
         per_s = AIM * self.budget * busy_rate
         own_per_s = max(OWN_SHARE * self.budget * busy_rate, OWN_FLOOR_NS_PER_S)
-        period = max(self.base_period_s, min(MAX_PERIOD_S, c.own_ns / own_per_s))
+        own_period = max(self.base_period_s, min(MAX_PERIOD_S, c.own_ns / own_per_s))
+        period = own_period
         allowed = per_s * period
         if open_rate <= 0:
             window = period  # nothing ran: nothing to pay for
@@ -141,7 +146,30 @@ class Budget:
             need = open_rate * MIN_WINDOW_S + drain
             longer = min(MAX_PERIOD_S, need / per_s) if per_s > 0 else MAX_PERIOD_S
             self.plan = Plan(MIN_WINDOW_S, max(longer, period))
+        segs_rate = c.segs_open / c.open_s if c.open_s > 0 else 0.0
+        self._basis = (per_s, own_period, open_rate, drain, segs_rate)
         return self.plan
+
+    def spaced_by_traffic(self) -> bool:
+        """Whether the traffic's cost, not the thread's own, set the planned period (to more
+        than twice what the thread's cost asks for): then period_now is worth asking."""
+        basis = self._basis
+        return basis is not None and not self.plan.continuous and self.plan.period_s > 2 * basis[1]
+
+    def period_now(self, segs_per_s_now: float) -> float:
+        """The period the budget would choose for the planned window at this namespace's TCP
+        segment rate now: after a burst spaced windows out, the next one comes when the budget
+        affords the traffic there is, not the burst's (one window at the burst's rate could
+        otherwise leave a quiet host untimed for up to MAX_PERIOD_S). Never longer than planned."""
+        p, basis = self.plan, self._basis
+        if basis is None or p.continuous:
+            return p.period_s
+        per_s, own_period, open_rate, drain, segs_then = basis
+        if segs_then <= 0 or segs_per_s_now >= segs_then or per_s <= 0:
+            return p.period_s
+        scale = segs_per_s_now / segs_then
+        need = (open_rate * p.window_s + drain) * scale
+        return min(p.period_s, max(own_period, need / per_s))
 
     def adjust_for_load(self, segs_per_s_now: float) -> Plan:
         """Before a window opens: if this namespace's TCP segment rate grew since the last
