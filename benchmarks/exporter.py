@@ -32,16 +32,13 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cputime import proc_cpu_s  # noqa: E402
+
 TCPTOP = [sys.executable, "-m", "tcptop"]
 # What Prometheus 2.42 sends with every scrape.
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def service_listener() -> socket.socket:
@@ -102,13 +99,13 @@ class Served:
 def window(served: Served, seconds: float, scrape: bool) -> tuple[float, list[float]]:
     """CPU seconds the exporter used over `seconds`, scraping once per poll or not at all."""
     lat = []
-    c0 = cpu_s(served.proc.pid)
+    c0 = proc_cpu_s(served.proc.pid)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if scrape:
             lat.append(served.scrape()[0])
         time.sleep(1.0)  # one scrape per 1 s poll: every scrape renders a new poll
-    return cpu_s(served.proc.pid) - c0, lat
+    return proc_cpu_s(served.proc.pid) - c0, lat
 
 
 def live(label: str, args: tuple[str, ...], n_pairs: int, distinct: bool, pairs: int, seconds: float) -> dict:

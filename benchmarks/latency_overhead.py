@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from tcptop.engines.core.latency import LatencyEngine  # noqa: E402
 from bpfstats import bpf_stats  # noqa: E402
+from cputime import proc_cpu_s  # noqa: E402
 
 # The packet-level engine's configurations, as LatencyEngine keyword arguments.
 ENGINE_MODES: dict[str, dict] = {
@@ -188,13 +189,6 @@ def prog_stats(ids: list[int]) -> dict[int, tuple[str, int, int]]:
 
 
 
-def process_cpu_ns(pid: int) -> int:
-    """utime + stime of a process so far, ns."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-
-
 def bpf_cost(wl: Workload, mode: str) -> tuple[dict[str, tuple[float, float]], float]:
     """One run with bpf stats on: {program: (runs per unit, ns per unit)}, and units done.
     For a tcptop child, also its own CPU per unit (under the key "(tcptop process)")."""
@@ -203,9 +197,9 @@ def bpf_cost(wl: Workload, mode: str) -> tuple[dict[str, tuple[float, float]], f
         # Programs may come and go (windows): read ids at the end too, and diff per id.
         before = prog_stats(ids())
         pid = getattr(ids, "pid", None)
-        cpu0 = process_cpu_ns(pid) if pid else 0
+        cpu0 = int(proc_cpu_s(pid) * 1e9) if pid else 0
         _, units = wl.run()
-        cpu1 = process_cpu_ns(pid) if pid else 0
+        cpu1 = int(proc_cpu_s(pid) * 1e9) if pid else 0
         after = prog_stats(sorted(set(ids()) | set(before)))
     per: dict[str, list[float]] = {}
     for pid, (name, ns, cnt) in after.items():

@@ -54,6 +54,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads  # noqa: E402
 from bpfstats import bpf_stats  # noqa: E402
+from cputime import proc_cpu_s, ticks_cpu_s  # noqa: E402
 
 TCPTOP = [sys.executable, "-m", "tcptop"]
 LOADING = '"loading (after the first snapshot)"'  # the packet-level engine's hook until it has loaded
@@ -72,28 +73,12 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def proc_cpu_s(pid: int) -> float:
-    """A process's CPU so far, every thread's (ended ones too), to the nanosecond: its CPU-time
-    clock (clock_getcpuclockid). /proc/PID/stat counts in 10 ms ticks, and a redis run's whole
-    tcptop share was 0-5 ticks on a fast machine, printed as 0 or 50 ns a request."""
-    try:
-        return time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole process
-    except OSError:
-        return _ticks_cpu_s(str(pid))
-
-
-def _ticks_cpu_s(task: str) -> float:
-    with open(f"/proc/{task}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def thread_cpu_s(pid: int) -> dict[int, float]:
     """tid -> utime+stime of each thread of a process (/proc/PID/task/TID/stat)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            out[int(tid)] = _ticks_cpu_s(f"{pid}/task/{tid}")
+            out[int(tid)] = ticks_cpu_s(f"{pid}/task/{tid}")
         except OSError:  # the thread ended
             pass
     return out
