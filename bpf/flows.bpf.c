@@ -91,6 +91,18 @@ struct {
 	__uint(max_entries, 1 << 22);
 } notices SEC(".maps");
 
+/* Where a record goes when its ring refuses it (see reserve()): rings of their own, with
+ * their own locks, drained with the main ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} closed_rescue SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} notices_rescue SEC(".maps");
+
 /* Sockets user space asks the lookup program about, and the changed ones it found. Mapped
  * into user space, which writes and reads them in place: a busy poll asks about thousands,
  * and batch calls cost ~1 ms each way per 2,000. */
@@ -153,6 +165,24 @@ static __always_inline void stat_inc(__u32 idx)
 
 	if (v)
 		*v += 1;
+}
+
+/* A ring's record. A reservation can be refused with the ring far from full: a sustained
+ * churn of 10,000 connections a second lost one final record and 2-4 notices a minute with
+ * both rings nearly empty, and a second try at once was refused too (the ring's lock: on
+ * kernels where it is a resilient spinlock, a waiter gives up after a timeout or on a
+ * suspected deadlock, and on a VM the holder's vCPU can be stalled). The record goes to a
+ * rescue ring instead, whose lock is another; user space drains both. */
+static __always_inline void *reserve(void *ring, void *rescue, __u64 size)
+{
+	void *r = bpf_ringbuf_reserve(ring, size, 0);
+
+	if (!r) {
+		r = bpf_ringbuf_reserve(rescue, size, 0);
+		if (r)
+			stat_inc(STAT_RESERVE_RESCUED);
+	}
+	return r;
 }
 
 static __always_inline bool before(__u32 a, __u32 b)
@@ -527,7 +557,7 @@ static __always_inline void fill_tw(struct flow_record *r, struct tcp_timewait_s
 
 static __always_inline void notice_socket(struct sock *sk, __u64 cookie)
 {
-	struct flow_notice *n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
+	struct flow_notice *n = reserve(&notices, &notices_rescue, sizeof(*n));
 
 	if (!n) {
 		stat_inc(STAT_NOTICES_LOST);
@@ -680,7 +710,7 @@ static __always_inline void final_record(struct sock *sk, int oldstate)
 		if (!(c->flags & FLOW_BASES))
 			set_bases(c, tp, false, false);
 	}
-	r = bpf_ringbuf_reserve(&closed, sizeof(*r), 0);
+	r = reserve(&closed, &closed_rescue, sizeof(*r));
 	if (!r) {
 		stat_inc(STAT_CLOSED_LOST);
 		return;
@@ -764,7 +794,7 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 	/* tcp_disconnect() jumps copied_seq to rcv_nxt and clears the peer's port */
 	if (!tp || tp->copied_seq == c->closed_copied_seq || sk->__sk_common.skc_dport == 0)
 		return 0;
-	r = bpf_ringbuf_reserve(&closed, sizeof(*r), 0);
+	r = reserve(&closed, &closed_rescue, sizeof(*r));
 	if (!r) {
 		stat_inc(STAT_CLOSED_LOST);
 		return 0;
@@ -830,7 +860,7 @@ static __always_inline int note_accept(long fd)
 	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	if (!cookie)
 		return 0;
-	n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
+	n = reserve(&notices, &notices_rescue, sizeof(*n));
 	if (!n) {
 		stat_inc(STAT_NOTICES_LOST);
 		return 0;
@@ -858,7 +888,7 @@ int tcptop_accept(struct trace_event_raw_sys_exit *ctx)
 
 static __always_inline void notice_process(struct task_struct *task, enum notice_kind kind)
 {
-	struct flow_notice *n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
+	struct flow_notice *n = reserve(&notices, &notices_rescue, sizeof(*n));
 
 	if (!n) {
 		stat_inc(STAT_NOTICES_LOST);
@@ -887,7 +917,7 @@ int BPF_PROG(tcptop_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (child->pid != child->tgid)
 		return 0; /* a thread: same files, same process */
-	n = bpf_ringbuf_reserve(&notices, sizeof(*n), 0);
+	n = reserve(&notices, &notices_rescue, sizeof(*n));
 	if (!n) {
 		stat_inc(STAT_NOTICES_LOST);
 		return 0;

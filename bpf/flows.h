@@ -178,11 +178,12 @@ struct flow_ctl {
 /* Run-level counters, one slot each in the per-CPU `stats` array (its key type). */
 enum tcptop_stat {
 	STAT_COUNTERS_FULL = 0, /* socket storage could not be allocated */
-	STAT_CLOSED_LOST,       /* a final record was dropped: the closed ring was full */
-	STAT_NOTICES_LOST,      /* a notice was dropped: the notices ring was full */
+	STAT_CLOSED_LOST,       /* a final record was dropped: the closed ring and its rescue refused it */
+	STAT_NOTICES_LOST,      /* a notice was dropped: the notices ring and its rescue refused it */
 	STAT_GOT_FULL,          /* a lookup found more changed sockets than `got` holds */
 	STAT_ITER_SOCKETS,      /* sockets the iterator visited */
 	STAT_PROBE_RUNS,        /* tcp_probe runs (sanity) */
+	STAT_RESERVE_RESCUED,   /* a ring refused a record and its rescue ring took it */
 	STAT_MAX,
 };
 

@@ -233,13 +233,12 @@ def test_missing_tracepoint_degrades_only_its_metric(monkeypatch):
 
 
 def test_closed_record_overflow_is_counted_not_silent():
-    """Room for about 64 final records and 300 connections closed within one interval: the
-    overflow is counted, and every closed flow is still reported closed (with its last values)."""
-    from tcptop.engines.core.flow_layout import REC_SIZE
-
+    """Room for about 64 final records (and as many in the rescue ring) and 300 connections'
+    ends closed within one interval: the overflow is counted, and every closed flow is still
+    reported closed (with its last values)."""
     e = CoreEngine(EngineOptions(interval_s=0.2, max_closed=64))
     e.flows.stop_keeper()  # what a full ring does: nothing takes records out between polls
-    room = e.flows._closed_ring.size // (REC_SIZE + 8)
+    room = e.flows.closed_room  # the ring and its rescue ring
     pairs = [loopback_pair() for _ in range(150)]
     try:
         for c, s in pairs:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 from bpfprogs import Holdings, loaded_prog_ids, orphans_since, wait_released
-from kit import loopback_pair, recv_exactly, sh, wait_idle
+from kit import loopback_pair, recv_exactly, sh, sock_cookie, wait_idle
 
 from tcptop.engines import EngineOptions
 from tcptop.engines.core.engine import CoreEngine
@@ -321,6 +321,49 @@ def test_a_burst_of_closes_beyond_max_closed_is_counted_shown_and_exact():
                 assert f.lport == port and f.bytes_received - sent[f.rport] in (0, 1), f
     finally:
         lsn.close()
+        engine.close()
+
+
+def test_final_records_the_closed_ring_refuses_go_whole_to_its_rescue_ring():
+    """With room for 64 final records in the closed ring (99 once rounded up to a power of
+    two), as many in its rescue ring, and nothing taking them out between polls, 150 ends
+    close: the ring refuses the records past its room and the rescue ring takes them whole
+    (each client's last 2 bytes, sent after the last poll, are in its final record alone)."""
+    from tcptop.engines.core.flow_layout import Stat
+    from tcptop.engines.core.flows import _RING_REC
+
+    engine = CoreEngine(EngineOptions(interval_s=0.2, max_closed=64, latency="off"))
+    engine.flows.stop_keeper()
+    pairs = [loopback_pair() for _ in range(75)]
+    try:
+        mine = {sock_cookie(x) for pair in pairs for x in pair}
+        clients = {sock_cookie(c) for c, _ in pairs}
+        for c, s in pairs:
+            c.sendall(b"a")
+            recv_exactly(s, 1)
+        deadline = time.monotonic() + 10
+        while sum(1 for f in engine.poll().flows if f.id in mine) < 150:
+            assert time.monotonic() < deadline
+        main_room = (engine.flows._closed_ring.size - 1) // _RING_REC
+        assert main_room < 150 <= engine.flows.closed_room
+        rescued0 = engine.flows.stats()[Stat.STAT_RESERVE_RESCUED]
+        for c, s in pairs:  # after the last poll: only a final record can tell these bytes
+            c.sendall(b"bb")
+            recv_exactly(s, 2)
+            wait_idle(c)
+        for c, s in pairs:
+            s.close()
+            c.close()
+        time.sleep(0.2)
+        snap = engine.poll()
+        ends = {f.id: f for f in snap.flows if f.id in mine}
+        assert len(ends) == 150 and all(f.ended for f in ends.values())
+        assert sorted(f.bytes_sent for i, f in ends.items() if i in clients) == [3] * 75
+        assert engine.flows.stats()[Stat.STAT_RESERVE_RESCUED] - rescued0 >= 150 - main_room
+    finally:
+        for c, s in pairs:
+            c.close()
+            s.close()
         engine.close()
 
 

@@ -65,7 +65,8 @@ class Stat(enum.IntEnum):
     STAT_GOT_FULL = 3
     STAT_ITER_SOCKETS = 4
     STAT_PROBE_RUNS = 5
-    STAT_MAX = 6
+    STAT_RESERVE_RESCUED = 6
+    STAT_MAX = 7
 
 
 class FlowCounters(ctypes.Structure):
