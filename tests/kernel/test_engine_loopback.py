@@ -287,7 +287,7 @@ def _latency_state(engine) -> str:
     if lat is None:
         return f"packet-level engine not running; degraded: {engine._lat_degraded}"
     cycles = [f"open {c.open_s * 1000:.0f} ms of {c.elapsed_s:.1f} s, own {c.own_ns / 1e6:.1f} ms"
-              for c, _ in lat.budget._cycles()[-5:]]
+              for c, _ in lat.budget.cycles()[-5:]]
     return f"plan {lat.budget.plan}; last cycles: {cycles}; degraded: {lat.degraded}"
 
 

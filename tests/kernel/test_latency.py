@@ -663,7 +663,7 @@ def test_budget_mode_keeps_its_cost_within_its_share_of_busy_cpu():
     # The first window opens blind (5 ms, before any cost is known): on a fast machine it alone
     # is ~12 ms of BPF time, 39 % of its own short cycle, and in a run this short it decided
     # whether the whole passed (0.72-1.1 %). The budget is what the windows it planned cost.
-    planned = lat.budget._cycles()[1:]
+    planned = lat.budget.cycles()[1:]
     cost = 100 * sum(ns for _, ns in planned) / sum(c.busy_ns for c, _ in planned)
     assert cost <= 0.5 * 1.5, (cost, cov)
     assert 0 < cov["timed_fraction"] < 0.5, cov

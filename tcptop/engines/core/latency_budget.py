@@ -185,23 +185,24 @@ class Budget:
 
     def timed_fraction(self) -> float | None:
         """Fraction of wall time a window was open, over the last minute or so."""
-        recent = self._cycles()
+        recent = self.cycles()
         elapsed = sum(c.elapsed_s for c, _ in recent)
         return sum(c.open_s for c, _ in recent) / elapsed if elapsed > 0 else None
 
     def cost_pct(self) -> float | None:
         """The model's BPF time as a percentage of busy CPU, over the last minute or so."""
-        recent = self._cycles()
+        recent = self.cycles()
         busy = sum(c.busy_ns for c, _ in recent)
         return 100 * sum(ns for _, ns in recent) / busy if busy > 0 else None
 
     def own_pct(self) -> float | None:
         """The engine thread's own CPU as a percentage of busy CPU, over the last minute or so."""
-        recent = self._cycles()
+        recent = self.cycles()
         busy = sum(c.busy_ns for c, _ in recent)
         return 100 * sum(c.own_ns for c, _ in recent) / busy if busy > 0 else None
 
-    def _cycles(self) -> tuple[tuple[Cycle, int], ...]:
-        """The recent cycles, copied in one step: the window thread appends while a poll reads
-        (iterating the deque itself raised "deque mutated during iteration" once)."""
+    def cycles(self) -> tuple[tuple[Cycle, int], ...]:
+        """The recent cycles with the BPF ns the model says each spent (about the last minute),
+        copied in one step: the window thread appends while a poll reads (iterating the deque
+        itself raised "deque mutated during iteration" once)."""
         return tuple(self._recent)
