@@ -48,6 +48,25 @@ def test_windows_grow_at_most_twofold_a_cycle_and_shrink_at_once():
     assert b.plan.window_s < w0 / 2
 
 
+def test_on_a_quiet_host_windows_grow_per_base_period_and_reach_continuous_timing_in_two_cycles():
+    """The thread's own cost spaces cycles 5 s apart (base period 1 s): traffic far within the
+    budget lets a window double per second the cycle lasted (5 ms -> 160 ms -> continuous),
+    where busier traffic (half the budget's allowance if timed throughout) still doubles per
+    cycle."""
+    quiet, busy = Budget(0.5, period_s=1.0), Budget(0.5, period_s=1.0)
+    own = int(5.0 * OWN_FLOOR_NS_PER_S)  # 10 ms a cycle at the floor: a cycle every 5 s
+    busy_runs = 0.5 * AIM * 0.005 * BUSY_2_CPUS / NS_PER_RUN
+    windows, continuous = [], []
+    for _ in range(2):
+        quiet.observe(cycle(100, quiet.plan.window_s, elapsed_s=5.0, own_ns=own))
+        busy.observe(cycle(busy_runs, busy.plan.window_s, elapsed_s=5.0, own_ns=own))
+        windows.append((quiet.plan.window_s, busy.plan.window_s))
+        continuous.append(quiet.plan.continuous)
+    assert windows[0] == pytest.approx((MIN_WINDOW_S * 32, MIN_WINDOW_S * 2))
+    assert windows[1][1] == pytest.approx(MIN_WINDOW_S * 4)
+    assert continuous == [False, True] and not busy.plan.continuous
+
+
 def test_traffic_too_heavy_for_the_shortest_window_spaces_windows_out():
     b = Budget(0.5, period_s=1.0)
     runs = 100_000_000  # a 5 ms window costs more than a second's budget

@@ -36,7 +36,13 @@ AIM = 0.8
 MIN_WINDOW_S = 0.005    # shorter windows time too few packets to be worth the attach
 MAX_PERIOD_S = 60.0     # at most this long without a window, however busy the machine
 RECENT_S = 60.0         # coverage and cost are reported over about this much of the past
-GROWTH = 2.0            # a window at most doubles from one cycle to the next
+GROWTH = 2.0            # a window at most doubles from one cycle to the next ...
+# ... or, while the traffic is far within the budget (timing all of it for a whole period
+# would cost at most this share of what a period allows: a quiet host), from one base
+# period to the next: cycles spaced ~5 s apart by the thread's own cost took ~8 cycles
+# (~40 s) to reach continuous timing on a quiet host, so a flow with a request a second had
+# no stage figures for about as long.
+QUIET_SHARE = 0.25
 # The engine's own thread (attaching and detaching ~13 programs, ~5 ms a cycle; taking and
 # summarising a window) gets this fraction of the budget's share of busy CPU: with the same
 # share as the programs (it had AIM), it cost as much as they did (6.5 ms a second on redis
@@ -136,7 +142,10 @@ class Budget:
         else:
             window = (allowed - drain) / open_rate
         if not self.plan.continuous:
-            window = min(window, self.plan.window_s * GROWTH)
+            growth = GROWTH
+            if open_rate * period + drain <= QUIET_SHARE * allowed:
+                growth = GROWTH ** min(MAX_PERIOD_S, max(1.0, c.elapsed_s / self.base_period_s))
+            window = min(window, self.plan.window_s * growth)
         if window >= period:
             self.plan = Plan(period, period)
         elif window >= MIN_WINDOW_S:
