@@ -196,7 +196,8 @@ class FlowEngine:
         seconds) then loses neither: the closed ring holds ~100,000 records by default, five
         seconds of 10,000 connections a second, and the notice ring about as many seconds
         (101,252 notices were lost in 8 s gaps of a sustained churn, and each loss costs a walk
-        of the whole table). Otherwise this only reads four positions four times a second."""
+        of the whole table). A rescue ring is emptied whenever it holds anything. Otherwise this
+        only reads eight positions four times a second."""
         closed, notices = self._closed_ring, self._notice_ring
         while not self._keeper_stop.wait(KEEPER_PERIOD_S):
             take_finals = closed.pending_bytes() >= closed.size // 4 or self._closed_rescue.pending_bytes()

@@ -81,8 +81,8 @@ class LatStat(enum.IntEnum):
 
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
 PEND_RX_TCP, PEND_RX_APP, PEND_TX_TCP, PEND_QDISC, PEND_MAX = map(int, LatPending)
-# The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
 SEGS_SPAN_S = 0.5  # a segment rate is measured over at least this long
+# The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
 STAT_NAMES = tuple(m.name[3:].lower() for m in LatStat if m is not LatStat.LS_MAX)
 
 
