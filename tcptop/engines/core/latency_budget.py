@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # What one program run costs, ns: the mean of our programs measured with kernel.bpf_stats
 # (which adds some tens of ns of its own) on redis-benchmark GET over loopback: 293 ns every
@@ -87,6 +88,16 @@ class Plan:
         return self.window_s >= self.period_s
 
 
+class _Basis(NamedTuple):
+    """What a plan was made of (period_now scales the traffic's part to the rate now)."""
+
+    per_s: float        # BPF ns allowed a second
+    own_period: float   # the period the thread's own cost asks for
+    open_rate: float    # BPF ns per open second
+    drain: float        # BPF ns of the drain
+    segs_per_s: float   # this namespace's TCP segments a second while the window was open
+
+
 @dataclass(frozen=True)
 class Cycle:
     """What one cycle measured."""
@@ -113,10 +124,7 @@ class Budget:
         self.plan = Plan(min(first_window_s, period_s), period_s)
         self.last: Cycle | None = None
         self._recent: deque[tuple[Cycle, int]] = deque()  # (cycle, BPF ns the model says it spent)
-        # What the last plan's period was made of: BPF ns allowed a second, the period the
-        # thread's own cost asks for, BPF ns per open second and of the drain, at what rate
-        # of segments a second (period_now scales the traffic's part to the rate now).
-        self._basis: tuple[float, float, float, float, float] | None = None
+        self._basis: _Basis | None = None  # what the last plan was made of
 
     def observe(self, c: Cycle) -> Plan:
         """Account one finished cycle and plan the next."""
@@ -144,7 +152,9 @@ class Budget:
         if not self.plan.continuous:
             growth = GROWTH
             if open_rate * period + drain <= QUIET_SHARE * allowed:
-                growth = GROWTH ** min(MAX_PERIOD_S, max(1.0, c.elapsed_s / self.base_period_s))
+                # at most 2**30: past any period from a 5 ms window, and no float overflow
+                # for a cycle of many short base periods
+                growth = GROWTH ** min(30.0, max(1.0, c.elapsed_s / self.base_period_s))
             window = min(window, self.plan.window_s * growth)
         if window >= period:
             self.plan = Plan(period, period)
@@ -156,14 +166,14 @@ class Budget:
             longer = min(MAX_PERIOD_S, need / per_s) if per_s > 0 else MAX_PERIOD_S
             self.plan = Plan(MIN_WINDOW_S, max(longer, period))
         segs_rate = c.segs_open / c.open_s if c.open_s > 0 else 0.0
-        self._basis = (per_s, own_period, open_rate, drain, segs_rate)
+        self._basis = _Basis(per_s, own_period, open_rate, drain, segs_rate)
         return self.plan
 
     def spaced_by_traffic(self) -> bool:
         """Whether the traffic's cost, not the thread's own, set the planned period (to more
         than twice what the thread's cost asks for): then period_now is worth asking."""
         basis = self._basis
-        return basis is not None and not self.plan.continuous and self.plan.period_s > 2 * basis[1]
+        return basis is not None and not self.plan.continuous and self.plan.period_s > 2 * basis.own_period
 
     def period_now(self, segs_per_s_now: float) -> float:
         """The period the budget would choose for the planned window at this namespace's TCP
@@ -173,12 +183,11 @@ class Budget:
         p, basis = self.plan, self._basis
         if basis is None or p.continuous:
             return p.period_s
-        per_s, own_period, open_rate, drain, segs_then = basis
-        if segs_then <= 0 or segs_per_s_now >= segs_then or per_s <= 0:
+        if basis.segs_per_s <= 0 or segs_per_s_now >= basis.segs_per_s or basis.per_s <= 0:
             return p.period_s
-        scale = segs_per_s_now / segs_then
-        need = (open_rate * p.window_s + drain) * scale
-        return min(p.period_s, max(own_period, need / per_s))
+        scale = segs_per_s_now / basis.segs_per_s
+        need = (basis.open_rate * p.window_s + basis.drain) * scale
+        return min(p.period_s, max(basis.own_period, need / basis.per_s))
 
     def adjust_for_load(self, segs_per_s_now: float) -> Plan:
         """Before a window opens: if this namespace's TCP segment rate grew since the last
