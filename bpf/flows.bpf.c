@@ -1108,8 +1108,9 @@ int tcptop_files(struct bpf_iter__task_file *ctx)
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	h.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	if (!h.cookie || (!ctl.files_all && !bpf_map_lookup_elem(&owner_wanted, &h.cookie)))
+	if (!ctl.files_all && (!h.cookie || !bpf_map_lookup_elem(&owner_wanted, &h.cookie)))
 		return 0;
+	h.ino = BPF_CORE_READ(file, f_inode, i_ino);
 	h.pid = task->tgid;
 	h.fd = ctx->fd;
 	__builtin_memcpy(h.comm, task->comm, sizeof(h.comm));

@@ -157,6 +157,7 @@ struct flow_want {
 /* One process holding a socket user space asked about (the task_file walk). */
 struct flow_holder {
 	__u64 cookie;
+	__u64 ino;          /* the socket's inode: the first walk's key (it comes before any cookie is made) */
 	__u32 pid;
 	__u32 fd;
 	char comm[TASK_COMM_LEN];
@@ -172,7 +173,7 @@ struct flow_ctl {
 	__u32 n_wants;      /* entries of `wants` the lookup program reads */
 	__u32 n_got;        /* records the lookup program wrote to `got` */
 	__u32 hz;           /* CONFIG_HZ, for the TIME_WAIT timer (0 unknown) */
-	__u32 files_all;    /* the task_file walk reports every TCP socket's holders, not only owner_wanted's */
+	__u32 files_all;    /* the task_file walk reports every TCP socket's holders (by inode), not only owner_wanted's */
 };
 
 /* Run-level counters, one slot each in the per-CPU `stats` array (its key type). */

@@ -1164,7 +1164,8 @@ static int apply_one(struct live_ctx *c, PyObject *v)
 			return -1;
 		tset(tr, TS_BORN, it[S.i_now]);
 		if (c->first != Py_None) {
-			PyObject *owner = PyDict_GetItemWithError(c->first, cookie);
+			/* the first walk's holders, by socket inode (it comes before cookies are made) */
+			PyObject *owner = PyDict_GetItemWithError(c->first, it[T.i_ino]);
 			if (!owner && PyErr_Occurred())
 				goto out;
 			tset(tr, TS_OWNER, owner ? owner : S.zero);

@@ -167,6 +167,7 @@ class FlowWant(ctypes.Structure):
 class FlowHolder(ctypes.Structure):
     _fields_ = [
         ("cookie", ctypes.c_uint64),
+        ("ino", ctypes.c_uint64),
         ("pid", ctypes.c_uint32),
         ("fd", ctypes.c_uint32),
         ("comm", ctypes.c_char * TASK_COMM_LEN),

@@ -18,7 +18,7 @@ import mmap
 import re
 import struct
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tcptop import native
 
@@ -726,20 +726,27 @@ def iter_read(link: Link, bufsize: int = 1 << 20) -> bytes:
 
 
 def iter_chunks(link: Link, bufsize: int = 1 << 20) -> list[bytes]:
-    """Run an iterator once; what it wrote, one chunk per read(). A read returns the kernel's
-    whole seq_file buffer (8 pages) when `bufsize` is larger, and a program's bpf_seq_write
-    goes in whole or not at all, so each chunk holds whole records."""
+    """Run an iterator once; what it wrote, one chunk per read()."""
+    chunks: list[bytes] = []
+    iter_each(link, chunks.append, bufsize)
+    return chunks
+
+
+def iter_each(link: Link, put: Callable[[bytes], object], bufsize: int = 1 << 20) -> None:
+    """Run an iterator once, handing each read()'s chunk to `put` as it comes (another thread
+    may use them while the kernel walks on: read() releases the GIL). A read returns the
+    kernel's whole seq_file buffer (8 pages) when `bufsize` is larger, and a program's
+    bpf_seq_write goes in whole or not at all, so each chunk holds whole records (unless one
+    program run wrote more than the buffer)."""
     fd = lib().bpf_iter_create(link.fd)
     if fd < 0:
         raise BpfError(f"create iterator {link.what}", _err())
     try:
-        chunks = []
         while True:
             b = os.read(fd, bufsize)
             if not b:
                 break
-            chunks.append(b)
-        return chunks
+            put(b)
     finally:
         os.close(fd)
 
