@@ -701,3 +701,31 @@ def test_a_flow_keeps_its_last_windows_figures_with_their_age():
     assert later is first  # the same figures, not re-counted
     assert host["window"]["id"] > first["window"]["id"]  # later windows came, the flow kept its figures
     assert host["window"]["end_ts"] > first["window"]["end_ts"]  # whose age a reader can tell
+
+
+def test_host_packets_count_the_traffic_of_other_namespaces(nspair):
+    """The budget's traffic forecast counts every namespace's packets (containers'), not only
+    tcptop's own: 300 request/response exchanges over loopback inside another namespace are
+    all counted, against that namespace's own InSegs, while ours sees none of them."""
+    from tcptop.engines.core.latency_budget import HostPackets
+
+    script = ("import socket\n"
+              "l = socket.create_server(('127.0.0.1', 0)); c = socket.create_connection(l.getsockname())\n"
+              "s, _ = l.accept()\n"
+              "for _ in range(300):\n"
+              "    c.sendall(b'q'); s.recv(1); s.sendall(b'r'); c.recv(1)\n"
+              "c.close(); s.close()\n")
+
+    def in_segs(ns: str | None) -> int:
+        lines = [ln.split() for ln in sh("cat", "/proc/net/snmp", ns=ns).splitlines() if ln.startswith("Tcp:")]
+        return int(lines[1][lines[0].index("InSegs")])
+
+    count = HostPackets()
+    count()
+    theirs0, ours0 = in_segs(nspair.a), in_segs(None)
+    sh("python3", "-c", script, ns=nspair.a)
+    theirs, ours = in_segs(nspair.a) - theirs0, in_segs(None) - ours0
+    seen = count()
+    assert theirs >= 600  # 300 requests and 300 replies, each received once (plus the handshake)
+    assert seen >= theirs, (seen, theirs)
+    assert ours < theirs / 2, (ours, theirs)  # the old measure (our namespace's snmp) missed them

@@ -146,3 +146,24 @@ def test_the_budget_is_a_percentage():
     for bad in (0, -1, 101):
         with pytest.raises(ValueError):
             Budget(bad, period_s=1.0)
+
+
+def _softnet(path, processed: list[int]) -> None:
+    path.write_text("".join(f"{p:08x} 00000000 00000003 00000000 00000000\n" for p in processed))
+
+
+def test_host_packets_add_every_cpus_packets_across_the_32_bit_wrap(tmp_path):
+    from tcptop.engines.core.latency_budget import HostPackets
+
+    f = tmp_path / "softnet_stat"
+    _softnet(f, [0xFFFFFF00, 10])
+    count = HostPackets(str(f))
+    assert count() == 0  # the first look is the baseline
+    _softnet(f, [0x00000010, 110])  # CPU 0 wrapped: 0x100 + 0x10 packets
+    assert count() == 0x110 + 100
+    _softnet(f, [0x00000010, 110, 7])  # a CPU came online: this look is the new baseline
+    assert count() == 0x110 + 100
+    _softnet(f, [0x00000020, 110, 9])
+    assert count() == 0x110 + 100 + 16 + 2
+    f.unlink()  # unreadable: nothing more counted, nothing raised
+    assert count() == 0x110 + 100 + 18

@@ -11,8 +11,9 @@ chooses the next window's length from what the last cycle cost:
 
 The runs are counted by the programs themselves (one per-CPU counter, a few ns a run;
 kernel.bpf_stats is not needed and not touched), busy CPU comes from /proc/stat, and the
-segment counters of /proc/net/snmp say whether the traffic grew since the last window (then
-the next one shrinks in proportion before it opens, rather than after it overspent).
+packets the host took in (/proc/net/softnet_stat, every namespace) say whether the traffic
+grew since the last window (then the next one shrinks in proportion before it opens, rather
+than after it overspent).
 
 The engine's own thread (attaching, draining, summarising a window's flows) is held to a
 quarter of that share: when its CPU per window would exceed it, windows come less often and
@@ -64,15 +65,30 @@ def busy_cpu_ns() -> int:
     return (user + nice + system + irq + softirq) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
-def tcp_segments() -> int:
-    """TCP segments received + sent in this network namespace so far (/proc/net/snmp)."""
-    try:
-        with open("/proc/net/snmp") as f:
-            lines = [ln.split() for ln in f if ln.startswith("Tcp:")]
-        head, vals = lines[0], lines[1]
-        return int(vals[head.index("InSegs")]) + int(vals[head.index("OutSegs")])
-    except (OSError, IndexError, ValueError):
-        return 0
+class HostPackets:
+    """Packets the host's CPUs have taken in so far, every network namespace at once
+    (/proc/net/softnet_stat's first column, per CPU): the traffic the stage programs will
+    run on, containers included. /proc/net/snmp's segment counters were the measure before,
+    but they count tcptop's own namespace only, blind to every container's traffic. Sent
+    packets count where the host receives them too (loopback, veth); a physical NIC's are
+    not counted, but the ACKs that answer them are, so the rate moves with the traffic. Each
+    per-CPU counter is 32 bits: their differences are taken modulo 2**32."""
+
+    def __init__(self, path: str = "/proc/net/softnet_stat"):
+        self.path = path
+        self._last: list[int] | None = None
+        self._total = 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path) as f:
+                now = [int(line.split(None, 1)[0], 16) for line in f]
+        except (OSError, ValueError, IndexError):
+            return self._total
+        last, self._last = self._last, now
+        if last is not None and len(last) == len(now):  # a CPU coming or going loses one look
+            self._total += sum((b - a) & 0xFFFFFFFF for a, b in zip(last, now))
+        return self._total
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,7 @@ class _Basis(NamedTuple):
     own_period: float   # the period the thread's own cost asks for
     open_rate: float    # BPF ns per open second
     drain: float        # BPF ns of the drain
-    segs_per_s: float   # this namespace's TCP segments a second while the window was open
+    segs_per_s: float   # packets a second the host took in while the window was open (HostPackets)
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,7 @@ class Cycle:
     drain_runs: int     # program runs after it closed, while started packets finished
     elapsed_s: float    # the whole cycle, open + drain + detached
     busy_ns: int        # the machine's busy CPU over the cycle
-    segs_open: int = 0  # TCP segments (this namespace) while open
+    segs_open: int = 0  # packets the host took in while open (HostPackets)
     own_ns: int = 0     # CPU the engine's own thread spent on the cycle (attach, drain, summaries)
 
 
@@ -176,8 +192,8 @@ class Budget:
         return basis is not None and not self.plan.continuous and self.plan.period_s > 2 * basis.own_period
 
     def period_now(self, segs_per_s_now: float) -> float:
-        """The period the budget would choose for the planned window at this namespace's TCP
-        segment rate now: after a burst spaced windows out, the next one comes when the budget
+        """The period the budget would choose for the planned window at the host's packet rate
+        now (HostPackets): after a burst spaced windows out, the next one comes when the budget
         affords the traffic there is, not the burst's (one window at the burst's rate could
         otherwise leave a quiet host untimed for up to MAX_PERIOD_S). Never longer than planned."""
         p, basis = self.plan, self._basis
@@ -190,7 +206,7 @@ class Budget:
         return min(p.period_s, max(basis.own_period, need / basis.per_s))
 
     def adjust_for_load(self, segs_per_s_now: float) -> Plan:
-        """Before a window opens: if this namespace's TCP segment rate grew since the last
+        """Before a window opens: if the host's packet rate (HostPackets) grew since the last
         window measured its cost, shorten the window in proportion (never lengthen it)."""
         c = self.last
         if c is None or c.open_s <= 0 or self.plan.continuous:
