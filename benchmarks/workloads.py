@@ -15,7 +15,7 @@ from contextlib import contextmanager
 PER_PROCESS = 9000  # connections per holder process: two descriptors each
 
 _HOLDER = textwrap.dedent("""
-    import resource, socket, sys
+    import resource, socket, struct, sys
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     n = int(sys.argv[1])
@@ -34,6 +34,10 @@ _HOLDER = textwrap.dedent("""
     lsn.close()
     print(len(socks), flush=True)
     sys.stdin.read()
+    # an abort, not a FIN: no TIME_WAIT ends left for the next case to walk
+    for s in socks:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
 """)
 
 _CHURNER = textwrap.dedent("""
