@@ -2,7 +2,8 @@
 
 import pytest
 
-from tcptop.engines.core.latency_budget import AIM, MIN_WINDOW_S, NS_PER_RUN, OWN_FLOOR_NS_PER_S, OWN_SHARE, Budget, Cycle
+from tcptop.engines.core.latency_budget import (AIM, MIN_WINDOW_S, NS_PER_RUN, OWN_FLOOR_NS_PER_S, OWN_SHARE, Budget, Cycle,
+                                               Plan)
 
 BUSY_2_CPUS = 1_600_000_000  # ns of busy CPU per second: a machine at 80 % of two CPUs
 
@@ -167,3 +168,25 @@ def test_host_packets_add_every_cpus_packets_across_the_32_bit_wrap(tmp_path):
     assert count() == 0x110 + 100 + 16 + 2
     f.unlink()  # unreadable: nothing more counted, nothing raised
     assert count() == 0x110 + 100 + 18
+
+
+def test_first_window_is_forecast_from_the_traffic_before_any_is_measured():
+    """Busy CPU 0.5 s a second, budget 0.5 %: the windows may cost 2 ms of BPF a second."""
+    from tcptop.engines.core.latency_budget import RUNS_PER_PACKET
+
+    per_s = AIM * 0.005 * 0.5e9
+    quiet = per_s * 0.25 / (RUNS_PER_PACKET * NS_PER_RUN)  # packets a second timed whole for a quarter of it
+    b = Budget(0.5, 1.0)
+    assert b.first_plan(quiet * 0.9, 0.5e9) == Plan(1.0, 1.0)  # quiet: continuous at once
+    b = Budget(0.5, 1.0)
+    assert b.first_plan(quiet * 1.1, 0.5e9) == Plan(MIN_WINDOW_S, 1.0)  # the blind default
+    # so busy that 5 ms of it cost 3x what a period allows: the first window comes 3 periods later
+    busy = 3 * per_s / (MIN_WINDOW_S * RUNS_PER_PACKET * NS_PER_RUN)
+    b = Budget(0.5, 1.0)
+    assert b.first_plan(busy, 0.5e9) == Plan(MIN_WINDOW_S, pytest.approx(3.0))
+    assert Budget(0.5, 1.0).first_plan(1e9, 0.5e9).period_s == 60.0  # at most MAX_PERIOD_S
+    # nothing known of the busy CPU: the default; once a cycle is measured, the measure decides
+    assert Budget(0.5, 1.0).first_plan(10, 0) == Plan(MIN_WINDOW_S, 1.0)
+    b = Budget(0.5, 1.0)
+    b.observe(Cycle(open_s=MIN_WINDOW_S, open_runs=100, drain_runs=0, elapsed_s=1.0, busy_ns=int(0.5e9)))
+    assert b.first_plan(0, 0.5e9) == b.plan

@@ -82,6 +82,7 @@ class LatStat(enum.IntEnum):
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
 PEND_RX_TCP, PEND_RX_APP, PEND_TX_TCP, PEND_QDISC, PEND_MAX = map(int, LatPending)
 SEGS_SPAN_S = 0.5  # a packet rate is measured over at least this long
+FIRST_SPAN_S = 0.2  # ... and the first window's forecast (it waits for the first poll after start)
 # The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
 STAT_NAMES = tuple(m.name[3:].lower() for m in LatStat if m is not LatStat.LS_MAX)
 
@@ -376,6 +377,7 @@ class LatencyEngine:
             btf.close()
         self._prev_host = self._read_host_raw()
         self._mark = (time.monotonic(), busy_cpu_ns(), self._runs())  # where the next cycle's costs start
+        self._packets_at_mark = self._packets()  # the first window's forecast counts packets from here
         self._cycle_start = time.monotonic() - self.period_s
         if self.mode == "continuous":
             self._open_window(attach=False)
@@ -716,6 +718,10 @@ class LatencyEngine:
         own0 = time.thread_time_ns()
         if not self._open_since:
             self._wait_for_poll(plan.period_s)
+            if self.budget.last is None and self.mode == "budget" and self.fixed_window_s is None:
+                plan = self._first_plan(mark_t, mark_busy)
+                if plan.period_s > self.period_s:  # even the first window costs more than a period allows
+                    self._wait_for_poll(plan.period_s)
         segs0 = self._packets()
         opened_at = self._open_since or mark_t
         if not self._open_since:
@@ -788,6 +794,15 @@ class LatencyEngine:
         if self.fixed_window_s is not None:
             return Plan(self.fixed_window_s, self.period_s)
         return self.budget.adjust_for_load(self._segs_rate() or 0.0)
+
+    def _first_plan(self, mark_t: float, mark_busy: int) -> Plan:
+        """The budget's first plan from the traffic and busy CPU since the engine started
+        (the blind default if that was less than FIRST_SPAN_S ago)."""
+        elapsed = time.monotonic() - mark_t
+        if elapsed < FIRST_SPAN_S:
+            return self.budget.plan
+        rate = (self._packets() - self._packets_at_mark) / elapsed
+        return self.budget.first_plan(rate, (busy_cpu_ns() - mark_busy) / elapsed)
 
     def _segs_rate(self) -> float | None:
         """Packets a second the host took in (every namespace) since the last look at least
