@@ -102,30 +102,30 @@ def test_more_segments_than_when_measured_shrink_the_next_window_before_it_opens
     b = Budget(0.5, period_s=1.0)
     for _ in range(6):
         b.observe(Cycle(open_s=b.plan.window_s, open_runs=int(1_300_000 * b.plan.window_s), drain_runs=0,
-                        elapsed_s=1.0, busy_ns=BUSY_2_CPUS, segs_open=int(100_000 * b.plan.window_s)))
+                        elapsed_s=1.0, busy_ns=BUSY_2_CPUS, packets_open=int(100_000 * b.plan.window_s)))
     w = b.plan.window_s
     assert b.adjust_for_load(200_000).window_s == pytest.approx(w / 2, rel=0.01)
 
 
 def test_after_a_burst_the_next_window_comes_when_the_traffic_now_affords_it():
-    """A window measured 5 million runs a second at 200,000 segments a second: the budget
-    spaces windows out. When the segment rate falls tenfold before the next window, the
+    """A window measured 5 million runs a second at 200,000 packets a second: the budget
+    spaces windows out. When the packet rate falls tenfold before the next window, the
     period is what the budget would choose for a tenth of that traffic (never under the base
     period or the thread's own floor, never longer than planned); when it does not fall, the
     plan stands."""
     b = Budget(0.5, period_s=1.0)
-    runs, segs = 5_000_000, 200_000
+    runs, packets = 5_000_000, 200_000
     b.observe(Cycle(open_s=MIN_WINDOW_S, open_runs=int(runs * MIN_WINDOW_S), drain_runs=0, elapsed_s=1.0,
-                    busy_ns=BUSY_2_CPUS, segs_open=int(segs * MIN_WINDOW_S)))
+                    busy_ns=BUSY_2_CPUS, packets_open=int(packets * MIN_WINDOW_S)))
     planned = b.plan.period_s
     per_s = AIM * 0.005 * BUSY_2_CPUS
     assert planned == pytest.approx(runs * NS_PER_RUN * MIN_WINDOW_S / per_s, rel=0.01)  # 1.56 s
-    assert b.period_now(segs) == planned and b.period_now(2 * segs) == planned
-    assert b.period_now(segs / 10) == 1.0  # a tenth of the runs fits in a base period
+    assert b.period_now(packets) == planned and b.period_now(2 * packets) == planned
+    assert b.period_now(packets / 10) == 1.0  # a tenth of the runs fits in a base period
     heavier = Budget(0.5, period_s=1.0)
     heavier.observe(Cycle(open_s=MIN_WINDOW_S, open_runs=int(20 * runs * MIN_WINDOW_S), drain_runs=0,
-                          elapsed_s=1.0, busy_ns=BUSY_2_CPUS, segs_open=int(segs * MIN_WINDOW_S)))
-    assert heavier.period_now(segs / 10) == pytest.approx(heavier.plan.period_s / 10, rel=0.01)
+                          elapsed_s=1.0, busy_ns=BUSY_2_CPUS, packets_open=int(packets * MIN_WINDOW_S)))
+    assert heavier.period_now(packets / 10) == pytest.approx(heavier.plan.period_s / 10, rel=0.01)
     assert b.period_now(0) == 1.0
     assert b.spaced_by_traffic() == (planned > 2.0)  # the thread's own cost asks for the base period
 
@@ -133,13 +133,13 @@ def test_after_a_burst_the_next_window_comes_when_the_traffic_now_affords_it():
 def test_the_period_now_never_goes_under_what_the_threads_own_cost_needs():
     b = Budget(0.5, period_s=1.0)
     b.observe(Cycle(open_s=MIN_WINDOW_S, open_runs=int(2e8 * MIN_WINDOW_S), drain_runs=0, elapsed_s=1.0,
-                    busy_ns=BUSY_2_CPUS, segs_open=1000, own_ns=40_000_000))
+                    busy_ns=BUSY_2_CPUS, packets_open=1000, own_ns=40_000_000))
     own_period = 40_000_000 / (OWN_SHARE * 0.005 * BUSY_2_CPUS)
     assert b.plan.period_s > 2 * own_period and b.spaced_by_traffic()
     assert b.period_now(0) == pytest.approx(own_period, rel=0.01)
     quiet = Budget(0.5, period_s=1.0)
     quiet.observe(Cycle(open_s=MIN_WINDOW_S, open_runs=10, drain_runs=0, elapsed_s=1.0, busy_ns=BUSY_2_CPUS,
-                        segs_open=10, own_ns=40_000_000))
+                        packets_open=10, own_ns=40_000_000))
     assert quiet.plan.period_s == pytest.approx(own_period, rel=0.01) and not quiet.spaced_by_traffic()
 
 

@@ -81,7 +81,7 @@ class LatStat(enum.IntEnum):
 
 RX_DRIVER, RX_IP, RX_TCP, RX_APP, TX_TCP, TX_IP, TX_QDISC, TX_DRIVER, STAGES = map(int, Stage)
 PEND_RX_TCP, PEND_RX_APP, PEND_TX_TCP, PEND_QDISC, PEND_MAX = map(int, LatPending)
-SEGS_SPAN_S = 0.5  # a packet rate is measured over at least this long
+RATE_SPAN_S = 0.5  # a packet rate is measured over at least this long
 FIRST_SPAN_S = 0.2  # ... and the first window's forecast (it waits for the first poll after start)
 # The snapshot's "matching" counters: the enum's names without the prefix (LS_RX_STARTED -> rx_started).
 STAT_NAMES = tuple(m.name[3:].lower() for m in LatStat if m is not LatStat.LS_MAX)
@@ -342,8 +342,8 @@ class LatencyEngine:
         self._gso_unmatched_seen = 0    # GSO skbs queued but not matched, as of the last tx_skbs scan
         self._gso_at_open = 0           # ... as of the window's opening
         self._windows = 0
-        self._segs_seen: tuple[float, int] | None = None  # (when, segments) of the last rate's end
-        self._segs_per_s: float | None = None
+        self._packets_seen: tuple[float, int] | None = None  # (when, packets) of the last rate's end
+        self._packets_per_s: float | None = None
         self._packets = HostPackets()
         try:
             self._start()
@@ -722,7 +722,7 @@ class LatencyEngine:
                 plan = self._first_plan(mark_t, mark_busy)
                 if plan.period_s > self.period_s:  # even the first window costs more than a period allows
                     self._wait_for_poll(plan.period_s)
-        segs0 = self._packets()
+        packets0 = self._packets()
         opened_at = self._open_since or mark_t
         if not self._open_since:
             self._open_window()
@@ -732,7 +732,7 @@ class LatencyEngine:
         if plan.continuous and self._wait_for_poll(plan.period_s, watch=(mark_busy, mark_runs)):
             plan = Plan(time.monotonic() - opened_at, plan.period_s)  # the traffic grew: close now
         open_s = time.monotonic() - opened_at
-        segs = self._packets() - segs0
+        packets = self._packets() - packets0
         drain_runs = 0
         if not plan.continuous or self._stop.is_set():
             drain_runs = self._close_window()[1]
@@ -740,7 +740,7 @@ class LatencyEngine:
         now, busy, runs = time.monotonic(), busy_cpu_ns(), self._runs()
         self._mark = (now, busy, runs)
         nxt = self.budget.observe(Cycle(open_s=open_s, open_runs=runs - mark_runs - drain_runs, drain_runs=drain_runs,
-                                        elapsed_s=now - mark_t, busy_ns=busy - mark_busy, segs_open=segs,
+                                        elapsed_s=now - mark_t, busy_ns=busy - mark_busy, packets_open=packets,
                                         own_ns=time.thread_time_ns() - own0))
         upcoming = nxt if self.mode == "budget" and self.fixed_window_s is None else self._next_plan()
         if self._open_since and not upcoming.continuous:
@@ -773,7 +773,7 @@ class LatencyEngine:
                 if busy > 0 and spent > 2 * self.budget.budget * busy:
                     self._cycle_start = time.monotonic()
                     return True
-            rate = self._segs_rate() if replan and not armed else None
+            rate = self._packet_rate() if replan and not armed else None
             if rate is not None:
                 earliest = self._cycle_start + 0.8 * self.budget.period_now(rate)
             now = time.monotonic()
@@ -793,7 +793,7 @@ class LatencyEngine:
             return Plan(self.period_s, self.period_s)
         if self.fixed_window_s is not None:
             return Plan(self.fixed_window_s, self.period_s)
-        return self.budget.adjust_for_load(self._segs_rate() or 0.0)
+        return self.budget.adjust_for_load(self._packet_rate() or 0.0)
 
     def _first_plan(self, mark_t: float, mark_busy: int) -> Plan:
         """The budget's first plan from the traffic and busy CPU since the engine started
@@ -804,17 +804,17 @@ class LatencyEngine:
         rate = (self._packets() - self._packets_at_mark) / elapsed
         return self.budget.first_plan(rate, (busy_cpu_ns() - mark_busy) / elapsed)
 
-    def _segs_rate(self) -> float | None:
+    def _packet_rate(self) -> float | None:
         """Packets a second the host took in (every namespace) since the last look at least
-        SEGS_SPAN_S before (a shorter span would count a few packets as a rate); None until known."""
-        now, segs = time.monotonic(), self._packets()
-        prev = self._segs_seen
+        RATE_SPAN_S before (a shorter span would count a few packets as a rate); None until known."""
+        now, packets = time.monotonic(), self._packets()
+        prev = self._packets_seen
         if prev is None:
-            self._segs_seen = (now, segs)
-        elif now - prev[0] >= SEGS_SPAN_S:
-            self._segs_seen = (now, segs)
-            self._segs_per_s = (segs - prev[1]) / (now - prev[0])
-        return self._segs_per_s
+            self._packets_seen = (now, packets)
+        elif now - prev[0] >= RATE_SPAN_S:
+            self._packets_seen = (now, packets)
+            self._packets_per_s = (packets - prev[1]) / (now - prev[0])
+        return self._packets_per_s
 
     # -- reading a window's figures -------------------------------------------
 

@@ -115,7 +115,7 @@ class _Basis(NamedTuple):
     own_period: float   # the period the thread's own cost asks for
     open_rate: float    # BPF ns per open second
     drain: float        # BPF ns of the drain
-    segs_per_s: float   # packets a second the host took in while the window was open (HostPackets)
+    packets_per_s: float   # packets a second the host took in while the window was open (HostPackets)
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class Cycle:
     drain_runs: int     # program runs after it closed, while started packets finished
     elapsed_s: float    # the whole cycle, open + drain + detached
     busy_ns: int        # the machine's busy CPU over the cycle
-    segs_open: int = 0  # packets the host took in while open (HostPackets)
+    packets_open: int = 0  # packets the host took in while open (HostPackets)
     own_ns: int = 0     # CPU the engine's own thread spent on the cycle (attach, drain, summaries)
 
 
@@ -185,8 +185,8 @@ class Budget:
             need = open_rate * MIN_WINDOW_S + drain
             longer = min(MAX_PERIOD_S, need / per_s) if per_s > 0 else MAX_PERIOD_S
             self.plan = Plan(MIN_WINDOW_S, max(longer, period))
-        segs_rate = c.segs_open / c.open_s if c.open_s > 0 else 0.0
-        self._basis = _Basis(per_s, own_period, open_rate, drain, segs_rate)
+        packets_rate = c.packets_open / c.open_s if c.open_s > 0 else 0.0
+        self._basis = _Basis(per_s, own_period, open_rate, drain, packets_rate)
         return self.plan
 
     def first_plan(self, packets_per_s: float, busy_ns_per_s: float) -> Plan:
@@ -215,7 +215,7 @@ class Budget:
         basis = self._basis
         return basis is not None and not self.plan.continuous and self.plan.period_s > 2 * basis.own_period
 
-    def period_now(self, segs_per_s_now: float) -> float:
+    def period_now(self, packets_per_s_now: float) -> float:
         """The period the budget would choose for the planned window at the host's packet rate
         now (HostPackets): after a burst spaced windows out, the next one comes when the budget
         affords the traffic there is, not the burst's (one window at the burst's rate could
@@ -223,21 +223,21 @@ class Budget:
         p, basis = self.plan, self._basis
         if basis is None or p.continuous:
             return p.period_s
-        if basis.segs_per_s <= 0 or segs_per_s_now >= basis.segs_per_s or basis.per_s <= 0:
+        if basis.packets_per_s <= 0 or packets_per_s_now >= basis.packets_per_s or basis.per_s <= 0:
             return p.period_s
-        scale = segs_per_s_now / basis.segs_per_s
+        scale = packets_per_s_now / basis.packets_per_s
         need = (basis.open_rate * p.window_s + basis.drain) * scale
         return min(p.period_s, max(basis.own_period, need / basis.per_s))
 
-    def adjust_for_load(self, segs_per_s_now: float) -> Plan:
+    def adjust_for_load(self, packets_per_s_now: float) -> Plan:
         """Before a window opens: if the host's packet rate (HostPackets) grew since the last
         window measured its cost, shorten the window in proportion (never lengthen it)."""
         c = self.last
         if c is None or c.open_s <= 0 or self.plan.continuous:
             return self.plan
-        then = c.segs_open / c.open_s
-        if then > 0 and segs_per_s_now > 1.5 * then:
-            w = max(MIN_WINDOW_S, self.plan.window_s * then / segs_per_s_now)
+        then = c.packets_open / c.open_s
+        if then > 0 and packets_per_s_now > 1.5 * then:
+            w = max(MIN_WINDOW_S, self.plan.window_s * then / packets_per_s_now)
             self.plan = Plan(w, self.plan.period_s)
         return self.plan
 
