@@ -753,7 +753,8 @@ class LatencyEngine:
         if self._open_since and not upcoming.continuous:
             self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
 
-    def _wait_for_poll(self, period_s: float, watch: tuple[int, int] | None = None, step: float = 0.1) -> bool:
+    def _wait_for_poll(self, period_s: float, watch: tuple[int, int] | None = None,
+                       step: float = WATCH_STEP_S) -> bool:
         """Wait for the first poll once a period has (nearly) passed since the last cycle began:
         packets are timed only while someone looks, the figures are taken and summarised between
         polls rather than during one, and every window's figures are there for at least one poll
