@@ -136,3 +136,30 @@ def test_unpack_all_equals_struct_for_records_and_notices(header, data):
         assert len(fd.unpack_all(fmt, buf)[0]) == len(fmt.unpack_from(buf))
     other = struct.Struct(">IH")  # not a format it plans: struct's own reading
     assert fd.unpack_all(other, b"\0\0\0\1\0\2" * 2) == [(1, 2), (1, 2)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([1, 2, 3]), st.integers(0, 2**32 - 1)),
+                max_size=20),
+       st.sets(st.integers(0, 5)), st.booleans())
+def test_unpack_all_leaves_out_what_skip_names(recs, ids, planned):
+    """The notices of sockets whose final record is in are left out before they are unpacked:
+    exactly those of the kind named whose first item is among the ids, others in their order."""
+    import struct
+    fmt = struct.Struct("<8xQIxxxxI" if planned else ">8xQIxxxxI")  # ">": a format it does not plan
+    buf = b"".join(fmt.pack(cookie, kind, pid) for cookie, kind, pid in recs)
+    skip = (1, 1, ids)
+    want = [r for r in recs if not (r[1] == 1 and r[0] in ids)]
+    assert fd.unpack_all(fmt, buf, skip) == want
+    assert fd.py_unpack_all(fmt, buf, skip) == want
+    assert fd.unpack_all(fmt, buf, None) == list(fmt.iter_unpack(buf))
+    assert not any(gc.is_tracked(t) for t in fd.unpack_all(fmt, buf, skip))
+
+
+def test_unpack_all_skip_on_items_that_are_not_numbers_compares_them():
+    import struct
+    fmt = struct.Struct("<Q4s")
+    buf = fmt.pack(1, b"ab") + fmt.pack(2, b"ab")
+    assert fd.unpack_all(fmt, buf, (1, 1, {1})) == fd.py_unpack_all(fmt, buf, (1, 1, {1})) == [(1, b"ab\0\0"), (2, b"ab\0\0")]
+    with pytest.raises(TypeError):
+        fd.unpack_all(struct.Struct("<QI"), b"\0" * 12, (1, 1, [1]))  # ids must be a set

@@ -526,7 +526,49 @@ static PyObject *unpack_item(const char *rec, const struct unpack_item *it)
 	}
 }
 
-static PyObject *unpack_planned(struct unpack_plan *p, PyObject *buf)
+/* The integer item `i` of a record, raw. */
+static unsigned long long raw_item(const char *rec, const struct unpack_item *it)
+{
+	const char *at = rec + it->off;
+	uint64_t q = 0;
+	uint32_t w = 0;
+	uint16_t h = 0;
+	switch (it->code) {
+	case 'Q':
+		memcpy(&q, at, 8);
+		return q;
+	case 'I':
+		memcpy(&w, at, 4);
+		return w;
+	case 'H':
+		memcpy(&h, at, 2);
+		return h;
+	default:
+		return *(const uint8_t *)at;
+	}
+}
+
+/* What unpack_all leaves out: records whose item `kind_at` is `kind` and whose item 0 is in
+ * `ids` (a set). */
+struct skip {
+	Py_ssize_t kind_at;
+	unsigned long long kind;
+	PyObject *ids;
+};
+
+static int skipped(const char *rec, struct unpack_plan *p, const struct skip *sk)
+{
+	if (!sk || raw_item(rec, &p->items[sk->kind_at]) != sk->kind)
+		return 0;
+	PyObject *id = PyLong_FromUnsignedLongLong(raw_item(rec, &p->items[0]));
+	if (!id)
+		return -1;
+	int in = PySet_Contains(sk->ids, id);
+	Py_DECREF(id);
+	return in;
+}
+
+static PyObject *unpack_planned(struct unpack_plan *p, PyObject *buf, const struct skip *sk)
 {
 	Py_buffer view;
 	if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0)
@@ -541,15 +583,20 @@ static PyObject *unpack_planned(struct unpack_plan *p, PyObject *buf)
 		Py_XDECREF(mod);
 		goto done;
 	}
-	Py_ssize_t nrec = view.len / p->size;
+	Py_ssize_t nrec = view.len / p->size, kept = 0;
 	if (!(out = PyList_New(nrec)))
 		goto done;
 	for (Py_ssize_t r = 0; r < nrec; r++) {
 		const char *rec = (const char *)view.buf + r * p->size;
+		int skip = skipped(rec, p, sk);
+		if (skip < 0)
+			goto fail;
+		if (skip)
+			continue;
 		PyObject *t = PyTuple_New(p->n);
 		if (!t)
 			goto fail;
-		PyList_SET_ITEM(out, r, t);
+		PyList_SET_ITEM(out, kept++, t);
 		for (Py_ssize_t i = 0; i < p->n; i++) {
 			PyObject *v = unpack_item(rec, &p->items[i]);
 			if (!v)
@@ -558,6 +605,8 @@ static PyObject *unpack_planned(struct unpack_plan *p, PyObject *buf)
 		}
 		PyObject_GC_UnTrack(t);	/* ints and bytes only: never in a cycle */
 	}
+	if (kept < nrec && PyList_SetSlice(out, kept, nrec, NULL) < 0)	/* the unused slots are NULL */
+		goto fail;
 	goto done;
 fail:
 	Py_CLEAR(out);
@@ -566,18 +615,29 @@ done:
 	return out;
 }
 
+/* unpack_all(fmt, buf, skip=None); skip: (kind_at, kind, ids), see struct skip. */
 static PyObject *unpack_all(PyObject *self, PyObject *args)
 {
-	PyObject *fmt, *buf;
-	if (!PyArg_ParseTuple(args, "OO", &fmt, &buf))
+	PyObject *fmt, *buf, *skip_arg = Py_None;
+	struct skip sk;
+	if (!PyArg_ParseTuple(args, "OO|O", &fmt, &buf, &skip_arg))
 		return NULL;
+	if (skip_arg != Py_None) {
+		if (!PyArg_ParseTuple(skip_arg, "nKO!", &sk.kind_at, &sk.kind, &PySet_Type, &sk.ids))
+			return NULL;
+	}
 	PyObject *format = PyObject_GetAttrString(fmt, "format");
 	if (!format)
 		return NULL;
 	struct unpack_plan *p = PyUnicode_Check(format) ? plan_of(format) : NULL;
 	Py_DECREF(format);
+	if (p && skip_arg != Py_None) {	/* items that are not numbers: compared as objects, below */
+		char c0 = p->items[0].code, ck = sk.kind_at >= 0 && sk.kind_at < p->n ? p->items[sk.kind_at].code : 's';
+		if (c0 == 's' || ck == 's')
+			p = NULL;
+	}
 	if (p)
-		return unpack_planned(p, buf);
+		return unpack_planned(p, buf, skip_arg != Py_None ? &sk : NULL);
 	if (PyErr_Occurred())
 		return NULL;
 	PyObject *it = PyObject_CallMethod(fmt, "iter_unpack", "O", buf);
@@ -602,7 +662,24 @@ static PyObject *unpack_all(PyObject *self, PyObject *args)
 		if (k == m)
 			PyObject_GC_UnTrack(t);
 	}
-	return out;
+	if (skip_arg == Py_None)
+		return out;
+	/* a format it does not plan (not one of ours): the same records left out, from the tuples */
+	PyObject *kept = PyList_New(0), *kind = PyLong_FromUnsignedLongLong(sk.kind);
+	if (!kind)
+		Py_CLEAR(kept);
+	for (Py_ssize_t i = 0; kept && kind && i < n; i++) {
+		PyObject *t = PyList_GET_ITEM(out, i);
+		int skip = PyTuple_GET_SIZE(t) > sk.kind_at && sk.kind_at >= 0
+				   ? PyObject_RichCompareBool(PyTuple_GET_ITEM(t, sk.kind_at), kind, Py_EQ) : 0;
+		if (skip > 0)
+			skip = PySet_Contains(sk.ids, PyTuple_GET_ITEM(t, 0));
+		if (skip < 0 || (!skip && PyList_Append(kept, t) < 0))
+			Py_CLEAR(kept);
+	}
+	Py_XDECREF(kind);
+	Py_DECREF(out);
+	return kept;
 }
 
 /* ---- The flow engine's pass over live records (FlowEngine._apply, flows.py) ----------------

@@ -76,8 +76,13 @@ I_STATE, I_CA, I_COMM, I_TW_LEFT, I_EST = R["state"], R["ca_state"], R["comm"], 
 unpack_record = RECORD.unpack_from
 
 
-def py_unpack_all(fmt, buf) -> list[tuple]:
-    return list(fmt.iter_unpack(buf))
+def py_unpack_all(fmt, buf, skip: tuple[int, int, set] | None = None) -> list[tuple]:
+    """Every record of `buf`; skip=(kind_at, kind, ids) leaves out those whose item kind_at is
+    `kind` and whose first item is in `ids` (the C helper does so without unpacking them)."""
+    if skip is None:
+        return list(fmt.iter_unpack(buf))
+    at, kind, ids = skip
+    return [t for t in fmt.iter_unpack(buf) if t[at] != kind or t[0] not in ids]
 
 
 def records(buf) -> list[tuple]:

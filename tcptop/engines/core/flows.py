@@ -171,7 +171,7 @@ class FlowEngine:
         # Final records and notices taken out of their rings between polls (see _keep_rings).
         self._keeper_lock = threading.Lock()
         self._early_finals: list[tuple] = []
-        self._early_notices: list[tuple] = []
+        self._early_notices: list[bytes] = []  # as they lay in the ring (see _notices_now)
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
         self._ctl_map = None
@@ -221,12 +221,12 @@ class FlowEngine:
             out = sorted(out + rescued, key=_capture_ns)
         return out
 
-    def _notices_now(self) -> list[tuple]:
-        """The notices both notice rings hold (under _keeper_lock); a rescued one after the
-        others (notices carry no time: a dirty mark's place does not matter, and a process
-        notice out of place only moves its process's sockets' owner to the next poll)."""
-        return (self._notice_ring.drain_unpacked(NOTICE, fd.unpack_all)
-                + self._notice_rescue.drain_unpacked(NOTICE, fd.unpack_all))
+    def _notices_now(self) -> list[bytes]:
+        """The notices both notice rings hold (under _keeper_lock), as they lay there; a rescued
+        one after the others (notices carry no time: a dirty mark's place does not matter, and
+        a process notice out of place only moves its process's sockets' owner to the next
+        poll). They are unpacked once the poll's final records are in (_take_notices)."""
+        return [b for b in (self._notice_ring.drain_bytes(NOTICE), self._notice_rescue.drain_bytes(NOTICE)) if b]
 
     def _take_finals(self) -> list[tuple]:
         """Final records in the order the kernel wrote them: those the keeper took, then the ring's."""
@@ -300,6 +300,7 @@ class FlowEngine:
         self._ctl.gen = 1  # storage starts at generation 0: a socket's first event always sends its notice
         self._closed_ring = RingBuffer(obj.maps["closed"])
         self._notice_ring = RingBuffer(obj.maps["notices"])
+        self._notice_fmt = self._notice_ring.framed(NOTICE)
         self._closed_rescue = RingBuffer(obj.maps["closed_rescue"])
         self._notice_rescue = RingBuffer(obj.maps["notices_rescue"])
         self._rings = [self._closed_ring, self._notice_ring, self._closed_rescue, self._notice_rescue]
@@ -538,7 +539,7 @@ class FlowEngine:
 
     # Rings.
 
-    def _drain(self) -> tuple[list[tuple], list[tuple]]:
+    def _drain(self) -> tuple[list[bytes], list[tuple]]:
         """Notices, then a new generation, then notices again (an event between the first
         drain and the new generation sent its notice under the old one), then final records."""
         with self._keeper_lock:  # the keeper waits: what it takes later is the next generation's
@@ -566,7 +567,15 @@ class FlowEngine:
             self._ns_count[ns] += 1
             tr.netns = ns
 
-    def _take_notices(self, notices: list[tuple], finals: list[tuple]) -> None:
+    def _take_notices(self, chunks: list[bytes], finals: list[tuple]) -> None:
+        """The notices, less the dirty marks of sockets whose final record is in: under a churn
+        of connections most sockets end before the poll that would look them up (193,369 of
+        300,005 notices in 10 s of 10,000 connections a second), and such a mark is left in
+        its bytes rather than unpacked and passed over."""
+        skip = (_NK, NOTE_DIRTY, set(map(_first, finals))) if finals else None
+        notices: list[tuple] = []
+        for b in chunks:
+            notices += fd.unpack_all(self._notice_fmt, b, skip)
         _notices_pass(notices, finals, self, time.monotonic_ns())
 
     def _notice_other(self, v: tuple) -> None:
