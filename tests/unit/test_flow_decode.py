@@ -69,6 +69,22 @@ def test_c_flow_of_equals_python(args):
         assert a == b and type(a) is type(b), name
 
 
+@pytest.mark.parametrize("bucket,count", [(0, 1), (4, 1), (4, 2), (27, 16), (5, 17), (6, 2**32 - 1)])
+def test_c_rtt_hist_of_one_bucket_is_python_s_and_shared(bucket, count):
+    """A short connection's few samples in one bucket: the C decoder hands out one histogram
+    object for all such flows (up to 16 samples), equal to the Python decoder's."""
+    vals = list(fd.py_unpack_all(RECORD, bytes(RECORD.size))[0])
+    vals[fd.I_FAMILY] = 2
+    vals[fd.I_HIST + bucket] = count
+    args = (tuple(vals), 1, "", "", "", 0, 0.0, False, "", False, 1, 0.0)
+    a, b = fd.flow_of(*args), fd.flow_of(*args)
+    assert a.rtt_hist == fd.py_flow_of(*args).rtt_hist == ((fd.RTT_UPPER_US[bucket], count),)
+    assert (a.rtt_hist is b.rtt_hist) == (count <= 16)
+    vals[fd.I_HIST + (bucket + 1) % 28] = 1  # two buckets: made anew
+    two = fd.flow_of(tuple(vals), *args[1:]).rtt_hist
+    assert two == fd.py_flow_of(tuple(vals), *args[1:]).rtt_hist and len(two) == 2
+
+
 def test_with_fields_copies_and_changes():
     base = fd.py_new_flow(*range(len(fd.FIELDS)))
     g = fd.with_fields(base, latency={"tx": {}}, resets_sent=3)

@@ -37,6 +37,9 @@ static struct {
 } S;
 
 /* Slot i of a new Flow; `val` is a new reference, stolen. */
+#define HIST_ONE_MAX 16
+static PyObject *hist_one[64][HIST_ONE_MAX + 1];	/* see rtt_hist */
+
 static inline void put(PyObject *f, Py_ssize_t i, PyObject *val)
 {
 	*(PyObject **)((char *)f + S.offset[i]) = val;
@@ -208,6 +211,9 @@ static PyObject *setup(PyObject *self, PyObject *args)
 	Py_XSETREF(S.family, Py_NewRef(family));
 	Py_XSETREF(S.addr, Py_NewRef(addr));
 	Py_XSETREF(S.rtt_upper_us, Py_NewRef(hist));
+	for (int i = 0; i < 64; i++)	/* made of the bounds set before */
+		for (int c = 0; c <= HIST_ONE_MAX; c++)
+			Py_CLEAR(hist_one[i][c]);
 	Py_XSETREF(S.no_counts, Py_NewRef(no_counts));
 	for (int i = 0; i < 2; i++)
 		if (!S.addr_cache[i] && !(S.addr_cache[i] = PyDict_New()))
@@ -288,23 +294,39 @@ static PyObject *addr_of(PyObject *family, PyObject *raw)
 	return s;
 }
 
+/* Histograms of one bucket with few samples, made once: most short connections (a churn of
+ * them: 20,000 a second) have one to a few samples, all in one bucket, and each of their flows
+ * would otherwise allocate two tuples, freed seconds later from cold memory. */
+
 /* ((upper bound in us, samples), ...) of the non-empty buckets, as histogram.rtt_hist; of
  * numbers only, so out of the collector's sight as the Flow holding it. */
 static PyObject *rtt_hist(PyObject *const *counts)
 {
-	Py_ssize_t n = 0, k = 0;
+	Py_ssize_t n = 0, k = 0, last = 0;
+	unsigned long c = 0;
 
-	for (Py_ssize_t i = 0; i < S.n_hist; i++)
-		n += PyLong_AsUnsignedLong(counts[i]) != 0;
-	if (PyErr_Occurred())
-		return NULL;
+	for (Py_ssize_t i = 0; i < S.n_hist; i++) {
+		if (counts[i] == S.zero)	/* the small int every empty bucket unpacks to */
+			continue;
+		unsigned long v = PyLong_AsUnsignedLong(counts[i]);
+		if (v == (unsigned long)-1 && PyErr_Occurred())
+			return NULL;
+		if (v) {
+			n++;
+			last = i;
+			c = v;
+		}
+	}
 	if (!n)
 		return Py_NewRef(S.empty_tuple);
+	int cacheable = n == 1 && c <= HIST_ONE_MAX && last < 64;
+	if (cacheable && hist_one[last][c])
+		return Py_NewRef(hist_one[last][c]);
 	PyObject *h = PyTuple_New(n);
 	if (!h)
 		return NULL;
 	for (Py_ssize_t i = 0; i < S.n_hist; i++) {
-		if (PyLong_AsUnsignedLong(counts[i]) == 0)
+		if (counts[i] == S.zero || PyLong_AsUnsignedLong(counts[i]) == 0)
 			continue;
 		PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(S.rtt_upper_us, i), counts[i]);
 		if (!pair) {
@@ -315,6 +337,8 @@ static PyObject *rtt_hist(PyObject *const *counts)
 		PyTuple_SET_ITEM(h, k++, pair);
 	}
 	PyObject_GC_UnTrack(h);
+	if (cacheable)
+		hist_one[last][c] = Py_NewRef(h);
 	return h;
 }
 
