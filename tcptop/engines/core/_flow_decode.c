@@ -36,10 +36,14 @@ static struct {
 	int ready;
 } S;
 
-/* Slot i of a new Flow; `val` is a new reference, stolen. */
+/* Histograms of one bucket with few samples, made once (rtt_hist): most short connections (a
+ * churn of them: 20,000 a second) have one to a few samples, all in one bucket, and each of
+ * their flows would otherwise allocate two tuples, freed seconds later from cold memory.
+ * Emptied by setup(), which sets the buckets' bounds. */
 #define HIST_ONE_MAX 16
-static PyObject *hist_one[64][HIST_ONE_MAX + 1];	/* see rtt_hist */
+static PyObject *hist_one[64][HIST_ONE_MAX + 1];
 
+/* Slot i of a new Flow; `val` is a new reference, stolen. */
 static inline void put(PyObject *f, Py_ssize_t i, PyObject *val)
 {
 	*(PyObject **)((char *)f + S.offset[i]) = val;
@@ -293,10 +297,6 @@ static PyObject *addr_of(PyObject *family, PyObject *raw)
 	}
 	return s;
 }
-
-/* Histograms of one bucket with few samples, made once: most short connections (a churn of
- * them: 20,000 a second) have one to a few samples, all in one bucket, and each of their flows
- * would otherwise allocate two tuples, freed seconds later from cold memory. */
 
 /* ((upper bound in us, samples), ...) of the non-empty buckets, as histogram.rtt_hist; of
  * numbers only, so out of the collector's sight as the Flow holding it. */

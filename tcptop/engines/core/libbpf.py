@@ -610,6 +610,11 @@ _RB_BUSY, _RB_DISCARD = 1 << 31, 1 << 30
 
 
 @functools.lru_cache(maxsize=None)
+def _stride(record: struct.Struct) -> int:
+    """Bytes a ring record of `record` takes: an 8-byte header, the record, padding to 8."""
+    return (record.size + 8 + 7) & ~7
+
+
 def _skip_header(record: struct.Struct, stride: int) -> struct.Struct:
     """`record` preceded by a ring record's 8-byte header and followed by its padding."""
     fmt = record.format
@@ -661,37 +666,28 @@ class RingBuffer:
         that size: one pass in C over the committed bytes (the data area is mapped twice, so
         they are contiguous even across the wrap). `unpack_all(fmt, buf)`, if given, makes the
         list (flow_decode.unpack_all: tuples out of the cyclic collector's sight)."""
-        out: list[tuple] = []
-
-        def unpack(fmt: struct.Struct, region: memoryview) -> None:
-            out.extend(unpack_all(fmt, region) if unpack_all else fmt.iter_unpack(region))
-        self._take_committed(record, unpack)
-        return out
+        return self._take_committed(
+            record, lambda fmt, region: unpack_all(fmt, region) if unpack_all else list(fmt.iter_unpack(region))) or []
 
     def drain_bytes(self, record: struct.Struct) -> bytes:
         """Every committed record of `record`'s size, copied out as they lie in the ring (each
         behind its header, unpack with `framed(record)`), for records read later than they
         are taken: the reader can then pass over those it no longer needs without unpacking them."""
-        out = [b""]
-
-        def copy(_fmt: struct.Struct, region: memoryview) -> None:
-            out[0] = bytes(region)
-        self._take_committed(record, copy)
-        return out[0]
+        return self._take_committed(record, lambda _fmt, region: bytes(region)) or b""
 
     def framed(self, record: struct.Struct) -> struct.Struct:
         """`record` as drain_bytes lays it out: behind its 8-byte header, followed by its padding."""
-        return _skip_header(record, (record.size + 8 + 7) & ~7)
+        return _skip_header(record, _stride(record))
 
-    def _take_committed(self, record: struct.Struct, use) -> None:
-        """use(framed format, the committed records' bytes) while they are still in the ring,
-        then give their room back to the producers."""
-        stride = (record.size + 8 + 7) & ~7
+    def _take_committed(self, record: struct.Struct, use):
+        """use(framed format, the committed records' bytes) while they are still in the ring
+        (its answer; None when there are none), then give their room back to the producers."""
+        stride = _stride(record)
         cons = struct.unpack_from("<Q", self._cons, 0)[0]
         prod = struct.unpack_from("<Q", self._prod, 0)[0]
         n = (prod - cons) // stride
         if n <= 0:
-            return
+            return None
         off = cons & (self.size - 1)
         region = self._data[off:off + n * stride]
         heads = region.cast("I")[::stride // 4]
@@ -703,12 +699,12 @@ class RingBuffer:
                     break
         region = region[:n * stride]
         try:
-            if n:
-                use(_skip_header(record, stride), region)
+            out = use(_skip_header(record, stride), region) if n else None
         finally:
             heads.release()
             region.release()
         struct.pack_into("<Q", self._cons, 0, cons + n * stride)
+        return out
 
     def close(self) -> None:
         self._data.release()
