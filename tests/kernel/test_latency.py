@@ -129,6 +129,19 @@ def test_stages_on_this_kernel_are_split_where_a_hook_separates_them(lat):
     assert host["coverage"]["mode"] == "continuous" and host["coverage"]["budget_pct"] is None
 
 
+def test_continuous_timing_reports_each_cycle_once(lat):
+    """Continuous timing is taken cycle by cycle (every 0.2 s here): each window is the time
+    since the cycle before, and the share of the time timed is at most all of it. (Each cycle
+    counted the whole stretch so far: windows as long as the engine had run, fractions over 1,
+    and the budget's runs per second of window too low.)"""
+    timed = Windows(lat)
+    timed.settle()
+    time.sleep(1.0)
+    host, _ = timed.settle()
+    assert 0 < host["window"]["s"] <= 0.2 + 0.5, host["window"]
+    assert 0.5 <= host["coverage"]["timed_fraction"] <= 1.0, host["coverage"]
+
+
 def test_slow_reader_shows_its_wait_in_the_app_stage(timed):
     c, s = loopback_pair()
     try:

@@ -190,3 +190,15 @@ def test_first_window_is_forecast_from_the_traffic_before_any_is_measured():
     b = Budget(0.5, 1.0)
     b.observe(Cycle(open_s=MIN_WINDOW_S, open_runs=100, drain_runs=0, elapsed_s=1.0, busy_ns=int(0.5e9)))
     assert b.first_plan(0, 0.5e9) == b.plan
+
+
+def test_time_since_the_last_cycle_with_no_window_open_counts_in_the_reported_shares():
+    """A busy host's first cycle lasts a few ms: its share of those ms (here 10 %) must not
+    stand for the seconds after it, when no window is open and nothing is timed."""
+    b = Budget(0.5, period_s=1.0)
+    b.observe(cycle(1_300_000, 0.005, elapsed_s=0.03, own_ns=1_000_000))
+    assert b.cost_pct() == pytest.approx(100 * 6_500 * NS_PER_RUN / (0.03 * BUSY_2_CPUS), rel=0.01)
+    idle_busy = int(8 * BUSY_2_CPUS)  # 8 s since, no window open
+    assert b.cost_pct(idle_busy) == pytest.approx(100 * 6_500 * NS_PER_RUN / (8.03 * BUSY_2_CPUS), rel=0.01)
+    assert b.timed_fraction(8.0) == pytest.approx(0.005 / 8.03, rel=0.01)
+    assert b.own_pct(idle_busy) == pytest.approx(100 * 1_000_000 / (8.03 * BUSY_2_CPUS), rel=0.01)

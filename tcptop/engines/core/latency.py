@@ -378,6 +378,7 @@ class LatencyEngine:
             btf.close()
         self._prev_host = self._read_host_raw()
         self._mark = (time.monotonic(), busy_cpu_ns(), self._runs())  # where the next cycle's costs start
+        self._idle_from: tuple[float, int, int] | None = None  # the mark of the last cycle, while no window is open
         self._packets_at_mark = self._packets()  # the first window's forecast counts packets from here
         self._cycle_start = time.monotonic() - self.period_s
         if self.mode == "continuous":
@@ -724,8 +725,13 @@ class LatencyEngine:
                 if plan.period_s > self.period_s:  # even the first window costs more than a period allows
                     self._wait_for_poll(plan.period_s)
         packets0 = self._packets()
-        opened_at = self._open_since or mark_t
+        # A continuous stretch goes on: this cycle times from the last one's end, not from
+        # when the stretch began (that made each cycle's open time the whole stretch so far:
+        # timed fractions over 1, windows reported as long as the stretch, and the budget's
+        # runs per open second too low).
+        opened_at = max(self._open_since, mark_t)
         if not self._open_since:
+            self._idle_from = None
             self._open_window()
             opened_at = self._open_since
             if not plan.continuous:
@@ -752,6 +758,8 @@ class LatencyEngine:
         upcoming = nxt if self.mode == "budget" and self.fixed_window_s is None else self._next_plan()
         if self._open_since and not upcoming.continuous:
             self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
+        if not self._open_since:
+            self._idle_from = self._mark
 
     def _wait_for_poll(self, period_s: float, watch: tuple[int, int] | None = None,
                        step: float = WATCH_STEP_S) -> bool:
@@ -966,9 +974,10 @@ class LatencyEngine:
 
     def coverage(self) -> dict[str, Any]:
         """How packets are being timed, what share of the time, and at what cost (the model's)."""
-        frac = self.budget.timed_fraction()
-        cost = self.budget.cost_pct()
-        own = self.budget.own_pct()
+        idle_s, idle_busy = self._idle_since_cycle()
+        frac = self.budget.timed_fraction(idle_s)
+        cost = self.budget.cost_pct(idle_busy)
+        own = self.budget.own_pct(idle_busy)
         plan = self.budget.plan
         d: dict[str, Any] = {
             "mode": self.mode,
@@ -981,6 +990,16 @@ class LatencyEngine:
             "ns_per_run": NS_PER_RUN,
         }
         return d
+
+    def _idle_since_cycle(self) -> tuple[float, int]:
+        """Seconds and busy CPU ns since the last cycle ended, if no window has been open since
+        (between windows nothing is timed; on a busy host the first cycle lasts a few ms and
+        its share of those ms read as the cost of the seconds after it: 9 % for 0.03 %)."""
+        since = self._idle_from
+        if self.mode != "budget" or since is None:
+            return 0.0, 0
+        mark_t, mark_busy, _ = since
+        return max(0.0, time.monotonic() - mark_t), max(0, busy_cpu_ns() - mark_busy)
 
     def describe(self) -> str:
         """One line for the run info: how packets are timed and what it costs."""

@@ -241,22 +241,25 @@ class Budget:
             self.plan = Plan(w, self.plan.period_s)
         return self.plan
 
-    def timed_fraction(self) -> float | None:
-        """Fraction of wall time a window was open, over the last minute or so."""
+    def timed_fraction(self, idle_s: float = 0.0) -> float | None:
+        """Fraction of wall time a window was open, over the last minute or so; `idle_s`: time
+        since the last cycle ended with no window open (counted, or the first cycle's few
+        milliseconds would stand for the whole time since)."""
         recent = self.cycles()
-        elapsed = sum(c.elapsed_s for c, _ in recent)
+        elapsed = sum(c.elapsed_s for c, _ in recent) + idle_s
         return sum(c.open_s for c, _ in recent) / elapsed if elapsed > 0 else None
 
-    def cost_pct(self) -> float | None:
-        """The model's BPF time as a percentage of busy CPU, over the last minute or so."""
+    def cost_pct(self, idle_busy_ns: int = 0) -> float | None:
+        """The model's BPF time as a percentage of busy CPU, over the last minute or so;
+        `idle_busy_ns`: busy CPU since the last cycle ended with no window open (nothing timed)."""
         recent = self.cycles()
-        busy = sum(c.busy_ns for c, _ in recent)
+        busy = sum(c.busy_ns for c, _ in recent) + idle_busy_ns
         return 100 * sum(ns for _, ns in recent) / busy if busy > 0 else None
 
-    def own_pct(self) -> float | None:
+    def own_pct(self, idle_busy_ns: int = 0) -> float | None:
         """The engine thread's own CPU as a percentage of busy CPU, over the last minute or so."""
         recent = self.cycles()
-        busy = sum(c.busy_ns for c, _ in recent)
+        busy = sum(c.busy_ns for c, _ in recent) + idle_busy_ns
         return 100 * sum(c.own_ns for c, _ in recent) / busy if busy > 0 else None
 
     def cycles(self) -> tuple[tuple[Cycle, int], ...]:
