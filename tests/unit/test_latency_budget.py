@@ -192,13 +192,18 @@ def test_first_window_is_forecast_from_the_traffic_before_any_is_measured():
     assert b.first_plan(0, 0.5e9) == b.plan
 
 
-def test_time_since_the_last_cycle_with_no_window_open_counts_in_the_reported_shares():
+def test_the_cycle_in_progress_counts_in_the_reported_shares():
     """A busy host's first cycle lasts a few ms: its share of those ms (here 10 %) must not
-    stand for the seconds after it, when no window is open and nothing is timed."""
+    stand for the seconds after it, until the next cycle ends."""
     b = Budget(0.5, period_s=1.0)
     b.observe(cycle(1_300_000, 0.005, elapsed_s=0.03, own_ns=1_000_000))
     assert b.cost_pct() == pytest.approx(100 * 6_500 * NS_PER_RUN / (0.03 * BUSY_2_CPUS), rel=0.01)
-    idle_busy = int(8 * BUSY_2_CPUS)  # 8 s since, no window open
-    assert b.cost_pct(idle_busy) == pytest.approx(100 * 6_500 * NS_PER_RUN / (8.03 * BUSY_2_CPUS), rel=0.01)
-    assert b.timed_fraction(8.0) == pytest.approx(0.005 / 8.03, rel=0.01)
-    assert b.own_pct(idle_busy) == pytest.approx(100 * 1_000_000 / (8.03 * BUSY_2_CPUS), rel=0.01)
+    idle = cycle(0, 0.0, elapsed_s=8.0)  # 8 s since, no window open
+    assert b.cost_pct(idle) == pytest.approx(100 * 6_500 * NS_PER_RUN / (8.03 * BUSY_2_CPUS), rel=0.01)
+    assert b.timed_fraction(idle) == pytest.approx(0.005 / 8.03, rel=0.01)
+    assert b.own_pct(idle) == pytest.approx(100 * 1_000_000 / (8.03 * BUSY_2_CPUS), rel=0.01)
+    # timing continuously since: its runs so far count as well
+    busy = cycle(1_300_000, 2.0, elapsed_s=2.0)
+    assert b.cost_pct(busy) == pytest.approx(100 * (6_500 + 2_600_000) * NS_PER_RUN / (2.03 * BUSY_2_CPUS), rel=0.01)
+    assert b.timed_fraction(busy) == pytest.approx(2.005 / 2.03, rel=0.01)
+    assert len(b.cycles()) == 1  # reporting does not record it

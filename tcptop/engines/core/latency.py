@@ -378,7 +378,6 @@ class LatencyEngine:
             btf.close()
         self._prev_host = self._read_host_raw()
         self._mark = (time.monotonic(), busy_cpu_ns(), self._runs())  # where the next cycle's costs start
-        self._idle_from: tuple[float, int, int] | None = None  # the mark of the last cycle, while no window is open
         self._packets_at_mark = self._packets()  # the first window's forecast counts packets from here
         self._cycle_start = time.monotonic() - self.period_s
         if self.mode == "continuous":
@@ -731,7 +730,6 @@ class LatencyEngine:
         # runs per open second too low).
         opened_at = max(self._open_since, mark_t)
         if not self._open_since:
-            self._idle_from = None
             self._open_window()
             opened_at = self._open_since
             if not plan.continuous:
@@ -758,8 +756,6 @@ class LatencyEngine:
         upcoming = nxt if self.mode == "budget" and self.fixed_window_s is None else self._next_plan()
         if self._open_since and not upcoming.continuous:
             self._close_window()  # a continuous stretch ends; its drain counts in the next cycle
-        if not self._open_since:
-            self._idle_from = self._mark
 
     def _wait_for_poll(self, period_s: float, watch: tuple[int, int] | None = None,
                        step: float = WATCH_STEP_S) -> bool:
@@ -974,10 +970,10 @@ class LatencyEngine:
 
     def coverage(self) -> dict[str, Any]:
         """How packets are being timed, what share of the time, and at what cost (the model's)."""
-        idle_s, idle_busy = self._idle_since_cycle()
-        frac = self.budget.timed_fraction(idle_s)
-        cost = self.budget.cost_pct(idle_busy)
-        own = self.budget.own_pct(idle_busy)
+        now = self._cycle_so_far()
+        frac = self.budget.timed_fraction(now)
+        cost = self.budget.cost_pct(now)
+        own = self.budget.own_pct(now)
         plan = self.budget.plan
         d: dict[str, Any] = {
             "mode": self.mode,
@@ -991,15 +987,20 @@ class LatencyEngine:
         }
         return d
 
-    def _idle_since_cycle(self) -> tuple[float, int]:
-        """Seconds and busy CPU ns since the last cycle ended, if no window has been open since
-        (between windows nothing is timed; on a busy host the first cycle lasts a few ms and
-        its share of those ms read as the cost of the seconds after it: 9 % for 0.03 %)."""
-        since = self._idle_from
-        if self.mode != "budget" or since is None:
-            return 0.0, 0
-        mark_t, mark_busy, _ = since
-        return max(0.0, time.monotonic() - mark_t), max(0, busy_cpu_ns() - mark_busy)
+    def _cycle_so_far(self) -> Cycle | None:
+        """The cycle in progress, as far as it went (its thread's own CPU aside): the shares are
+        reported over the finished cycles and this one. Over finished cycles alone, a busy
+        host's first cycle (a few ms) stood for the seconds until the next one ended: 9.13 %
+        of busy CPU reported where the time since start said 0.28 %; a continuous stretch
+        whose first cycle ended before the traffic began said 0.0 %."""
+        if self._obj is None:
+            return None
+        mark_t, mark_busy, mark_runs = self._mark  # read once: the window thread replaces it
+        now = time.monotonic()
+        since = self._open_since
+        return Cycle(open_s=max(0.0, now - max(since, mark_t)) if since else 0.0,
+                     open_runs=max(0, self._runs() - mark_runs), drain_runs=0, elapsed_s=max(0.0, now - mark_t),
+                     busy_ns=max(0, busy_cpu_ns() - mark_busy))
 
     def describe(self) -> str:
         """One line for the run info: how packets are timed and what it costs."""

@@ -241,26 +241,31 @@ class Budget:
             self.plan = Plan(w, self.plan.period_s)
         return self.plan
 
-    def timed_fraction(self, idle_s: float = 0.0) -> float | None:
-        """Fraction of wall time a window was open, over the last minute or so; `idle_s`: time
-        since the last cycle ended with no window open (counted, or the first cycle's few
-        milliseconds would stand for the whole time since)."""
-        recent = self.cycles()
-        elapsed = sum(c.elapsed_s for c, _ in recent) + idle_s
+    def timed_fraction(self, current: Cycle | None = None) -> float | None:
+        """Fraction of wall time a window was open, over the last minute or so; `current`: the
+        cycle in progress so far (without it, a busy host's first cycle of a few ms stood for
+        the seconds after it until the next one ended)."""
+        recent = self._with(current)
+        elapsed = sum(c.elapsed_s for c, _ in recent)
         return sum(c.open_s for c, _ in recent) / elapsed if elapsed > 0 else None
 
-    def cost_pct(self, idle_busy_ns: int = 0) -> float | None:
-        """The model's BPF time as a percentage of busy CPU, over the last minute or so;
-        `idle_busy_ns`: busy CPU since the last cycle ended with no window open (nothing timed)."""
-        recent = self.cycles()
-        busy = sum(c.busy_ns for c, _ in recent) + idle_busy_ns
+    def cost_pct(self, current: Cycle | None = None) -> float | None:
+        """The model's BPF time as a percentage of busy CPU, over the last minute or so."""
+        recent = self._with(current)
+        busy = sum(c.busy_ns for c, _ in recent)
         return 100 * sum(ns for _, ns in recent) / busy if busy > 0 else None
 
-    def own_pct(self, idle_busy_ns: int = 0) -> float | None:
+    def own_pct(self, current: Cycle | None = None) -> float | None:
         """The engine thread's own CPU as a percentage of busy CPU, over the last minute or so."""
-        recent = self.cycles()
-        busy = sum(c.busy_ns for c, _ in recent) + idle_busy_ns
+        recent = self._with(current)
+        busy = sum(c.busy_ns for c, _ in recent)
         return 100 * sum(c.own_ns for c, _ in recent) / busy if busy > 0 else None
+
+    def _with(self, current: Cycle | None) -> tuple[tuple[Cycle, int], ...]:
+        recent = self.cycles()
+        if current is None:
+            return recent
+        return recent + ((current, (current.open_runs + current.drain_runs) * self.ns_per_run),)
 
     def cycles(self) -> tuple[tuple[Cycle, int], ...]:
         """The recent cycles with the BPF ns the model says each spent (about the last minute),
