@@ -16,7 +16,7 @@ from tcptop.frontends.screen.columns import COLUMN_BY_ID
 from tcptop.frontends.screen.poller import PlaybackStatus
 from tcptop.model import Snapshot
 from tcptop.frontends.screen.store import FlowStore
-from tcptop.frontends.screen.units import fmt_count_rate, fmt_rate, printable
+from tcptop.frontends.screen.units import fmt_count_rate, fmt_pct, fmt_rate, printable
 
 
 def run_warnings(snap: Snapshot | None) -> list[str]:
@@ -44,7 +44,7 @@ def packet_timing_note(snap: Snapshot | None) -> str:
     if not isinstance(cov, Mapping) or cov.get("mode") != "continuous":
         return ""
     cost = cov.get("cost_pct")
-    price = f"about {cost:.2f} % of busy CPU" if isinstance(cost, (int, float)) else "cost not yet measured"
+    price = f"about {fmt_pct(cost)} of busy CPU" if isinstance(cost, (int, float)) else "cost not yet measured"
     return f"every packet timed continuously (asked for): {price}, yours to pay"
 
 

@@ -18,7 +18,7 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from tcptop.frontends.screen.units import fmt_us, printable_text
+from tcptop.frontends.screen.units import fmt_pct, fmt_us, printable_text
 
 PATHS = {
     "rx": ("Receive", ("driver", "ip", "tcp", "app")),
@@ -130,7 +130,7 @@ def timing_line(lat: Mapping[str, Any] | None, host_lat: Mapping[str, Any] | Non
     if cov.get("mode") == "continuous":
         parts.append("every packet timed, continuously")
     elif frac is not None:
-        parts.append(f"{100 * frac:.0f} % of the time timed" + (f", within {budget:g} % CPU" if budget else ""))
+        parts.append(f"{fmt_pct(100 * frac)} of the time timed" + (f", within {budget:g} % CPU" if budget else ""))
     return Text("  " + "; ".join(parts), style="dim") if parts else None
 
 

@@ -45,7 +45,10 @@ def test_a_partly_timed_stage_says_how_many_it_could_not_time():
 def test_the_figures_window_and_age_and_the_coverage_are_shown():
     """The flow's window ended 2 s before the host's, which was taken 0.4 s before the poll."""
     out = text(flow(stage(40, 1.0, 3.0)))
-    assert "a 0.12 s window, 2 s ago; 4 % of the time timed, within 0.5 % CPU" in out
+    assert "a 0.12 s window, 2 s ago; 4.2 % of the time timed, within 0.5 % CPU" in out
+    # a busy host's windows time well under 1 % of the time: said with its digits, not as 0 %
+    busy = dict(HOST, coverage=dict(HOST["coverage"], timed_fraction=0.0042))
+    assert "; 0.42 % of the time timed, within 0.5 % CPU" in text(flow(stage(40, 1.0, 3.0)), busy)
 
 
 def test_continuous_timing_and_old_replays_without_windows():
@@ -59,6 +62,6 @@ def test_continuous_timing_and_old_replays_without_windows():
 def test_the_header_says_continuous_timing_was_asked_for_and_what_it_costs():
     cont = dict(HOST, coverage={"mode": "continuous", "budget_pct": None, "timed_fraction": 1.0, "cost_pct": 3.214})
     assert packet_timing_note(make_snapshot([], latency=cont)) == \
-        "every packet timed continuously (asked for): about 3.21 % of busy CPU, yours to pay"
+        "every packet timed continuously (asked for): about 3.2 % of busy CPU, yours to pay"
     assert packet_timing_note(make_snapshot([], latency=HOST)) == ""  # the budget's windows: nothing to say
     assert packet_timing_note(make_snapshot([])) == ""

@@ -63,6 +63,21 @@ def fmt_us(us: float | None) -> str:
     return f"{ms / 1000:.2f} s"
 
 
+def fmt_pct(pct: float | None) -> str:
+    """A share in per cent with the digits it needs (0.42 %, 4.2 %, 42 %): a budget's windows
+    time well under 1 % of the time on a busy host, and "0 %" read as nothing timed."""
+    if pct is None or pct != pct:
+        return "-"
+    a = abs(pct)
+    if a == 0:
+        return "0 %"
+    if a >= 10:
+        return f"{pct:.0f} %"
+    if a >= 1:
+        return f"{pct:.1f} %"
+    return f"{pct:.2g} %" if a >= 0.01 else "<0.01 %"
+
+
 def fmt_age(seconds: float | None) -> str:
     """Connection age like ps(1) does it: '42s', '7m05s', '3h12m', '5d04h'."""
     if seconds is None or seconds < 0:
