@@ -156,7 +156,7 @@ class CoreEngine:
             host_latency, stages = self.latency.poll()
             if self._seq % 30 == 0:
                 self.latency.retain(self.flows.by_id)
-            self._lat_hooks["packet-level engine"] = self.latency.describe()
+            self._lat_hooks["packet-level engine"] = self.latency.describe(host_latency and host_latency["coverage"])
             timing["latency_ms"] = (time.perf_counter() - t0) * 1e3
         report = None
         if self.failures is not None:

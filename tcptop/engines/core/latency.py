@@ -1002,9 +1002,10 @@ class LatencyEngine:
                      open_runs=max(0, self._runs() - mark_runs), drain_runs=0, elapsed_s=max(0.0, now - mark_t),
                      busy_ns=max(0, busy_cpu_ns() - mark_busy))
 
-    def describe(self) -> str:
-        """One line for the run info: how packets are timed and what it costs."""
-        c = self.coverage()
+    def describe(self, coverage: dict[str, Any] | None = None) -> str:
+        """One line for the run info: how packets are timed and what it costs; `coverage`: the
+        one this poll already took (each is a map read and a /proc/stat read)."""
+        c = coverage or self.coverage()
         cost = f"{c['cost_pct']:.2f} %" if c["cost_pct"] is not None else "not yet measured"
         if self.mode == "continuous":
             return (f"ok: every packet timed, continuously (asked for); costs about {cost} of busy CPU "
